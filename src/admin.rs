@@ -1,0 +1,96 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
+//! `/readyz` (the first artefact hash and registry load have finished). Kept apart from the
+//! proxy listener so metrics are never exposed to callers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::artefact::ArtefactHandle;
+use crate::registry::ApprovalStore;
+use crate::telemetry::Metrics;
+
+pub struct Admin {
+    pub model: String,
+    pub metrics: Arc<Metrics>,
+    pub artefact: Arc<ArtefactHandle>,
+    pub approvals: Arc<ApprovalStore>,
+}
+
+impl Admin {
+    pub fn is_ready(&self) -> bool {
+        self.artefact.is_settled() && self.approvals.is_synced()
+    }
+
+    /// Gauges that are cheapest to compute when scraped.
+    fn refresh_gauges(&self) {
+        self.metrics.ready.set(self.is_ready() as i64);
+        self.metrics
+            .registry_sync_age
+            .set(self.approvals.since_last_sync().as_secs_f64());
+        self.metrics.approval_expiry.reset();
+        let state = self.artefact.load();
+        if let Some(entry) = state.digest().and_then(|d| self.approvals.lookup(d)) {
+            let now = crate::unix_now();
+            let in_force = entry
+                .records
+                .iter()
+                .find(|c| !c.revoked && c.record.not_before() <= now && now < c.record.claims.exp)
+                .or(entry.records.first());
+            if let Some(c) = in_force {
+                self.metrics
+                    .approval_expiry
+                    .with_label_values(&[self.model.as_str(), &*c.record.version_id])
+                    .set(c.record.claims.exp as f64);
+            }
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        // Status, two valid static header names and a Vec body always build.
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                self.refresh_gauges();
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.encode(),
+                )
+            }
+            "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let ready = self.is_ready();
+                let body = serde_json::json!({
+                    "ready": ready,
+                    "artefact": self.artefact.load().label(),
+                    "registry_synced": self.approvals.is_synced(),
+                });
+                respond(
+                    if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
+            }
+            _ => respond(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}

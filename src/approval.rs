@@ -1,0 +1,250 @@
+//! Approval records: signed statements (JWS compact, `typ: approval+jwt`, ES256/ES384 or
+//! EdDSA) that bind one artefact digest to a model version, its evidence, an expiry, the
+//! workloads allowed to serve it and the callers allowed to call it.
+//!
+//! This module verifies a record's signature and shape once, when the registry loads it, and
+//! signs records for `provgate approve`. It never looks at time: whether a record is in force
+//! *now* is the decision's business, so an expired record still loads and is reported as
+//! `approval_expired` rather than as malformed.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::keys::{KeySet, SigningKey};
+
+/// The JWS `typ` of an approval record (RFC 8725 section 3.11 explicit typing).
+pub const RECORD_TYP: &str = "approval+jwt";
+
+/// Algorithms an approval record may be signed with.
+pub const RECORD_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+
+/// The payload of an approval record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalClaims {
+    /// The approver identity that issued the record.
+    pub iss: String,
+    /// The model name.
+    pub sub: String,
+    /// The record ID (what a revocation names).
+    pub jti: String,
+    pub iat: u64,
+    /// Not valid before; defaults to `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    pub exp: u64,
+    /// The approved model version ID that telemetry is tagged with.
+    pub version_id: String,
+    pub artefact: ArtefactRef,
+    /// Where the artefact came from: training data digest, code revision, parent version.
+    #[serde(default)]
+    pub lineage: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
+    /// Who approved, in which role, when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approver>,
+    /// Exposure tier, for per-tier evidence rules.
+    pub tier: String,
+    /// Workload identities allowed to serve the artefact (exact, or a trailing `*`).
+    pub workloads: Vec<String>,
+    /// Caller identities allowed to call it (exact, or a trailing `*`).
+    pub callers: Vec<String>,
+    /// After this time the registry must be asked again before the record is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revalidate_after: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ArtefactRef {
+    pub digest: Digest,
+    /// The artefact signer's key identity, when the record pins one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Evidence {
+    pub kind: String,
+    #[serde(default)]
+    pub uri: String,
+    #[serde(default)]
+    pub digest: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Approver {
+    pub who: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub at: u64,
+}
+
+/// A record whose signature and shape have been verified.
+#[derive(Debug)]
+pub struct ApprovalRecord {
+    pub claims: ApprovalClaims,
+    /// The `kid` of the approver key that signed it.
+    pub kid: String,
+    /// `version_id` shared for cheap cloning into per-request context.
+    pub version_id: Arc<str>,
+}
+
+impl ApprovalRecord {
+    /// The first second the record is in force.
+    pub fn not_before(&self) -> u64 {
+        self.claims.nbf.unwrap_or(self.claims.iat)
+    }
+}
+
+/// Why a record was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApprovalError {
+    #[error("not a JWS compact serialization")]
+    Malformed,
+    #[error("unsupported header: {0}")]
+    Header(String),
+    #[error("typ must be \"{RECORD_TYP}\"")]
+    Typ,
+    #[error("algorithm {0:?} is not allowed for approval records")]
+    Algorithm(String),
+    #[error("no approver key matches kid {0:?}")]
+    UnknownKey(Option<String>),
+    #[error("signature does not verify")]
+    Signature,
+    #[error("payload: {0}")]
+    Payload(String),
+}
+
+/// Verifies a compact JWS approval record against the approver keys.
+pub fn verify(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalError> {
+    let jws = jws.trim();
+    let header = read_header(jws)?;
+    match header.typ.as_deref() {
+        Some(t) if typ_matches(t) => {}
+        _ => return Err(ApprovalError::Typ),
+    }
+    if !RECORD_ALGORITHMS.contains(&header.alg) {
+        return Err(ApprovalError::Algorithm(format!("{:?}", header.alg)));
+    }
+    let mut validation = Validation::new(header.alg);
+    // Time is judged per request by the decision, never at load.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+
+    let mut last_err = ApprovalError::UnknownKey(header.kid.clone());
+    for key in approvers.candidates(header.kid.as_deref(), header.alg) {
+        match jsonwebtoken::decode::<serde_json::Value>(jws, &key.key, &validation) {
+            Ok(data) => {
+                let claims: ApprovalClaims = serde_json::from_value(data.claims)
+                    .map_err(|e| ApprovalError::Payload(e.to_string()))?;
+                check_shape(&claims)?;
+                return Ok(ApprovalRecord {
+                    version_id: Arc::from(claims.version_id.as_str()),
+                    claims,
+                    kid: key.kid.clone().unwrap_or_default(),
+                });
+            }
+            Err(e) => {
+                last_err = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => ApprovalError::Signature,
+                    jsonwebtoken::errors::ErrorKind::Json(_)
+                    | jsonwebtoken::errors::ErrorKind::Utf8(_)
+                    | jsonwebtoken::errors::ErrorKind::Base64(_) => ApprovalError::Malformed,
+                    other => ApprovalError::Payload(format!("{other:?}")),
+                }
+            }
+        }
+    }
+    Err(last_err)
+}
+
+/// Reads the unverified claims of a record, only to report which digest and ID a record that
+/// failed verification claimed to be about. Never trusted for a decision.
+pub fn peek_claims(jws: &str) -> Option<(Option<Digest>, Option<String>)> {
+    let payload = jws.trim().split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let digest = v
+        .pointer("/artefact/digest")
+        .and_then(|d| d.as_str())
+        .and_then(|d| d.parse().ok());
+    let jti = v.get("jti").and_then(|j| j.as_str()).map(str::to_string);
+    Some((digest, jti))
+}
+
+fn typ_matches(t: &str) -> bool {
+    // RFC 7515 4.1.9: compare case-insensitively; the "application/" prefix may be present.
+    let t = t.strip_prefix("application/").unwrap_or(t);
+    t.eq_ignore_ascii_case(RECORD_TYP)
+}
+
+/// Parses the protected header, refusing what this verifier does not implement.
+fn read_header(jws: &str) -> Result<Header, ApprovalError> {
+    let mut parts = jws.split('.');
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ApprovalError::Malformed);
+    };
+    let raw = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| ApprovalError::Malformed)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|_| ApprovalError::Malformed)?;
+    if let Some(alg) = value.get("alg").and_then(|a| a.as_str()) {
+        if alg.eq_ignore_ascii_case("none") || alg.starts_with("HS") {
+            return Err(ApprovalError::Algorithm(alg.to_string()));
+        }
+    }
+    for refused in ["crit", "jku", "jwk", "x5u", "x5c"] {
+        if value.get(refused).is_some() {
+            return Err(ApprovalError::Header(format!("{refused} is not accepted")));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| ApprovalError::Header(e.to_string()))
+}
+
+fn check_shape(c: &ApprovalClaims) -> Result<(), ApprovalError> {
+    let empty = |s: &str| s.trim().is_empty();
+    if empty(&c.iss) || empty(&c.sub) || empty(&c.jti) || empty(&c.version_id) || empty(&c.tier) {
+        return Err(ApprovalError::Payload(
+            "iss, sub, jti, version_id and tier must be non-empty".to_string(),
+        ));
+    }
+    if c.exp <= c.nbf.unwrap_or(c.iat) {
+        return Err(ApprovalError::Payload("exp must be after nbf".to_string()));
+    }
+    Ok(())
+}
+
+/// Signs a record with an approver key.
+pub fn sign(
+    claims: &ApprovalClaims,
+    key: &SigningKey,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(key.alg);
+    header.typ = Some(RECORD_TYP.to_string());
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.key)
+}
+
+/// Does `identity` match one of `patterns` (exact, or a prefix ending in `*`)?
+pub fn identity_matches(patterns: &[String], identity: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => identity.starts_with(prefix),
+        None => p == identity,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+use crate::keys::{jwks_document, KeyKind};
+
+fn claims() -> ApprovalClaims {
+    ApprovalClaims {
+        iss: "approver@example.org".into(),
+        sub: "all-minilm-l6-v2".into(),
+        jti: "rec-1".into(),
+        iat: 1_700_000_000,
+        nbf: Some(1_700_000_000),
+        exp: 1_700_086_400,
+        version_id: "v7".into(),
+        artefact: ArtefactRef {
+            digest: format!("sha256:{}", "11".repeat(32)).parse().unwrap(),
+            signer: None,
+        },
+        lineage: serde_json::json!({"code_revision": "abc"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        evidence: vec![Evidence {
+            kind: "security-test".into(),
+            uri: "s3://e/1".into(),
+            digest: "sha256:00".into(),
+            verdict: "pass".into(),
+        }],
+        approvals: vec![],
+        tier: "internal".into(),
+        workloads: vec!["spiffe://example.org/ns/prod/*".into()],
+        callers: vec!["spiffe://example.org/ns/app/sa/client".into()],
+        revalidate_after: None,
+    }
+}
+
+fn keyset(key: &SigningKey) -> KeySet {
+    KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap()
+}
+
+fn b64(v: &serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+}
+
+#[test]
+fn signed_records_verify_for_every_algorithm() {
+    for kind in [KeyKind::Es256, KeyKind::Es384, KeyKind::Ed25519] {
+        let (key, _) = SigningKey::generate(kind).unwrap();
+        let jws = sign(&claims(), &key).unwrap();
+        let rec = verify(&jws, &keyset(&key)).unwrap();
+        assert_eq!(rec.claims, claims());
+        assert_eq!(&*rec.version_id, "v7");
+        assert_eq!(rec.kid, key.kid);
+    }
+}
+
+#[test]
+fn a_record_signed_by_another_key_is_refused() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (other, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let jws = sign(&claims(), &other).unwrap();
+    assert_eq!(
+        verify(&jws, &keyset(&key)).unwrap_err(),
+        ApprovalError::UnknownKey(Some(other.kid.clone()))
+    );
+    // Same kid, wrong key: the signature check fails.
+    let mut header = Header::new(Algorithm::ES256);
+    header.typ = Some(RECORD_TYP.into());
+    header.kid = Some(key.kid.clone());
+    let forged = jsonwebtoken::encode(&header, &claims(), &other.key).unwrap();
+    assert_eq!(
+        verify(&forged, &keyset(&key)).unwrap_err(),
+        ApprovalError::Signature
+    );
+}
+
+#[test]
+fn a_changed_payload_breaks_the_signature() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let jws = sign(&claims(), &key).unwrap();
+    let parts: Vec<&str> = jws.split('.').collect();
+    let mut c = claims();
+    c.exp += 86_400 * 365;
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&serde_json::to_value(&c).unwrap()),
+        parts[2]
+    );
+    assert_eq!(
+        verify(&tampered, &keyset(&key)).unwrap_err(),
+        ApprovalError::Signature
+    );
+}
+
+#[test]
+fn unsafe_headers_are_refused() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let set = keyset(&key);
+    let payload = b64(&serde_json::to_value(claims()).unwrap());
+    let cases = [
+        (
+            serde_json::json!({"alg":"none","typ":"approval+jwt"}),
+            "none",
+        ),
+        (
+            serde_json::json!({"alg":"HS256","typ":"approval+jwt","kid":key.kid}),
+            "hmac",
+        ),
+        (
+            serde_json::json!({"alg":"ES256","typ":"JWT","kid":key.kid}),
+            "typ",
+        ),
+        (serde_json::json!({"alg":"ES256","kid":key.kid}), "no typ"),
+        (
+            serde_json::json!({"alg":"ES256","typ":"approval+jwt","kid":key.kid,"crit":["exp"]}),
+            "crit",
+        ),
+        (
+            serde_json::json!({"alg":"ES256","typ":"approval+jwt","jku":"https://evil/"}),
+            "jku",
+        ),
+        (
+            serde_json::json!({"alg":"RS256","typ":"approval+jwt","kid":key.kid}),
+            "rsa",
+        ),
+    ];
+    for (header, name) in cases {
+        let jws = format!("{}.{}.c2ln", b64(&header), payload);
+        assert!(verify(&jws, &set).is_err(), "{name} must be refused");
+    }
+    assert_eq!(verify("a.b", &set).unwrap_err(), ApprovalError::Malformed);
+    assert_eq!(verify("", &set).unwrap_err(), ApprovalError::Malformed);
+    assert_eq!(
+        verify("!!.!!.!!", &set).unwrap_err(),
+        ApprovalError::Malformed
+    );
+}
+
+#[test]
+fn typ_accepts_the_media_type_spellings() {
+    assert!(typ_matches("approval+jwt"));
+    assert!(typ_matches("application/Approval+JWT"));
+    assert!(!typ_matches("jwt"));
+}
+
+#[test]
+fn missing_fields_are_a_payload_error() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let mut v = serde_json::to_value(claims()).unwrap();
+    v.as_object_mut().unwrap().remove("workloads");
+    let mut header = Header::new(Algorithm::ES256);
+    header.typ = Some(RECORD_TYP.into());
+    header.kid = Some(key.kid.clone());
+    let jws = jsonwebtoken::encode(&header, &v, &key.key).unwrap();
+    assert!(matches!(
+        verify(&jws, &keyset(&key)),
+        Err(ApprovalError::Payload(_))
+    ));
+}
+
+#[test]
+fn identity_patterns() {
+    let p = vec![
+        "spiffe://a/ns/x/sa/y".to_string(),
+        "system:serviceaccount:ml:*".to_string(),
+    ];
+    assert!(identity_matches(&p, "spiffe://a/ns/x/sa/y"));
+    assert!(!identity_matches(&p, "spiffe://a/ns/x/sa/yz"));
+    assert!(identity_matches(&p, "system:serviceaccount:ml:client"));
+    assert!(!identity_matches(&p, "system:serviceaccount:other:client"));
+    assert!(identity_matches(&["*".to_string()], "anything"));
+    assert!(!identity_matches(&[], "anything"));
+}
+
+#[test]
+fn peek_reports_the_claimed_digest() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let jws = sign(&claims(), &key).unwrap();
+    let (d, jti) = peek_claims(&jws).unwrap();
+    assert_eq!(d, Some(claims().artefact.digest));
+    assert_eq!(jti.as_deref(), Some("rec-1"));
+}

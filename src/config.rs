@@ -1,0 +1,592 @@
+//! Configuration: TOML file structs (`deny_unknown_fields`, every field documented, safe
+//! defaults: enforce mode, fail closed, loopback listeners), then [`FileConfig::validate`],
+//! which turns them into typed values and reports every error at once, each with its key path.
+//!
+//! Relative paths are taken from the working directory provgate runs in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::keys::KeySet;
+use crate::policy::TierRule;
+
+// === File structs ===
+
+/// The configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub listen: ListenFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub mode: ModeFile,
+    pub workload: WorkloadFile,
+    pub artefact: ArtefactFile,
+    pub registry: RegistryFile,
+    pub trust: TrustFile,
+    #[serde(default)]
+    pub callers: CallersFile,
+    /// Evidence rules per exposure tier: `[tiers.customer-facing] required_evidence = [...]`.
+    #[serde(default)]
+    pub tiers: HashMap<String, TierFile>,
+    #[serde(default)]
+    pub audit: AuditFile,
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Where callers connect. Default: loopback only.
+    #[serde(default = "default_listen")]
+    pub address: String,
+}
+
+impl Default for ListenFile {
+    fn default() -> Self {
+        ListenFile {
+            address: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// `/metrics`, `/healthz`, `/readyz`. Default: loopback only.
+    #[serde(default = "default_admin")]
+    pub address: String,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile {
+            address: default_admin(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The model server, `host:port`.
+    pub address: String,
+    /// `http1`, `h2c` (HTTP/2 over cleartext) or `https` (TLS with rustls, HTTP/2 or 1.1 by ALPN).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// TLS server name for `https`; defaults to the address's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Forward the caller's `Authorization` header to the model server. Default: strip it.
+    #[serde(default)]
+    pub forward_token: bool,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Idle connections kept per upstream for reuse.
+    #[serde(default = "default_pool")]
+    pub keepalive_pool: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeFile {
+    /// `true`: block what fails the checks. `false`: dry-run (allow, but log and count
+    /// `would_block`).
+    #[serde(default = "yes")]
+    pub enforce: bool,
+}
+
+impl Default for ModeFile {
+    fn default() -> Self {
+        ModeFile { enforce: true }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadFile {
+    /// This deployment's identity (e.g. its SPIFFE ID); approval records must list it in
+    /// `workloads`.
+    pub identity: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtefactFile {
+    /// The model name approval records must carry in `sub`.
+    pub model: String,
+    /// The model directory the server loads (or a single model file).
+    pub path: String,
+    /// How often to compare the directory's file sizes and times, besides inotify events.
+    #[serde(default = "default_poll")]
+    pub poll_interval: String,
+    /// Threads used to hash files; 0 = one per core.
+    #[serde(default)]
+    pub hash_threads: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// `dir`: a directory of record files (`*.jwt`, `*.jws`) and `revoked.txt`.
+    pub kind: String,
+    pub path: String,
+    /// How often to rescan besides inotify events.
+    #[serde(default = "default_rescan")]
+    pub rescan_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFile {
+    /// JWKS file of the approver keys that sign approval records.
+    pub approver_keys: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallersFile {
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+    /// Verified tokens kept in the cache.
+    #[serde(default = "default_token_cache")]
+    pub token_cache_size: u64,
+    #[serde(default)]
+    pub issuers: Vec<IssuerFile>,
+}
+
+impl Default for CallersFile {
+    fn default() -> Self {
+        CallersFile {
+            leeway: default_leeway(),
+            token_cache_size: default_token_cache(),
+            issuers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// The exact `iss` of tokens from this issuer.
+    pub issuer: String,
+    /// JWKS file with the issuer's public keys.
+    pub jwks_file: String,
+    /// Accepted `aud` values; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// Accepted JWS algorithms. Default: ES256, ES384, RS256, PS256, EdDSA.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    /// Evidence kinds that must be present with verdict `pass`.
+    #[serde(default)]
+    pub required_evidence: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// JSON Lines file; created if missing, appended to, hash chain continued.
+    #[serde(default = "default_audit_path")]
+    pub path: String,
+    /// Also record allowed requests (not only blocked ones).
+    #[serde(default)]
+    pub log_allowed: bool,
+    /// Records queued for the writer before new ones are dropped (and counted).
+    #[serde(default = "default_audit_queue")]
+    pub queue: usize,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        AuditFile {
+            path: default_audit_path(),
+            log_allowed: false,
+            queue: default_audit_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Worker threads for the proxy; 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
+    /// How long to keep serving in-flight requests after SIGTERM.
+    #[serde(default)]
+    pub grace_period: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `error`, `warn`, `info`, `debug` or `trace` (`RUST_LOG` overrides).
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_format")]
+    pub format: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            level: default_level(),
+            format: default_format(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_protocol() -> String {
+    "http1".into()
+}
+fn default_connect_timeout() -> String {
+    "2s".into()
+}
+fn default_pool() -> usize {
+    128
+}
+fn yes() -> bool {
+    true
+}
+fn default_poll() -> String {
+    "1s".into()
+}
+fn default_rescan() -> String {
+    "5s".into()
+}
+fn default_leeway() -> String {
+    "30s".into()
+}
+fn default_token_cache() -> u64 {
+    100_000
+}
+fn default_algorithms() -> Vec<String> {
+    ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_audit_path() -> String {
+    "provgate-audit.jsonl".into()
+}
+fn default_audit_queue() -> usize {
+    65_536
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_format() -> String {
+    "text".into()
+}
+
+// === Validated config ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2c,
+    Https,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    pub protocol: UpstreamProtocol,
+    pub sni: String,
+    pub forward_token: bool,
+    pub connect_timeout: Duration,
+    pub keepalive_pool: usize,
+}
+
+#[derive(Debug)]
+pub struct Issuer {
+    pub issuer: String,
+    pub keys: KeySet,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: Upstream,
+    pub enforce: bool,
+    pub workload_identity: String,
+    pub model: String,
+    pub artefact_path: PathBuf,
+    pub poll_interval: Duration,
+    pub hash_threads: usize,
+    pub registry_path: PathBuf,
+    pub rescan_interval: Duration,
+    pub approvers: KeySet,
+    pub leeway: Duration,
+    pub token_cache_size: u64,
+    pub issuers: Vec<Issuer>,
+    pub tiers: HashMap<String, TierRule>,
+    pub audit_path: PathBuf,
+    pub log_allowed: bool,
+    pub audit_queue: usize,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl FileConfig {
+    /// Parses TOML text; unknown keys and wrong types are errors naming the key.
+    pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim_end().to_string()]))
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::parse(&text)
+    }
+
+    /// Checks every value and loads the key files, reporting all problems at once.
+    pub fn validate(self) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut addr = |key: &str, value: &str| -> SocketAddr {
+            value.parse().unwrap_or_else(|_| {
+                errors.push(format!("{key}: {value:?} is not an IP:port socket address"));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let listen = addr("listen.address", &self.listen.address);
+        let admin = addr("admin.address", &self.admin.address);
+        let upstream_addr = addr("upstream.address", &self.upstream.address);
+        if listen == admin && listen.port() != 0 {
+            errors.push("admin.address: must differ from listen.address".to_string());
+        }
+
+        let mut duration = |key: &str, value: &str| -> Duration {
+            humantime::parse_duration(value).unwrap_or_else(|e| {
+                errors.push(format!(
+                    "{key}: {value:?} is not a duration ({e}); write e.g. \"5s\" or \"250ms\""
+                ));
+                Duration::from_secs(1)
+            })
+        };
+        let connect_timeout = duration("upstream.connect_timeout", &self.upstream.connect_timeout);
+        let poll_interval = duration("artefact.poll_interval", &self.artefact.poll_interval);
+        let rescan_interval = duration("registry.rescan_interval", &self.registry.rescan_interval);
+        let leeway = duration("callers.leeway", &self.callers.leeway);
+        let grace_period = self
+            .server
+            .grace_period
+            .as_deref()
+            .map(|g| duration("server.grace_period", g))
+            .unwrap_or(Duration::from_secs(5));
+
+        let protocol = match self.upstream.protocol.as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "h2c" => UpstreamProtocol::H2c,
+            "https" => UpstreamProtocol::Https,
+            other => {
+                errors.push(format!(
+                    "upstream.protocol: {other:?} is not one of \"http1\", \"h2c\", \"https\""
+                ));
+                UpstreamProtocol::Http1
+            }
+        };
+        if poll_interval.is_zero() {
+            errors.push("artefact.poll_interval: must be more than zero".into());
+        }
+        if rescan_interval.is_zero() {
+            errors.push("registry.rescan_interval: must be more than zero".into());
+        }
+
+        let nonempty = |errors: &mut Vec<String>, key: &str, v: &str| {
+            if v.trim().is_empty() {
+                errors.push(format!("{key}: must not be empty"));
+            }
+        };
+        nonempty(&mut errors, "workload.identity", &self.workload.identity);
+        nonempty(&mut errors, "artefact.model", &self.artefact.model);
+        nonempty(&mut errors, "artefact.path", &self.artefact.path);
+
+        if self.registry.kind != "dir" {
+            errors.push(format!(
+                "registry.kind: {:?} is not supported; use \"dir\"",
+                self.registry.kind
+            ));
+        }
+        let registry_path = PathBuf::from(&self.registry.path);
+        if !registry_path.is_dir() {
+            errors.push(format!(
+                "registry.path: {} is not a directory",
+                registry_path.display()
+            ));
+        }
+
+        let approvers = KeySet::from_jwks_file(Path::new(&self.trust.approver_keys))
+            .unwrap_or_else(|e| {
+                errors.push(format!("trust.approver_keys: {e}"));
+                KeySet::default()
+            });
+
+        if self.callers.issuers.is_empty() {
+            errors.push(
+                "callers.issuers: at least one trusted issuer is needed ([[callers.issuers]])"
+                    .into(),
+            );
+        }
+        let mut issuers = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, f) in self.callers.issuers.into_iter().enumerate() {
+            let key = format!("callers.issuers[{i}]");
+            nonempty(&mut errors, &format!("{key}.issuer"), &f.issuer);
+            if !seen.insert(f.issuer.clone()) {
+                errors.push(format!("{key}.issuer: {:?} is configured twice", f.issuer));
+            }
+            if f.audiences.is_empty() {
+                errors.push(format!("{key}.audiences: at least one audience is needed"));
+            }
+            let mut algorithms = Vec::new();
+            for a in &f.algorithms {
+                match parse_signature_algorithm(a) {
+                    Some(alg) => algorithms.push(alg),
+                    None => errors.push(format!(
+                        "{key}.algorithms: {a:?} is not an accepted signature algorithm \
+                         (ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA; never none or HS*)"
+                    )),
+                }
+            }
+            let keys = KeySet::from_jwks_file(Path::new(&f.jwks_file)).unwrap_or_else(|e| {
+                errors.push(format!("{key}.jwks_file: {e}"));
+                KeySet::default()
+            });
+            issuers.push(Issuer {
+                issuer: f.issuer,
+                keys,
+                audiences: f.audiences,
+                algorithms,
+            });
+        }
+
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                errors.push(format!("log.format: {other:?} is not \"text\" or \"json\""));
+                false
+            }
+        };
+        if self.audit.queue == 0 {
+            errors.push("audit.queue: must be at least 1".into());
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sni = self.upstream.sni.unwrap_or_else(|| {
+            self.upstream
+                .address
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                .unwrap_or_default()
+        });
+        Ok(Config {
+            listen,
+            admin,
+            upstream: Upstream {
+                address: upstream_addr,
+                protocol,
+                sni,
+                forward_token: self.upstream.forward_token,
+                connect_timeout,
+                keepalive_pool: self.upstream.keepalive_pool,
+            },
+            enforce: self.mode.enforce,
+            workload_identity: self.workload.identity,
+            model: self.artefact.model,
+            artefact_path: PathBuf::from(self.artefact.path),
+            poll_interval,
+            hash_threads: if self.artefact.hash_threads == 0 {
+                cores
+            } else {
+                self.artefact.hash_threads
+            },
+            registry_path,
+            rescan_interval,
+            approvers,
+            leeway,
+            token_cache_size: self.callers.token_cache_size,
+            issuers,
+            tiers: self
+                .tiers
+                .into_iter()
+                .map(|(name, t)| {
+                    (
+                        name,
+                        TierRule {
+                            required_evidence: t.required_evidence,
+                        },
+                    )
+                })
+                .collect(),
+            audit_path: PathBuf::from(self.audit.path),
+            log_allowed: self.audit.log_allowed,
+            audit_queue: self.audit.queue,
+            threads: if self.server.threads == 0 {
+                cores
+            } else {
+                self.server.threads
+            },
+            grace_period,
+            log_level: self.log.level,
+            log_json,
+        })
+    }
+}
+
+/// Parses a JWS signature algorithm name, refusing `none` and HMAC.
+pub fn parse_signature_algorithm(name: &str) -> Option<Algorithm> {
+    let alg: Algorithm = name.parse().ok()?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => None,
+        other => Some(other),
+    }
+}
+
+/// Loads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    FileConfig::load(path)?.validate()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! Caller identity: the workload JWT in `Authorization: Bearer`, verified against the keys of
+//! each trusted issuer (`iss`, `aud`, `exp`, `nbf`, signature), and cached by the token's
+//! SHA-256 until its `exp`, so a repeated token costs a hash and a cache read, not a
+//! signature check.
+//!
+//! Owns algorithm policy: per issuer allow-list, never `none` or HMAC, the key's type must
+//! fit the header's `alg`, and headers that point at other keys (`jku`, `jwk`, `x5u`, `x5c`)
+//! or demand extensions (`crit`) are refused. It does not decide what a caller may call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::keys::KeySet;
+use crate::telemetry::Metrics;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub iss: Arc<str>,
+    pub sub: Arc<str>,
+    /// Token expiry, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Why a token was refused. Only the variant reaches logs; never the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not a compact JWS")]
+    Malformed,
+    #[error("header refused: {0}")]
+    Header(&'static str),
+    #[error("algorithm not allowed for this issuer")]
+    Algorithm,
+    #[error("issuer is not trusted")]
+    UnknownIssuer,
+    #[error("no key of the issuer matches the token's kid and alg")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    Signature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("audience not accepted")]
+    Audience,
+    #[error("claims invalid: {0}")]
+    Claims(&'static str),
+    #[error("issuer keys unavailable")]
+    KeysUnavailable,
+}
+
+/// One trusted issuer.
+pub struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: ArcSwap<KeySet>,
+}
+
+/// Verifies caller tokens for all configured issuers.
+pub struct TokenVerifier {
+    issuers: HashMap<String, Arc<Issuer>>,
+    leeway: u64,
+    cache: moka::sync::Cache<[u8; 32], Arc<Caller>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Entries live until the token's own expiry (plus leeway).
+struct UntilExp {
+    leeway: u64,
+}
+
+impl moka::Expiry<[u8; 32], Arc<Caller>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Caller>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = (value.exp + self.leeway).saturating_sub(crate::unix_now());
+        Some(Duration::from_secs(left))
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    exp: u64,
+}
+
+impl TokenVerifier {
+    pub fn new(
+        issuers: Vec<Issuer>,
+        leeway: u64,
+        cache_capacity: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        TokenVerifier {
+            issuers: issuers
+                .into_iter()
+                .map(|i| (i.issuer.clone(), Arc::new(i)))
+                .collect(),
+            leeway,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cache_capacity)
+                .expire_after(UntilExp { leeway })
+                .build(),
+            metrics,
+        }
+    }
+
+    /// Verifies a bearer token (cached). `now` is seconds since the epoch.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(caller) = self.cache.get(&key) {
+            // The cache expires entries at `exp`, but eviction is lazy: check again.
+            if now < caller.exp + self.leeway {
+                self.metrics.token_cache_hits.inc();
+                return Ok(caller);
+            }
+            self.cache.invalidate(&key);
+        }
+        self.metrics.token_cache_misses.inc();
+        let caller = Arc::new(self.verify_uncached(token, now)?);
+        self.cache.insert(key, caller.clone());
+        Ok(caller)
+    }
+
+    /// Full verification, no cache.
+    pub fn verify_uncached(&self, token: &str, now: u64) -> Result<Caller, TokenError> {
+        let (header, iss) = read_unverified(token)?;
+        let issuer = self.issuers.get(&iss).ok_or(TokenError::UnknownIssuer)?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(TokenError::Algorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.set_issuer(&[&issuer.issuer]);
+        validation.set_audience(&issuer.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+
+        let keys = issuer.keys.load();
+        let mut result = Err(TokenError::UnknownKey);
+        for k in keys.candidates(header.kid.as_deref(), header.alg) {
+            result =
+                jsonwebtoken::decode::<Claims>(token, &k.key, &validation).map_err(map_jwt_error);
+            if !matches!(result, Err(TokenError::Signature)) {
+                break;
+            }
+        }
+        let claims = result?.claims;
+        if claims.sub.is_empty() {
+            return Err(TokenError::Claims("sub is empty"));
+        }
+        // jsonwebtoken checks exp against its own clock; check against ours too.
+        if now >= claims.exp + self.leeway {
+            return Err(TokenError::Expired);
+        }
+        Ok(Caller {
+            iss: Arc::from(claims.iss),
+            sub: Arc::from(claims.sub),
+            exp: claims.exp,
+        })
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature | K::InvalidEcdsaKey | K::InvalidRsaKey(_) | K::InvalidEddsaKey => {
+            TokenError::Signature
+        }
+        K::ExpiredSignature => TokenError::Expired,
+        K::ImmatureSignature => TokenError::NotYetValid,
+        K::InvalidAudience => TokenError::Audience,
+        K::InvalidIssuer => TokenError::UnknownIssuer,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::Algorithm,
+        K::MissingRequiredClaim(_) => TokenError::Claims("a required claim is missing"),
+        K::Base64(_) | K::Json(_) | K::Utf8(_) | K::InvalidToken => TokenError::Malformed,
+        _ => TokenError::Claims("rejected"),
+    }
+}
+
+/// The header (checked for refused parameters) and the claimed issuer, before any
+/// verification. The issuer only selects which keys to try.
+fn read_unverified(token: &str) -> Result<(jsonwebtoken::Header, String), TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(h)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(TokenError::Header("alg none"));
+    }
+    if alg.starts_with("HS") {
+        return Err(TokenError::Header("HMAC algorithms"));
+    }
+    for (name, why) in [
+        ("crit", "crit"),
+        ("jku", "jku"),
+        ("jwk", "embedded jwk"),
+        ("x5u", "x5u"),
+        ("x5c", "x5c"),
+    ] {
+        if header.get(name).is_some() {
+            return Err(TokenError::Header(why));
+        }
+    }
+    let header: jsonwebtoken::Header =
+        serde_json::from_value(header).map_err(|_| TokenError::Algorithm)?;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let iss: Iss = URL_SAFE_NO_PAD
+        .decode(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    Ok((header, iss.iss.ok_or(TokenError::Claims("iss is missing"))?))
+}
+
+/// The bearer token of an `Authorization` header value, if it has one.
+pub fn bearer(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Signs a workload token (for demos and tests: `provgate token`).
+pub fn mint_token(
+    key: &crate::keys::SigningKey,
+    iss: &str,
+    sub: &str,
+    aud: &[String],
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = crate::unix_now();
+    let mut header = jsonwebtoken::Header::new(key.alg);
+    header.kid = Some(key.kid.clone());
+    let claims = serde_json::json!({
+        "iss": iss,
+        "sub": sub,
+        "aud": aud,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl.as_secs(),
+    });
+    jsonwebtoken::encode(&header, &claims, &key.key)
+}
+
+#[cfg(test)]
+mod tests;

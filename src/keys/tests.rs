@@ -1,0 +1,43 @@
+use super::*;
+
+#[test]
+fn generated_keys_round_trip_through_pem_and_jwks() {
+    for kind in [KeyKind::Es256, KeyKind::Es384, KeyKind::Ed25519] {
+        let (key, pem_text) = SigningKey::generate(kind).unwrap();
+        let block = pem::parse(pem_text.as_bytes()).unwrap();
+        let again = SigningKey::from_pkcs8(block.contents()).unwrap();
+        assert_eq!(again.kid, key.kid, "thumbprint is stable for {kind:?}");
+        let doc = jwks_document(std::slice::from_ref(&key.public_jwk));
+        let set = KeySet::from_jwks_json(&doc, "test").unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.keys[0].algorithms, vec![key.alg]);
+        assert_eq!(set.keys[0].kid.as_deref(), Some(key.kid.as_str()));
+    }
+}
+
+#[test]
+fn symmetric_private_and_mismatched_keys_are_skipped() {
+    let doc = r#"{"keys":[
+        {"kty":"oct","k":"c2VjcmV0","kid":"h"},
+        {"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI","kid":"p"},
+        {"kty":"EC","crv":"P-256","alg":"RS256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"m"},
+        {"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"ok"}
+    ]}"#;
+    let set = KeySet::from_jwks_json(doc, "test").unwrap();
+    assert_eq!(set.keys.len(), 1, "skipped: {:?}", set.skipped);
+    assert_eq!(set.keys[0].kid.as_deref(), Some("ok"));
+    assert_eq!(set.skipped.len(), 3);
+    assert_eq!(
+        set.candidates(Some("ok"), Algorithm::ES256).count(),
+        1,
+        "kid and alg select the key"
+    );
+    assert_eq!(set.candidates(Some("ok"), Algorithm::RS256).count(), 0);
+    assert_eq!(set.candidates(Some("other"), Algorithm::ES256).count(), 0);
+}
+
+#[test]
+fn garbage_is_a_clear_error() {
+    assert!(KeySet::from_jwks_json("not json", "x").is_err());
+    assert!(KeySet::from_jwks_json("{}", "x").is_err());
+}

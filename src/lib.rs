@@ -1,0 +1,30 @@
+//! provgate: a sidecar reverse proxy that enforces, on every request, that the model artefact
+//! being served is approved for this deployment and that the caller may call it.
+//!
+//! The crate is one module per concern. The request path lives in [`proxy`] and reads only
+//! published snapshots (artefact state, registry entries, verified tokens); everything that
+//! hashes, parses, verifies signatures or touches the file system runs in the background.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod approval;
+pub mod artefact;
+pub mod audit;
+pub mod config;
+pub mod digest;
+pub mod identity;
+pub mod keys;
+pub mod policy;
+pub mod proxy;
+pub mod registry;
+pub mod server;
+pub mod telemetry;
+
+/// Seconds since the Unix epoch, as the JOSE `NumericDate` claims count them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,346 @@
+//! The provgate command line: run the sidecar, and the tools a pipeline or a newcomer needs
+//! around it (digest a model, make keys, sign an approval, mint a demo token, verify an
+//! audit log).
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, Evidence};
+use provgate::keys::{jwks_document, KeyKind, SigningKey};
+
+#[derive(Parser)]
+#[command(
+    name = "provgate",
+    version,
+    about = "Per-request model approval enforcement for model servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run {
+        /// Configuration file.
+        #[arg(short = 'c', long = "config", default_value = "config/provgate.toml")]
+        config: PathBuf,
+        /// Validate the configuration (and the key files it names), then exit 0 or 1.
+        #[arg(short = 't', long = "test")]
+        test: bool,
+    },
+    /// Print the OpenSSF Model Signing root digest of a model directory.
+    Digest {
+        dir: PathBuf,
+        /// Also list each file's digest.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Make a signing key pair: a PKCS#8 PEM private key and its public key added to a JWKS.
+    Keygen {
+        /// Where to write the private key (mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        /// The JWKS file to add the public key to (created if missing).
+        #[arg(long)]
+        jwks: PathBuf,
+        #[arg(long, value_enum, default_value = "es256")]
+        kind: KeyKind,
+    },
+    /// Sign an approval record.
+    Approve(Box<ApproveArgs>),
+    /// Mint a workload token (for demos and tests; production callers get theirs from SPIFFE,
+    /// Kubernetes or an OIDC provider).
+    Token {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        iss: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, required = true)]
+        aud: Vec<String>,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit log's hash chain; exit 1 at the first broken or missing line.
+    Verify { file: PathBuf },
+}
+
+#[derive(Args)]
+struct ApproveArgs {
+    /// Approver private key (PKCS#8 PEM, from `provgate keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Approver identity (`iss`).
+    #[arg(long)]
+    iss: String,
+    /// Model name (`sub`); must equal the sidecar's `[artefact] model`.
+    #[arg(long)]
+    model: String,
+    /// Model version ID that telemetry is tagged with.
+    #[arg(long)]
+    version_id: String,
+    /// The artefact digest (`sha256:<hex>`)...
+    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    digest: Option<String>,
+    /// ...or a model directory to hash.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
+    #[arg(long = "workload", required = true)]
+    workloads: Vec<String>,
+    /// Caller identities allowed to call it (repeat; a trailing `*` matches a prefix).
+    #[arg(long = "caller", required = true)]
+    callers: Vec<String>,
+    #[arg(long, default_value = "internal")]
+    tier: String,
+    /// Validity from now.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Record ID (`jti`); default: random.
+    #[arg(long)]
+    jti: Option<String>,
+    /// Evidence, as `kind=K,verdict=V[,uri=U][,digest=D]` (repeat).
+    #[arg(long = "evidence")]
+    evidence: Vec<String>,
+    /// Lineage entries, as `key=value` (repeat).
+    #[arg(long = "lineage")]
+    lineage: Vec<String>,
+    /// Who approved, as `who[=role]` (repeat).
+    #[arg(long = "approved-by")]
+    approved_by: Vec<String>,
+    /// Write the record here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("provgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run { config, test } => run(&config, test),
+        Command::Digest { dir, verbose } => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let m = provgate::artefact::compute_manifest(&dir, threads)?;
+            if verbose {
+                for (name, d) in &m.resources {
+                    println!("{}  {name}", hex::encode(d));
+                }
+            }
+            println!("{}", m.root);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { key, jwks, kind } => keygen(&key, &jwks, kind),
+        Command::Approve(args) => approve(*args),
+        Command::Token {
+            key,
+            iss,
+            sub,
+            aud,
+            ttl,
+        } => {
+            let key = SigningKey::from_pem_file(&key)?;
+            println!(
+                "{}",
+                provgate::identity::mint_token(&key, &iss, &sub, &aud, ttl)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => match provgate::audit::verify_file(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+        {
+            provgate::audit::VerifyOutcome::Intact { lines } => {
+                println!("{}: {lines} records, chain intact", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            provgate::audit::VerifyOutcome::Broken { line, problem } => {
+                println!("{}:{line}: chain broken: {problem}", file.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}
+
+fn run(path: &Path, test: bool) -> Result<ExitCode> {
+    let config = match provgate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("provgate: {}: {e}", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if test {
+        println!("{}: configuration is valid", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    provgate::telemetry::init_logging(&config.log_level, config.log_json);
+    provgate::server::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(key_path: &Path, jwks_path: &Path, kind: KeyKind) -> Result<ExitCode> {
+    if key_path.exists() {
+        bail!("{} exists; refusing to overwrite a key", key_path.display());
+    }
+    let (key, pem_text) = SigningKey::generate(kind)?;
+    let mut keys: Vec<jsonwebtoken::jwk::Jwk> = match std::fs::read_to_string(jwks_path) {
+        Ok(text) => {
+            serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text)
+                .with_context(|| format!("{} is not a JWKS document", jwks_path.display()))?
+                .keys
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).context(format!("reading {}", jwks_path.display())),
+    };
+    keys.push(key.public_jwk.clone());
+    write_private(key_path, pem_text.as_bytes())?;
+    std::fs::write(jwks_path, jwks_document(&keys) + "\n")
+        .with_context(|| format!("writing {}", jwks_path.display()))?;
+    println!("kid {}", key.kid);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+fn approve(a: ApproveArgs) -> Result<ExitCode> {
+    let key = SigningKey::from_pem_file(&a.key)?;
+    let digest = match (&a.digest, &a.dir) {
+        (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
+        (None, Some(dir)) => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            provgate::artefact::compute_manifest(dir, threads)?.root
+        }
+        (None, None) => bail!("give --digest or --dir"),
+    };
+    let now = provgate::unix_now();
+    let mut evidence = Vec::new();
+    for e in &a.evidence {
+        evidence.push(parse_evidence(e)?);
+    }
+    let mut lineage = serde_json::Map::new();
+    for l in &a.lineage {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--lineage {l:?}: expected key=value"))?;
+        lineage.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
+    let approvals = a
+        .approved_by
+        .iter()
+        .map(|s| {
+            let (who, role) = s.split_once('=').unwrap_or((s, ""));
+            Approver {
+                who: who.to_string(),
+                role: role.to_string(),
+                at: now,
+            }
+        })
+        .collect();
+    let jti = match a.jti {
+        Some(j) => j,
+        None => {
+            let mut b = [0u8; 16];
+            getrandom::fill(&mut b).map_err(|e| anyhow!("no randomness for a record ID: {e}"))?;
+            hex::encode(b)
+        }
+    };
+    let claims = ApprovalClaims {
+        iss: a.iss,
+        sub: a.model,
+        jti,
+        iat: now,
+        nbf: Some(now),
+        exp: now + a.ttl.as_secs(),
+        version_id: a.version_id,
+        artefact: ArtefactRef {
+            digest,
+            signer: None,
+        },
+        lineage,
+        evidence,
+        approvals,
+        tier: a.tier,
+        workloads: a.workloads,
+        callers: a.callers,
+        revalidate_after: None,
+    };
+    let jws = approval::sign(&claims, &key)?;
+    match a.out {
+        Some(path) => {
+            std::fs::write(&path, format!("{jws}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "record {} for {} written to {}",
+                claims.jti,
+                claims.artefact.digest,
+                path.display()
+            );
+        }
+        None => println!("{jws}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_evidence(s: &str) -> Result<Evidence> {
+    let mut e = Evidence {
+        kind: String::new(),
+        uri: String::new(),
+        digest: String::new(),
+        verdict: String::new(),
+    };
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--evidence {s:?}: expected key=value pairs"))?;
+        match k.trim() {
+            "kind" => e.kind = v.to_string(),
+            "verdict" => e.verdict = v.to_string(),
+            "uri" => e.uri = v.to_string(),
+            "digest" => e.digest = v.to_string(),
+            other => bail!("--evidence {s:?}: unknown field {other:?}"),
+        }
+    }
+    if e.kind.is_empty() || e.verdict.is_empty() {
+        bail!("--evidence {s:?}: kind and verdict are required");
+    }
+    Ok(e)
+}

@@ -1,0 +1,317 @@
+//! The decision: a pure, synchronous function from (served artefact, registry entry, this
+//! workload's identity, caller, request) to Allow or Deny with one reason from a closed enum.
+//!
+//! No I/O, no clock reads, no crypto: every input is already verified and the time is passed
+//! in, so the whole rule set is a table of cases (see `tests.rs`). The mapping of reasons to
+//! HTTP statuses lives here too, in exactly one place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::approval::{identity_matches, ApprovalRecord};
+use crate::digest::Digest;
+use crate::identity::Caller;
+use crate::registry::RegistryEntry;
+
+/// Why a request was (or in dry-run would have been) blocked. Closed, so it can be a metric
+/// label; the strings are part of the public contract (JSON bodies, audit log, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DenyReason {
+    TokenMissing,
+    TokenInvalid,
+    CallerNotAllowed,
+    ArtefactUnverified,
+    ArtefactUnmanaged,
+    ApprovalExpired,
+    ApprovalRevoked,
+    ApprovalInvalid,
+    DeploymentNotBound,
+    ModelMismatch,
+    TrustDataUnavailable,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 11] = [
+        DenyReason::TokenMissing,
+        DenyReason::TokenInvalid,
+        DenyReason::CallerNotAllowed,
+        DenyReason::ArtefactUnverified,
+        DenyReason::ArtefactUnmanaged,
+        DenyReason::ApprovalExpired,
+        DenyReason::ApprovalRevoked,
+        DenyReason::ApprovalInvalid,
+        DenyReason::DeploymentNotBound,
+        DenyReason::ModelMismatch,
+        DenyReason::TrustDataUnavailable,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::TokenMissing => "token_missing",
+            DenyReason::TokenInvalid => "token_invalid",
+            DenyReason::CallerNotAllowed => "caller_not_allowed",
+            DenyReason::ArtefactUnverified => "artefact_unverified",
+            DenyReason::ArtefactUnmanaged => "artefact_unmanaged",
+            DenyReason::ApprovalExpired => "approval_expired",
+            DenyReason::ApprovalRevoked => "approval_revoked",
+            DenyReason::ApprovalInvalid => "approval_invalid",
+            DenyReason::DeploymentNotBound => "deployment_not_bound",
+            DenyReason::ModelMismatch => "model_mismatch",
+            DenyReason::TrustDataUnavailable => "trust_data_unavailable",
+        }
+    }
+
+    /// The HTTP status of a denial: 401 for the caller's credentials, 503 for what the
+    /// sidecar cannot yet (or can no longer) vouch for, 403 for a policy refusal.
+    pub const fn status(self) -> u16 {
+        match self {
+            DenyReason::TokenMissing | DenyReason::TokenInvalid => 401,
+            DenyReason::ArtefactUnverified | DenyReason::TrustDataUnavailable => 503,
+            _ => 403,
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the sidecar knows about the served artefact right now.
+#[derive(Clone, Copy, Debug)]
+pub enum ArtefactView<'a> {
+    /// Still hashing, re-hashing after a change, or the directory cannot be hashed.
+    Unverified,
+    Ready(&'a Digest),
+}
+
+/// What the registry knows about that digest.
+#[derive(Clone, Copy, Debug)]
+pub enum ApprovalView<'a> {
+    Entry(Option<&'a RegistryEntry>),
+    /// The registry has not answered within its staleness bound.
+    Unavailable,
+}
+
+/// The outcome of verifying the caller's credentials.
+#[derive(Clone, Copy, Debug)]
+pub enum CallerView<'a> {
+    Missing,
+    Invalid,
+    /// The issuer's keys are unavailable past their staleness bound.
+    Unavailable,
+    Verified(&'a Caller),
+}
+
+/// Everything one decision looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    pub caller: CallerView<'a>,
+    pub artefact: ArtefactView<'a>,
+    pub approval: ApprovalView<'a>,
+    /// The model the request names, when it names one.
+    pub requested_model: Option<&'a str>,
+    /// Seconds since the Unix epoch.
+    pub now: u64,
+}
+
+/// Evidence an exposure tier requires.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierRule {
+    /// Evidence kinds that must be present with verdict `pass`.
+    pub required_evidence: Vec<String>,
+}
+
+/// The static half of the policy, from configuration.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// This deployment's workload identity; must be in a record's `workloads`.
+    pub workload_identity: String,
+    /// The model this sidecar serves; a record for another model does not apply.
+    pub model: String,
+    pub tiers: HashMap<String, TierRule>,
+}
+
+/// The decision.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Allow {
+        record: Arc<ApprovalRecord>,
+    },
+    Deny {
+        reason: DenyReason,
+        /// A fixed phrase for the audit log (never a label, never caller-controlled).
+        detail: &'static str,
+        /// The record the denial is about, when there is one.
+        record: Option<Arc<ApprovalRecord>>,
+    },
+}
+
+impl Decision {
+    fn deny(reason: DenyReason, detail: &'static str) -> Decision {
+        Decision::Deny {
+            reason,
+            detail,
+            record: None,
+        }
+    }
+
+    pub fn record(&self) -> Option<&Arc<ApprovalRecord>> {
+        match self {
+            Decision::Allow { record } => Some(record),
+            Decision::Deny { record, .. } => record.as_ref(),
+        }
+    }
+
+    pub fn reason(&self) -> Option<DenyReason> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { reason, .. } => Some(*reason),
+        }
+    }
+}
+
+/// Decides one request.
+pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
+    let caller = match input.caller {
+        CallerView::Missing => return Decision::deny(DenyReason::TokenMissing, "no bearer token"),
+        CallerView::Invalid => {
+            return Decision::deny(DenyReason::TokenInvalid, "token failed verification")
+        }
+        CallerView::Unavailable => {
+            return Decision::deny(
+                DenyReason::TrustDataUnavailable,
+                "issuer keys unavailable past their staleness bound",
+            )
+        }
+        CallerView::Verified(c) => c,
+    };
+    if let Some(requested) = input.requested_model {
+        if requested != policy.model {
+            return Decision::deny(
+                DenyReason::ModelMismatch,
+                "request names a model this sidecar does not serve",
+            );
+        }
+    }
+    if let ArtefactView::Unverified = input.artefact {
+        return Decision::deny(
+            DenyReason::ArtefactUnverified,
+            "served artefact digest not yet known",
+        );
+    }
+    let entry = match input.approval {
+        ApprovalView::Unavailable => {
+            return Decision::deny(
+                DenyReason::TrustDataUnavailable,
+                "registry unavailable past its staleness bound",
+            )
+        }
+        ApprovalView::Entry(None) => {
+            return Decision::deny(
+                DenyReason::ArtefactUnmanaged,
+                "no approval record for the served digest",
+            )
+        }
+        ApprovalView::Entry(Some(e)) => e,
+    };
+    if entry.records.is_empty() {
+        return if entry.invalid.is_empty() {
+            Decision::deny(
+                DenyReason::ArtefactUnmanaged,
+                "no approval record for the served digest",
+            )
+        } else {
+            Decision::deny(
+                DenyReason::ApprovalInvalid,
+                "approval record for the served digest failed verification",
+            )
+        };
+    }
+    // Records are newest first. Any record that allows wins; otherwise the newest one's
+    // reason is the one reported.
+    let mut first_denial = None;
+    for candidate in &entry.records {
+        match check_record(policy, candidate, caller, input.now) {
+            Ok(()) => {
+                return Decision::Allow {
+                    record: candidate.record.clone(),
+                }
+            }
+            Err((reason, detail)) => {
+                first_denial.get_or_insert(Decision::Deny {
+                    reason,
+                    detail,
+                    record: Some(candidate.record.clone()),
+                });
+            }
+        }
+    }
+    // `records` is non-empty, so at least one denial was recorded.
+    first_denial.unwrap_or_else(|| {
+        Decision::deny(
+            DenyReason::ArtefactUnmanaged,
+            "no applicable approval record",
+        )
+    })
+}
+
+fn check_record(
+    policy: &Policy,
+    candidate: &crate::registry::Candidate,
+    caller: &Caller,
+    now: u64,
+) -> Result<(), (DenyReason, &'static str)> {
+    let record = &candidate.record;
+    let claims = &record.claims;
+    if candidate.revoked {
+        return Err((DenyReason::ApprovalRevoked, "approval record is revoked"));
+    }
+    if now < record.not_before() {
+        return Err((DenyReason::ApprovalExpired, "approval record not yet valid"));
+    }
+    if now >= claims.exp {
+        return Err((DenyReason::ApprovalExpired, "approval record expired"));
+    }
+    if claims.sub != policy.model {
+        return Err((
+            DenyReason::ModelMismatch,
+            "approval record is for another model",
+        ));
+    }
+    if !identity_matches(&claims.workloads, &policy.workload_identity) {
+        return Err((
+            DenyReason::DeploymentNotBound,
+            "this workload is not in the record's workloads",
+        ));
+    }
+    if let Some(rule) = policy.tiers.get(&claims.tier) {
+        let passed = |kind: &String| {
+            claims
+                .evidence
+                .iter()
+                .any(|e| &e.kind == kind && e.verdict.eq_ignore_ascii_case("pass"))
+        };
+        if !rule.required_evidence.iter().all(passed) {
+            return Err((
+                DenyReason::ApprovalInvalid,
+                "record lacks evidence its tier requires",
+            ));
+        }
+    }
+    if !identity_matches(&claims.callers, &caller.sub) {
+        return Err((
+            DenyReason::CallerNotAllowed,
+            "caller is not in the record's callers",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! The decision as a table: each row builds one situation and names the expected outcome.
+
+use super::*;
+use crate::approval::{ApprovalClaims, ArtefactRef, Evidence};
+use crate::registry::Candidate;
+
+const NOW: u64 = 1_800_000_000;
+const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
+const CALLER: &str = "spiffe://example.org/ns/app/sa/client";
+
+fn digest() -> Digest {
+    Digest([7; 32])
+}
+
+fn policy() -> Policy {
+    let mut tiers = HashMap::new();
+    tiers.insert(
+        "customer-facing".to_string(),
+        TierRule {
+            required_evidence: vec!["security-test".into(), "red-team".into()],
+        },
+    );
+    Policy {
+        workload_identity: WORKLOAD.into(),
+        model: "m".into(),
+        tiers,
+    }
+}
+
+fn claims() -> ApprovalClaims {
+    ApprovalClaims {
+        iss: "approver".into(),
+        sub: "m".into(),
+        jti: "r1".into(),
+        iat: NOW - 100,
+        nbf: None,
+        exp: NOW + 100,
+        version_id: "v1".into(),
+        artefact: ArtefactRef {
+            digest: digest(),
+            signer: None,
+        },
+        lineage: Default::default(),
+        evidence: vec![],
+        approvals: vec![],
+        tier: "internal".into(),
+        workloads: vec!["spiffe://example.org/ns/prod/*".into()],
+        callers: vec![CALLER.into()],
+        revalidate_after: None,
+    }
+}
+
+fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
+    RegistryEntry {
+        records: list
+            .into_iter()
+            .map(|(c, revoked)| Candidate {
+                record: Arc::new(ApprovalRecord {
+                    version_id: Arc::from(c.version_id.as_str()),
+                    claims: c,
+                    kid: "k".into(),
+                }),
+                revoked,
+            })
+            .collect(),
+        invalid: vec![],
+    }
+}
+
+fn caller(sub: &str) -> Caller {
+    Caller {
+        iss: Arc::from("https://issuer"),
+        sub: Arc::from(sub),
+        exp: NOW + 60,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    caller: Option<Option<&'static str>>,
+    artefact_ready: bool,
+    entry: Option<RegistryEntry>,
+    registry_down: bool,
+    requested_model: Option<&'static str>,
+    want: Result<&'static str, DenyReason>,
+}
+
+fn base(name: &'static str) -> Case {
+    Case {
+        name,
+        caller: Some(Some(CALLER)),
+        artefact_ready: true,
+        entry: Some(entry_of(vec![(claims(), false)])),
+        registry_down: false,
+        requested_model: None,
+        want: Ok("v1"),
+    }
+}
+
+fn with(c: Case, f: impl FnOnce(&mut Case)) -> Case {
+    let mut c = c;
+    f(&mut c);
+    c
+}
+
+fn record(f: impl FnOnce(&mut ApprovalClaims)) -> Option<RegistryEntry> {
+    let mut c = claims();
+    f(&mut c);
+    Some(entry_of(vec![(c, false)]))
+}
+
+#[test]
+fn decision_table() {
+    use DenyReason::*;
+    let cases = vec![
+        base("approved, bound, allowed caller"),
+        with(base("no token"), |c| {
+            c.caller = None;
+            c.want = Err(TokenMissing)
+        }),
+        with(base("bad token"), |c| {
+            c.caller = Some(None);
+            c.want = Err(TokenInvalid)
+        }),
+        with(base("token checked before artefact"), |c| {
+            c.caller = None;
+            c.artefact_ready = false;
+            c.want = Err(TokenMissing)
+        }),
+        with(base("still hashing"), |c| {
+            c.artefact_ready = false;
+            c.want = Err(ArtefactUnverified)
+        }),
+        with(base("registry down"), |c| {
+            c.registry_down = true;
+            c.want = Err(TrustDataUnavailable)
+        }),
+        with(base("no record for digest"), |c| {
+            c.entry = None;
+            c.want = Err(ArtefactUnmanaged)
+        }),
+        with(base("only a forged record for digest"), |c| {
+            c.entry = Some(RegistryEntry {
+                records: vec![],
+                invalid: vec!["bad signature".into()],
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("revoked"), |c| {
+            c.entry = Some(entry_of(vec![(claims(), true)]));
+            c.want = Err(ApprovalRevoked)
+        }),
+        with(base("expired at exp to the second"), |c| {
+            c.entry = record(|r| r.exp = NOW);
+            c.want = Err(ApprovalExpired)
+        }),
+        with(base("one second before exp"), |c| {
+            c.entry = record(|r| r.exp = NOW + 1);
+        }),
+        with(base("not yet valid"), |c| {
+            c.entry = record(|r| r.nbf = Some(NOW + 10));
+            c.want = Err(ApprovalExpired)
+        }),
+        with(base("record for another model"), |c| {
+            c.entry = record(|r| r.sub = "other".into());
+            c.want = Err(ModelMismatch)
+        }),
+        with(base("request names another model"), |c| {
+            c.requested_model = Some("other");
+            c.want = Err(ModelMismatch)
+        }),
+        with(base("request names this model"), |c| {
+            c.requested_model = Some("m");
+        }),
+        with(base("workload not bound"), |c| {
+            c.entry = record(|r| r.workloads = vec!["spiffe://example.org/ns/dev/*".into()]);
+            c.want = Err(DeploymentNotBound)
+        }),
+        with(base("no workloads at all"), |c| {
+            c.entry = record(|r| r.workloads = vec![]);
+            c.want = Err(DeploymentNotBound)
+        }),
+        with(base("caller not listed"), |c| {
+            c.caller = Some(Some("spiffe://example.org/ns/app/sa/intruder"));
+            c.want = Err(CallerNotAllowed)
+        }),
+        with(base("caller matched by wildcard"), |c| {
+            c.caller = Some(Some("system:serviceaccount:ml:batch"));
+            c.entry = record(|r| r.callers = vec!["system:serviceaccount:ml:*".into()]);
+        }),
+        with(base("tier evidence missing"), |c| {
+            c.entry = record(|r| {
+                r.tier = "customer-facing".into();
+                r.evidence = vec![ev("security-test", "pass")];
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("tier evidence failed"), |c| {
+            c.entry = record(|r| {
+                r.tier = "customer-facing".into();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "fail")];
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("tier evidence present"), |c| {
+            c.entry = record(|r| {
+                r.tier = "customer-facing".into();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "PASS")];
+            });
+        }),
+        with(base("a newer valid record beats an expired one"), |c| {
+            let mut old = claims();
+            old.exp = NOW - 1;
+            old.iat = NOW - 1000;
+            old.version_id = "v0".into();
+            let mut new = claims();
+            new.version_id = "v2".into();
+            c.entry = Some(entry_of(vec![(new, false), (old, false)]));
+            c.want = Ok("v2")
+        }),
+        with(
+            base("an older valid record still allows when the newest is revoked"),
+            |c| {
+                let mut new = claims();
+                new.version_id = "v2".into();
+                c.entry = Some(entry_of(vec![(new, true), (claims(), false)]));
+                c.want = Ok("v1")
+            },
+        ),
+        with(base("the newest record's reason is reported"), |c| {
+            let mut new = claims();
+            new.version_id = "v2".into();
+            let mut old = claims();
+            old.exp = NOW - 1;
+            c.entry = Some(entry_of(vec![(new, true), (old, false)]));
+            c.want = Err(ApprovalRevoked)
+        }),
+    ];
+    for case in cases {
+        let caller_value;
+        let caller_view = match case.caller {
+            None => CallerView::Missing,
+            Some(None) => CallerView::Invalid,
+            Some(Some(sub)) => {
+                caller_value = caller(sub);
+                CallerView::Verified(&caller_value)
+            }
+        };
+        let d = digest();
+        let input = Input {
+            caller: caller_view,
+            artefact: if case.artefact_ready {
+                ArtefactView::Ready(&d)
+            } else {
+                ArtefactView::Unverified
+            },
+            approval: if case.registry_down {
+                ApprovalView::Unavailable
+            } else {
+                ApprovalView::Entry(case.entry.as_ref())
+            },
+            requested_model: case.requested_model,
+            now: NOW,
+        };
+        let got = match decide(&policy(), &input) {
+            Decision::Allow { record } => Ok(record.claims.version_id.clone()),
+            Decision::Deny { reason, .. } => Err(reason),
+        };
+        assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
+    }
+}
+
+fn ev(kind: &str, verdict: &str) -> Evidence {
+    Evidence {
+        kind: kind.into(),
+        uri: "s3://evidence".into(),
+        digest: String::new(),
+        verdict: verdict.into(),
+    }
+}
+
+#[test]
+fn reasons_have_stable_names_and_statuses() {
+    let names: Vec<&str> = DenyReason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "token_missing",
+            "token_invalid",
+            "caller_not_allowed",
+            "artefact_unverified",
+            "artefact_unmanaged",
+            "approval_expired",
+            "approval_revoked",
+            "approval_invalid",
+            "deployment_not_bound",
+            "model_mismatch",
+            "trust_data_unavailable"
+        ]
+    );
+    for (i, r) in DenyReason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i);
+        let want = match r {
+            DenyReason::TokenMissing | DenyReason::TokenInvalid => 401,
+            DenyReason::ArtefactUnverified | DenyReason::TrustDataUnavailable => 503,
+            _ => 403,
+        };
+        assert_eq!(r.status(), want, "{r}");
+    }
+}

@@ -1,0 +1,140 @@
+//! Wiring: builds the shared state from a validated [`Config`], starts the background
+//! services (artefact hasher, registry watcher, audit writer), and runs the pingora server
+//! with the proxy and admin listeners. Returns only on a start-up error.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::admin::Admin;
+use crate::artefact::{ArtefactHandle, ArtefactWatcher};
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::identity::{Issuer, TokenVerifier};
+use crate::policy::Policy;
+use crate::proxy::{Gate, RequestIds};
+use crate::registry::{ApprovalStore, DirRegistry};
+use crate::telemetry::Metrics;
+
+/// Errors starting the sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("starting a background thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs the sidecar until the process is signalled.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    for issuer in &config.issuers {
+        for skipped in &issuer.keys.skipped {
+            tracing::warn!(issuer = %issuer.issuer, key = %skipped, "issuer key skipped");
+        }
+    }
+    for skipped in &config.approvers.skipped {
+        tracing::warn!(key = %skipped, "approver key skipped");
+    }
+
+    let artefact = Arc::new(ArtefactHandle::default());
+    metrics.set_artefact_state(&config.model, &artefact.load());
+    let approvals = Arc::new(ApprovalStore::new(metrics.clone()));
+    let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
+
+    let watcher = ArtefactWatcher {
+        model: config.model.clone(),
+        path: config.artefact_path.clone(),
+        poll_interval: config.poll_interval,
+        threads: config.hash_threads,
+        handle: artefact.clone(),
+        metrics: metrics.clone(),
+    };
+    let s = stop.clone();
+    std::thread::Builder::new()
+        .name("provgate-artefact".into())
+        .spawn(move || watcher.run(s))
+        .map_err(StartError::Thread)?;
+
+    let registry = DirRegistry {
+        dir: config.registry_path.clone(),
+        approvers: config.approvers.clone(),
+        rescan_interval: config.rescan_interval,
+        store: approvals.clone(),
+        metrics: metrics.clone(),
+    };
+    let s = stop.clone();
+    std::thread::Builder::new()
+        .name("provgate-registry".into())
+        .spawn(move || registry.run(s))
+        .map_err(StartError::Thread)?;
+
+    let tokens = Arc::new(TokenVerifier::new(
+        config
+            .issuers
+            .into_iter()
+            .map(|i| Issuer {
+                issuer: i.issuer,
+                audiences: i.audiences,
+                algorithms: i.algorithms,
+                keys: ArcSwap::from_pointee(i.keys),
+            })
+            .collect(),
+        config.leeway.as_secs(),
+        config.token_cache_size,
+        metrics.clone(),
+    ));
+
+    let gate = Gate {
+        policy: Policy {
+            workload_identity: config.workload_identity,
+            model: config.model.clone(),
+            tiers: config.tiers,
+        },
+        enforce: config.enforce,
+        log_allowed: config.log_allowed,
+        artefact: artefact.clone(),
+        approvals: approvals.clone(),
+        tokens,
+        audit,
+        metrics: metrics.clone(),
+        peer: Gate::upstream_peer_for(&config.upstream),
+        forward_token: config.upstream.forward_token,
+        request_ids: RequestIds::default(),
+    };
+
+    let conf = ServerConf {
+        threads: config.threads,
+        upstream_keepalive_pool_size: config.upstream.keepalive_pool,
+        grace_period_seconds: Some(config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.grace_period.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gate);
+    proxy.add_tcp(&config.listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = pingora::services::listening::Service::new(
+        "provgate admin".to_string(),
+        Admin {
+            model: config.model,
+            metrics,
+            artefact,
+            approvals,
+        },
+    );
+    admin.add_tcp(&config.admin.to_string());
+    server.add_service(admin);
+
+    tracing::info!(listen = %config.listen, admin = %config.admin,
+        upstream = %config.upstream.address, enforce = config.enforce, "provgate starting");
+    server.run_forever()
+}

@@ -1,0 +1,297 @@
+//! Metrics: every name is a constant here, every metric is registered in [`Metrics::new`],
+//! and labels are bounded (decision, reason enum, model, version ID, fixed outcome words).
+//! A token subject, a path or an error string is never a label.
+//!
+//! Also sets up structured logging (`tracing`, with pingora's `log` records bridged in).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::artefact::ArtefactState;
+
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "provgate_requests_total";
+    pub const REQUEST_DURATION_SECONDS: &str = "provgate_request_duration_seconds";
+    pub const DECISION_DURATION_SECONDS: &str = "provgate_decision_duration_seconds";
+    pub const TOKEN_CACHE_REQUESTS_TOTAL: &str = "provgate_token_cache_requests_total";
+    pub const APPROVAL_CACHE_REQUESTS_TOTAL: &str = "provgate_approval_cache_requests_total";
+    pub const TOKEN_VERIFICATIONS_TOTAL: &str = "provgate_token_verifications_total";
+    pub const ARTEFACT_STATE: &str = "provgate_artefact_state";
+    pub const ARTEFACT_INFO: &str = "provgate_artefact_info";
+    pub const ARTEFACT_HASH_DURATION_SECONDS: &str = "provgate_artefact_hash_duration_seconds";
+    pub const APPROVAL_EXPIRY_TIMESTAMP_SECONDS: &str =
+        "provgate_approval_expiry_timestamp_seconds";
+    pub const REGISTRY_RECORDS: &str = "provgate_registry_records";
+    pub const REGISTRY_REVOKED_IDS: &str = "provgate_registry_revoked_ids";
+    pub const REGISTRY_RELOADS_TOTAL: &str = "provgate_registry_reloads_total";
+    pub const REGISTRY_SYNC_AGE_SECONDS: &str = "provgate_registry_sync_age_seconds";
+    pub const AUDIT_RECORDS_TOTAL: &str = "provgate_audit_records_total";
+    pub const READY: &str = "provgate_ready";
+    pub const BUILD_INFO: &str = "provgate_build_info";
+}
+
+/// Artefact states, as label values.
+pub const ARTEFACT_STATES: [&str; 4] = ["pending", "hashing", "ready", "failed"];
+
+/// All of provgate's metrics, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub decision_duration: Histogram,
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
+    pub approval_cache_hits: IntCounter,
+    pub approval_cache_misses: IntCounter,
+    pub token_verifications: IntCounterVec,
+    pub artefact_state: IntGaugeVec,
+    pub artefact_info: IntGaugeVec,
+    pub artefact_hash_seconds: Histogram,
+    pub approval_expiry: GaugeVec,
+    pub registry_records_valid: IntGauge,
+    pub registry_records_invalid: IntGauge,
+    pub registry_revoked_ids: IntGauge,
+    pub registry_reloads_ok: IntCounter,
+    pub registry_reloads_failed: IntCounter,
+    pub registry_sync_age: Gauge,
+    pub audit_written: IntCounter,
+    pub audit_dropped: IntCounter,
+    pub audit_failed: IntCounter,
+    pub ready: IntGauge,
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.5, 2.5,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Registration fails only on a duplicate name or a malformed descriptor, which the
+        // constants above rule out; the unit test below registers them all.
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric descriptor is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        use names::*;
+        let requests = reg!(IntCounterVec::new(
+            Opts::new(REQUESTS_TOTAL, "Requests by decision (allow, deny, would_block), deny reason, model and approved version ID."),
+            &["decision", "reason", "model", "version_id"]
+        ));
+        let request_duration = reg!(HistogramVec::new(
+            HistogramOpts::new(
+                REQUEST_DURATION_SECONDS,
+                "Time from request start to the end of the response, by decision."
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["decision"]
+        ));
+        let decision_duration = reg!(Histogram::with_opts(
+            HistogramOpts::new(
+                DECISION_DURATION_SECONDS,
+                "Time spent deciding one request (token, artefact, approval, policy)."
+            )
+            .buckets(LATENCY_BUCKETS.to_vec())
+        ));
+        let token_cache = reg!(IntCounterVec::new(
+            Opts::new(
+                TOKEN_CACHE_REQUESTS_TOTAL,
+                "Verified-token cache lookups by result (hit, miss)."
+            ),
+            &["result"]
+        ));
+        let approval_cache = reg!(IntCounterVec::new(
+            Opts::new(
+                APPROVAL_CACHE_REQUESTS_TOTAL,
+                "Approval cache lookups by result (hit, miss)."
+            ),
+            &["result"]
+        ));
+        let token_verifications = reg!(IntCounterVec::new(
+            Opts::new(
+                TOKEN_VERIFICATIONS_TOTAL,
+                "Uncached token verifications by outcome."
+            ),
+            &["outcome"]
+        ));
+        let artefact_state = reg!(IntGaugeVec::new(
+            Opts::new(
+                ARTEFACT_STATE,
+                "1 for the served artefact's current state (pending, hashing, ready, failed)."
+            ),
+            &["model", "state"]
+        ));
+        let artefact_info = reg!(IntGaugeVec::new(
+            Opts::new(
+                ARTEFACT_INFO,
+                "1, labelled with the served artefact's current digest."
+            ),
+            &["model", "digest"]
+        ));
+        let artefact_hash_seconds = reg!(Histogram::with_opts(
+            HistogramOpts::new(
+                ARTEFACT_HASH_DURATION_SECONDS,
+                "Time to hash the model directory."
+            )
+            .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0])
+        ));
+        let approval_expiry = reg!(GaugeVec::new(
+            Opts::new(
+                APPROVAL_EXPIRY_TIMESTAMP_SECONDS,
+                "Expiry (Unix seconds) of the approval record in force for the served artefact."
+            ),
+            &["model", "version_id"]
+        ));
+        let registry_records = reg!(IntGaugeVec::new(
+            Opts::new(
+                REGISTRY_RECORDS,
+                "Approval records loaded, by state (valid, invalid)."
+            ),
+            &["state"]
+        ));
+        let registry_revoked_ids = reg!(IntGauge::new(
+            REGISTRY_REVOKED_IDS,
+            "Record IDs on the revocation list."
+        ));
+        let registry_reloads = reg!(IntCounterVec::new(
+            Opts::new(
+                REGISTRY_RELOADS_TOTAL,
+                "Registry loads by result (ok, error)."
+            ),
+            &["result"]
+        ));
+        let registry_sync_age = reg!(Gauge::new(
+            REGISTRY_SYNC_AGE_SECONDS,
+            "Seconds since the registry was last loaded successfully."
+        ));
+        let audit = reg!(IntCounterVec::new(
+            Opts::new(
+                AUDIT_RECORDS_TOTAL,
+                "Audit records by result (written, dropped: queue full, failed: write error)."
+            ),
+            &["result"]
+        ));
+        let ready = reg!(IntGauge::new(
+            READY,
+            "1 when the sidecar has finished its first sync."
+        ));
+        let build_info = reg!(IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "1, labelled with the provgate version."),
+            &["version"]
+        ));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Metrics {
+            token_cache_hits: token_cache.with_label_values(&["hit"]),
+            token_cache_misses: token_cache.with_label_values(&["miss"]),
+            approval_cache_hits: approval_cache.with_label_values(&["hit"]),
+            approval_cache_misses: approval_cache.with_label_values(&["miss"]),
+            registry_records_valid: registry_records.with_label_values(&["valid"]),
+            registry_records_invalid: registry_records.with_label_values(&["invalid"]),
+            registry_reloads_ok: registry_reloads.with_label_values(&["ok"]),
+            registry_reloads_failed: registry_reloads.with_label_values(&["error"]),
+            audit_written: audit.with_label_values(&["written"]),
+            audit_dropped: audit.with_label_values(&["dropped"]),
+            audit_failed: audit.with_label_values(&["failed"]),
+            registry,
+            requests,
+            request_duration,
+            decision_duration,
+            token_verifications,
+            artefact_state,
+            artefact_info,
+            artefact_hash_seconds,
+            approval_expiry,
+            registry_revoked_ids,
+            registry_sync_age,
+            ready,
+        }
+    }
+
+    /// Publishes the artefact's state and digest (the old digest series is removed).
+    pub fn set_artefact_state(&self, model: &str, state: &ArtefactState) {
+        for s in ARTEFACT_STATES {
+            self.artefact_state
+                .with_label_values(&[model, s])
+                .set((s == state.label()) as i64);
+        }
+        if let Some(digest) = state.digest() {
+            self.artefact_info.reset();
+            self.artefact_info
+                .with_label_values(&[model, &digest.to_string()])
+                .set(1);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Installs the global `tracing` subscriber (JSON or text lines on stderr) and bridges the
+/// `log` records pingora emits. `RUST_LOG` overrides `level`.
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_and_encodes() {
+        let m = Metrics::new();
+        m.requests
+            .with_label_values(&["deny", "token_missing", "m", "none"])
+            .inc();
+        m.set_artefact_state(
+            "m",
+            &ArtefactState::Ready {
+                digest: crate::digest::Digest([1; 32]),
+                files: 1,
+                bytes: 1,
+            },
+        );
+        let text = String::from_utf8(m.encode()).unwrap();
+        for name in [
+            names::REQUESTS_TOTAL,
+            names::ARTEFACT_INFO,
+            names::ARTEFACT_STATE,
+            names::BUILD_INFO,
+            names::TOKEN_CACHE_REQUESTS_TOTAL,
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains("provgate_artefact_state{model=\"m\",state=\"ready\"} 1"));
+        assert!(text.contains("provgate_artefact_state{model=\"m\",state=\"hashing\"} 0"));
+    }
+}

@@ -146,6 +146,10 @@ pub struct RegistryFile {
     /// How often to rescan besides inotify events.
     #[serde(default = "default_rescan")]
     pub rescan_interval: String,
+    /// How long the last good records are used while the registry cannot be read; after
+    /// that, requests fail closed with `trust_data_unavailable`.
+    #[serde(default = "default_max_stale")]
+    pub max_stale: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +283,9 @@ fn default_poll() -> String {
 fn default_rescan() -> String {
     "5s".into()
 }
+fn default_max_stale() -> String {
+    "5m".into()
+}
 fn default_leeway() -> String {
     "30s".into()
 }
@@ -344,6 +351,7 @@ pub struct Config {
     pub hash_threads: usize,
     pub registry_path: PathBuf,
     pub rescan_interval: Duration,
+    pub max_stale: Duration,
     pub approvers: KeySet,
     pub leeway: Duration,
     pub token_cache_size: u64,
@@ -403,6 +411,7 @@ impl FileConfig {
         let connect_timeout = duration("upstream.connect_timeout", &self.upstream.connect_timeout);
         let poll_interval = duration("artefact.poll_interval", &self.artefact.poll_interval);
         let rescan_interval = duration("registry.rescan_interval", &self.registry.rescan_interval);
+        let max_stale = duration("registry.max_stale", &self.registry.max_stale);
         let leeway = duration("callers.leeway", &self.callers.leeway);
         let grace_period = self
             .server
@@ -427,6 +436,9 @@ impl FileConfig {
         }
         if rescan_interval.is_zero() {
             errors.push("registry.rescan_interval: must be more than zero".into());
+        }
+        if max_stale < rescan_interval {
+            errors.push("registry.max_stale: must be at least registry.rescan_interval".into());
         }
 
         let nonempty = |errors: &mut Vec<String>, key: &str, v: &str| {
@@ -543,6 +555,7 @@ impl FileConfig {
             },
             registry_path,
             rescan_interval,
+            max_stale,
             approvers,
             leeway,
             token_cache_size: self.callers.token_cache_size,

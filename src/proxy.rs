@@ -30,7 +30,7 @@ use crate::identity::{bearer, Caller, TokenError, TokenVerifier};
 use crate::policy::{
     decide, ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, Policy,
 };
-use crate::registry::ApprovalStore;
+use crate::registry::{ApprovalStore, Lookup};
 use crate::telemetry::Metrics;
 
 pub const HEADER_VERSION_ID: &str = "x-provgate-version-id";
@@ -102,19 +102,22 @@ impl Gate {
         };
         ctx.requested_model = requested_model(req.uri.path()).map(str::to_string);
         let state = self.artefact.load();
-        let (artefact_view, entry) = match state.digest() {
+        let (artefact_view, lookup) = match state.digest() {
             Some(d) => {
                 ctx.digest = Some(*d);
-                (ArtefactView::Ready(d), self.approvals.lookup(d))
+                (ArtefactView::Ready(d), self.approvals.view(d))
             }
-            None => (ArtefactView::Unverified, None),
+            None => (ArtefactView::Unverified, Lookup::Entry(None)),
         };
         let decision = decide(
             &self.policy,
             &Input {
                 caller: caller_view,
                 artefact: artefact_view,
-                approval: ApprovalView::Entry(entry.as_deref()),
+                approval: match &lookup {
+                    Lookup::Entry(e) => ApprovalView::Entry(e.as_deref()),
+                    Lookup::Unavailable => ApprovalView::Unavailable,
+                },
                 requested_model: ctx.requested_model.as_deref(),
                 now,
             },

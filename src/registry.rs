@@ -156,20 +156,30 @@ fn read_revocations(path: &Path) -> std::io::Result<HashSet<String>> {
 
 // === impl ApprovalStore ===
 
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Entry(Option<Arc<RegistryEntry>>),
+    Unavailable,
+}
+
 /// The request path's view of the registry.
 pub struct ApprovalStore {
     snapshot: ArcSwap<Snapshot>,
     cache: moka::sync::Cache<Digest, Option<Arc<RegistryEntry>>>,
     synced: AtomicBool,
-    /// When the last successful load finished, as seconds since `epoch`.
+    /// When the registry was last read successfully, as milliseconds since `epoch`.
     last_sync: AtomicU64,
+    /// How long the last good records may be used while the registry cannot be read.
+    max_stale: Duration,
     epoch: Instant,
     metrics: Arc<Metrics>,
 }
 
 impl ApprovalStore {
-    pub fn new(metrics: Arc<Metrics>) -> ApprovalStore {
+    pub fn new(max_stale: Duration, metrics: Arc<Metrics>) -> ApprovalStore {
         ApprovalStore {
+            max_stale,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             cache: moka::sync::Cache::builder().max_capacity(10_000).build(),
             synced: AtomicBool::new(false),
@@ -177,6 +187,15 @@ impl ApprovalStore {
             epoch: Instant::now(),
             metrics,
         }
+    }
+
+    /// The request path's view: the entry for a digest, or `Unavailable` once the registry
+    /// has not been read successfully for longer than `max_stale` (fail closed).
+    pub fn view(&self, digest: &Digest) -> Lookup {
+        if self.is_synced() && self.since_last_sync() > self.max_stale {
+            return Lookup::Unavailable;
+        }
+        Lookup::Entry(self.lookup(digest))
     }
 
     /// The entry for a digest (None: the registry has no record for it).
@@ -202,6 +221,12 @@ impl ApprovalStore {
         self.epoch
             .elapsed()
             .saturating_sub(Duration::from_millis(at))
+    }
+
+    /// Records that the registry was read and found unchanged.
+    pub fn confirm(&self) {
+        self.last_sync
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Publishes a freshly loaded snapshot and drops every cached lookup.
@@ -254,8 +279,14 @@ impl DirRegistry {
         while !stop.load(Ordering::Relaxed) {
             let fingerprint = crate::artefact::dir_fingerprint(&self.dir);
             if last_fingerprint.as_ref() != Some(&fingerprint) {
-                self.reload();
-                last_fingerprint = Some(fingerprint);
+                if self.reload() {
+                    last_fingerprint = Some(fingerprint);
+                }
+            } else if self.dir.is_dir() {
+                self.store.confirm();
+            } else {
+                // Gone (an unmounted volume): fail the next reload, let the records age.
+                last_fingerprint = None;
             }
             // Wake on a change event or at the rescan interval, then let a burst settle.
             if rx.recv_timeout(self.rescan_interval).is_ok() {
@@ -266,7 +297,8 @@ impl DirRegistry {
         }
     }
 
-    fn reload(&self) {
+    /// Loads the directory and publishes it; false when it could not be read.
+    fn reload(&self) -> bool {
         match load_dir(&self.dir, &self.approvers) {
             Ok(snapshot) => {
                 tracing::info!(
@@ -278,11 +310,13 @@ impl DirRegistry {
                 );
                 self.metrics.registry_reloads_ok.inc();
                 self.store.publish(snapshot);
+                true
             }
             Err(e) => {
                 // Keep the last good snapshot; readiness and the sync-age gauge tell the story.
                 self.metrics.registry_reloads_failed.inc();
-                tracing::error!(error = %e, "registry reload failed; keeping the last good records");
+                tracing::error!(error = %e, "registry reload failed; keeping the last good records until max_stale");
+                false
             }
         }
     }

@@ -44,7 +44,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let artefact = Arc::new(ArtefactHandle::default());
     metrics.set_artefact_state(&config.model, &artefact.load());
-    let approvals = Arc::new(ApprovalStore::new(metrics.clone()));
+    let approvals = Arc::new(ApprovalStore::new(config.max_stale, metrics.clone()));
     let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
 
     let watcher = ArtefactWatcher {

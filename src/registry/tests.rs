@@ -81,7 +81,7 @@ fn a_missing_directory_is_an_error() {
 #[test]
 fn lookups_are_cached_and_a_publish_clears_the_cache() {
     let metrics = Arc::new(Metrics::new());
-    let store = ApprovalStore::new(metrics.clone());
+    let store = ApprovalStore::new(Duration::from_secs(60), metrics.clone());
     assert!(!store.is_synced());
     let d = Digest([9; 32]);
     assert!(store.lookup(&d).is_none());
@@ -95,4 +95,18 @@ fn lookups_are_cached_and_a_publish_clears_the_cache() {
     assert!(store.is_synced());
     assert!(store.lookup(&d).is_some(), "a publish is visible at once");
     assert_eq!(metrics.approval_cache_misses.get(), 2);
+}
+
+#[test]
+fn records_older_than_max_stale_are_unavailable() {
+    let store = ApprovalStore::new(Duration::from_millis(50), Arc::new(Metrics::new()));
+    let d = Digest([9; 32]);
+    // Before the first sync the caller sees an empty entry; readiness covers that window.
+    assert!(matches!(store.view(&d), Lookup::Entry(None)));
+    store.publish(Snapshot::default());
+    assert!(matches!(store.view(&d), Lookup::Entry(None)));
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(matches!(store.view(&d), Lookup::Unavailable));
+    store.confirm();
+    assert!(matches!(store.view(&d), Lookup::Entry(None)));
 }

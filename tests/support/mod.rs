@@ -1,0 +1,504 @@
+//! Test support: a real upstream on 127.0.0.1:0, a fixture directory (model, keys, registry,
+//! config), and the real `provgate` binary started on ephemeral ports.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use provgate::approval::{sign, ApprovalClaims, ArtefactRef, Evidence};
+use provgate::keys::{jwks_document, KeyKind, SigningKey};
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
+pub const CALLER: &str = "spiffe://example.org/ns/app/sa/client";
+pub const MODEL: &str = "all-minilm-l6-v2";
+
+// === Upstream ===
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: hyper::Version,
+    pub headers: http::HeaderMap,
+}
+
+/// A model server stand-in: `/sse` streams two events, the second only after
+/// [`Upstream::release`]; every other path answers a small JSON body.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (s, r) = (seen.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (s, r) = (s.clone(), r.clone());
+                        async move { Ok::<_, Infallible>(respond(req, s, r)) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            release,
+            task,
+        }
+    }
+
+    /// Lets the `/sse` handler send its second event.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn respond(
+    req: hyper::Request<hyper::body::Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<tokio::sync::Notify>,
+) -> hyper::Response<BoxBody<Bytes, Infallible>> {
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    if req.uri().path() == "/sse" {
+        let stream = futures_util::stream::unfold(0u8, move |step| {
+            let release = release.clone();
+            async move {
+                match step {
+                    0 => Some((Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))), 1)),
+                    1 => {
+                        release.notified().await;
+                        Some((Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        return hyper::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap();
+    }
+    hyper::Response::builder()
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from_static(
+            b"{\"object\":\"list\",\"data\":[{\"id\":\"all-minilm-l6-v2\"}]}",
+        ))))
+        .unwrap()
+}
+
+// === Fixture ===
+
+/// A working directory with a model, approver and issuer keys, a registry and a config.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub approver: SigningKey,
+    pub issuer: SigningKey,
+    /// Extra TOML appended to the generated config.
+    pub extra: String,
+    pub enforce: bool,
+    pub log_allowed: bool,
+    pub protocol: &'static str,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (approver, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let (issuer, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let f = Fixture {
+            dir,
+            approver,
+            issuer,
+            extra: String::new(),
+            enforce: true,
+            log_allowed: false,
+            protocol: "http1",
+        };
+        std::fs::create_dir_all(f.model_dir()).unwrap();
+        std::fs::create_dir_all(f.registry_dir()).unwrap();
+        std::fs::write(f.model_dir().join("config.json"), b"{\"hidden_size\": 8}").unwrap();
+        std::fs::write(f.model_dir().join("model.safetensors"), vec![7u8; 4096]).unwrap();
+        std::fs::write(
+            f.path("approvers.jwks.json"),
+            jwks_document(std::slice::from_ref(&f.approver.public_jwk)),
+        )
+        .unwrap();
+        std::fs::write(
+            f.path("issuer.jwks.json"),
+            jwks_document(std::slice::from_ref(&f.issuer.public_jwk)),
+        )
+        .unwrap();
+        f
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        self.path("model")
+    }
+
+    pub fn registry_dir(&self) -> PathBuf {
+        self.path("approvals")
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.path("audit.jsonl")
+    }
+
+    pub fn digest(&self) -> provgate::digest::Digest {
+        provgate::artefact::compute_manifest(&self.model_dir(), 1)
+            .unwrap()
+            .root
+    }
+
+    /// Claims of a record that allows [`CALLER`] to call the current model.
+    pub fn claims(&self) -> ApprovalClaims {
+        let now = provgate::unix_now();
+        ApprovalClaims {
+            iss: "approver@example.org".into(),
+            sub: MODEL.into(),
+            jti: "rec-1".into(),
+            iat: now - 10,
+            nbf: Some(now - 10),
+            exp: now + 3600,
+            version_id: "v42".into(),
+            artefact: ArtefactRef {
+                digest: self.digest(),
+                signer: None,
+            },
+            lineage: serde_json::json!({"code_revision": "abc123"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            evidence: vec![Evidence {
+                kind: "security-test".into(),
+                uri: "https://ci.example.org/run/1".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                verdict: "pass".into(),
+            }],
+            approvals: vec![],
+            tier: "internal".into(),
+            workloads: vec![WORKLOAD.into()],
+            callers: vec!["spiffe://example.org/ns/app/sa/*".into()],
+            revalidate_after: None,
+        }
+    }
+
+    /// Signs and stores a record in the registry directory.
+    pub fn approve(&self, file: &str, claims: &ApprovalClaims) {
+        let jws = sign(claims, &self.approver).unwrap();
+        self.write_record(file, &jws);
+    }
+
+    /// Writes a record file atomically (rename), as a deployment tool would.
+    pub fn write_record(&self, file: &str, jws: &str) {
+        let tmp = self.path(&format!(".{file}.tmp"));
+        std::fs::write(&tmp, jws).unwrap();
+        std::fs::rename(&tmp, self.registry_dir().join(file)).unwrap();
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        provgate::identity::mint_token(
+            &self.issuer,
+            ISSUER,
+            sub,
+            &["provgate".to_string()],
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    }
+
+    pub fn config(&self, listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
+        format!(
+            r#"
+[listen]
+address = "{listen}"
+[admin]
+address = "{admin}"
+[upstream]
+address = "{upstream}"
+protocol = "{protocol}"
+[mode]
+enforce = {enforce}
+[workload]
+identity = "{WORKLOAD}"
+[artefact]
+model = "{MODEL}"
+path = "{model}"
+poll_interval = "500ms"
+[registry]
+kind = "dir"
+path = "{registry}"
+rescan_interval = "500ms"
+[trust]
+approver_keys = "{approvers}"
+[[callers.issuers]]
+issuer = "{ISSUER}"
+jwks_file = "{issuer}"
+audiences = ["provgate"]
+[tiers.customer-facing]
+required_evidence = ["security-test", "red-team"]
+[audit]
+path = "{audit}"
+log_allowed = {log_allowed}
+[server]
+threads = 1
+grace_period = "0s"
+{extra}
+"#,
+            protocol = self.protocol,
+            enforce = self.enforce,
+            model = self.model_dir().display(),
+            registry = self.registry_dir().display(),
+            approvers = self.path("approvers.jwks.json").display(),
+            issuer = self.path("issuer.jwks.json").display(),
+            audit = self.audit_path().display(),
+            log_allowed = self.log_allowed,
+            extra = self.extra,
+        )
+    }
+
+    /// Audit records written so far.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until an audit record with this request ID is written.
+    pub async fn audit_record(&self, request_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = self
+                .audit_records()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record for {request_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+// === The provgate process ===
+
+/// A port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_provgate")
+}
+
+/// A running provgate, killed on drop.
+pub struct Provgate {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Provgate {
+    /// Starts provgate for a fixture and waits until `/healthz` answers (not `/readyz`:
+    /// some tests need to see it unready). Retries on a port taken in between.
+    pub async fn start(fixture: &Fixture, upstream: SocketAddr) -> Provgate {
+        for attempt in 0..3 {
+            let (listen, admin) = (free_port(), free_port());
+            let config = fixture.path("provgate.toml");
+            std::fs::write(&config, fixture.config(listen, admin, upstream)).unwrap();
+            let log = fixture.path(&format!("provgate-{attempt}.log"));
+            let child = Command::new(bin())
+                .args(["run", "-c"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let mut pg = Provgate {
+                child,
+                listen,
+                admin,
+                log,
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            };
+            if pg.wait_healthy().await {
+                return pg;
+            }
+            eprintln!("provgate did not start (attempt {attempt}):\n{}", pg.logs());
+        }
+        panic!("provgate failed to start three times");
+    }
+
+    async fn wait_healthy(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let ok = self
+                .client
+                .get(format!("http://{}/healthz", self.admin))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false);
+            // The proxy listener starts with the admin one; check it accepts too.
+            if ok && tokio::net::TcpStream::connect(self.listen).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self
+                .client
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never ready:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listen, path)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one metric series, by exact name-and-labels prefix.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls until `check` passes on a request, or fails after `within`.
+    pub async fn eventually<F, Fut>(&self, within: Duration, mut check: F) -> Duration
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        loop {
+            if check().await {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "condition not met within {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Provgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the provgate binary to completion.
+pub fn run_cli(args: &[&str], cwd: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    cmd.output().unwrap()
+}

@@ -161,6 +161,12 @@ impl Fixture {
         std::fs::create_dir_all(f.registry_dir()).unwrap();
         std::fs::write(f.model_dir().join("config.json"), b"{\"hidden_size\": 8}").unwrap();
         std::fs::write(f.model_dir().join("model.safetensors"), vec![7u8; 4096]).unwrap();
+        f.write_jwks();
+        f
+    }
+
+    fn write_jwks(&self) {
+        let f = self;
         std::fs::write(
             f.path("approvers.jwks.json"),
             jwks_document(std::slice::from_ref(&f.approver.public_jwk)),
@@ -171,7 +177,6 @@ impl Fixture {
             jwks_document(std::slice::from_ref(&f.issuer.public_jwk)),
         )
         .unwrap();
-        f
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

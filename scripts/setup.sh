@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing provgate needs and a fresh machine lacks:
+#   - cmake (pingora-core builds zlib-ng with it), from Debian's packages;
+#   - with --python: a virtual environment holding the independent implementations the
+#     interoperability tests run against (the OpenSSF model_signing tool, PyJWT,
+#     cryptography). It is cached under ${PROVGATE_CACHE:-~/.cache/provgate} and rebuilt
+#     only when the pinned requirements change. Prints its python's path last.
+set -euo pipefail
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+if [ "${1:-}" = "--python" ]; then
+    cache="${PROVGATE_CACHE:-$HOME/.cache/provgate}"
+    venv="$cache/venv-interop"
+    requirements="model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2"
+    stamp="$venv/.provgate-requirements"
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
+        echo "setup: creating $venv ($requirements)" >&2
+        rm -rf "$venv"
+        mkdir -p "$cache"
+        python3 -m venv "$venv"
+        # shellcheck disable=SC2086
+        "$venv/bin/pip" install -q --disable-pip-version-check $requirements >&2
+        echo "$requirements" > "$stamp"
+    fi
+    echo "$venv/bin/python"
+fi

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test provgate has: formatting, lints, unit tests, and the integration tests
+# (real binary, real sockets on 127.0.0.1, the reference model_signing tool and PyJWT).
+# Installs whatever a fresh machine lacks first. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROVGATE_PYTHON="$(scripts/setup.sh --python | tail -n 1)"
+export PROVGATE_PYTHON
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -1,0 +1,152 @@
+//! Interoperability with independent implementations, installed by `scripts/setup.sh` into
+//! a virtual environment named by `PROVGATE_PYTHON`:
+//! - the reference OpenSSF Model Signing tool (`model_signing`) computes the same root
+//!   digest as provgate for the same directory;
+//! - approval records and caller tokens minted by PyJWT with keys provgate never made are
+//!   accepted through the real binary.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+fn python() -> PathBuf {
+    match std::env::var_os("PROVGATE_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "PROVGATE_PYTHON is not set: run the suite with scripts/test.sh, which installs \
+             model-signing and PyJWT into a virtual environment and points this at it"
+        ),
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(name)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn reference_digest(model: &Path, sig: &Path) -> String {
+    run(Command::new(python())
+        .arg(script("oms_sign.py"))
+        .arg(model)
+        .arg(sig))
+}
+
+fn provgate_digest(model: &Path) -> String {
+    run(Command::new(bin()).arg("digest").arg(model))
+}
+
+#[test]
+fn digests_match_the_reference_model_signing_tool() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    let w = |rel: &str, bytes: &[u8]| {
+        let p = model.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    // Names chosen so that component order and byte order of joined paths disagree.
+    w("a.txt", b"one");
+    w("a/b", b"two");
+    w("a-b/c", b"three");
+    w("empty", b"");
+    w("tokenizer/vocab.txt", b"hello\nworld\n");
+    w(
+        "deep/er/still/weights.bin",
+        &(0..3_000_000u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    w(".gitattributes", b"*.bin filter=lfs");
+    w(".git/HEAD", b"ref: refs/heads/main");
+    w("sub/.gitignore", b"nested ignore files are hashed");
+
+    let sig = root.path().join("model.sig");
+    assert_eq!(provgate_digest(&model), reference_digest(&model, &sig));
+
+    // Signed in place, the conventional way: both leave `model.sig` out of the manifest.
+    let before = provgate_digest(&model);
+    let in_place = reference_digest(&model, &model.join("model.sig"));
+    assert!(model.join("model.sig").exists());
+    assert_eq!(in_place, before);
+    assert_eq!(provgate_digest(&model), before);
+
+    // And a one-byte change moves both the same way.
+    w("a/b", b"twO");
+    let changed = provgate_digest(&model);
+    assert_ne!(changed, before);
+    assert_eq!(changed, reference_digest(&model, &model.join("model.sig")));
+}
+
+#[test]
+fn the_real_sample_model_matches_too() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sample-model");
+    let sig = tempfile::tempdir().unwrap();
+    assert_eq!(
+        provgate_digest(&model),
+        reference_digest(&model, &sig.path().join("s.sig"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_and_tokens_minted_by_pyjwt_are_accepted() {
+    let fx = Fixture::new();
+    let out = fx.dir.path();
+    run(Command::new(python())
+        .arg(script("pyjwt_mint.py"))
+        .arg(out)
+        .arg(fx.digest().to_string())
+        .args([MODEL, WORKLOAD, CALLER, ISSUER]));
+    // The fixture's own keys are replaced by the Python-made JWKS files.
+    let es_record = std::fs::read_to_string(out.join("record-es256.jwt")).unwrap();
+    fx.write_record("py.jwt", &es_record);
+
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    for alg in ["rs256", "ps256", "es256"] {
+        let token = std::fs::read_to_string(out.join(format!("token-{alg}.txt"))).unwrap();
+        let resp = pg.get("/v1/models", Some(&token)).await;
+        assert_eq!(resp.status(), 200, "{alg} token: {}", pg.logs());
+        assert_eq!(resp.headers()["x-provgate-version-id"], "py-es256");
+    }
+    // The EdDSA record replaces the ES256 one.
+    let ed_record = std::fs::read_to_string(out.join("record-eddsa.jwt")).unwrap();
+    fx.write_record("py.jwt", &ed_record);
+    let token = std::fs::read_to_string(out.join("token-es256.txt")).unwrap();
+    pg.eventually(std::time::Duration::from_secs(3), || {
+        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
+        async move {
+            let r = c.get(url).bearer_auth(token).send().await.unwrap();
+            r.headers()
+                .get("x-provgate-version-id")
+                .is_some_and(|v| v == "py-eddsa")
+        }
+    })
+    .await;
+    // A PyJWT record with one payload character changed is refused.
+    let mut parts: Vec<String> = ed_record.split('.').map(str::to_string).collect();
+    let mid = parts[1].len() / 2;
+    let c = parts[1].as_bytes()[mid];
+    parts[1].replace_range(mid..mid + 1, if c == b'A' { "B" } else { "A" });
+    fx.write_record("py.jwt", &parts.join("."));
+    pg.eventually(std::time::Duration::from_secs(3), || {
+        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
+        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 403 }
+    })
+    .await;
+}

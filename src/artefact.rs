@@ -288,7 +288,9 @@ impl ArtefactHandle {
         self.attempted.load(Ordering::Acquire)
     }
 
-    fn set(&self, state: ArtefactState) {
+    /// Publishes a state. The watcher does this; public so the handle can be driven
+    /// directly by benchmarks and embedders.
+    pub fn set(&self, state: ArtefactState) {
         self.state.store(Arc::new(state));
     }
 }

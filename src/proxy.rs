@@ -78,8 +78,9 @@ impl Gate {
         peer
     }
 
-    /// Evaluates one request's headers. Pure apart from cache reads.
-    fn evaluate(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    /// Evaluates one request's headers: the whole decision path of `request_filter`
+    /// without the response writing. Pure apart from cache reads; public for benchmarks.
+    pub fn evaluate(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
         let now = crate::unix_now();
         let token_outcome = match req.headers.get(http::header::AUTHORIZATION) {
             None => Err(None),

@@ -1,0 +1,208 @@
+//! The per-request decision path with warm caches.
+//!
+//! Run: `cargo bench --bench decision` (release profile). Reference numbers live in
+//! BENCHMARKS.md with the machine they were taken on; compare ratios within one run, not
+//! absolute numbers across runs (the machines are shared and noisy).
+//!
+//! - `token/verify_cold/*`: a full signature verification (cache miss), per algorithm.
+//! - `token/verify_cached`: the same token again: SHA-256 of the token + a cache read.
+//! - `approval/lookup`: a moka hit for the served digest.
+//! - `policy/decide`: the pure decision over verified inputs.
+//! - `request/evaluate`: all of the above as `request_filter` runs it, from the request
+//!   header (Authorization parse, token cache, artefact state, approval lookup, decide).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, Criterion};
+use pingora::http::RequestHeader;
+use provgate::approval::{sign, ApprovalClaims, ArtefactRef};
+use provgate::artefact::{ArtefactHandle, ArtefactState};
+use provgate::audit::AuditLog;
+use provgate::digest::Digest;
+use provgate::identity::{mint_token, Issuer, TokenVerifier};
+use provgate::keys::{jwks_document, KeyKind, KeySet, SigningKey};
+use provgate::policy::{decide, ApprovalView, ArtefactView, CallerView, Input, Policy};
+use provgate::proxy::{Gate, RequestCtx, RequestIds};
+use provgate::registry::{ApprovalStore, Snapshot};
+use provgate::telemetry::Metrics;
+
+const ISS: &str = "https://issuer.bench";
+const CALLER: &str = "spiffe://example.org/ns/app/sa/client";
+const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
+
+fn verifier(keys: &[&SigningKey], metrics: Arc<Metrics>) -> TokenVerifier {
+    let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk.clone()).collect();
+    TokenVerifier::new(
+        vec![Issuer {
+            issuer: ISS.into(),
+            audiences: vec!["provgate".into()],
+            algorithms: vec![
+                jsonwebtoken::Algorithm::ES256,
+                jsonwebtoken::Algorithm::ES384,
+                jsonwebtoken::Algorithm::EdDSA,
+            ],
+            keys: ArcSwap::from_pointee(
+                KeySet::from_jwks_json(&jwks_document(&jwks), "b").unwrap(),
+            ),
+        }],
+        30,
+        100_000,
+        metrics,
+    )
+}
+
+fn token(key: &SigningKey) -> String {
+    mint_token(
+        key,
+        ISS,
+        CALLER,
+        &["provgate".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let metrics = Arc::new(Metrics::new());
+    let es256 = SigningKey::generate(KeyKind::Es256).unwrap().0;
+    let es384 = SigningKey::generate(KeyKind::Es384).unwrap().0;
+    let ed = SigningKey::generate(KeyKind::Ed25519).unwrap().0;
+    let tokens = verifier(&[&es256, &es384, &ed], metrics.clone());
+    let now = provgate::unix_now();
+
+    for (name, key) in [("es256", &es256), ("es384", &es384), ("eddsa", &ed)] {
+        let t = token(key);
+        c.bench_function(&format!("token/verify_cold/{name}"), |b| {
+            b.iter(|| tokens.verify_uncached(black_box(&t), now).unwrap())
+        });
+    }
+    let t = token(&es256);
+    tokens.verify(&t, now).unwrap();
+    c.bench_function("token/verify_cached", |b| {
+        b.iter(|| tokens.verify(black_box(&t), now).unwrap())
+    });
+
+    // A registry with the served digest and 1,000 other records.
+    let approver = SigningKey::generate(KeyKind::Es256).unwrap().0;
+    let approvers =
+        KeySet::from_jwks_json(&jwks_document(&[approver.public_jwk.clone()]), "a").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let served = Digest([42; 32]);
+    for i in 0..1000u32 {
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&i.to_le_bytes());
+        let digest = if i == 0 { served } else { Digest(d) };
+        let claims = ApprovalClaims {
+            iss: "approver".into(),
+            sub: "m".into(),
+            jti: format!("r{i}"),
+            iat: now - 10,
+            nbf: None,
+            exp: now + 86_400,
+            version_id: format!("v{i}"),
+            artefact: ArtefactRef {
+                digest,
+                signer: None,
+            },
+            lineage: Default::default(),
+            evidence: vec![],
+            approvals: vec![],
+            tier: "internal".into(),
+            workloads: vec![WORKLOAD.into()],
+            callers: vec!["spiffe://example.org/ns/app/*".into()],
+            revalidate_after: None,
+        };
+        std::fs::write(
+            dir.path().join(format!("r{i}.jwt")),
+            sign(&claims, &approver).unwrap(),
+        )
+        .unwrap();
+    }
+    let store = Arc::new(ApprovalStore::new(
+        Duration::from_secs(300),
+        metrics.clone(),
+    ));
+    let snapshot: Snapshot = provgate::registry::load_dir(dir.path(), &approvers).unwrap();
+    store.publish(snapshot);
+    store.lookup(&served);
+    c.bench_function("approval/lookup", |b| {
+        b.iter(|| store.lookup(black_box(&served)).unwrap())
+    });
+
+    let policy = Policy {
+        workload_identity: WORKLOAD.into(),
+        model: "m".into(),
+        tiers: HashMap::new(),
+    };
+    let caller = tokens.verify(&t, now).unwrap();
+    let entry = store.lookup(&served).unwrap();
+    c.bench_function("policy/decide", |b| {
+        b.iter(|| {
+            decide(
+                &policy,
+                black_box(&Input {
+                    caller: CallerView::Verified(&caller),
+                    artefact: ArtefactView::Ready(&served),
+                    approval: ApprovalView::Entry(Some(&entry)),
+                    requested_model: None,
+                    now,
+                }),
+            )
+        })
+    });
+
+    let artefact = Arc::new(ArtefactHandle::default());
+    artefact.set(ArtefactState::Ready {
+        digest: served,
+        files: 1,
+        bytes: 1,
+    });
+    let audit_dir = tempfile::tempdir().unwrap();
+    let gate = Gate {
+        policy,
+        enforce: true,
+        log_allowed: false,
+        artefact,
+        approvals: store,
+        tokens: Arc::new(tokens),
+        audit: AuditLog::open(&audit_dir.path().join("a.jsonl"), 1024, metrics.clone()).unwrap(),
+        metrics,
+        peer: pingora::prelude::HttpPeer::new("127.0.0.1:1", false, String::new()),
+        forward_token: false,
+        request_ids: RequestIds::default(),
+    };
+    let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+    req.insert_header("authorization", format!("Bearer {t}"))
+        .unwrap();
+    req.insert_header("content-type", "application/json")
+        .unwrap();
+    c.bench_function("request/evaluate", |b| {
+        b.iter(|| {
+            let mut ctx = RequestCtx {
+                request_id: String::new(),
+                started: Instant::now(),
+                arrived: SystemTime::now(),
+                caller: None,
+                requested_model: None,
+                digest: None,
+                decision: None,
+            };
+            let d = gate.evaluate(black_box(&req), &mut ctx);
+            assert!(d.reason().is_none());
+            d
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);

@@ -88,8 +88,11 @@ fn bench(c: &mut Criterion) {
 
     // A registry with the served digest and 1,000 other records.
     let approver = SigningKey::generate(KeyKind::Es256).unwrap().0;
-    let approvers =
-        KeySet::from_jwks_json(&jwks_document(&[approver.public_jwk.clone()]), "a").unwrap();
+    let approvers = KeySet::from_jwks_json(
+        &jwks_document(std::slice::from_ref(&approver.public_jwk)),
+        "a",
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let served = Digest([42; 32]);
     for i in 0..1000u32 {

@@ -33,7 +33,7 @@ impl Admin {
             .set(self.approvals.since_last_sync().as_secs_f64());
         self.metrics.approval_expiry.reset();
         let state = self.artefact.load();
-        if let Some(entry) = state.digest().and_then(|d| self.approvals.lookup(d)) {
+        if let Some(entry) = state.digest().and_then(|d| self.approvals.peek(d)) {
             let now = crate::unix_now();
             let in_force = entry
                 .records

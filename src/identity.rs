@@ -57,6 +57,35 @@ pub enum TokenError {
     KeysUnavailable,
 }
 
+impl TokenError {
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Header(_) => "header_refused",
+            TokenError::Algorithm => "algorithm",
+            TokenError::UnknownIssuer => "unknown_issuer",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::Signature => "signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Audience => "audience",
+            TokenError::Claims(_) => "claims",
+            TokenError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// Will the same token fail the same way a minute from now, whatever the keys do?
+    /// Only such failures are remembered; an unknown key may appear after a key refresh,
+    /// and a token not yet valid becomes valid.
+    fn is_permanent(&self) -> bool {
+        !matches!(
+            self,
+            TokenError::UnknownKey | TokenError::NotYetValid | TokenError::KeysUnavailable
+        )
+    }
+}
+
 /// One trusted issuer.
 pub struct Issuer {
     pub issuer: String,
@@ -70,6 +99,8 @@ pub struct TokenVerifier {
     issuers: HashMap<String, Arc<Issuer>>,
     leeway: u64,
     cache: moka::sync::Cache<[u8; 32], Arc<Caller>>,
+    /// Tokens that failed for good, so a replayed bad token costs no signature check.
+    rejected: moka::sync::Cache<[u8; 32], TokenError>,
     metrics: Arc<Metrics>,
 }
 
@@ -114,6 +145,10 @@ impl TokenVerifier {
                 .max_capacity(cache_capacity)
                 .expire_after(UntilExp { leeway })
                 .build(),
+            rejected: moka::sync::Cache::builder()
+                .max_capacity(cache_capacity)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             metrics,
         }
     }
@@ -129,10 +164,32 @@ impl TokenVerifier {
             }
             self.cache.invalidate(&key);
         }
+        if let Some(err) = self.rejected.get(&key) {
+            self.metrics.token_cache_hits.inc();
+            return Err(err);
+        }
         self.metrics.token_cache_misses.inc();
-        let caller = Arc::new(self.verify_uncached(token, now)?);
-        self.cache.insert(key, caller.clone());
-        Ok(caller)
+        match self.verify_uncached(token, now) {
+            Ok(caller) => {
+                self.metrics
+                    .token_verifications
+                    .with_label_values(&["ok"])
+                    .inc();
+                let caller = Arc::new(caller);
+                self.cache.insert(key, caller.clone());
+                Ok(caller)
+            }
+            Err(e) => {
+                self.metrics
+                    .token_verifications
+                    .with_label_values(&[e.label()])
+                    .inc();
+                if e.is_permanent() {
+                    self.rejected.insert(key, e.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Full verification, no cache.

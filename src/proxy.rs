@@ -93,13 +93,7 @@ impl Gate {
             Ok(c) => CallerView::Verified(c),
             Err(None) => CallerView::Missing,
             Err(Some(TokenError::KeysUnavailable)) => CallerView::Unavailable,
-            Err(Some(e)) => {
-                self.metrics
-                    .token_verifications
-                    .with_label_values(&[token_error_label(e)])
-                    .inc();
-                CallerView::Invalid
-            }
+            Err(Some(_)) => CallerView::Invalid,
         };
         ctx.requested_model = requested_model(req.uri.path()).map(str::to_string);
         let state = self.artefact.load();
@@ -251,13 +245,7 @@ impl ProxyHttp for Gate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         // A client must not be able to speak for provgate.
-        let spoofed: Vec<http::HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
+        for name in provgate_headers(&upstream_request.headers) {
             upstream_request.remove_header(&name);
         }
         if !self.forward_token {
@@ -279,6 +267,10 @@ impl ProxyHttp for Gate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        // Nor the model server: only provgate speaks for provgate.
+        for name in provgate_headers(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
         upstream_response.insert_header(HEADER_REQUEST_ID, &ctx.request_id)?;
         if let Some(record) = ctx.decision.as_ref().and_then(allowed_record) {
             upstream_response.insert_header(HEADER_VERSION_ID, &*record.version_id)?;
@@ -300,8 +292,8 @@ impl ProxyHttp for Gate {
                 reason.as_str(),
                 record.as_ref().map_or("none", |r| &*r.version_id),
             ),
-            // The request failed before it was decided (for example a malformed request).
-            None => ("deny", "none", "none"),
+            // The request failed before it was decided (pingora rejected it).
+            None => ("error", "none", "none"),
         };
         self.metrics
             .requests
@@ -317,6 +309,16 @@ impl ProxyHttp for Gate {
     }
 }
 
+/// The `x-provgate-*` header names present (an empty Vec, which does not allocate, when
+/// there are none: the usual case).
+fn provgate_headers(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
+    headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
+        .cloned()
+        .collect()
+}
+
 fn allowed_record(d: &Decision) -> Option<&Arc<ApprovalRecord>> {
     match d {
         Decision::Allow { record } => Some(record),
@@ -330,22 +332,6 @@ pub fn requested_model(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/models/")?;
     let name = rest.split('/').next()?;
     (!name.is_empty()).then_some(name)
-}
-
-fn token_error_label(e: &TokenError) -> &'static str {
-    match e {
-        TokenError::Malformed => "malformed",
-        TokenError::Header(_) => "header_refused",
-        TokenError::Algorithm => "algorithm",
-        TokenError::UnknownIssuer => "unknown_issuer",
-        TokenError::UnknownKey => "unknown_key",
-        TokenError::Signature => "signature",
-        TokenError::Expired => "expired",
-        TokenError::NotYetValid => "not_yet_valid",
-        TokenError::Audience => "audience",
-        TokenError::Claims(_) => "claims",
-        TokenError::KeysUnavailable => "keys_unavailable",
-    }
 }
 
 /// Request IDs: a random per-process prefix and a counter, 32 hex characters.

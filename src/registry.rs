@@ -7,7 +7,7 @@
 //! verifies every record once, and publishes an immutable [`Snapshot`] through `arc-swap`.
 //! Lookups by digest go through a moka cache that is cleared on every publication.
 //!
-//! The request path calls only [`ApprovalStore::lookup`]: no I/O, no crypto, no lock.
+//! The request path calls only [`ApprovalStore::view`]: no I/O, no crypto, no lock.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -191,11 +191,17 @@ impl ApprovalStore {
 
     /// The request path's view: the entry for a digest, or `Unavailable` once the registry
     /// has not been read successfully for longer than `max_stale` (fail closed).
+    /// Before the first load the registry's answer is not known: also `Unavailable`.
     pub fn view(&self, digest: &Digest) -> Lookup {
-        if self.is_synced() && self.since_last_sync() > self.max_stale {
+        if !self.is_synced() || self.since_last_sync() > self.max_stale {
             return Lookup::Unavailable;
         }
         Lookup::Entry(self.lookup(digest))
+    }
+
+    /// The entry for a digest, bypassing the cache and its counters (for scrapes).
+    pub fn peek(&self, digest: &Digest) -> Option<Arc<RegistryEntry>> {
+        self.snapshot.load().by_digest.get(digest).cloned()
     }
 
     /// The entry for a digest (None: the registry has no record for it).
@@ -269,14 +275,13 @@ impl DirRegistry {
     /// it reads files and verifies signatures, which must stay off the request path.
     pub fn run(self, stop: Arc<AtomicBool>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let _watcher = crate::artefact::watch(&self.dir, tx)
-            .map_err(|e| {
-                tracing::warn!(dir = %self.dir.display(), error = %e,
-                "cannot watch the registry directory; relying on periodic rescans")
-            })
-            .ok();
+        let mut watcher = None;
         let mut last_fingerprint = None;
         while !stop.load(Ordering::Relaxed) {
+            if watcher.is_none() {
+                // Attach (again, after the directory was replaced); rescans cover the gaps.
+                watcher = crate::artefact::watch(&self.dir, tx.clone()).ok();
+            }
             let fingerprint = crate::artefact::dir_fingerprint(&self.dir);
             if last_fingerprint.as_ref() != Some(&fingerprint) {
                 if self.reload() {
@@ -293,6 +298,9 @@ impl DirRegistry {
                 std::thread::sleep(Duration::from_millis(50));
                 while rx.try_recv().is_ok() {}
                 last_fingerprint = None;
+                if !self.dir.is_dir() {
+                    watcher = None;
+                }
             }
         }
     }

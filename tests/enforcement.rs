@@ -612,3 +612,22 @@ async fn readiness_and_health_are_served_on_the_admin_listener() {
     let r = pg.get("/metrics", None).await;
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provgate_headers_from_the_model_server_never_reach_the_client() {
+    let mut fx = Fixture::new();
+    fx.enforce = false;
+    let (_up, pg) = started(&fx).await;
+    // /spoof answers with forged x-provgate-* headers: in dry-run with no approval, none
+    // of them may reach the client.
+    let resp = pg.get("/spoof", None).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-provgate-version-id").is_none());
+    assert_eq!(
+        resp.headers()
+            .get_all("x-provgate-request-id")
+            .iter()
+            .count(),
+        1
+    );
+}

@@ -92,6 +92,10 @@ fn bad_tokens_are_refused_for_the_right_reason() {
     let forged = jsonwebtoken::encode(&header, &claims(now), &other.key).unwrap();
     assert_eq!(v.verify(&forged, now), Err(TokenError::Signature));
     assert_eq!(v.verify("garbage", now), Err(TokenError::Malformed));
+    // A replayed forgery is answered from the rejection cache, without crypto.
+    let misses = v.metrics.token_cache_misses.get();
+    assert_eq!(v.verify(&forged, now), Err(TokenError::Signature));
+    assert_eq!(v.metrics.token_cache_misses.get(), misses);
     assert_eq!(v.verify("a.b.c", now), Err(TokenError::Malformed));
 }
 

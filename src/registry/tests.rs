@@ -101,8 +101,8 @@ fn lookups_are_cached_and_a_publish_clears_the_cache() {
 fn records_older_than_max_stale_are_unavailable() {
     let store = ApprovalStore::new(Duration::from_millis(50), Arc::new(Metrics::new()));
     let d = Digest([9; 32]);
-    // Before the first sync the caller sees an empty entry; readiness covers that window.
-    assert!(matches!(store.view(&d), Lookup::Entry(None)));
+    // Before the first load the registry's answer is unknown: fail closed.
+    assert!(matches!(store.view(&d), Lookup::Unavailable));
     store.publish(Snapshot::default());
     assert!(matches!(store.view(&d), Lookup::Entry(None)));
     std::thread::sleep(Duration::from_millis(80));

@@ -121,6 +121,13 @@ fn respond(
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap();
     }
+    if req.uri().path() == "/spoof" {
+        return hyper::Response::builder()
+            .header("x-provgate-version-id", "forged-by-upstream")
+            .header("x-provgate-request-id", "forged")
+            .body(BodyExt::boxed(Full::new(Bytes::from_static(b"{}"))))
+            .unwrap();
+    }
     hyper::Response::builder()
         .header("content-type", "application/json")
         .body(BodyExt::boxed(Full::new(Bytes::from_static(

@@ -173,6 +173,7 @@ fn bench(c: &mut Criterion) {
         approvals: store,
         tokens: Arc::new(tokens),
         audit: AuditLog::open(&audit_dir.path().join("a.jsonl"), 1024, metrics.clone()).unwrap(),
+        counters: metrics.request_counters("m", true),
         metrics,
         peer: pingora::prelude::HttpPeer::new("127.0.0.1:1", false, String::new()),
         forward_token: false,
@@ -186,7 +187,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("request/evaluate", |b| {
         b.iter(|| {
             let mut ctx = RequestCtx {
-                request_id: String::new(),
+                request_id: http::HeaderValue::from_static("0"),
                 started: Instant::now(),
                 arrived: SystemTime::now(),
                 caller: None,

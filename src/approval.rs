@@ -95,6 +95,8 @@ pub struct ApprovalRecord {
     pub kid: String,
     /// `version_id` shared for cheap cloning into per-request context.
     pub version_id: Arc<str>,
+    /// `version_id` as a header value, made once (a clone is a reference count).
+    pub version_header: http::HeaderValue,
 }
 
 impl ApprovalRecord {
@@ -148,7 +150,12 @@ pub fn verify(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalE
                 let claims: ApprovalClaims = serde_json::from_value(data.claims)
                     .map_err(|e| ApprovalError::Payload(e.to_string()))?;
                 check_shape(&claims)?;
+                let version_header =
+                    http::HeaderValue::from_str(&claims.version_id).map_err(|_| {
+                        ApprovalError::Payload("version_id must be printable ASCII".into())
+                    })?;
                 return Ok(ApprovalRecord {
+                    version_header,
                     version_id: Arc::from(claims.version_id.as_str()),
                     claims,
                     kid: key.kid.clone().unwrap_or_default(),

@@ -28,6 +28,8 @@ pub struct Caller {
     pub sub: Arc<str>,
     /// Token expiry, seconds since the epoch.
     pub exp: u64,
+    /// `sub` as a header value for the upstream, when it is one (made once per token).
+    pub sub_header: Option<http::HeaderValue>,
 }
 
 /// Why a token was refused. Only the variant reaches logs; never the token.
@@ -224,6 +226,7 @@ impl TokenVerifier {
             return Err(TokenError::Expired);
         }
         Ok(Caller {
+            sub_header: http::HeaderValue::from_str(&claims.sub).ok(),
             iss: Arc::from(claims.iss),
             sub: Arc::from(claims.sub),
             exp: claims.exp,

@@ -17,6 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
@@ -31,11 +32,11 @@ use crate::policy::{
     decide, ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, Policy,
 };
 use crate::registry::{ApprovalStore, Lookup};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Outcome, RequestCounters};
 
-pub const HEADER_VERSION_ID: &str = "x-provgate-version-id";
-pub const HEADER_REQUEST_ID: &str = "x-provgate-request-id";
-pub const HEADER_CALLER: &str = "x-provgate-caller";
+pub const HEADER_VERSION_ID: HeaderName = HeaderName::from_static("x-provgate-version-id");
+pub const HEADER_REQUEST_ID: HeaderName = HeaderName::from_static("x-provgate-request-id");
+pub const HEADER_CALLER: HeaderName = HeaderName::from_static("x-provgate-caller");
 const HEADER_PREFIX: &str = "x-provgate-";
 
 /// The sidecar's shared state: everything the request path reads.
@@ -48,6 +49,7 @@ pub struct Gate {
     pub tokens: Arc<TokenVerifier>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    pub counters: RequestCounters,
     pub peer: HttpPeer,
     pub forward_token: bool,
     pub request_ids: RequestIds,
@@ -55,7 +57,7 @@ pub struct Gate {
 
 /// Per-request context, filled in phase order.
 pub struct RequestCtx {
-    pub request_id: String,
+    pub request_id: HeaderValue,
     pub started: Instant,
     pub arrived: SystemTime,
     pub caller: Option<Arc<Caller>>,
@@ -125,18 +127,19 @@ impl Gate {
         &self,
         session: &mut Session,
         reason: DenyReason,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> pingora::Result<()> {
+        // The request ID is 32 hex characters: nothing to escape.
+        let id = std::str::from_utf8(request_id.as_bytes()).unwrap_or_default();
         let body = Bytes::from(format!(
-            "{{\"error\":\"{}\",\"request_id\":\"{}\"}}",
-            reason.as_str(),
-            request_id
+            "{{\"error\":\"{}\",\"request_id\":\"{id}\"}}",
+            reason.as_str()
         ));
         let mut resp = ResponseHeader::build(reason.status(), Some(5))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        resp.insert_header(HEADER_REQUEST_ID, request_id)?;
+        resp.insert_header(HEADER_REQUEST_ID, request_id.clone())?;
         if reason.status() == 401 {
             let err = if reason == DenyReason::TokenMissing {
                 "Bearer realm=\"provgate\""
@@ -157,7 +160,7 @@ impl Gate {
         let record: Option<&Arc<ApprovalRecord>> = ctx.decision.as_ref().and_then(|d| d.record());
         let req = session.req_header();
         self.audit.emit(AuditEvent {
-            request_id: ctx.request_id.clone(),
+            request_id: String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
             time: humantime::format_rfc3339_millis(ctx.arrived).to_string(),
             decision: decision_word,
             reason,
@@ -251,12 +254,12 @@ impl ProxyHttp for Gate {
         if !self.forward_token {
             upstream_request.remove_header(&http::header::AUTHORIZATION);
         }
-        upstream_request.insert_header(HEADER_REQUEST_ID, &ctx.request_id)?;
+        upstream_request.insert_header(HEADER_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(record) = ctx.decision.as_ref().and_then(allowed_record) {
-            upstream_request.insert_header(HEADER_VERSION_ID, &*record.version_id)?;
+            upstream_request.insert_header(HEADER_VERSION_ID, record.version_header.clone())?;
         }
-        if let Some(caller) = &ctx.caller {
-            upstream_request.insert_header(HEADER_CALLER, &*caller.sub)?;
+        if let Some(sub) = ctx.caller.as_ref().and_then(|c| c.sub_header.clone()) {
+            upstream_request.insert_header(HEADER_CALLER, sub)?;
         }
         Ok(())
     }
@@ -271,9 +274,9 @@ impl ProxyHttp for Gate {
         for name in provgate_headers(&upstream_response.headers) {
             upstream_response.remove_header(&name);
         }
-        upstream_response.insert_header(HEADER_REQUEST_ID, &ctx.request_id)?;
+        upstream_response.insert_header(HEADER_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(record) = ctx.decision.as_ref().and_then(allowed_record) {
-            upstream_response.insert_header(HEADER_VERSION_ID, &*record.version_id)?;
+            upstream_response.insert_header(HEADER_VERSION_ID, record.version_header.clone())?;
         }
         Ok(())
     }
@@ -285,26 +288,26 @@ impl ProxyHttp for Gate {
         ctx: &mut RequestCtx,
     ) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let (word, reason, version) = match &ctx.decision {
-            Some(Decision::Allow { record }) => ("allow", "none", &*record.version_id),
+        let (outcome, version, duration) = match &ctx.decision {
+            Some(Decision::Allow { record }) => (
+                Outcome::Allow,
+                &*record.version_id,
+                &self.metrics.duration_allow,
+            ),
             Some(Decision::Deny { reason, record, .. }) => (
-                if self.enforce { "deny" } else { "would_block" },
-                reason.as_str(),
+                Outcome::Deny(*reason),
                 record.as_ref().map_or("none", |r| &*r.version_id),
+                &self.metrics.duration_deny,
             ),
             // The request failed before it was decided (pingora rejected it).
-            None => ("error", "none", "none"),
+            None => (Outcome::Error, "none", &self.metrics.duration_error),
         };
-        self.metrics
-            .requests
-            .with_label_values(&[word, reason, &self.policy.model, version])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[word])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if ctx.decision.is_some() && (word != "allow" || self.log_allowed) {
-            self.audit(session, ctx, status, word);
+        self.counters.inc(outcome, version);
+        duration.observe(ctx.started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Allow if self.log_allowed => self.audit(session, ctx, status, "allow"),
+            Outcome::Deny(_) => self.audit(session, ctx, status, self.counters.deny_word()),
+            _ => {}
         }
     }
 }
@@ -355,9 +358,17 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    pub fn next(&self) -> String {
+    /// The next ID as a header value (32 lowercase hex characters), with no formatting
+    /// machinery: two integers written as hex into a stack buffer.
+    pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        let mut buf = [0u8; 32];
+        hex::encode_to_slice(self.prefix.to_be_bytes(), &mut buf[..16])
+            .and_then(|_| hex::encode_to_slice(n.to_be_bytes(), &mut buf[16..]))
+            // Both halves are exactly 16 hex digits for 8 bytes; the sizes are fixed.
+            .unwrap_or_default();
+        // Hex digits are valid header bytes.
+        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
     }
 }
 
@@ -384,5 +395,7 @@ mod tests {
         let b = ids.next();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert!(b.to_str().unwrap().ends_with("2"));
     }
 }

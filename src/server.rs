@@ -28,9 +28,22 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// The pingora server settings provgate runs with (shared with the load benchmark's
+/// pass-through proxy, so the two differ only in the checks).
+pub fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.threads,
+        upstream_keepalive_pool_size: config.upstream.keepalive_pool,
+        grace_period_seconds: Some(config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.grace_period.as_secs().max(1)),
+        ..ServerConf::default()
+    }
+}
+
 /// Runs the sidecar until the process is signalled.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    let metrics = Arc::new(Metrics::with_mode(config.enforce));
     let stop = Arc::new(AtomicBool::new(false));
 
     for issuer in &config.issuers {
@@ -102,20 +115,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
         approvals: approvals.clone(),
         tokens,
         audit,
+        counters: metrics.request_counters(&config.model, config.enforce),
         metrics: metrics.clone(),
         peer: Gate::upstream_peer_for(&config.upstream),
         forward_token: config.upstream.forward_token,
         request_ids: RequestIds::default(),
     };
 
-    let conf = ServerConf {
-        threads: config.threads,
-        upstream_keepalive_pool_size: config.upstream.keepalive_pool,
-        grace_period_seconds: Some(config.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.grace_period.as_secs().max(1)),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gate);

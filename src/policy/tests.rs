@@ -56,6 +56,7 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
             .into_iter()
             .map(|(c, revoked)| Candidate {
                 record: Arc::new(ApprovalRecord {
+                    version_header: http::HeaderValue::from_str(&c.version_id).unwrap(),
                     version_id: Arc::from(c.version_id.as_str()),
                     claims: c,
                     kid: "k".into(),
@@ -72,6 +73,7 @@ fn caller(sub: &str) -> Caller {
         iss: Arc::from("https://issuer"),
         sub: Arc::from(sub),
         exp: NOW + 60,
+        sub_header: None,
     }
 }
 

@@ -237,6 +237,10 @@ pub struct ServerFile {
     /// How long to keep serving in-flight requests after SIGTERM.
     #[serde(default)]
     pub grace_period: Option<String>,
+    /// Let idle worker threads steal tasks from busy ones (one shared runtime) rather than
+    /// run one independent runtime per thread.
+    #[serde(default)]
+    pub work_stealing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +365,7 @@ pub struct Config {
     pub log_allowed: bool,
     pub audit_queue: usize,
     pub threads: usize,
+    pub work_stealing: bool,
     pub grace_period: Duration,
     pub log_level: String,
     pub log_json: bool,
@@ -580,6 +585,7 @@ impl FileConfig {
             } else {
                 self.server.threads
             },
+            work_stealing: self.server.work_stealing.unwrap_or(true),
             grace_period,
             log_level: self.log.level,
             log_json,

@@ -21,6 +21,17 @@ pub mod registry;
 pub mod server;
 pub mod telemetry;
 
+/// The global allocator. A work-stealing runtime frees memory on other threads than the one
+/// that allocated it; glibc malloc serialises that on arena locks. jemalloc (the default)
+/// and mimalloc do not; jemalloc keeps glibc's memory footprint (BENCHMARKS.md).
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Seconds since the Unix epoch, as the JOSE `NumericDate` claims count them.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -33,6 +33,7 @@ pub enum StartError {
 pub fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.threads,
+        work_stealing: config.work_stealing,
         upstream_keepalive_pool_size: config.upstream.keepalive_pool,
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.grace_period.as_secs().max(1)),

@@ -22,6 +22,9 @@ impl ProxyHttp for PassThrough {
     type CTX = ();
     fn new_ctx(&self) {}
 
+    // The same module set as provgate's: none.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(self.peer.clone()))
     }

@@ -16,7 +16,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use provgate::approval::{sign, ApprovalClaims, ArtefactRef};
@@ -37,18 +36,16 @@ const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
 fn verifier(keys: &[&SigningKey], metrics: Arc<Metrics>) -> TokenVerifier {
     let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk.clone()).collect();
     TokenVerifier::new(
-        vec![Issuer {
-            issuer: ISS.into(),
-            audiences: vec!["provgate".into()],
-            algorithms: vec![
+        vec![Issuer::with_keys(
+            ISS,
+            vec!["provgate".into()],
+            vec![
                 jsonwebtoken::Algorithm::ES256,
                 jsonwebtoken::Algorithm::ES384,
                 jsonwebtoken::Algorithm::EdDSA,
             ],
-            keys: ArcSwap::from_pointee(
-                KeySet::from_jwks_json(&jwks_document(&jwks), "b").unwrap(),
-            ),
-        }],
+            KeySet::from_jwks_json(&jwks_document(&jwks), "b").unwrap(),
+        )],
         30,
         100_000,
         metrics,

@@ -10,6 +10,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::artefact::ArtefactHandle;
+use crate::identity::TokenVerifier;
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
 
@@ -18,11 +19,12 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub artefact: Arc<ArtefactHandle>,
     pub approvals: Arc<ApprovalStore>,
+    pub tokens: Arc<TokenVerifier>,
 }
 
 impl Admin {
     pub fn is_ready(&self) -> bool {
-        self.artefact.is_settled() && self.approvals.is_synced()
+        self.artefact.is_settled() && self.approvals.is_synced() && self.tokens.all_synced()
     }
 
     /// Gauges that are cheapest to compute when scraped.
@@ -31,6 +33,14 @@ impl Admin {
         self.metrics
             .registry_sync_age
             .set(self.approvals.since_last_sync().as_secs_f64());
+        for issuer in self.tokens.issuers() {
+            if let Some(age) = issuer.remote.as_ref().and_then(|r| r.age()) {
+                self.metrics
+                    .jwks_age
+                    .with_label_values(&[issuer.issuer.as_str()])
+                    .set(age.as_secs_f64());
+            }
+        }
         self.metrics.approval_expiry.reset();
         let state = self.artefact.load();
         if let Some(entry) = state.digest().and_then(|d| self.approvals.peek(d)) {
@@ -79,6 +89,7 @@ impl ServeHttp for Admin {
                     "ready": ready,
                     "artefact": self.artefact.load().label(),
                     "registry_synced": self.approvals.is_synced(),
+                    "issuer_keys_synced": self.tokens.all_synced(),
                 });
                 respond(
                     if ready {

@@ -187,8 +187,35 @@ impl Default for CallersFile {
 pub struct IssuerFile {
     /// The exact `iss` of tokens from this issuer.
     pub issuer: String,
-    /// JWKS file with the issuer's public keys.
-    pub jwks_file: String,
+    /// The issuer's keys, from exactly one of: a JWKS file...
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// ...a JWKS URL (a SPIFFE bundle endpoint, Kubernetes `/openid/v1/jwks`)...
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// ...or an OIDC discovery document (`.../.well-known/openid-configuration`), whose
+    /// `jwks_uri` is then fetched.
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// PEM CA bundle trusted for the URLs above, besides the built-in web roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Bounds on the refresh period the server's hints ask for (Cache-Control max-age,
+    /// SPIFFE `spiffe_refresh_hint`); without a hint, `refresh_max`.
+    #[serde(default = "default_refresh_min")]
+    pub refresh_min: String,
+    #[serde(default = "default_refresh_max")]
+    pub refresh_max: String,
+    /// How long the last good keys are used while the issuer cannot be reached; after that
+    /// its callers get `trust_data_unavailable`.
+    #[serde(default = "default_keys_max_stale")]
+    pub max_stale: String,
+    /// At most one refetch for unknown `kid`s per this interval.
+    #[serde(default = "default_refetch_interval")]
+    pub refetch_interval: String,
+    /// How long a request with an unknown `kid` waits for that refetch.
+    #[serde(default = "default_unknown_kid_wait")]
+    pub unknown_kid_wait: String,
     /// Accepted `aud` values; a token must carry at least one.
     pub audiences: Vec<String>,
     /// Accepted JWS algorithms. Default: ES256, ES384, RS256, PS256, EdDSA.
@@ -290,6 +317,21 @@ fn default_rescan() -> String {
 fn default_max_stale() -> String {
     "5m".into()
 }
+fn default_refresh_min() -> String {
+    "30s".into()
+}
+fn default_refresh_max() -> String {
+    "5m".into()
+}
+fn default_keys_max_stale() -> String {
+    "1h".into()
+}
+fn default_refetch_interval() -> String {
+    "10s".into()
+}
+fn default_unknown_kid_wait() -> String {
+    "1s".into()
+}
 fn default_leeway() -> String {
     "30s".into()
 }
@@ -336,9 +378,31 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
-    pub keys: KeySet,
+    pub keys: KeySource,
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    File(KeySet),
+    Remote(RemoteKeys),
+}
+
+/// A remote key set and how to keep it fresh.
+#[derive(Debug, Clone)]
+pub struct RemoteKeys {
+    pub url: String,
+    /// `url` is an OIDC discovery document rather than the JWKS itself.
+    pub discovery: bool,
+    /// Extra trusted CA certificates, PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    pub refresh_min: Duration,
+    pub refresh_max: Duration,
+    pub max_stale: Duration,
+    pub refetch_interval: Duration,
+    pub unknown_kid_wait: Duration,
 }
 
 /// The validated configuration.
@@ -502,10 +566,56 @@ impl FileConfig {
                     )),
                 }
             }
-            let keys = KeySet::from_jwks_file(Path::new(&f.jwks_file)).unwrap_or_else(|e| {
-                errors.push(format!("{key}.jwks_file: {e}"));
-                KeySet::default()
-            });
+            let keys = match (&f.jwks_file, &f.jwks_url, &f.discovery_url) {
+                (Some(file), None, None) => {
+                    KeySource::File(KeySet::from_jwks_file(Path::new(file)).unwrap_or_else(|e| {
+                        errors.push(format!("{key}.jwks_file: {e}"));
+                        KeySet::default()
+                    }))
+                }
+                (None, Some(url), None) | (None, None, Some(url)) => {
+                    let discovery = f.discovery_url.is_some();
+                    let field = if discovery {
+                        "discovery_url"
+                    } else {
+                        "jwks_url"
+                    };
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        errors.push(format!("{key}.{field}: {url:?} is not an http(s) URL"));
+                    }
+                    let ca_pem = f.ca_file.as_ref().and_then(|p| {
+                        std::fs::read(p)
+                            .map_err(|e| errors.push(format!("{key}.ca_file: {p}: {e}")))
+                            .ok()
+                    });
+                    let mut d = |field: &str, v: &str| {
+                        humantime::parse_duration(v).unwrap_or_else(|e| {
+                            errors.push(format!("{key}.{field}: {v:?} is not a duration ({e})"));
+                            Duration::from_secs(1)
+                        })
+                    };
+                    let remote = RemoteKeys {
+                        url: url.clone(),
+                        discovery,
+                        ca_pem,
+                        refresh_min: d("refresh_min", &f.refresh_min),
+                        refresh_max: d("refresh_max", &f.refresh_max),
+                        max_stale: d("max_stale", &f.max_stale),
+                        refetch_interval: d("refetch_interval", &f.refetch_interval),
+                        unknown_kid_wait: d("unknown_kid_wait", &f.unknown_kid_wait),
+                    };
+                    if remote.refresh_min > remote.refresh_max {
+                        errors.push(format!("{key}.refresh_min: must not exceed refresh_max"));
+                    }
+                    KeySource::Remote(remote)
+                }
+                _ => {
+                    errors.push(format!(
+                        "{key}: give exactly one of jwks_file, jwks_url, discovery_url"
+                    ));
+                    KeySource::File(KeySet::default())
+                }
+            };
             issuers.push(Issuer {
                 issuer: f.issuer,
                 keys,

@@ -94,7 +94,29 @@ pub struct Issuer {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub keys: ArcSwap<KeySet>,
+    /// Set when the keys are fetched over the network (see [`jwks`]).
+    pub remote: Option<jwks::RemoteState>,
 }
+
+impl Issuer {
+    /// An issuer whose keys come from a file, loaded once.
+    pub fn with_keys(
+        issuer: &str,
+        audiences: Vec<String>,
+        algorithms: Vec<Algorithm>,
+        keys: KeySet,
+    ) -> Issuer {
+        Issuer {
+            issuer: issuer.to_string(),
+            audiences,
+            algorithms,
+            keys: ArcSwap::from_pointee(keys),
+            remote: None,
+        }
+    }
+}
+
+pub mod jwks;
 
 /// Verifies caller tokens for all configured issuers.
 pub struct TokenVerifier {
@@ -103,6 +125,8 @@ pub struct TokenVerifier {
     cache: moka::sync::Cache<[u8; 32], Arc<Caller>>,
     /// Tokens that failed for good, so a replayed bad token costs no signature check.
     rejected: moka::sync::Cache<[u8; 32], TokenError>,
+    /// Any issuer with remote keys (whose freshness cached tokens must respect)?
+    has_remote: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -138,6 +162,7 @@ impl TokenVerifier {
         metrics: Arc<Metrics>,
     ) -> Self {
         TokenVerifier {
+            has_remote: issuers.iter().any(|i| i.remote.is_some()),
             issuers: issuers
                 .into_iter()
                 .map(|i| (i.issuer.clone(), Arc::new(i)))
@@ -159,6 +184,10 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(caller) = self.cache.get(&key) {
+            // Keys past their staleness bound vouch for nothing, cached or not.
+            if self.has_remote && !self.issuer_fresh(&caller.iss) {
+                return Err(TokenError::KeysUnavailable);
+            }
             // The cache expires entries at `exp`, but eviction is lazy: check again.
             if now < caller.exp + self.leeway {
                 self.metrics.token_cache_hits.inc();
@@ -194,10 +223,54 @@ impl TokenVerifier {
         }
     }
 
+    /// Like [`verify`](Self::verify), but a token whose `kid` the issuer's current keys
+    /// lack asks that issuer for one coalesced, rate-limited refetch and waits for it (up to
+    /// the issuer's `unknown_kid_wait`), so a key rotation costs no failed request. The
+    /// network I/O is the background fetcher's; this only waits for its answer.
+    pub async fn verify_waiting(&self, token: &str) -> Result<Arc<Caller>, TokenError> {
+        match self.verify(token, crate::unix_now()) {
+            Err(TokenError::UnknownKey) => {}
+            other => return other,
+        }
+        let Some(remote) = read_unverified(token)
+            .ok()
+            .and_then(|(_, iss)| self.issuers.get(&iss))
+            .and_then(|i| i.remote.as_ref())
+        else {
+            return Err(TokenError::UnknownKey);
+        };
+        remote.wait_for_refetch().await;
+        self.verify(token, crate::unix_now())
+    }
+
+    fn issuer_fresh(&self, iss: &str) -> bool {
+        self.issuers
+            .get(iss)
+            .and_then(|i| i.remote.as_ref())
+            .is_none_or(|r| r.is_fresh())
+    }
+
+    /// Have all remote issuers' keys been fetched at least once?
+    pub fn all_synced(&self) -> bool {
+        self.issuers
+            .values()
+            .all(|i| i.remote.as_ref().is_none_or(|r| r.is_synced()))
+    }
+
+    /// The issuers, for the key fetchers and the admin endpoints.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.issuers.values()
+    }
+
     /// Full verification, no cache.
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<Caller, TokenError> {
         let (header, iss) = read_unverified(token)?;
         let issuer = self.issuers.get(&iss).ok_or(TokenError::UnknownIssuer)?;
+        if let Some(remote) = &issuer.remote {
+            if !remote.is_fresh() {
+                return Err(TokenError::KeysUnavailable);
+            }
+        }
         if !issuer.algorithms.contains(&header.alg) {
             return Err(TokenError::Algorithm);
         }

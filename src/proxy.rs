@@ -81,7 +81,7 @@ impl Gate {
     }
 
     /// Evaluates one request's headers: the whole decision path of `request_filter`
-    /// without the response writing. Pure apart from cache reads; public for benchmarks.
+    /// without the response writing, with cached tokens only. Public for benchmarks.
     pub fn evaluate(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
         let now = crate::unix_now();
         let token_outcome = match req.headers.get(http::header::AUTHORIZATION) {
@@ -91,6 +91,28 @@ impl Gate {
                 Some(token) => self.tokens.verify(token, now).map_err(Some),
             },
         };
+        self.decide_with(req, token_outcome, ctx)
+    }
+
+    /// The caller's token, verified; an unknown `kid` waits for the issuer's refetch.
+    async fn caller(&self, req: &RequestHeader) -> Result<Arc<Caller>, Option<TokenError>> {
+        match req.headers.get(http::header::AUTHORIZATION) {
+            None => Err(None),
+            Some(v) => match bearer(v.as_bytes()) {
+                None => Err(Some(TokenError::Malformed)),
+                Some(token) => self.tokens.verify_waiting(token).await.map_err(Some),
+            },
+        }
+    }
+
+    /// Everything after the token: artefact state, approval lookup, `decide()`.
+    fn decide_with(
+        &self,
+        req: &RequestHeader,
+        token_outcome: Result<Arc<Caller>, Option<TokenError>>,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
+        let now = crate::unix_now();
         let caller_view = match &token_outcome {
             Ok(c) => CallerView::Verified(c),
             Err(None) => CallerView::Missing,
@@ -223,7 +245,8 @@ impl ProxyHttp for Gate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let t = Instant::now();
-        let decision = self.evaluate(session.req_header(), ctx);
+        let caller = self.caller(session.req_header()).await;
+        let decision = self.decide_with(session.req_header(), caller, ctx);
         self.metrics
             .decision_duration
             .observe(t.elapsed().as_secs_f64());

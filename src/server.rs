@@ -5,14 +5,13 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::admin::Admin;
 use crate::artefact::{ArtefactHandle, ArtefactWatcher};
 use crate::audit::AuditLog;
-use crate::config::Config;
+use crate::config::{Config, KeySource};
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
 use crate::proxy::{Gate, RequestIds};
@@ -48,8 +47,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let stop = Arc::new(AtomicBool::new(false));
 
     for issuer in &config.issuers {
-        for skipped in &issuer.keys.skipped {
-            tracing::warn!(issuer = %issuer.issuer, key = %skipped, "issuer key skipped");
+        if let KeySource::File(keys) = &issuer.keys {
+            for skipped in &keys.skipped {
+                tracing::warn!(issuer = %issuer.issuer, key = %skipped, "issuer key skipped");
+            }
         }
     }
     for skipped in &config.approvers.skipped {
@@ -92,17 +93,22 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config
             .issuers
             .into_iter()
-            .map(|i| Issuer {
-                issuer: i.issuer,
-                audiences: i.audiences,
-                algorithms: i.algorithms,
-                keys: ArcSwap::from_pointee(i.keys),
+            .map(|i| match i.keys {
+                KeySource::File(keys) => {
+                    Issuer::with_keys(&i.issuer, i.audiences, i.algorithms, keys)
+                }
+                KeySource::Remote(remote) => Issuer {
+                    remote: Some(crate::identity::jwks::RemoteState::new(remote)),
+                    ..Issuer::with_keys(&i.issuer, i.audiences, i.algorithms, Default::default())
+                },
             })
             .collect(),
         config.leeway.as_secs(),
         config.token_cache_size,
         metrics.clone(),
     ));
+    crate::identity::jwks::spawn_fetchers(tokens.issuers().cloned().collect(), metrics.clone())
+        .map_err(StartError::Thread)?;
 
     let gate = Gate {
         policy: Policy {
@@ -114,7 +120,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         log_allowed: config.log_allowed,
         artefact: artefact.clone(),
         approvals: approvals.clone(),
-        tokens,
+        tokens: tokens.clone(),
         audit,
         counters: metrics.request_counters(&config.model, config.enforce),
         metrics: metrics.clone(),
@@ -136,6 +142,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             metrics,
             artefact,
             approvals,
+            tokens,
         },
     );
     admin.add_tcp(&config.admin.to_string());

@@ -35,6 +35,8 @@ pub mod names {
     pub const REGISTRY_SYNC_AGE_SECONDS: &str = "provgate_registry_sync_age_seconds";
     pub const AUDIT_RECORDS_TOTAL: &str = "provgate_audit_records_total";
     pub const READY: &str = "provgate_ready";
+    pub const JWKS_FETCHES_TOTAL: &str = "provgate_jwks_fetches_total";
+    pub const JWKS_AGE_SECONDS: &str = "provgate_jwks_age_seconds";
     pub const BUILD_INFO: &str = "provgate_build_info";
 }
 
@@ -152,6 +154,8 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     pub audit_failed: IntCounter,
     pub ready: IntGauge,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_age: GaugeVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -285,6 +289,20 @@ impl Metrics {
             READY,
             "1 when the sidecar has finished its first sync."
         ));
+        let jwks_fetches = reg!(IntCounterVec::new(
+            Opts::new(
+                JWKS_FETCHES_TOTAL,
+                "Remote issuer key fetches by issuer and result (ok, error)."
+            ),
+            &["issuer", "result"]
+        ));
+        let jwks_age = reg!(GaugeVec::new(
+            Opts::new(
+                JWKS_AGE_SECONDS,
+                "Seconds since each remote issuer's keys were last fetched successfully."
+            ),
+            &["issuer"]
+        ));
         let build_info = reg!(IntGaugeVec::new(
             Opts::new(BUILD_INFO, "1, labelled with the provgate version."),
             &["version"]
@@ -324,6 +342,8 @@ impl Metrics {
             registry_revoked_ids,
             registry_sync_age,
             ready,
+            jwks_fetches,
+            jwks_age,
         }
     }
 

@@ -62,7 +62,10 @@ fn the_documented_shape_validates_with_safe_defaults() {
     assert_eq!(c.upstream.protocol, UpstreamProtocol::Http1);
     assert!(!c.upstream.forward_token, "tokens are stripped by default");
     assert_eq!(c.issuers.len(), 1);
-    assert_eq!(c.issuers[0].keys.keys.len(), 1);
+    match &c.issuers[0].keys {
+        KeySource::File(keys) => assert_eq!(keys.keys.len(), 1),
+        other => panic!("a jwks_file issuer loaded as {other:?}"),
+    }
     assert_eq!(
         c.tiers["customer-facing"].required_evidence,
         vec!["security-test", "red-team"]
@@ -133,4 +136,38 @@ fn required_sections_are_named_when_missing() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("missing field"), "{err}");
+}
+
+#[test]
+fn an_issuer_names_exactly_one_key_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = good(dir.path());
+    let both = base.replace(
+        "audiences = [\"provgate\"]",
+        "jwks_url = \"https://issuer.example.org/keys\"\naudiences = [\"provgate\"]",
+    );
+    let err = FileConfig::parse(&both).unwrap().validate().unwrap_err();
+    assert!(err.0.iter().any(|e| e.contains("exactly one of")), "{err}");
+
+    let issuer_jwks = format!(
+        "jwks_file = \"{}\"",
+        dir.path().join("issuer.jwks.json").display()
+    );
+    let remote = base.replace(
+        &issuer_jwks,
+        "discovery_url = \"https://issuer.example.org/.well-known/openid-configuration\"\nrefresh_min = \"5s\"\nmax_stale = \"2m\"",
+    );
+    let c = FileConfig::parse(&remote).unwrap().validate().unwrap();
+    match &c.issuers[0].keys {
+        KeySource::Remote(r) => {
+            assert!(r.discovery);
+            assert_eq!(r.refresh_min, Duration::from_secs(5));
+            assert_eq!(r.max_stale, Duration::from_secs(120));
+            assert_eq!(r.refetch_interval, Duration::from_secs(10));
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = remote.replace("https://issuer.example.org/.well-known", "ftp://x");
+    let err = FileConfig::parse(&bad).unwrap().validate().unwrap_err();
+    assert!(err.0.iter().any(|e| e.contains("discovery_url")), "{err}");
 }

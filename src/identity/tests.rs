@@ -7,12 +7,12 @@ fn verifier(key: &SigningKey) -> TokenVerifier {
     let keys =
         KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();
     TokenVerifier::new(
-        vec![Issuer {
-            issuer: ISS.into(),
-            audiences: vec!["provgate".into()],
-            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
-            keys: ArcSwap::from_pointee(keys),
-        }],
+        vec![Issuer::with_keys(
+            ISS,
+            vec!["provgate".into()],
+            vec![Algorithm::ES256, Algorithm::EdDSA],
+            keys,
+        )],
         5,
         1000,
         Arc::new(Metrics::new()),

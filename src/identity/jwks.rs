@@ -1,0 +1,291 @@
+//! Remote issuer keys: a JWKS fetched over HTTPS (directly, or through OIDC discovery's
+//! `jwks_uri`), refreshed in the background at the server's cache hints within configured
+//! bounds, refetched on an unknown `kid` at most once per `refetch_interval`, and kept after a
+//! failed refresh until `max_stale`, after which the issuer's callers get
+//! `trust_data_unavailable` rather than `token_invalid`. A failed first fetch is retried
+//! with a backoff of seconds (1 s doubling to 30 s), not minutes.
+//!
+//! The fetchers run on their own thread and runtime; the request path only reads the
+//! published key set and, for an unknown `kid`, waits on a notification.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::Issuer;
+use crate::config::RemoteKeys;
+use crate::keys::KeySet;
+use crate::telemetry::Metrics;
+
+/// Largest JWKS or discovery document accepted.
+const MAX_DOCUMENT: usize = 1 << 20;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The live state of a remote key set.
+pub struct RemoteState {
+    pub config: RemoteKeys,
+    synced: AtomicBool,
+    /// Milliseconds since `epoch` of the last successful fetch.
+    last_success: AtomicU64,
+    epoch: Instant,
+    /// The request path asks for a refetch.
+    refetch: Notify,
+    /// A fetch finished (either way).
+    fetched: Notify,
+    /// Fetches attempted, for tests and metrics.
+    pub attempts: AtomicU64,
+}
+
+impl RemoteState {
+    pub fn new(config: RemoteKeys) -> RemoteState {
+        RemoteState {
+            config,
+            synced: AtomicBool::new(false),
+            last_success: AtomicU64::new(0),
+            epoch: Instant::now(),
+            refetch: Notify::new(),
+            fetched: Notify::new(),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Time since the last successful fetch (None before the first).
+    pub fn age(&self) -> Option<Duration> {
+        self.is_synced().then(|| {
+            self.epoch.elapsed().saturating_sub(Duration::from_millis(
+                self.last_success.load(Ordering::Relaxed),
+            ))
+        })
+    }
+
+    /// Fetched, and not older than `max_stale`.
+    pub fn is_fresh(&self) -> bool {
+        self.age().is_some_and(|a| a <= self.config.max_stale)
+    }
+
+    fn mark_success(&self) {
+        self.last_success
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Asks for a refetch and waits for the next fetch to finish, at most
+    /// `unknown_kid_wait`.
+    pub async fn wait_for_refetch(&self) {
+        let fetched = self.fetched.notified();
+        tokio::pin!(fetched);
+        fetched.as_mut().enable();
+        self.refetch.notify_one();
+        let _ = tokio::time::timeout(self.config.unknown_kid_wait, fetched).await;
+    }
+}
+
+/// Starts one background fetcher per remote issuer on a dedicated thread.
+pub fn spawn_fetchers(issuers: Vec<Arc<Issuer>>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let remote: Vec<Arc<Issuer>> = issuers.into_iter().filter(|i| i.remote.is_some()).collect();
+    if remote.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("provgate-keys".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for issuer in remote {
+                    tasks.spawn(run(issuer, metrics.clone()));
+                }
+                while tasks.join_next().await.is_some() {}
+            })
+        })?;
+    Ok(())
+}
+
+fn client(config: &RemoteKeys) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    if let Some(pem) = &config.ca_pem {
+        for cert in
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Keeps one issuer's keys fresh, forever.
+async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
+    // `spawn_fetchers` only starts issuers that have remote state.
+    let Some(remote) = issuer.remote.as_ref() else {
+        return;
+    };
+    let client = match client(&remote.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(issuer = %issuer.issuer, error = %e, "cannot build the JWKS client; this issuer's callers get trust_data_unavailable");
+            return;
+        }
+    };
+    let ok = metrics
+        .jwks_fetches
+        .with_label_values(&[&issuer.issuer, "ok"]);
+    let failed = metrics
+        .jwks_fetches
+        .with_label_values(&[&issuer.issuer, "error"]);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        remote.attempts.fetch_add(1, Ordering::Relaxed);
+        let next = match fetch(&client, &remote.config, &issuer.issuer).await {
+            Ok((keys, hint)) => {
+                tracing::info!(issuer = %issuer.issuer, keys = keys.keys.len(), "issuer keys fetched");
+                for skipped in &keys.skipped {
+                    tracing::warn!(issuer = %issuer.issuer, key = %skipped, "issuer key skipped");
+                }
+                issuer.keys.store(Arc::new(keys));
+                remote.mark_success();
+                ok.inc();
+                backoff = FIRST_BACKOFF;
+                hint.unwrap_or(remote.config.refresh_max)
+                    .clamp(remote.config.refresh_min, remote.config.refresh_max)
+            }
+            Err(e) => {
+                failed.inc();
+                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_s = backoff.as_secs(),
+                    "issuer key fetch failed; keeping the last good keys until max_stale");
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                wait
+            }
+        };
+        remote.fetched.notify_waiters();
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = remote.refetch.notified() => {
+                // An unknown kid asked: at most one fetch per refetch_interval.
+                let since = started.elapsed();
+                if since < remote.config.refetch_interval {
+                    tokio::time::sleep(remote.config.refetch_interval - since).await;
+                }
+            }
+        }
+    }
+}
+
+/// One fetch: discovery (if configured), then the JWKS. Returns the keys and the refresh
+/// hint (SPIFFE `spiffe_refresh_hint`, else Cache-Control `max-age`).
+async fn fetch(
+    client: &reqwest::Client,
+    config: &RemoteKeys,
+    issuer: &str,
+) -> Result<(KeySet, Option<Duration>), String> {
+    let jwks_url = if config.discovery {
+        let (doc, _) = get(client, &config.url).await?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&doc).map_err(|e| format!("discovery document: {e}"))?;
+        if let Some(claimed) = doc.get("issuer").and_then(|i| i.as_str()) {
+            if claimed != issuer {
+                return Err(format!(
+                    "discovery document names issuer {claimed:?}, not {issuer:?}"
+                ));
+            }
+        }
+        doc.get("jwks_uri")
+            .and_then(|u| u.as_str())
+            .ok_or("discovery document has no jwks_uri")?
+            .to_string()
+    } else {
+        config.url.clone()
+    };
+    let (body, max_age) = get(client, &jwks_url).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| "JWKS is not UTF-8".to_string())?;
+    let keys = KeySet::from_jwks_json(text, &jwks_url).map_err(|e| e.to_string())?;
+    if keys.keys.is_empty() {
+        return Err(format!(
+            "{jwks_url} holds no usable key ({:?})",
+            keys.skipped
+        ));
+    }
+    let spiffe_hint = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("spiffe_refresh_hint").and_then(|h| h.as_u64()))
+        .map(Duration::from_secs);
+    Ok((keys, spiffe_hint.or(max_age)))
+}
+
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(bytes::Bytes, Option<Duration>), String> {
+    let resp = client
+        .get(url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_DOCUMENT as u64)
+    {
+        return Err(format!("{url}: document larger than {MAX_DOCUMENT} bytes"));
+    }
+    let max_age = resp
+        .headers()
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_max_age);
+    let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if body.len() > MAX_DOCUMENT {
+        return Err(format!("{url}: document larger than {MAX_DOCUMENT} bytes"));
+    }
+    Ok((body, max_age))
+}
+
+/// `max-age=N` from a Cache-Control value.
+pub fn parse_max_age(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("max-age").then(|| {
+            v.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        })?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_max_age("Max-Age=\"60\""),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_max_age("no-store"), None);
+        assert_eq!(parse_max_age("max-age=soon"), None);
+    }
+}

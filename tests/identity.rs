@@ -1,0 +1,371 @@
+//! Remote issuer keys against a real HTTPS issuer on 127.0.0.1 (its own CA, handed to
+//! provgate as `ca_file`), serving OIDC discovery and a JWKS: rotation without a failed
+//! request, an issuer down at start, an issuer down after start (last good keys until
+//! `max_stale`, then `trust_data_unavailable`), and a flood of unknown `kid`s.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use provgate::keys::{jwks_document, KeyKind, SigningKey};
+use support::*;
+
+/// A JWKS issuer over HTTPS.
+struct HttpsIssuer {
+    addr: SocketAddr,
+    ca_file: std::path::PathBuf,
+    jwks: Arc<Mutex<String>>,
+    up: Arc<AtomicBool>,
+    fetches: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpsIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpsIssuer {
+    async fn start(dir: &std::path::Path, keys: &[&SigningKey], up: bool) -> HttpsIssuer {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "provgate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf_params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let ca_file = dir.join("issuer-ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let jwks = Arc::new(Mutex::new(Self::document(keys)));
+        let up = Arc::new(AtomicBool::new(up));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let (j, u, f) = (jwks.clone(), up.clone(), fetches.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    break;
+                };
+                let (acceptor, j, u, f) = (acceptor.clone(), j.clone(), u.clone(), f.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (j, u, f) = (j.clone(), u.clone(), f.clone());
+                            async move {
+                                let resp = |status: u16, body: String| {
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .header("cache-control", "max-age=3600")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap()
+                                };
+                                if !u.load(Ordering::SeqCst) {
+                                    return Ok::<_, Infallible>(resp(503, "{}".into()));
+                                }
+                                Ok(match req.uri().path() {
+                                    "/.well-known/openid-configuration" => resp(
+                                        200,
+                                        serde_json::json!({
+                                            "issuer": ISSUER,
+                                            "jwks_uri": format!("https://{addr}/keys"),
+                                        })
+                                        .to_string(),
+                                    ),
+                                    "/keys" => {
+                                        f.fetch_add(1, Ordering::SeqCst);
+                                        resp(200, j.lock().unwrap().clone())
+                                    }
+                                    _ => resp(404, "{}".into()),
+                                })
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HttpsIssuer {
+            addr,
+            ca_file,
+            jwks,
+            up,
+            fetches,
+            task,
+        }
+    }
+
+    fn document(keys: &[&SigningKey]) -> String {
+        let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk.clone()).collect();
+        jwks_document(&jwks)
+    }
+
+    fn serve(&self, keys: &[&SigningKey]) {
+        *self.jwks.lock().unwrap() = Self::document(keys);
+    }
+
+    /// The `[[callers.issuers]]` key lines that point provgate at this issuer.
+    fn config_lines(&self, extra: &str) -> String {
+        format!(
+            "discovery_url = \"https://{}/.well-known/openid-configuration\"\nca_file = \"{}\"\n{extra}",
+            self.addr,
+            self.ca_file.display()
+        )
+    }
+}
+
+/// Starts provgate with the fixture's issuer switched to the HTTPS issuer.
+async fn start(fx: &Fixture, issuer: &HttpsIssuer, upstream: SocketAddr, extra: &str) -> Provgate {
+    let (listen, admin) = (free_port(), free_port());
+    let jwks_line = format!("jwks_file = \"{}\"", fx.path("issuer.jwks.json").display());
+    let config = fx
+        .config(listen, admin, upstream)
+        .replace(&jwks_line, &issuer.config_lines(extra));
+    assert!(config.contains("discovery_url"));
+    let path = fx.path("remote.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = fx.path("remote.log");
+    let child = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pg = Provgate {
+        child,
+        listen,
+        admin,
+        log,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(admin).await.is_err()
+        || tokio::net::TcpStream::connect(listen).await.is_err()
+    {
+        assert!(Instant::now() < deadline, "{}", pg.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    pg
+}
+
+async fn error_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (status, body["error"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_come_from_discovery_and_a_rotation_fails_no_request() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    let up = Upstream::start().await;
+    let pg = start(
+        &fx,
+        &issuer,
+        up.addr,
+        "refetch_interval = \"100ms\"\nunknown_kid_wait = \"3s\"",
+    )
+    .await;
+    pg.wait_ready().await;
+    assert_eq!(
+        pg.get("/v1/models", Some(&fx.token(CALLER))).await.status(),
+        200
+    );
+
+    // The issuer rotates to a new key and drops the old one.
+    let (next, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    issuer.serve(&[&next]);
+    let before = issuer.fetches.load(Ordering::SeqCst);
+    let token = provgate::identity::mint_token(
+        &next,
+        ISSUER,
+        CALLER,
+        &["provgate".to_string()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    // The very first request with the new kid passes: it waits for the refetch it triggers.
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200, "{}", pg.logs());
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), before + 1);
+    let metrics = pg.metrics().await;
+    assert!(metrics.contains(&format!(
+        "provgate_jwks_fetches_total{{issuer=\"{ISSUER}\",result=\"ok\"}}"
+    )));
+    assert!(metrics.contains("provgate_jwks_age_seconds"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_down_at_start_is_retried_within_seconds() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], false).await;
+    let up = Upstream::start().await;
+    let pg = start(&fx, &issuer, up.addr, "").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = pg
+        .client
+        .get(format!("http://{}/readyz", pg.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready before the issuer's keys are known"
+    );
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["issuer_keys_synced"], false);
+    let (status, error) = error_of(pg.get("/v1/models", Some(&fx.token(CALLER))).await).await;
+    assert_eq!((status, error.as_str()), (503, "trust_data_unavailable"));
+
+    issuer.up.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    pg.wait_ready().await;
+    eprintln!("ready {:?} after the issuer came up", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "backoff is seconds, not minutes"
+    );
+    assert_eq!(
+        pg.get("/v1/models", Some(&fx.token(CALLER))).await.status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_down_after_start_is_trusted_until_max_stale() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    let up = Upstream::start().await;
+    let pg = start(
+        &fx,
+        &issuer,
+        up.addr,
+        "refresh_min = \"200ms\"\nrefresh_max = \"200ms\"\nmax_stale = \"2s\"",
+    )
+    .await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    issuer.up.store(false, Ordering::SeqCst);
+    let down = Instant::now();
+    // Last good keys keep working for a while...
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    // ...then the issuer's callers get trust_data_unavailable, not token_invalid.
+    pg.eventually(Duration::from_secs(6), || {
+        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
+        async move {
+            error_of(c.get(url).bearer_auth(token).send().await.unwrap())
+                .await
+                .1
+                == "trust_data_unavailable"
+        }
+    })
+    .await;
+    assert!(
+        down.elapsed() >= Duration::from_millis(1500),
+        "blocked before max_stale"
+    );
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        fx.audit_record(&id).await["reason"],
+        "trust_data_unavailable"
+    );
+    issuer.up.store(true, Ordering::SeqCst);
+    pg.eventually(Duration::from_secs(10), || {
+        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
+        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 200 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_kids_is_rate_limited() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    let up = Upstream::start().await;
+    let pg = start(
+        &fx,
+        &issuer,
+        up.addr,
+        "refetch_interval = \"1s\"\nunknown_kid_wait = \"50ms\"",
+    )
+    .await;
+    pg.wait_ready().await;
+    let before = issuer.fetches.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let (rogue, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let token = provgate::identity::mint_token(
+            &rogue,
+            ISSUER,
+            CALLER,
+            &["provgate".to_string()],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let (c, url) = (pg.client.clone(), pg.url("/v1/models"));
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(token).send().await.unwrap();
+            error_of(r).await
+        }));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (401, "token_invalid".to_string()));
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let fetched = issuer.fetches.load(Ordering::SeqCst) - before;
+    let bound = elapsed.ceil() as u64 + 1;
+    eprintln!("60 unknown-kid tokens over {elapsed:.1}s caused {fetched} fetches (bound {bound})");
+    assert!(fetched <= bound, "{fetched} fetches in {elapsed:.1}s");
+    assert!(fetched >= 1, "unknown kids do trigger a refetch");
+}

@@ -221,6 +221,14 @@ pub struct IssuerFile {
     /// Accepted JWS algorithms. Default: ES256, ES384, RS256, PS256, EdDSA.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+    /// `oidc` (any non-empty `sub`), `spiffe` (JWT-SVID: `sub` is a SPIFFE ID in
+    /// `trust_domain`) or `kubernetes` (service-account token: `sub` is
+    /// `system:serviceaccount:NS:NAME` and agrees with the `kubernetes.io` claim).
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// The SPIFFE trust domain, for `profile = "spiffe"` (e.g. `example.org`).
+    #[serde(default)]
+    pub trust_domain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +325,9 @@ fn default_rescan() -> String {
 fn default_max_stale() -> String {
     "5m".into()
 }
+fn default_profile() -> String {
+    "oidc".into()
+}
 fn default_refresh_min() -> String {
     "30s".into()
 }
@@ -378,6 +389,7 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
+    pub profile: crate::identity::Profile,
     pub keys: KeySource,
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
@@ -616,7 +628,33 @@ impl FileConfig {
                     KeySource::File(KeySet::default())
                 }
             };
+            let profile = match (f.profile.as_str(), &f.trust_domain) {
+                ("oidc", None) => crate::identity::Profile::Oidc,
+                ("kubernetes", None) => crate::identity::Profile::Kubernetes,
+                ("spiffe", Some(td)) if !td.is_empty() && !td.contains('/') => {
+                    crate::identity::Profile::Spiffe {
+                        trust_domain: td.clone(),
+                    }
+                }
+                ("spiffe", _) => {
+                    errors.push(format!(
+                        "{key}.trust_domain: profile \"spiffe\" needs a trust domain such as \"example.org\""
+                    ));
+                    crate::identity::Profile::Oidc
+                }
+                (_, Some(_)) if f.profile != "spiffe" => {
+                    errors.push(format!("{key}.trust_domain: only for profile \"spiffe\""));
+                    crate::identity::Profile::Oidc
+                }
+                (other, _) => {
+                    errors.push(format!(
+                        "{key}.profile: {other:?} is not \"oidc\", \"spiffe\" or \"kubernetes\""
+                    ));
+                    crate::identity::Profile::Oidc
+                }
+            };
             issuers.push(Issuer {
+                profile,
                 issuer: f.issuer,
                 keys,
                 audiences: f.audiences,

@@ -88,11 +88,70 @@ impl TokenError {
     }
 }
 
+/// What an issuer's tokens must look like beyond the JWT rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Profile {
+    /// Any OIDC workload token: a non-empty `sub`.
+    Oidc,
+    /// SPIFFE JWT-SVID: `sub` is a SPIFFE ID in this trust domain.
+    Spiffe { trust_domain: String },
+    /// Kubernetes projected service-account token: `sub` is
+    /// `system:serviceaccount:NS:NAME` and agrees with the `kubernetes.io` claim.
+    Kubernetes,
+}
+
+impl Profile {
+    fn check(&self, claims: &Claims) -> Result<(), TokenError> {
+        match self {
+            Profile::Oidc => Ok(()),
+            Profile::Spiffe { trust_domain } => {
+                let path = claims
+                    .sub
+                    .strip_prefix("spiffe://")
+                    .and_then(|rest| rest.strip_prefix(trust_domain.as_str()))
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .ok_or(TokenError::Claims(
+                        "sub is not a SPIFFE ID of the trust domain",
+                    ))?;
+                if path.is_empty()
+                    || path
+                        .split('/')
+                        .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(TokenError::Claims("sub is not a valid SPIFFE ID path"));
+                }
+                Ok(())
+            }
+            Profile::Kubernetes => {
+                let mut parts = claims.sub.splitn(4, ':');
+                let (Some("system"), Some("serviceaccount"), Some(ns), Some(name)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(TokenError::Claims(
+                        "sub is not system:serviceaccount:NS:NAME",
+                    ));
+                };
+                let k = claims
+                    .kubernetes
+                    .as_ref()
+                    .ok_or(TokenError::Claims("kubernetes.io claim is missing"))?;
+                let claimed_ns = k.get("namespace").and_then(|v| v.as_str());
+                let claimed_sa = k.pointer("/serviceaccount/name").and_then(|v| v.as_str());
+                if claimed_ns != Some(ns) || claimed_sa != Some(name) {
+                    return Err(TokenError::Claims("kubernetes.io claim disagrees with sub"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One trusted issuer.
 pub struct Issuer {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
+    pub profile: Profile,
     pub keys: ArcSwap<KeySet>,
     /// Set when the keys are fetched over the network (see [`jwks`]).
     pub remote: Option<jwks::RemoteState>,
@@ -110,6 +169,7 @@ impl Issuer {
             issuer: issuer.to_string(),
             audiences,
             algorithms,
+            profile: Profile::Oidc,
             keys: ArcSwap::from_pointee(keys),
             remote: None,
         }
@@ -152,6 +212,8 @@ struct Claims {
     iss: String,
     sub: String,
     exp: u64,
+    #[serde(rename = "kubernetes.io", default)]
+    kubernetes: Option<serde_json::Value>,
 }
 
 impl TokenVerifier {
@@ -294,6 +356,7 @@ impl TokenVerifier {
         if claims.sub.is_empty() {
             return Err(TokenError::Claims("sub is empty"));
         }
+        issuer.profile.check(&claims)?;
         // jsonwebtoken checks exp against its own clock; check against ours too.
         if now >= claims.exp + self.leeway {
             return Err(TokenError::Expired);

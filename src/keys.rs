@@ -131,8 +131,11 @@ impl KeySet {
 
 /// The JWS algorithms a JWK may verify: fixed by its type and curve, narrowed by its `alg`.
 fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-        return Err("key is for encryption (use: enc)".to_string());
+    match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        // SPIFFE trust bundles mark JWT-SVID keys so.
+        Some(PublicKeyUse::Other(u)) if u == "jwt-svid" => {}
+        Some(other) => return Err(format!("key use {other:?} is not for JWT signatures")),
     }
     let by_type: Vec<Algorithm> = match &jwk.algorithm {
         AlgorithmParameters::EllipticCurve(p) => match p.curve {

@@ -93,14 +93,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config
             .issuers
             .into_iter()
-            .map(|i| match i.keys {
-                KeySource::File(keys) => {
-                    Issuer::with_keys(&i.issuer, i.audiences, i.algorithms, keys)
+            .map(|i| {
+                let (keys, remote) = match i.keys {
+                    KeySource::File(keys) => (keys, None),
+                    KeySource::Remote(r) => (
+                        Default::default(),
+                        Some(crate::identity::jwks::RemoteState::new(r)),
+                    ),
+                };
+                Issuer {
+                    profile: i.profile,
+                    remote,
+                    ..Issuer::with_keys(&i.issuer, i.audiences, i.algorithms, keys)
                 }
-                KeySource::Remote(remote) => Issuer {
-                    remote: Some(crate::identity::jwks::RemoteState::new(remote)),
-                    ..Issuer::with_keys(&i.issuer, i.audiences, i.algorithms, Default::default())
-                },
             })
             .collect(),
         config.leeway.as_secs(),

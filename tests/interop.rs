@@ -150,3 +150,60 @@ async fn records_and_tokens_minted_by_pyjwt_are_accepted() {
     })
     .await;
 }
+
+/// SPIFFE JWT-SVIDs (from a trust bundle with `use: jwt-svid`) and Kubernetes projected
+/// service-account tokens, minted by PyJWT, through issuers with the matching profiles; the
+/// approval's caller patterns name both forms.
+#[tokio::test(flavor = "multi_thread")]
+async fn spiffe_and_kubernetes_tokens_minted_by_pyjwt() {
+    let mut fx = Fixture::new();
+    let out = fx.dir.path().to_path_buf();
+    let spiffe_iss = "https://oidc-discovery.example.org";
+    let k8s_iss = "https://kubernetes.default.svc.cluster.local";
+    run(Command::new(python())
+        .arg(script("pyjwt_profiles.py"))
+        .arg(&out)
+        .args([spiffe_iss, k8s_iss]));
+    fx.extra = format!(
+        r#"
+[[callers.issuers]]
+issuer = "{spiffe_iss}"
+jwks_file = "{}"
+audiences = ["provgate"]
+profile = "spiffe"
+trust_domain = "example.org"
+
+[[callers.issuers]]
+issuer = "{k8s_iss}"
+jwks_file = "{}"
+audiences = ["provgate"]
+algorithms = ["RS256"]
+profile = "kubernetes"
+"#,
+        out.join("spiffe-bundle.json").display(),
+        out.join("k8s.jwks.json").display()
+    );
+    let mut claims = fx.claims();
+    claims.callers = vec![
+        "spiffe://example.org/ns/app/*".into(),
+        "system:serviceaccount:ml:*".into(),
+    ];
+    fx.approve("rec.jwt", &claims);
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let tok = |name: &str| std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();
+    for ok in ["svid-es256", "svid-rs256", "k8s-rs256"] {
+        let resp = pg.get("/v1/models", Some(&tok(ok))).await;
+        assert_eq!(resp.status(), 200, "{ok}: {}", pg.logs());
+    }
+    let seen = up.requests();
+    assert_eq!(
+        seen[2].headers["x-provgate-caller"],
+        "system:serviceaccount:ml:batch"
+    );
+    for bad in ["svid-other-domain", "k8s-mismatch"] {
+        let resp = pg.get("/v1/models", Some(&tok(bad))).await;
+        assert_eq!(resp.status(), 401, "{bad}");
+    }
+}

@@ -171,3 +171,41 @@ fn an_issuer_names_exactly_one_key_source() {
     let err = FileConfig::parse(&bad).unwrap().validate().unwrap_err();
     assert!(err.0.iter().any(|e| e.contains("discovery_url")), "{err}");
 }
+
+#[test]
+fn token_profiles_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = good(dir.path());
+    let with = |lines: &str| {
+        base.replace(
+            "audiences = [\"provgate\"]",
+            &format!("audiences = [\"provgate\"]\n{lines}"),
+        )
+    };
+    let c = FileConfig::parse(&with(
+        "profile = \"spiffe\"\ntrust_domain = \"example.org\"",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        c.issuers[0].profile,
+        crate::identity::Profile::Spiffe {
+            trust_domain: "example.org".into()
+        }
+    );
+    for (lines, needle) in [
+        ("profile = \"spiffe\"", "trust_domain"),
+        (
+            "profile = \"kubernetes\"\ntrust_domain = \"x\"",
+            "only for profile",
+        ),
+        ("profile = \"saml\"", "profile"),
+    ] {
+        let err = FileConfig::parse(&with(lines))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.0.iter().any(|e| e.contains(needle)), "{lines}: {err}");
+    }
+}

@@ -159,3 +159,90 @@ fn bearer_header_parsing() {
     assert_eq!(bearer(b"Bearer "), None);
     assert_eq!(bearer(&[0xff, 0xfe]), None);
 }
+
+fn profiled(key: &SigningKey, profile: Profile) -> TokenVerifier {
+    let keys =
+        KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();
+    TokenVerifier::new(
+        vec![Issuer {
+            profile,
+            ..Issuer::with_keys(ISS, vec!["provgate".into()], vec![Algorithm::ES256], keys)
+        }],
+        5,
+        100,
+        Arc::new(Metrics::new()),
+    )
+}
+
+#[test]
+fn spiffe_profile_requires_an_id_in_the_trust_domain() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let v = profiled(
+        &key,
+        Profile::Spiffe {
+            trust_domain: "example.org".into(),
+        },
+    );
+    let now = crate::unix_now();
+    let with_sub = |sub: &str| {
+        let mut c = claims(now);
+        c["sub"] = serde_json::json!(sub);
+        token(&key, c)
+    };
+    assert!(v
+        .verify(&with_sub("spiffe://example.org/ns/app/sa/client"), now)
+        .is_ok());
+    for bad in [
+        "spiffe://example.org",
+        "spiffe://example.org/",
+        "spiffe://example.org.evil/ns/app",
+        "spiffe://other.org/ns/app",
+        "spiffe://example.org/ns//app",
+        "spiffe://example.org/ns/../app",
+        "system:serviceaccount:ml:client",
+    ] {
+        assert!(
+            matches!(v.verify(&with_sub(bad), now), Err(TokenError::Claims(_))),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_profile_checks_sub_against_the_kubernetes_claim() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let v = profiled(&key, Profile::Kubernetes);
+    let now = crate::unix_now();
+    let sa = |sub: &str, ns: &str, name: &str| {
+        let mut c = claims(now);
+        c["sub"] = serde_json::json!(sub);
+        c["kubernetes.io"] = serde_json::json!({
+            "namespace": ns,
+            "serviceaccount": {"name": name, "uid": "0b5a1f34"},
+            "pod": {"name": "client-7d9f", "uid": "c1"}
+        });
+        token(&key, c)
+    };
+    let ok = v
+        .verify(&sa("system:serviceaccount:ml:client", "ml", "client"), now)
+        .unwrap();
+    assert_eq!(&*ok.sub, "system:serviceaccount:ml:client");
+    assert!(v
+        .verify(
+            &sa("system:serviceaccount:ml:client", "prod", "client"),
+            now
+        )
+        .is_err());
+    assert!(v
+        .verify(&sa("system:serviceaccount:ml:client", "ml", "other"), now)
+        .is_err());
+    assert!(v
+        .verify(&sa("spiffe://example.org/x", "ml", "client"), now)
+        .is_err());
+    let mut no_claim = claims(now);
+    no_claim["sub"] = serde_json::json!("system:serviceaccount:ml:client");
+    assert_eq!(
+        v.verify(&token(&key, no_claim), now),
+        Err(TokenError::Claims("kubernetes.io claim is missing"))
+    );
+}

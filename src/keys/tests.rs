@@ -37,6 +37,25 @@ fn symmetric_private_and_mismatched_keys_are_skipped() {
 }
 
 #[test]
+fn spiffe_bundle_uses_are_told_apart() {
+    let key = |u: &str| {
+        format!(
+            r#"{{"kty":"EC","crv":"P-256","use":"{u}","kid":"{u}","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}"#
+        )
+    };
+    let doc = format!(
+        r#"{{"spiffe_sequence":1,"spiffe_refresh_hint":300,"keys":[{},{},{}]}}"#,
+        key("jwt-svid"),
+        key("x509-svid"),
+        key("enc")
+    );
+    let set = KeySet::from_jwks_json(&doc, "bundle").unwrap();
+    let kids: Vec<_> = set.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
+    assert_eq!(kids, ["jwt-svid"]);
+    assert_eq!(set.skipped.len(), 2);
+}
+
+#[test]
 fn garbage_is_a_clear_error() {
     assert!(KeySet::from_jwks_json("not json", "x").is_err());
     assert!(KeySet::from_jwks_json("{}", "x").is_err());

@@ -4,7 +4,8 @@
 //! BENCHMARKS.md with the machine they were taken on; compare ratios within one run, not
 //! absolute numbers across runs (the machines are shared and noisy).
 //!
-//! - `token/verify_cold/*`: a full signature verification (cache miss), per algorithm.
+//! - `token/verify_cold/*`: a full signature verification (cache miss), per algorithm
+//!   (ES256, ES384, EdDSA, RS256 and PS256 with a 2048-bit key).
 //! - `token/verify_cached`: the same token again: SHA-256 of the token + a cache read.
 //! - `approval/lookup`: a moka hit for the served digest.
 //! - `policy/decide`: the pure decision over verified inputs.
@@ -16,6 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use provgate::approval::{sign, ApprovalClaims, ArtefactRef};
@@ -76,6 +78,52 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("token/verify_cold/{name}"), |b| {
             b.iter(|| tokens.verify_uncached(black_box(&t), now).unwrap())
         });
+    }
+    // RSA 2048: RS256 and PS256 with one key.
+    {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let pkcs8 = pair.as_der().unwrap();
+        let pem_text = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
+        let signing = jsonwebtoken::EncodingKey::from_rsa_pem(pem_text.as_bytes()).unwrap();
+        let verifying = provgate::keys::VerifyingKey {
+            kid: Some("rsa".into()),
+            algorithms: vec![
+                jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::Algorithm::PS256,
+            ],
+            key: jsonwebtoken::DecodingKey::from_rsa_der(pair.public_key().as_ref()),
+        };
+        let rsa = TokenVerifier::new(
+            vec![Issuer::with_keys(
+                ISS,
+                vec!["provgate".into()],
+                vec![
+                    jsonwebtoken::Algorithm::RS256,
+                    jsonwebtoken::Algorithm::PS256,
+                ],
+                KeySet {
+                    keys: vec![verifying],
+                    skipped: vec![],
+                },
+            )],
+            30,
+            100,
+            metrics.clone(),
+        );
+        for (name, alg) in [
+            ("rs256", jsonwebtoken::Algorithm::RS256),
+            ("ps256", jsonwebtoken::Algorithm::PS256),
+        ] {
+            let mut header = jsonwebtoken::Header::new(alg);
+            header.kid = Some("rsa".into());
+            let claims = serde_json::json!({"iss": ISS, "sub": CALLER, "aud": ["provgate"], "exp": now + 3600});
+            let t = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+            c.bench_function(&format!("token/verify_cold/{name}"), |b| {
+                b.iter(|| rsa.verify_uncached(black_box(&t), now).unwrap())
+            });
+        }
     }
     let t = token(&es256);
     tokens.verify(&t, now).unwrap();
@@ -163,7 +211,7 @@ fn bench(c: &mut Criterion) {
     });
     let audit_dir = tempfile::tempdir().unwrap();
     let gate = Gate {
-        policy,
+        policy: Arc::new(ArcSwap::from_pointee(policy)),
         enforce: true,
         log_allowed: false,
         artefact,

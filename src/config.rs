@@ -118,8 +118,16 @@ impl Default for ModeFile {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadFile {
     /// This deployment's identity (e.g. its SPIFFE ID); approval records must list it in
-    /// `workloads`.
-    pub identity: String,
+    /// `workloads`. Give this...
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// ...or a projected token file (Kubernetes service-account token, JWT-SVID) whose
+    /// `sub` is the identity; re-read every `identity_refresh`, so a rotated token is
+    /// followed.
+    #[serde(default)]
+    pub identity_token_file: Option<String>,
+    #[serde(default = "default_identity_refresh")]
+    pub identity_refresh: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +333,9 @@ fn default_rescan() -> String {
 fn default_max_stale() -> String {
     "5m".into()
 }
+fn default_identity_refresh() -> String {
+    "10s".into()
+}
 fn default_profile() -> String {
     "oidc".into()
 }
@@ -425,6 +436,8 @@ pub struct Config {
     pub upstream: Upstream,
     pub enforce: bool,
     pub workload_identity: String,
+    /// Where the identity is re-read from, and how often (None: fixed).
+    pub workload_token_file: Option<(PathBuf, Duration)>,
     pub model: String,
     pub artefact_path: PathBuf,
     pub poll_interval: Duration,
@@ -494,6 +507,8 @@ impl FileConfig {
         let rescan_interval = duration("registry.rescan_interval", &self.registry.rescan_interval);
         let max_stale = duration("registry.max_stale", &self.registry.max_stale);
         let leeway = duration("callers.leeway", &self.callers.leeway);
+        let identity_refresh =
+            duration("workload.identity_refresh", &self.workload.identity_refresh);
         let grace_period = self
             .server
             .grace_period
@@ -527,7 +542,25 @@ impl FileConfig {
                 errors.push(format!("{key}: must not be empty"));
             }
         };
-        nonempty(&mut errors, "workload.identity", &self.workload.identity);
+        let (workload_identity, workload_token_file) =
+            match (&self.workload.identity, &self.workload.identity_token_file) {
+                (Some(id), None) => {
+                    nonempty(&mut errors, "workload.identity", id);
+                    (id.clone(), None)
+                }
+                (None, Some(file)) => match crate::identity::token_subject(Path::new(file)) {
+                    Ok(sub) => (sub, Some((PathBuf::from(file), identity_refresh))),
+                    Err(e) => {
+                        errors.push(format!("workload.identity_token_file: {e}"));
+                        (String::new(), None)
+                    }
+                },
+                _ => {
+                    errors
+                        .push("workload: give exactly one of identity, identity_token_file".into());
+                    (String::new(), None)
+                }
+            };
         nonempty(&mut errors, "artefact.model", &self.artefact.model);
         nonempty(&mut errors, "artefact.path", &self.artefact.path);
 
@@ -697,7 +730,8 @@ impl FileConfig {
                 keepalive_pool: self.upstream.keepalive_pool,
             },
             enforce: self.mode.enforce,
-            workload_identity: self.workload.identity,
+            workload_identity,
+            workload_token_file,
             model: self.artefact.model,
             artefact_path: PathBuf::from(self.artefact.path),
             poll_interval,

@@ -433,6 +433,31 @@ fn read_unverified(token: &str) -> Result<(jsonwebtoken::Header, String), TokenE
     Ok((header, iss.iss.ok_or(TokenError::Claims("iss is missing"))?))
 }
 
+/// The `sub` of a token file (this sidecar's own projected token). The token is not
+/// verified: it is the platform's statement of who this pod is, read from a file only the
+/// platform writes; provgate uses it to name itself, never to admit a caller.
+pub fn token_subject(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let payload = text
+        .trim()
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| format!("{}: not a JWT", path.display()))?;
+    #[derive(Deserialize)]
+    struct Sub {
+        sub: Option<String>,
+    }
+    let sub: Sub = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("{}: JWT payload is not JSON", path.display()))?;
+    match sub.sub {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(format!("{}: token has no sub", path.display())),
+    }
+}
+
 /// The bearer token of an `Authorization` header value, if it has one.
 pub fn bearer(value: &[u8]) -> Option<&str> {
     let value = std::str::from_utf8(value).ok()?.trim();

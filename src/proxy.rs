@@ -41,7 +41,8 @@ const HEADER_PREFIX: &str = "x-provgate-";
 
 /// The sidecar's shared state: everything the request path reads.
 pub struct Gate {
-    pub policy: Policy,
+    /// The static policy; swapped whole when this workload's identity token rotates.
+    pub policy: Arc<arc_swap::ArcSwap<Policy>>,
     pub enforce: bool,
     pub log_allowed: bool,
     pub artefact: Arc<ArtefactHandle>,
@@ -129,7 +130,7 @@ impl Gate {
             None => (ArtefactView::Unverified, Lookup::Entry(None)),
         };
         let decision = decide(
-            &self.policy,
+            &self.policy.load(),
             &Input {
                 caller: caller_view,
                 artefact: artefact_view,
@@ -193,7 +194,7 @@ impl Gate {
             method: req.method.as_str().to_string(),
             path: req.uri.path().to_string(),
             client: session.client_addr().map(|a| a.to_string()),
-            model: self.policy.model.clone(),
+            model: self.policy.load().model.clone(),
             requested_model: ctx.requested_model.clone(),
             served_digest: ctx.digest.map(|d| d.to_string()),
             version_id: record.map(|r| r.claims.version_id.clone()),

@@ -40,6 +40,32 @@ pub fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
+/// Re-reads this workload's identity token and swaps the policy when its `sub` changes.
+/// A token that cannot be read keeps the last identity (and says so).
+fn follow_workload_token(
+    path: &std::path::Path,
+    every: std::time::Duration,
+    policy: &arc_swap::ArcSwap<Policy>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(every);
+        match crate::identity::token_subject(path) {
+            Ok(sub) if sub != policy.load().workload_identity => {
+                tracing::info!(previous = %policy.load().workload_identity, identity = %sub,
+                    "workload identity changed with its token");
+                let mut next = Policy::clone(&policy.load());
+                next.workload_identity = sub;
+                policy.store(Arc::new(next));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "workload identity token unreadable; keeping the last identity")
+            }
+        }
+    }
+}
+
 /// Runs the sidecar until the process is signalled.
 pub fn run(config: Config) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
@@ -115,12 +141,20 @@ pub fn run(config: Config) -> Result<(), StartError> {
     crate::identity::jwks::spawn_fetchers(tokens.issuers().cloned().collect(), metrics.clone())
         .map_err(StartError::Thread)?;
 
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
+        workload_identity: config.workload_identity,
+        model: config.model.clone(),
+        tiers: config.tiers,
+    }));
+    if let Some((path, every)) = config.workload_token_file {
+        let (policy, stop) = (policy.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("provgate-workload".into())
+            .spawn(move || follow_workload_token(&path, every, &policy, &stop))
+            .map_err(StartError::Thread)?;
+    }
     let gate = Gate {
-        policy: Policy {
-            workload_identity: config.workload_identity,
-            model: config.model.clone(),
-            tiers: config.tiers,
-        },
+        policy,
         enforce: config.enforce,
         log_allowed: config.log_allowed,
         artefact: artefact.clone(),

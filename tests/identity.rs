@@ -369,3 +369,76 @@ async fn a_flood_of_unknown_kids_is_rate_limited() {
     assert!(fetched <= bound, "{fetched} fetches in {elapsed:.1}s");
     assert!(fetched >= 1, "unknown kids do trigger a refetch");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workload_identity_follows_its_rotating_token() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let token_file = fx.path("workload-token");
+    let write_identity = |sub: &str| {
+        let t = provgate::identity::mint_token(
+            &fx.issuer,
+            "https://kubernetes.default.svc",
+            sub,
+            &["provgate".to_string()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let tmp = fx.path("workload-token.tmp");
+        std::fs::write(&tmp, t).unwrap();
+        std::fs::rename(&tmp, &token_file).unwrap();
+    };
+    write_identity(WORKLOAD);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!(
+            "identity_token_file = \"{}\"\nidentity_refresh = \"200ms\"",
+            token_file.display()
+        ),
+    );
+    assert!(config.contains("identity_token_file"));
+    let path = fx.path("workload.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = fx.path("workload.log");
+    let child = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pg = Provgate {
+        child,
+        listen,
+        admin,
+        log,
+        client: reqwest::Client::new(),
+    };
+    pg.wait_ready().await;
+    let caller = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&caller)).await.status(), 200);
+    // The pod is re-bound to an identity the approval does not name.
+    write_identity("spiffe://example.org/ns/sandbox/sa/model-serving");
+    pg.eventually(Duration::from_secs(3), || {
+        let (c, url, t) = (pg.client.clone(), pg.url("/v1/models"), caller.clone());
+        async move {
+            error_of(c.get(url).bearer_auth(t).send().await.unwrap())
+                .await
+                .1
+                == "deployment_not_bound"
+        }
+    })
+    .await;
+    // A broken token file keeps the last identity rather than failing open or closed.
+    std::fs::write(&token_file, "not a token").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, error) = error_of(pg.get("/v1/models", Some(&caller)).await).await;
+    assert_eq!(error, "deployment_not_bound");
+    write_identity(WORKLOAD);
+    pg.eventually(Duration::from_secs(3), || {
+        let (c, url, t) = (pg.client.clone(), pg.url("/v1/models"), caller.clone());
+        async move { c.get(url).bearer_auth(t).send().await.unwrap().status() == 200 }
+    })
+    .await;
+}

@@ -222,6 +222,7 @@ fn bench(c: &mut Criterion) {
         metrics,
         peer: pingora::prelude::HttpPeer::new("127.0.0.1:1", false, String::new()),
         forward_token: false,
+        caller_auth: provgate::config::CallerAuth::Token,
         request_ids: RequestIds::default(),
     };
     let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();

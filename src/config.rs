@@ -51,14 +51,53 @@ pub struct ListenFile {
     /// Where callers connect. Default: loopback only.
     #[serde(default = "default_listen")]
     pub address: String,
+    /// Terminate TLS on the listener with this certificate chain and key (PEM).
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// CA bundle (PEM) for client certificates; a verified client certificate's SPIFFE URI
+    /// SAN is a caller identity.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// How callers prove who they are: `token` (bearer JWT), `certificate` (mTLS client
+    /// certificate, required at the handshake), `token_or_certificate`, or
+    /// `token_and_certificate` (both, naming the same identity).
+    #[serde(default = "default_caller_auth")]
+    pub caller_auth: String,
 }
 
 impl Default for ListenFile {
     fn default() -> Self {
         ListenFile {
             address: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            caller_auth: default_caller_auth(),
         }
     }
+}
+
+fn default_caller_auth() -> String {
+    "token".into()
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerAuth {
+    Token,
+    Certificate,
+    TokenOrCertificate,
+    TokenAndCertificate,
+}
+
+/// TLS on the listener.
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +471,8 @@ pub struct RemoteKeys {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_tls: Option<ListenTls>,
+    pub caller_auth: CallerAuth,
     pub admin: SocketAddr,
     pub upstream: Upstream,
     pub enforce: bool,
@@ -488,10 +529,58 @@ impl FileConfig {
             })
         };
         let listen = addr("listen.address", &self.listen.address);
+
         let admin = addr("admin.address", &self.admin.address);
         let upstream_addr = addr("upstream.address", &self.upstream.address);
         if listen == admin && listen.port() != 0 {
             errors.push("admin.address: must differ from listen.address".to_string());
+        }
+        let caller_auth = match self.listen.caller_auth.as_str() {
+            "token" => CallerAuth::Token,
+            "certificate" => CallerAuth::Certificate,
+            "token_or_certificate" => CallerAuth::TokenOrCertificate,
+            "token_and_certificate" => CallerAuth::TokenAndCertificate,
+            other => {
+                errors.push(format!(
+                    "listen.caller_auth: {other:?} is not one of \"token\", \"certificate\", \"token_or_certificate\", \"token_and_certificate\""
+                ));
+                CallerAuth::Token
+            }
+        };
+        let readable = |errors: &mut Vec<String>, key: &str, p: &str| {
+            if let Err(e) = std::fs::metadata(p) {
+                errors.push(format!("{key}: {p}: {e}"));
+            }
+        };
+        let listen_tls = match (&self.listen.tls_cert, &self.listen.tls_key) {
+            (Some(cert), Some(key)) => {
+                readable(&mut errors, "listen.tls_cert", cert);
+                readable(&mut errors, "listen.tls_key", key);
+                if let Some(ca) = &self.listen.client_ca {
+                    readable(&mut errors, "listen.client_ca", ca);
+                }
+                Some(ListenTls {
+                    cert: PathBuf::from(cert),
+                    key: PathBuf::from(key),
+                    client_ca: self.listen.client_ca.as_ref().map(PathBuf::from),
+                })
+            }
+            (None, None) => None,
+            _ => {
+                errors.push("listen.tls_cert, listen.tls_key: give both or neither".into());
+                None
+            }
+        };
+        if self.listen.client_ca.is_some() && listen_tls.is_none() {
+            errors.push("listen.client_ca: needs listen.tls_cert and listen.tls_key".into());
+        }
+        if caller_auth != CallerAuth::Token
+            && listen_tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            errors.push(format!(
+                "listen.caller_auth: {:?} needs TLS with a client_ca",
+                self.listen.caller_auth
+            ));
         }
 
         let mut duration = |key: &str, value: &str| -> Duration {
@@ -720,6 +809,8 @@ impl FileConfig {
         });
         Ok(Config {
             listen,
+            listen_tls,
+            caller_auth,
             admin,
             upstream: Upstream {
                 address: upstream_addr,

@@ -177,6 +177,7 @@ impl Issuer {
 }
 
 pub mod jwks;
+pub mod mtls;
 
 /// Verifies caller tokens for all configured issuers.
 pub struct TokenVerifier {

@@ -25,8 +25,9 @@ use pingora::proxy::{ProxyHttp, Session};
 use crate::approval::ApprovalRecord;
 use crate::artefact::ArtefactHandle;
 use crate::audit::{AuditEvent, AuditLog, EvidenceRef};
-use crate::config::{Upstream, UpstreamProtocol};
+use crate::config::{CallerAuth, Upstream, UpstreamProtocol};
 use crate::digest::Digest;
+use crate::identity::mtls::CertCaller;
 use crate::identity::{bearer, Caller, TokenError, TokenVerifier};
 use crate::policy::{
     decide, ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, Policy,
@@ -53,6 +54,8 @@ pub struct Gate {
     pub counters: RequestCounters,
     pub peer: HttpPeer,
     pub forward_token: bool,
+    /// How callers authenticate: bearer token, mTLS certificate, or a combination.
+    pub caller_auth: CallerAuth,
     pub request_ids: RequestIds,
 }
 
@@ -96,13 +99,48 @@ impl Gate {
     }
 
     /// The caller's token, verified; an unknown `kid` waits for the issuer's refetch.
-    async fn caller(&self, req: &RequestHeader) -> Result<Arc<Caller>, Option<TokenError>> {
+    async fn token_caller(&self, req: &RequestHeader) -> Result<Arc<Caller>, Option<TokenError>> {
         match req.headers.get(http::header::AUTHORIZATION) {
             None => Err(None),
             Some(v) => match bearer(v.as_bytes()) {
                 None => Err(Some(TokenError::Malformed)),
                 Some(token) => self.tokens.verify_waiting(token).await.map_err(Some),
             },
+        }
+    }
+
+    /// Who is calling, by token, client certificate or both, as `caller_auth` says.
+    /// `Err(None)`: no credentials at all.
+    async fn caller(&self, session: &Session) -> Result<Arc<Caller>, Option<TokenError>> {
+        let certificate = || {
+            session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|s| s.extension.get::<CertCaller>())
+                .map(|c| c.0.clone())
+        };
+        let req = session.req_header();
+        match self.caller_auth {
+            CallerAuth::Token => self.token_caller(req).await,
+            CallerAuth::Certificate => certificate().ok_or(None),
+            CallerAuth::TokenOrCertificate => {
+                if req.headers.contains_key(http::header::AUTHORIZATION) {
+                    self.token_caller(req).await
+                } else {
+                    certificate().ok_or(None)
+                }
+            }
+            CallerAuth::TokenAndCertificate => {
+                let cert = certificate().ok_or(None)?;
+                let token = self.token_caller(req).await?;
+                if token.sub == cert.sub {
+                    Ok(token)
+                } else {
+                    Err(Some(TokenError::Claims(
+                        "token and client certificate name different callers",
+                    )))
+                }
+            }
         }
     }
 
@@ -246,7 +284,7 @@ impl ProxyHttp for Gate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let t = Instant::now();
-        let caller = self.caller(session.req_header()).await;
+        let caller = self.caller(session).await;
         let decision = self.decide_with(session.req_header(), caller, ctx);
         self.metrics
             .decision_duration

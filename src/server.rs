@@ -25,6 +25,8 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditError),
     #[error("starting a background thread: {0}")]
     Thread(std::io::Error),
+    #[error("listener TLS: {0}")]
+    Tls(String),
 }
 
 /// The pingora server settings provgate runs with (shared with the load benchmark's
@@ -165,13 +167,21 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics: metrics.clone(),
         peer: Gate::upstream_peer_for(&config.upstream),
         forward_token: config.upstream.forward_token,
+        caller_auth: config.caller_auth,
         request_ids: RequestIds::default(),
     };
 
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gate);
-    proxy.add_tcp(&config.listen.to_string());
+    match &config.listen_tls {
+        Some(tls) => {
+            let settings = crate::identity::mtls::tls_settings(tls, config.caller_auth)
+                .map_err(StartError::Tls)?;
+            proxy.add_tls_with_settings(&config.listen.to_string(), None, settings);
+        }
+        None => proxy.add_tcp(&config.listen.to_string()),
+    }
     server.add_service(proxy);
 
     let mut admin = pingora::services::listening::Service::new(

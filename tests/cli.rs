@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use support::*;
 
@@ -243,19 +242,7 @@ async fn the_walkthrough_works_with_the_binary_alone() {
         .replace("config/keys/issuer.jwks.json", &p("issuer.jwks.json"))
         .replace("https://issuer.example.org", ISSUER)
         .replace("provgate-audit.jsonl", &p("audit.jsonl"));
-    std::fs::write(d.join("provgate.toml"), config).unwrap();
-    let child = Command::new(bin())
-        .args(["run", "-c", &p("provgate.toml")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log: d.join("none.log"),
-        client: reqwest::Client::new(),
-    };
+    let pg = Provgate::spawn(d, "provgate", &config, listen, admin, None).await;
     pg.wait_ready().await;
     let allowed = pg.get("/v1/models", Some(&token)).await;
     assert_eq!(allowed.status(), 200);
@@ -280,22 +267,7 @@ async fn the_shipped_defaults_start_ready() {
             "provgate-audit.jsonl",
             dir.path().join("audit.jsonl").to_str().unwrap(),
         );
-    let cfg = dir.path().join("provgate.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let child = Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .current_dir(repo())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log: dir.path().join("none.log"),
-        client: reqwest::Client::new(),
-    };
+    let pg = Provgate::spawn(dir.path(), "provgate", &config, listen, admin, Some(repo())).await;
     pg.wait_ready().await;
     let token = ok(&run_cli(
         &[

@@ -407,33 +407,8 @@ async fn start_with(
     patch: impl Fn(String) -> String,
 ) -> Provgate {
     let (listen, admin) = (free_port(), free_port());
-    let config = fx.path("patched.toml");
-    std::fs::write(&config, patch(fx.config(listen, admin, upstream))).unwrap();
-    let log = fx.path("patched.log");
-    let child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&config)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(admin).await.is_err()
-        || tokio::net::TcpStream::connect(listen).await.is_err()
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", pg.logs());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    pg
+    let config = patch(fx.config(listen, admin, upstream));
+    Provgate::spawn(fx.dir.path(), "patched", &config, listen, admin, None).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

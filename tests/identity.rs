@@ -157,33 +157,7 @@ async fn start(fx: &Fixture, issuer: &HttpsIssuer, upstream: SocketAddr, extra: 
         .config(listen, admin, upstream)
         .replace(&jwks_line, &issuer.config_lines(extra));
     assert!(config.contains("discovery_url"));
-    let path = fx.path("remote.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = fx.path("remote.log");
-    let child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(admin).await.is_err()
-        || tokio::net::TcpStream::connect(listen).await.is_err()
-    {
-        assert!(Instant::now() < deadline, "{}", pg.logs());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    pg
+    Provgate::spawn(fx.dir.path(), "remote", &config, listen, admin, None).await
 }
 
 async fn error_of(resp: reqwest::Response) -> (u16, String) {
@@ -399,22 +373,7 @@ async fn the_workload_identity_follows_its_rotating_token() {
         ),
     );
     assert!(config.contains("identity_token_file"));
-    let path = fx.path("workload.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = fx.path("workload.log");
-    let child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log,
-        client: reqwest::Client::new(),
-    };
+    let pg = Provgate::spawn(fx.dir.path(), "workload", &config, listen, admin, None).await;
     pg.wait_ready().await;
     let caller = fx.token(CALLER);
     assert_eq!(pg.get("/v1/models", Some(&caller)).await.status(), 200);

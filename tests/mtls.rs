@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use support::*;
@@ -62,27 +62,7 @@ async fn start(fx: &Fixture, upstream: std::net::SocketAddr, caller_auth: &str) 
         ),
     );
     assert!(config.contains("client_ca"));
-    let path = fx.path("tls.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = fx.path("tls.log");
-    let child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log,
-        client: reqwest::Client::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(listen).await.is_err() {
-        assert!(Instant::now() < deadline, "{}", pg.logs());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let pg = Provgate::spawn(fx.dir.path(), "tls", &config, listen, admin, None).await;
     pg.wait_ready().await;
     Tls { pg, pki }
 }

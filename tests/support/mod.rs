@@ -402,6 +402,50 @@ impl Provgate {
         panic!("provgate failed to start three times");
     }
 
+    /// Starts provgate on a config text whose listen and admin addresses are `listen` and
+    /// `admin`, logging to `DIR/NAME.log`, and waits until both listeners accept.
+    pub async fn spawn(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        cwd: Option<&Path>,
+    ) -> Provgate {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "-c"])
+            .arg(&path)
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let pg = Provgate {
+            child: cmd.spawn().unwrap(),
+            listen,
+            admin,
+            log,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(admin).await.is_err()
+            || tokio::net::TcpStream::connect(listen).await.is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "provgate did not listen:\n{}",
+                pg.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        pg
+    }
+
     async fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -194,7 +194,10 @@ fn bench(c: &mut Criterion) {
                 &policy,
                 black_box(&Input {
                     caller: CallerView::Verified(&caller),
-                    artefact: ArtefactView::Ready(&served),
+                    artefact: ArtefactView::Ready {
+                        digest: &served,
+                        signer: None,
+                    },
                     approval: ApprovalView::Entry(Some(&entry)),
                     requested_model: None,
                     now,
@@ -208,6 +211,7 @@ fn bench(c: &mut Criterion) {
         digest: served,
         files: 1,
         bytes: 1,
+        signature: provgate::attestation::SignatureState::Absent,
     });
     let audit_dir = tempfile::tempdir().unwrap();
     let gate = Gate {

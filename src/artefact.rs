@@ -240,6 +240,8 @@ pub enum ArtefactState {
         digest: Digest,
         files: usize,
         bytes: u64,
+        /// The OMS signature in the directory, checked against the pinned signers.
+        signature: crate::attestation::SignatureState,
     },
     /// The directory cannot be hashed (missing, a symlink inside, unreadable).
     Failed { error: String },
@@ -303,6 +305,8 @@ pub struct ArtefactWatcher {
     pub threads: usize,
     pub handle: Arc<ArtefactHandle>,
     pub metrics: Arc<Metrics>,
+    /// Pinned OMS signers for `model.sig`.
+    pub signers: Arc<Vec<crate::attestation::Signer>>,
 }
 
 impl ArtefactWatcher {
@@ -354,12 +358,21 @@ impl ArtefactWatcher {
             .observe(elapsed.as_secs_f64());
         let state = match result {
             Ok(m) => {
+                let signature = crate::attestation::verify_dir(&self.path, &self.signers);
+                match &signature {
+                    crate::attestation::SignatureState::Invalid { reason } => {
+                        tracing::warn!(model = %self.model, reason = %reason, "model.sig does not verify")
+                    }
+                    s => tracing::info!(model = %self.model, signature = s.label(),
+                        signer = s.signer().unwrap_or("-"), "artefact signature checked"),
+                }
                 tracing::info!(model = %self.model, digest = %m.root, files = m.resources.len(),
                     bytes = m.total_bytes, elapsed_ms = elapsed.as_millis() as u64, "artefact hashed");
                 ArtefactState::Ready {
                     digest: m.root,
                     files: m.resources.len(),
                     bytes: m.total_bytes,
+                    signature,
                 }
             }
             Err(e) => {

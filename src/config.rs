@@ -182,6 +182,19 @@ pub struct ArtefactFile {
     /// Threads used to hash files; 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
+    /// Pinned signers of the directory's OMS signature (`model.sig`); an approval record
+    /// naming `artefact.signer` requires a valid signature by the signer of that name.
+    #[serde(default)]
+    pub signers: Vec<SignerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerFile {
+    /// The name approval records use in `artefact.signer`.
+    pub name: String,
+    /// PEM EC P-256 or P-384 public key.
+    pub public_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,6 +496,7 @@ pub struct Config {
     pub artefact_path: PathBuf,
     pub poll_interval: Duration,
     pub hash_threads: usize,
+    pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
     pub registry_path: PathBuf,
     pub rescan_interval: Duration,
     pub max_stale: Duration,
@@ -653,6 +667,16 @@ impl FileConfig {
         nonempty(&mut errors, "artefact.model", &self.artefact.model);
         nonempty(&mut errors, "artefact.path", &self.artefact.path);
 
+        let mut signers = Vec::new();
+        for (i, s) in self.artefact.signers.iter().enumerate() {
+            match crate::attestation::Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
+                Ok(k) => signers.push(k),
+                Err(e) => errors.push(format!("artefact.signers[{i}].public_key: {e}")),
+            }
+            if s.name.trim().is_empty() {
+                errors.push(format!("artefact.signers[{i}].name: must not be empty"));
+            }
+        }
         if self.registry.kind != "dir" {
             errors.push(format!(
                 "registry.kind: {:?} is not supported; use \"dir\"",
@@ -831,6 +855,7 @@ impl FileConfig {
             } else {
                 self.artefact.hash_threads
             },
+            signers: std::sync::Arc::new(signers),
             registry_path,
             rescan_interval,
             max_stale,

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod approval;
 pub mod artefact;
+pub mod attestation;
 pub mod audit;
 pub mod config;
 pub mod digest;

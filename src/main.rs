@@ -70,6 +70,14 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Verify a model directory's OMS signature (model.sig) against pinned signer keys;
+    /// exit 0 when it is valid.
+    VerifySignature {
+        dir: PathBuf,
+        /// A pinned signer, as `NAME=PUBLIC_KEY.pem` (EC P-256 or P-384; repeat).
+        #[arg(long = "signer", required = true)]
+        signers: Vec<String>,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -157,6 +165,36 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { key, jwks, kind } => keygen(&key, &jwks, kind),
+        Command::VerifySignature { dir, signers } => {
+            let mut keys = Vec::new();
+            for s in &signers {
+                let (name, path) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--signer {s:?}: expected NAME=PUBLIC_KEY.pem"))?;
+                keys.push(
+                    provgate::attestation::Signer::from_pem_file(name, Path::new(path))
+                        .map_err(|e| anyhow!("--signer {s:?}: {e}"))?,
+                );
+            }
+            match provgate::attestation::verify_dir(&dir, &keys) {
+                provgate::attestation::SignatureState::Valid { signer } => {
+                    println!("{}: valid, signed by {signer}", dir.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                provgate::attestation::SignatureState::Absent => {
+                    println!(
+                        "{}: no {}",
+                        dir.display(),
+                        provgate::attestation::SIGNATURE_FILE
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                provgate::attestation::SignatureState::Invalid { reason } => {
+                    println!("{}: invalid: {reason}", dir.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Approve(args) => approve(*args),
         Command::Token {
             key,

@@ -87,7 +87,11 @@ impl std::fmt::Display for DenyReason {
 pub enum ArtefactView<'a> {
     /// Still hashing, re-hashing after a change, or the directory cannot be hashed.
     Unverified,
-    Ready(&'a Digest),
+    Ready {
+        digest: &'a Digest,
+        /// The pinned signer whose valid OMS signature covers the directory, if any.
+        signer: Option<&'a str>,
+    },
 }
 
 /// What the registry knows about that digest.
@@ -205,6 +209,10 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
             "served artefact digest not yet known",
         );
     }
+    let signer = match input.artefact {
+        ArtefactView::Ready { signer, .. } => signer,
+        ArtefactView::Unverified => None,
+    };
     let entry = match input.approval {
         ApprovalView::Unavailable => {
             return Decision::deny(
@@ -237,7 +245,7 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
     // reason is the one reported.
     let mut first_denial = None;
     for candidate in &entry.records {
-        match check_record(policy, candidate, caller, input.now) {
+        match check_record(policy, candidate, caller, signer, input.now) {
             Ok(()) => {
                 return Decision::Allow {
                     record: candidate.record.clone(),
@@ -265,6 +273,7 @@ fn check_record(
     policy: &Policy,
     candidate: &crate::registry::Candidate,
     caller: &Caller,
+    signer: Option<&str>,
     now: u64,
 ) -> Result<(), (DenyReason, &'static str)> {
     let record = &candidate.record;
@@ -283,6 +292,14 @@ fn check_record(
             DenyReason::ModelMismatch,
             "approval record is for another model",
         ));
+    }
+    if let Some(required) = &claims.artefact.signer {
+        if signer != Some(required.as_str()) {
+            return Err((
+                DenyReason::ApprovalInvalid,
+                "artefact is not signed by the record's signer",
+            ));
+        }
     }
     if !identity_matches(&claims.workloads, &policy.workload_identity) {
         return Err((

@@ -160,12 +160,20 @@ impl Gate {
         };
         ctx.requested_model = requested_model(req.uri.path()).map(str::to_string);
         let state = self.artefact.load();
-        let (artefact_view, lookup) = match state.digest() {
-            Some(d) => {
-                ctx.digest = Some(*d);
-                (ArtefactView::Ready(d), self.approvals.view(d))
+        let (artefact_view, lookup) = match &**state {
+            crate::artefact::ArtefactState::Ready {
+                digest, signature, ..
+            } => {
+                ctx.digest = Some(*digest);
+                (
+                    ArtefactView::Ready {
+                        digest,
+                        signer: signature.signer(),
+                    },
+                    self.approvals.view(digest),
+                )
             }
-            None => (ArtefactView::Unverified, Lookup::Entry(None)),
+            _ => (ArtefactView::Unverified, Lookup::Entry(None)),
         };
         let decision = decide(
             &self.policy.load(),

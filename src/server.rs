@@ -97,6 +97,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         threads: config.hash_threads,
         handle: artefact.clone(),
         metrics: metrics.clone(),
+        signers: config.signers.clone(),
     };
     let s = stop.clone();
     std::thread::Builder::new()

@@ -438,6 +438,7 @@ mod tests {
                 digest: crate::digest::Digest([1; 32]),
                 files: 1,
                 bytes: 1,
+                signature: crate::attestation::SignatureState::Absent,
             },
         );
         let text = String::from_utf8(m.encode()).unwrap();

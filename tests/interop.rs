@@ -207,3 +207,130 @@ profile = "kubernetes"
         assert_eq!(resp.status(), 401, "{bad}");
     }
 }
+
+fn verify_signature(model: &Path, signer: &Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("verify-signature")
+        .arg(model)
+        .arg("--signer")
+        .arg(format!("release={}", signer.display()))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+/// Signatures made by the reference model_signing library (key method, no network) verify,
+/// for both serializations and both curves, and each kind of tampering is caught.
+#[test]
+fn oms_signatures_from_the_reference_tool_verify_and_tampering_fails() {
+    for (curve, method) in [("p256", "files"), ("p384", "files"), ("p256", "shards")] {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("model");
+        std::fs::create_dir_all(model.join("tok")).unwrap();
+        std::fs::write(model.join("config.json"), b"{\"hidden\": 8}").unwrap();
+        std::fs::write(model.join("tok/vocab.txt"), b"a\nb\n").unwrap();
+        std::fs::write(model.join("empty"), b"").unwrap();
+        let weights: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(model.join("model.safetensors"), &weights).unwrap();
+        let public = root.path().join("signer.pub");
+        run(Command::new(python())
+            .arg(script("oms_sign_key.py"))
+            .arg(&model)
+            .arg(&public)
+            .args([curve, method, "1000000"]));
+        let case = format!("{curve}/{method}");
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(ok, "{case}: {said}");
+        assert!(said.contains("signed by release"), "{case}: {said}");
+
+        // Another signer's key does not verify it.
+        let other = root.path().join("other.pub");
+        let other_dir = root.path().join("other-model");
+        std::fs::create_dir_all(&other_dir).unwrap();
+        std::fs::write(other_dir.join("x"), b"x").unwrap();
+        run(Command::new(python())
+            .arg(script("oms_sign_key.py"))
+            .arg(&other_dir)
+            .arg(&other)
+            .args([curve, "files"]));
+        let (ok, said) = verify_signature(&model, &other);
+        assert!(
+            !ok && said.contains("none of the pinned signers"),
+            "{case}: {said}"
+        );
+
+        // One byte changed (in the middle of a shard), a file added, a file removed.
+        let mut changed = weights.clone();
+        changed[1_500_000] ^= 1;
+        std::fs::write(model.join("model.safetensors"), &changed).unwrap();
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(
+            !ok && said.contains("differs from what was signed"),
+            "{case}: {said}"
+        );
+        std::fs::write(model.join("model.safetensors"), &weights).unwrap();
+        assert!(verify_signature(&model, &public).0, "{case}: restored");
+
+        std::fs::write(model.join("tok/extra.txt"), b"smuggled").unwrap();
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(
+            !ok && said.contains("not covered by the signature"),
+            "{case}: {said}"
+        );
+        std::fs::remove_file(model.join("tok/extra.txt")).unwrap();
+
+        std::fs::remove_file(model.join("tok/vocab.txt")).unwrap();
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(!ok && said.contains("missing"), "{case}: {said}");
+    }
+}
+
+/// An approval record that pins `artefact.signer` admits requests only while the model
+/// directory carries a valid OMS signature by that signer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_pinning_a_signer_needs_that_signature() {
+    let mut fx = Fixture::new();
+    let public = fx.path("release.pub");
+    run(Command::new(python())
+        .arg(script("oms_sign_key.py"))
+        .arg(fx.model_dir())
+        .arg(&public)
+        .args(["p256", "files"]));
+    assert!(fx.model_dir().join("model.sig").exists());
+    fx.extra = format!(
+        "[[artefact.signers]]\nname = \"release\"\npublic_key = \"{}\"\n",
+        public.display()
+    );
+    let mut claims = fx.claims();
+    claims.artefact.signer = Some("release".into());
+    fx.approve("rec.jwt", &claims);
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200, "{}", pg.logs());
+
+    // The signature is removed: same weights, same digest, but no longer attested.
+    std::fs::remove_file(fx.model_dir().join("model.sig")).unwrap();
+    pg.eventually(std::time::Duration::from_secs(3), || {
+        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
+        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 403 }
+    })
+    .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "approval_invalid");
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(
+        audit["detail"],
+        "artefact is not signed by the record's signer"
+    );
+}

@@ -87,6 +87,7 @@ fn the_watcher_publishes_and_follows_changes() {
         threads: 1,
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
+        signers: Arc::new(Vec::new()),
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));

@@ -84,6 +84,7 @@ struct Case {
     entry: Option<RegistryEntry>,
     registry_down: bool,
     requested_model: Option<&'static str>,
+    signer: Option<&'static str>,
     want: Result<&'static str, DenyReason>,
 }
 
@@ -95,6 +96,7 @@ fn base(name: &'static str) -> Case {
         entry: Some(entry_of(vec![(claims(), false)])),
         registry_down: false,
         requested_model: None,
+        signer: None,
         want: Ok("v1"),
     }
 }
@@ -174,6 +176,22 @@ fn decision_table() {
         with(base("request names this model"), |c| {
             c.requested_model = Some("m");
         }),
+        with(base("record pins a signer, artefact signed by it"), |c| {
+            c.entry = record(|r| r.artefact.signer = Some("release-key".into()));
+            c.signer = Some("release-key");
+        }),
+        with(base("record pins a signer, artefact unsigned"), |c| {
+            c.entry = record(|r| r.artefact.signer = Some("release-key".into()));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(
+            base("record pins a signer, artefact signed by another"),
+            |c| {
+                c.entry = record(|r| r.artefact.signer = Some("release-key".into()));
+                c.signer = Some("intern-key");
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
         with(base("workload not bound"), |c| {
             c.entry = record(|r| r.workloads = vec!["spiffe://example.org/ns/dev/*".into()]);
             c.want = Err(DeploymentNotBound)
@@ -252,7 +270,10 @@ fn decision_table() {
         let input = Input {
             caller: caller_view,
             artefact: if case.artefact_ready {
-                ArtefactView::Ready(&d)
+                ArtefactView::Ready {
+                    digest: &d,
+                    signer: case.signer,
+                }
             } else {
                 ArtefactView::Unverified
             },

@@ -1,0 +1,325 @@
+//! OMS signatures: `model.sig` in the model directory, as the `model_signing` tool writes it
+//! with `sign key` (a Sigstore bundle holding a DSSE envelope over an in-toto statement,
+//! predicate type `https://model_signing/signature/v1.0`), verified against pinned signer
+//! public keys (EC P-256 or P-384, PEM).
+//!
+//! A signature is valid only if it is by a pinned signer, its statement's resources equal
+//! what is on disk exactly (no extra file, no missing file, every digest equal; `files` or
+//! `shards` serialization, SHA-256), and its subject digest is the root over them. The signer
+//! it names is what an approval record's `artefact.signer` is checked against.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::signature::{
+    UnparsedPublicKey, VerificationAlgorithm, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1,
+};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use sha2::{Digest as _, Sha256};
+use x509_parser::prelude::FromDer;
+
+use crate::artefact::list_files;
+
+/// The signature file's name inside the model directory.
+pub const SIGNATURE_FILE: &str = "model.sig";
+const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
+const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+
+/// A pinned artefact signer.
+pub struct Signer {
+    pub name: String,
+    algorithm: &'static dyn VerificationAlgorithm,
+    point: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("name", &self.name).finish()
+    }
+}
+
+impl Signer {
+    /// Loads an EC P-256 or P-384 public key from a PEM `PUBLIC KEY` block.
+    pub fn from_pem_file(name: &str, path: &Path) -> Result<Signer, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let block = pem::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
+            .map_err(|e| format!("{}: not a public key: {e}", path.display()))?;
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        let algorithm: &'static dyn VerificationAlgorithm = match curve.as_deref() {
+            Some("1.2.840.10045.3.1.7") => &ECDSA_P256_SHA256_ASN1,
+            Some("1.3.132.0.34") => &ECDSA_P384_SHA384_ASN1,
+            other => {
+                return Err(format!(
+                    "{}: only EC P-256 and P-384 signer keys are supported (curve {other:?})",
+                    path.display()
+                ))
+            }
+        };
+        Ok(Signer {
+            name: name.to_string(),
+            algorithm,
+            point: spki.subject_public_key.data.to_vec(),
+        })
+    }
+}
+
+/// What the signature in a model directory says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureState {
+    /// No `model.sig`.
+    Absent,
+    /// Valid, by this pinned signer.
+    Valid { signer: String },
+    /// Present but not acceptable, with why.
+    Invalid { reason: String },
+}
+
+impl SignatureState {
+    pub fn signer(&self) -> Option<&str> {
+        match self {
+            SignatureState::Valid { signer } => Some(signer),
+            _ => None,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            SignatureState::Absent => "absent",
+            SignatureState::Valid { .. } => "valid",
+            SignatureState::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// Verifies `DIR/model.sig` against the pinned signers and the directory's contents.
+pub fn verify_dir(dir: &Path, signers: &[Signer]) -> SignatureState {
+    let path = dir.join(SIGNATURE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return SignatureState::Absent,
+        Err(e) => return invalid(format!("{}: {e}", path.display())),
+    };
+    match verify_bundle(dir, &bytes, signers) {
+        Ok(signer) => SignatureState::Valid { signer },
+        Err(reason) => invalid(reason),
+    }
+}
+
+fn invalid(reason: String) -> SignatureState {
+    SignatureState::Invalid { reason }
+}
+
+fn verify_bundle(dir: &Path, bundle: &[u8], signers: &[Signer]) -> Result<String, String> {
+    let bundle: serde_json::Value =
+        serde_json::from_slice(bundle).map_err(|e| format!("model.sig is not JSON: {e}"))?;
+    let envelope = bundle
+        .get("dsseEnvelope")
+        .ok_or("model.sig has no dsseEnvelope")?;
+    let payload_type = envelope
+        .get("payloadType")
+        .and_then(|t| t.as_str())
+        .ok_or("dsseEnvelope has no payloadType")?;
+    if payload_type != PAYLOAD_TYPE {
+        return Err(format!(
+            "payloadType {payload_type:?} is not {PAYLOAD_TYPE:?}"
+        ));
+    }
+    let payload = STANDARD
+        .decode(
+            envelope
+                .get("payload")
+                .and_then(|p| p.as_str())
+                .ok_or("dsseEnvelope has no payload")?,
+        )
+        .map_err(|e| format!("payload is not base64: {e}"))?;
+    let signatures = envelope
+        .get("signatures")
+        .and_then(|s| s.as_array())
+        .ok_or("dsseEnvelope has no signatures")?;
+
+    // DSSE pre-authentication encoding.
+    let mut pae = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(&payload);
+    let signer = signatures
+        .iter()
+        .filter_map(|s| s.get("sig").and_then(|v| v.as_str()))
+        .filter_map(|s| STANDARD.decode(s).ok())
+        .find_map(|sig| {
+            signers.iter().find(|k| {
+                UnparsedPublicKey::new(k.algorithm, &k.point)
+                    .verify(&pae, &sig)
+                    .is_ok()
+            })
+        })
+        .ok_or("the signature is by none of the pinned signers")?;
+
+    let statement: serde_json::Value =
+        serde_json::from_slice(&payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let predicate_type = statement.get("predicateType").and_then(|p| p.as_str());
+    if predicate_type != Some(PREDICATE_TYPE) {
+        return Err(format!(
+            "predicateType {predicate_type:?} is not {PREDICATE_TYPE:?}"
+        ));
+    }
+    let subjects = statement
+        .get("subject")
+        .and_then(|s| s.as_array())
+        .ok_or("statement has no subject")?;
+    let [subject] = subjects.as_slice() else {
+        return Err(format!("expected one subject, found {}", subjects.len()));
+    };
+    let signed_root = subject
+        .pointer("/digest/sha256")
+        .and_then(|d| d.as_str())
+        .ok_or("subject has no sha256 digest")?;
+    let predicate = statement
+        .get("predicate")
+        .ok_or("statement has no predicate")?;
+    let serialization = predicate
+        .get("serialization")
+        .ok_or("predicate has no serialization")?;
+    let hash_type = serialization.get("hash_type").and_then(|h| h.as_str());
+    if hash_type != Some("sha256") {
+        return Err(format!(
+            "hash_type {hash_type:?} is not supported (sha256 only)"
+        ));
+    }
+    let ignore: Vec<PathBuf> = serialization
+        .get("ignore_paths")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let method = serialization.get("method").and_then(|m| m.as_str());
+    let on_disk = match method {
+        Some("files") => file_resources(dir, &ignore)?,
+        Some("shards") => {
+            // model_signing 1.1.1 writes shard_size as a float: read it leniently.
+            let size = serialization
+                .get("shard_size")
+                .and_then(|s| s.as_u64().or_else(|| s.as_f64().map(|f| f as u64)))
+                .filter(|s| *s > 0)
+                .ok_or("shards serialization without a positive shard_size")?;
+            shard_resources(dir, &ignore, size)?
+        }
+        other => return Err(format!("serialization method {other:?} is not supported")),
+    };
+
+    let mut signed = BTreeMap::new();
+    for r in predicate
+        .get("resources")
+        .and_then(|r| r.as_array())
+        .ok_or("predicate has no resources")?
+    {
+        let name = r
+            .get("name")
+            .and_then(|n| n.as_str())
+            .ok_or("resource without a name")?;
+        let digest = r
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .ok_or("resource without a digest")?;
+        signed.insert(name.to_string(), digest.to_ascii_lowercase());
+    }
+    let disk: BTreeMap<&str, String> = on_disk
+        .iter()
+        .map(|(n, d)| (n.as_str(), hex::encode(d)))
+        .collect();
+    for (name, digest) in &signed {
+        match disk.get(name.as_str()) {
+            None => return Err(format!("signed resource {name} is missing")),
+            Some(d) if d != digest => return Err(format!("{name} differs from what was signed")),
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = disk.keys().find(|n| !signed.contains_key(**n)) {
+        return Err(format!("{extra} is not covered by the signature"));
+    }
+    let mut root = Sha256::new();
+    for (_, d) in &on_disk {
+        root.update(d);
+    }
+    if hex::encode(root.finalize()) != signed_root.to_ascii_lowercase() {
+        return Err("the subject digest is not the root over the signed resources".into());
+    }
+    Ok(signer.name.clone())
+}
+
+fn ignored(rel: &Path, ignore: &[PathBuf]) -> bool {
+    ignore.iter().any(|i| rel.starts_with(i))
+}
+
+/// `files` resources on disk, in manifest order, less the signature's ignore paths.
+fn file_resources(dir: &Path, ignore: &[PathBuf]) -> Result<Vec<(String, [u8; 32])>, String> {
+    let mut out = Vec::new();
+    for (rel, abs) in list_files(dir).map_err(|e| e.to_string())? {
+        if ignored(&rel, ignore) {
+            continue;
+        }
+        let (d, _) = crate::artefact::hash_file(&abs).map_err(|e| e.to_string())?;
+        out.push((posix(&rel), d));
+    }
+    Ok(out)
+}
+
+/// `shards` resources (`path:start:end`), ordered by path components, then offsets.
+fn shard_resources(
+    dir: &Path,
+    ignore: &[PathBuf],
+    shard_size: u64,
+) -> Result<Vec<(String, [u8; 32])>, String> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (rel, abs) in list_files(dir).map_err(|e| e.to_string())? {
+        if ignored(&rel, ignore) {
+            continue;
+        }
+        let mut file = std::fs::File::open(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
+        let name = posix(&rel);
+        let mut start = 0;
+        while start < size {
+            let end = (start + shard_size).min(size);
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| e.to_string())?;
+            let mut hasher = Sha256::new();
+            let mut left = end - start;
+            while left > 0 {
+                let n = (left as usize).min(buf.len());
+                file.read_exact(&mut buf[..n])
+                    .map_err(|e| format!("{}: {e}", abs.display()))?;
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            out.push((format!("{name}:{start}:{end}"), hasher.finalize().into()));
+            start = end;
+        }
+    }
+    // list_files is in path order and shards within a file in offset order already.
+    Ok(out)
+}
+
+fn posix(rel: &Path) -> String {
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}

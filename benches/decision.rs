@@ -9,17 +9,19 @@
 //! - `token/verify_cached`: the same token again: SHA-256 of the token + a cache read.
 //! - `approval/lookup`: a moka hit for the served digest.
 //! - `policy/decide`: the pure decision over verified inputs.
-//! - `request/evaluate`: all of the above as `request_filter` runs it, from the request
-//!   header (Authorization parse, token cache, artefact state, approval lookup, decide).
+//! - `request/evaluate`: all of the above as `request_filter` runs it, from a fresh
+//!   per-request context (request ID included) and the request header (Authorization
+//!   parse, token cache, artefact state, approval lookup, decide).
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
+use pingora::proxy::ProxyHttp;
 use provgate::approval::{sign, ApprovalClaims, ArtefactRef};
 use provgate::artefact::{ArtefactHandle, ArtefactState};
 use provgate::audit::AuditLog;
@@ -27,7 +29,7 @@ use provgate::digest::Digest;
 use provgate::identity::{mint_token, Issuer, TokenVerifier};
 use provgate::keys::{jwks_document, KeyKind, KeySet, SigningKey};
 use provgate::policy::{decide, ApprovalView, ArtefactView, CallerView, Input, Policy};
-use provgate::proxy::{Gate, RequestCtx, RequestIds};
+use provgate::proxy::{Gate, RequestIds};
 use provgate::registry::{ApprovalStore, Snapshot};
 use provgate::telemetry::Metrics;
 
@@ -236,15 +238,8 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     c.bench_function("request/evaluate", |b| {
         b.iter(|| {
-            let mut ctx = RequestCtx {
-                request_id: http::HeaderValue::from_static("0"),
-                started: Instant::now(),
-                arrived: SystemTime::now(),
-                caller: None,
-                requested_model: None,
-                digest: None,
-                decision: None,
-            };
+            // The context as pingora makes it, request ID included.
+            let mut ctx = gate.new_ctx();
             let d = gate.evaluate(black_box(&req), &mut ctx);
             assert!(d.reason().is_none());
             d

@@ -289,12 +289,7 @@ async fn a_revocation_blocks_within_the_rescan_bound() {
     let t = std::time::Instant::now();
     std::fs::write(fx.registry_dir().join("revoked.txt"), "rec-1\n").unwrap();
     let took = pg
-        .eventually(Duration::from_secs(3), || {
-            let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-            Box::pin(
-                async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 403 },
-            )
-        })
+        .until_answer(&token, 403, None, Duration::from_secs(3))
         .await;
     eprintln!(
         "revocation took effect after {took:?} (measured from the write: {:?})",
@@ -385,19 +380,13 @@ async fn an_unreadable_registry_fails_closed_after_max_stale_and_recovers() {
     // The last good records keep serving for up to max_stale...
     assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
     // ...then requests fail closed.
-    pg.eventually(Duration::from_secs(5), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        Box::pin(async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 503 })
-    })
-    .await;
+    pg.until_answer(&token, 503, None, Duration::from_secs(5))
+        .await;
     let resp = pg.get("/v1/models", Some(&token)).await;
     assert_denied(&pg, &fx, resp, "trust_data_unavailable", 503).await;
     std::fs::rename(&moved, fx.registry_dir()).unwrap();
-    pg.eventually(Duration::from_secs(5), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        Box::pin(async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 200 })
-    })
-    .await;
+    pg.until_answer(&token, 200, None, Duration::from_secs(5))
+        .await;
 }
 
 /// Starts provgate with a config transformed by `patch`.
@@ -421,14 +410,12 @@ async fn a_hot_swapped_model_file_is_blocked_within_two_seconds() {
     let approved = fx.digest();
     let t = std::time::Instant::now();
     std::fs::write(fx.model_dir().join("model.safetensors"), vec![8u8; 4096]).unwrap();
-    pg.eventually(Duration::from_secs(2), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        Box::pin(async move {
-            let r = c.get(url).bearer_auth(token).send().await.unwrap();
-            let body: serde_json::Value = r.json().await.unwrap_or_default();
-            body["error"] == "artefact_unmanaged"
-        })
-    })
+    pg.until_answer(
+        &token,
+        403,
+        Some("artefact_unmanaged"),
+        Duration::from_secs(2),
+    )
     .await;
     eprintln!("swap detected and blocked after {:?}", t.elapsed());
     let resp = pg.get("/v1/models", Some(&token)).await;

@@ -267,15 +267,12 @@ async fn an_issuer_down_after_start_is_trusted_until_max_stale() {
     // Last good keys keep working for a while...
     assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
     // ...then the issuer's callers get trust_data_unavailable, not token_invalid.
-    pg.eventually(Duration::from_secs(6), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        async move {
-            error_of(c.get(url).bearer_auth(token).send().await.unwrap())
-                .await
-                .1
-                == "trust_data_unavailable"
-        }
-    })
+    pg.until_answer(
+        &token,
+        503,
+        Some("trust_data_unavailable"),
+        Duration::from_secs(6),
+    )
     .await;
     assert!(
         down.elapsed() >= Duration::from_millis(1500),
@@ -292,11 +289,8 @@ async fn an_issuer_down_after_start_is_trusted_until_max_stale() {
         "trust_data_unavailable"
     );
     issuer.up.store(true, Ordering::SeqCst);
-    pg.eventually(Duration::from_secs(10), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 200 }
-    })
-    .await;
+    pg.until_answer(&token, 200, None, Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -379,15 +373,12 @@ async fn the_workload_identity_follows_its_rotating_token() {
     assert_eq!(pg.get("/v1/models", Some(&caller)).await.status(), 200);
     // The pod is re-bound to an identity the approval does not name.
     write_identity("spiffe://example.org/ns/sandbox/sa/model-serving");
-    pg.eventually(Duration::from_secs(3), || {
-        let (c, url, t) = (pg.client.clone(), pg.url("/v1/models"), caller.clone());
-        async move {
-            error_of(c.get(url).bearer_auth(t).send().await.unwrap())
-                .await
-                .1
-                == "deployment_not_bound"
-        }
-    })
+    pg.until_answer(
+        &caller,
+        403,
+        Some("deployment_not_bound"),
+        Duration::from_secs(3),
+    )
     .await;
     // A broken token file keeps the last identity rather than failing open or closed.
     std::fs::write(&token_file, "not a token").unwrap();
@@ -395,9 +386,6 @@ async fn the_workload_identity_follows_its_rotating_token() {
     let (_, error) = error_of(pg.get("/v1/models", Some(&caller)).await).await;
     assert_eq!(error, "deployment_not_bound");
     write_identity(WORKLOAD);
-    pg.eventually(Duration::from_secs(3), || {
-        let (c, url, t) = (pg.client.clone(), pg.url("/v1/models"), caller.clone());
-        async move { c.get(url).bearer_auth(t).send().await.unwrap().status() == 200 }
-    })
-    .await;
+    pg.until_answer(&caller, 200, None, Duration::from_secs(3))
+        .await;
 }

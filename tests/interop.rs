@@ -144,11 +144,8 @@ async fn records_and_tokens_minted_by_pyjwt_are_accepted() {
     let c = parts[1].as_bytes()[mid];
     parts[1].replace_range(mid..mid + 1, if c == b'A' { "B" } else { "A" });
     fx.write_record("py.jwt", &parts.join("."));
-    pg.eventually(std::time::Duration::from_secs(3), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 403 }
-    })
-    .await;
+    pg.until_answer(&token, 403, None, std::time::Duration::from_secs(3))
+        .await;
 }
 
 /// SPIFFE JWT-SVIDs (from a trust bundle with `use: jwt-svid`) and Kubernetes projected
@@ -316,11 +313,8 @@ async fn a_record_pinning_a_signer_needs_that_signature() {
 
     // The signature is removed: same weights, same digest, but no longer attested.
     std::fs::remove_file(fx.model_dir().join("model.sig")).unwrap();
-    pg.eventually(std::time::Duration::from_secs(3), || {
-        let (c, url, token) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
-        async move { c.get(url).bearer_auth(token).send().await.unwrap().status() == 403 }
-    })
-    .await;
+    pg.until_answer(&token, 403, None, std::time::Duration::from_secs(3))
+        .await;
     let resp = pg.get("/v1/models", Some(&token)).await;
     let id = resp.headers()["x-provgate-request-id"]
         .to_str()

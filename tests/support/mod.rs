@@ -521,6 +521,32 @@ impl Provgate {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls `GET /v1/models` with `token` until it answers `status` (and, when given, the
+    /// deny reason `error` in its JSON body); fails after `within`. Returns the time taken.
+    pub async fn until_answer(
+        &self,
+        token: &str,
+        status: u16,
+        error: Option<&str>,
+        within: Duration,
+    ) -> Duration {
+        self.eventually(within, || async {
+            let r = self
+                .client
+                .get(self.url("/v1/models"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            if r.status().as_u16() != status {
+                return false;
+            }
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            error.is_none_or(|e| body["error"] == e)
+        })
+        .await
+    }
+
     /// Polls until `check` passes on a request, or fails after `within`.
     pub async fn eventually<F, Fut>(&self, within: Duration, mut check: F) -> Duration
     where

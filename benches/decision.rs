@@ -157,6 +157,7 @@ fn bench(c: &mut Criterion) {
             artefact: ArtefactRef {
                 digest,
                 signer: None,
+                ollama_digest: None,
             },
             lineage: Default::default(),
             evidence: vec![],

@@ -66,6 +66,11 @@ pub struct ArtefactRef {
     /// The artefact signer's key identity, when the record pins one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+    /// The Ollama manifest digest (hex SHA-256, optionally `sha256:`-prefixed) the model
+    /// server must report for this model in `GET /api/tags`, when the record pins one.
+    /// Optional and omitted when absent, so records without it read and verify as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ollama_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -227,6 +232,15 @@ fn check_shape(c: &ApprovalClaims) -> Result<(), ApprovalError> {
         return Err(ApprovalError::Payload(
             "iss, sub, jti, version_id and tier must be non-empty".to_string(),
         ));
+    }
+    if let Some(d) = &c.artefact.ollama_digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApprovalError::Payload(
+                "artefact.ollama_digest must be 64 hex digits (optionally sha256:-prefixed)"
+                    .to_string(),
+            ));
+        }
     }
     if c.exp <= c.nbf.unwrap_or(c.iat) {
         return Err(ApprovalError::Payload("exp must be after nbf".to_string()));

@@ -111,6 +111,11 @@ struct ApproveArgs {
     /// ...or a model directory to hash.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The Ollama manifest digest (hex SHA-256 from `GET /api/tags`, optionally
+    /// `sha256:`-prefixed) the server must report for this model; checked by an
+    /// `[upstream.probe] kind = "ollama"`.
+    #[arg(long)]
+    ollama_digest: Option<String>,
     /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
     #[arg(long = "workload", required = true)]
     workloads: Vec<String>,
@@ -332,6 +337,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         artefact: ArtefactRef {
             digest,
             signer: None,
+            ollama_digest: a.ollama_digest,
         },
         lineage,
         evidence,
@@ -341,6 +347,12 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         callers: a.callers,
         revalidate_after: None,
     };
+    if let Some(d) = &claims.artefact.ollama_digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--ollama-digest {d:?}: expected 64 hex digits, optionally sha256:-prefixed");
+        }
+    }
     let jws = approval::sign(&claims, &key)?;
     match a.out {
         Some(path) => {

@@ -13,6 +13,7 @@ fn claims() -> ApprovalClaims {
         artefact: ArtefactRef {
             digest: format!("sha256:{}", "11".repeat(32)).parse().unwrap(),
             signer: None,
+            ollama_digest: None,
         },
         lineage: serde_json::json!({"code_revision": "abc"})
             .as_object()
@@ -178,4 +179,32 @@ fn peek_reports_the_claimed_digest() {
     let (d, jti) = peek_claims(&jws).unwrap();
     assert_eq!(d, Some(claims().artefact.digest));
     assert_eq!(jti.as_deref(), Some("rec-1"));
+}
+
+#[test]
+fn the_ollama_digest_is_optional_and_checked_for_shape() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    // Records without it carry no such key: older verifiers read them as before.
+    let payload = serde_json::to_value(claims()).unwrap();
+    assert!(payload["artefact"].get("ollama_digest").is_none());
+
+    let mut with = claims();
+    with.artefact.ollama_digest = Some(format!("sha256:{}", "Ab".repeat(32)));
+    let rec = verify(&sign(&with, &key).unwrap(), &keyset(&key)).unwrap();
+    assert_eq!(
+        rec.claims.artefact.ollama_digest,
+        with.artefact.ollama_digest
+    );
+
+    for bad in ["sha256:abc", "zz".repeat(32).as_str(), ""] {
+        let mut c = claims();
+        c.artefact.ollama_digest = Some(bad.to_string());
+        assert!(
+            matches!(
+                verify(&sign(&c, &key).unwrap(), &keyset(&key)),
+                Err(ApprovalError::Payload(_))
+            ),
+            "{bad:?}"
+        );
+    }
 }

@@ -39,6 +39,7 @@ fn claims() -> ApprovalClaims {
         artefact: ArtefactRef {
             digest: digest(),
             signer: None,
+            ollama_digest: None,
         },
         lineage: Default::default(),
         evidence: vec![],

@@ -14,6 +14,7 @@ fn claims(jti: &str, digest: Digest, iat: u64) -> ApprovalClaims {
         artefact: ArtefactRef {
             digest,
             signer: None,
+            ollama_digest: None,
         },
         lineage: Default::default(),
         evidence: vec![],

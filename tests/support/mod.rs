@@ -222,6 +222,7 @@ impl Fixture {
             artefact: ArtefactRef {
                 digest: self.digest(),
                 signer: None,
+                ollama_digest: None,
             },
             lineage: serde_json::json!({"code_revision": "abc123"})
                 .as_object()

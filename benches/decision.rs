@@ -25,11 +25,15 @@ use pingora::proxy::ProxyHttp;
 use provgate::approval::{sign, ApprovalClaims, ArtefactRef};
 use provgate::artefact::{ArtefactHandle, ArtefactState};
 use provgate::audit::AuditLog;
+use provgate::config::Routing;
 use provgate::digest::Digest;
 use provgate::identity::{mint_token, Issuer, TokenVerifier};
 use provgate::keys::{jwks_document, KeyKind, KeySet, SigningKey};
-use provgate::policy::{decide, ApprovalView, ArtefactView, CallerView, Input, Policy};
-use provgate::proxy::{Gate, RequestIds};
+use provgate::policy::{
+    decide, ApprovalView, ArtefactView, CallerView, Input, ModelView, Policy, ServerView,
+};
+use provgate::probe::ServedHandle;
+use provgate::proxy::{model_in_body, Gate, ModelGate, Named, RequestIds};
 use provgate::registry::{ApprovalStore, Snapshot};
 use provgate::telemetry::Metrics;
 
@@ -186,7 +190,6 @@ fn bench(c: &mut Criterion) {
 
     let policy = Policy {
         workload_identity: WORKLOAD.into(),
-        model: "m".into(),
         tiers: HashMap::new(),
     };
     let caller = tokens.verify(&t, now).unwrap();
@@ -202,7 +205,10 @@ fn bench(c: &mut Criterion) {
                         signer: None,
                     },
                     approval: ApprovalView::Entry(Some(&entry)),
-                    requested_model: None,
+                    model: ModelView::Served {
+                        name: "m",
+                        server: ServerView::NotProbed,
+                    },
                     now,
                 }),
             )
@@ -221,11 +227,21 @@ fn bench(c: &mut Criterion) {
         policy: Arc::new(ArcSwap::from_pointee(policy)),
         enforce: true,
         log_allowed: false,
-        artefact,
+        models: vec![ModelGate {
+            name: "m".into(),
+            artefact,
+            served: Arc::new(ServedHandle::new(false)),
+            counters: metrics.request_counters("m", true),
+        }],
+        unrouted: metrics.request_counters("none", true),
+        routing: Routing {
+            openai_paths: vec!["/v1/chat/completions".into()],
+            max_body_bytes: 64 * 1024,
+            models_path: Some("/v1/models".into()),
+        },
         approvals: store,
         tokens: Arc::new(tokens),
         audit: AuditLog::open(&audit_dir.path().join("a.jsonl"), 1024, metrics.clone()).unwrap(),
-        counters: metrics.request_counters("m", true),
         metrics,
         peer: pingora::prelude::HttpPeer::new("127.0.0.1:1", false, String::new()),
         forward_token: false,
@@ -241,10 +257,33 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             // The context as pingora makes it, request ID included.
             let mut ctx = gate.new_ctx();
-            let d = gate.evaluate(black_box(&req), &mut ctx);
+            let d = gate.evaluate(black_box(&req), Some("m"), &mut ctx);
             assert!(d.reason().is_none());
             d
         })
+    });
+}
+
+/// The request-path cost of reading `model` from an OpenAI body (the load benchmark's chat
+/// request, 1.4 KB, and the same padded to 60 KB of messages).
+fn body(c: &mut Criterion) {
+    let small = include_bytes!("load/chat-request.json");
+    assert_eq!(
+        model_in_body(small),
+        Named::Model("all-minilm-l6-v2".into())
+    );
+    c.bench_function("request/body_model_1k", |b| {
+        b.iter(|| model_in_body(black_box(small)))
+    });
+    let mut v: serde_json::Value = serde_json::from_slice(small).unwrap();
+    let msg = v["messages"][1].clone();
+    let msgs = v["messages"].as_array_mut().unwrap();
+    while serde_json::to_vec(msgs).unwrap().len() < 60_000 {
+        msgs.push(msg.clone());
+    }
+    let large = serde_json::to_vec(&v).unwrap();
+    c.bench_function("request/body_model_60k", |b| {
+        b.iter(|| model_in_body(black_box(&large)))
     });
 }
 
@@ -253,6 +292,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench
+    targets = bench, body
 }
 criterion_main!(benches);

@@ -11,20 +11,27 @@ use pingora::protocols::http::ServerSession;
 
 use crate::artefact::ArtefactHandle;
 use crate::identity::TokenVerifier;
+use crate::probe::{Served, ServedHandle};
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
 
 pub struct Admin {
-    pub model: String,
+    /// Each guarded model: its name, artefact state and probe state.
+    pub models: Vec<(String, Arc<ArtefactHandle>, Arc<ServedHandle>)>,
     pub metrics: Arc<Metrics>,
-    pub artefact: Arc<ArtefactHandle>,
     pub approvals: Arc<ApprovalStore>,
     pub tokens: Arc<TokenVerifier>,
 }
 
 impl Admin {
+    /// Every model hashed once and probed once (when probed), the registry loaded, every
+    /// remote issuer's keys fetched.
     pub fn is_ready(&self) -> bool {
-        self.artefact.is_settled() && self.approvals.is_synced() && self.tokens.all_synced()
+        self.models
+            .iter()
+            .all(|(_, a, s)| a.is_settled() && s.is_settled())
+            && self.approvals.is_synced()
+            && self.tokens.all_synced()
     }
 
     /// Gauges that are cheapest to compute when scraped.
@@ -42,18 +49,23 @@ impl Admin {
             }
         }
         self.metrics.approval_expiry.reset();
-        let state = self.artefact.load();
-        if let Some(entry) = state.digest().and_then(|d| self.approvals.peek(d)) {
-            let now = crate::unix_now();
+        let now = crate::unix_now();
+        for (model, artefact, _) in &self.models {
+            let state = artefact.load();
+            let Some(entry) = state.digest().and_then(|d| self.approvals.peek(d)) else {
+                continue;
+            };
+            let for_model = |c: &&crate::registry::Candidate| c.record.claims.sub == *model;
             let in_force = entry
                 .records
                 .iter()
+                .filter(for_model)
                 .find(|c| !c.revoked && c.record.not_before() <= now && now < c.record.claims.exp)
-                .or(entry.records.first());
+                .or(entry.records.iter().find(for_model));
             if let Some(c) = in_force {
                 self.metrics
                     .approval_expiry
-                    .with_label_values(&[self.model.as_str(), &*c.record.version_id])
+                    .with_label_values(&[model.as_str(), &*c.record.version_id])
                     .set(c.record.claims.exp as f64);
             }
         }
@@ -85,9 +97,26 @@ impl ServeHttp for Admin {
             "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 let ready = self.is_ready();
+                let models: serde_json::Map<String, serde_json::Value> = self
+                    .models
+                    .iter()
+                    .map(|(name, a, s)| {
+                        let probe = if s.is_settled() && **s.load() == Served::Pending {
+                            "off"
+                        } else {
+                            s.load().label()
+                        };
+                        (
+                            name.clone(),
+                            serde_json::json!({"artefact": a.load().label(), "probe": probe}),
+                        )
+                    })
+                    .collect();
                 let body = serde_json::json!({
                     "ready": ready,
-                    "artefact": self.artefact.load().label(),
+                    // The first model's state, as before multi-model sidecars.
+                    "artefact": self.models.first().map_or("pending", |(_, a, _)| a.load().label()),
+                    "models": models,
                     "registry_synced": self.approvals.is_synced(),
                     "issuer_keys_synced": self.tokens.all_synced(),
                 });

@@ -29,7 +29,16 @@ pub struct FileConfig {
     #[serde(default)]
     pub mode: ModeFile,
     pub workload: WorkloadFile,
-    pub artefact: ArtefactFile,
+    /// The model this sidecar guards. Give this (one model)...
+    #[serde(default)]
+    pub artefact: Option<ArtefactFile>,
+    /// ...or one `[[artefacts]]` block per model, for a multi-model server: each is hashed,
+    /// approved and decided on its own.
+    #[serde(default)]
+    pub artefacts: Vec<ArtefactFile>,
+    /// How requests name their model.
+    #[serde(default)]
+    pub routing: RoutingFile,
     pub registry: RegistryFile,
     pub trust: TrustFile,
     #[serde(default)]
@@ -136,7 +145,58 @@ pub struct UpstreamFile {
     /// Idle connections kept per upstream for reuse.
     #[serde(default = "default_pool")]
     pub keepalive_pool: usize,
+    /// Optional cross-check of what the model server says it serves, polled in the
+    /// background (`[upstream.probe]`).
+    #[serde(default)]
+    pub probe: Option<ProbeFile>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeFile {
+    /// `kserve_v2` (`GET /v2/models/{model}` must answer 200 naming the model), `openai`
+    /// (`GET /v1/models` must list it in `data[].id`) or `ollama` (`GET /api/tags` must list
+    /// it in `models[].name`; its `digest` is compared with a record's
+    /// `artefact.ollama_digest`).
+    pub kind: String,
+    /// Time between probes.
+    #[serde(default = "default_probe_interval")]
+    pub interval: String,
+    /// How long one probe request may take before the server counts as unreachable.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// POST paths whose JSON body names the model in its `model` field (the OpenAI API).
+    /// Their bodies are read (up to `max_body_bytes`) before the decision and forwarded
+    /// unchanged. An empty list turns body inspection off.
+    #[serde(default = "default_openai_paths")]
+    pub openai_paths: Vec<String>,
+    /// The largest body read to find `model`; a larger one is refused with 413. At most
+    /// 65536: pingora 0.9 can replay at most 64 KiB of a body it has already read.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// The OpenAI model list (`GET`): its `data` is filtered to the models this caller may
+    /// use right now. Empty: no filtering.
+    #[serde(default = "default_models_path")]
+    pub models_path: String,
+}
+
+impl Default for RoutingFile {
+    fn default() -> Self {
+        RoutingFile {
+            openai_paths: default_openai_paths(),
+            max_body_bytes: default_max_body(),
+            models_path: default_models_path(),
+        }
+    }
+}
+
+/// pingora 0.9 keeps at most this much of a request body for replay (`BODY_BUF_LIMIT`).
+pub const MAX_INSPECTED_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -376,6 +436,23 @@ fn default_pool() -> usize {
 fn yes() -> bool {
     true
 }
+fn default_probe_interval() -> String {
+    "5s".into()
+}
+fn default_probe_timeout() -> String {
+    "2s".into()
+}
+fn default_openai_paths() -> Vec<String> {
+    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_body() -> usize {
+    MAX_INSPECTED_BODY
+}
+fn default_models_path() -> String {
+    "/v1/models".into()
+}
 fn default_poll() -> String {
     "1s".into()
 }
@@ -480,6 +557,36 @@ pub struct RemoteKeys {
     pub unknown_kid_wait: Duration,
 }
 
+/// One guarded model: its name, its directory, how it is watched.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model name approval records carry in `sub`, and requests name.
+    pub model: String,
+    pub path: PathBuf,
+    pub poll_interval: Duration,
+    pub hash_threads: usize,
+    pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
+}
+
+/// The upstream probe.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub kind: crate::probe::ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// How requests name their model.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub openai_paths: Vec<String>,
+    pub max_body_bytes: usize,
+    pub models_path: Option<String>,
+}
+
+/// At most this many models per sidecar (a listing's filter is a 64-bit set).
+pub const MAX_MODELS: usize = 64;
+
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -492,11 +599,10 @@ pub struct Config {
     pub workload_identity: String,
     /// Where the identity is re-read from, and how often (None: fixed).
     pub workload_token_file: Option<(PathBuf, Duration)>,
-    pub model: String,
-    pub artefact_path: PathBuf,
-    pub poll_interval: Duration,
-    pub hash_threads: usize,
-    pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
+    /// The guarded models, in configuration order (at least one).
+    pub models: Vec<ModelConfig>,
+    pub probe: Option<Probe>,
+    pub routing: Routing,
     pub registry_path: PathBuf,
     pub rescan_interval: Duration,
     pub max_stale: Duration,
@@ -597,6 +703,25 @@ impl FileConfig {
             ));
         }
 
+        let artefact_files: Vec<(String, &ArtefactFile)> = match (
+            &self.artefact,
+            self.artefacts.is_empty(),
+        ) {
+            (Some(a), true) => vec![("artefact".to_string(), a)],
+            (None, false) => self
+                .artefacts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("artefacts[{i}]"), a))
+                .collect(),
+            _ => {
+                errors.push(
+                        "artefact: give exactly one of [artefact] (one model) and [[artefacts]] (several)"
+                            .into(),
+                    );
+                Vec::new()
+            }
+        };
         let mut duration = |key: &str, value: &str| -> Duration {
             humantime::parse_duration(value).unwrap_or_else(|e| {
                 errors.push(format!(
@@ -606,7 +731,16 @@ impl FileConfig {
             })
         };
         let connect_timeout = duration("upstream.connect_timeout", &self.upstream.connect_timeout);
-        let poll_interval = duration("artefact.poll_interval", &self.artefact.poll_interval);
+        let poll_intervals: Vec<Duration> = artefact_files
+            .iter()
+            .map(|(key, a)| duration(&format!("{key}.poll_interval"), &a.poll_interval))
+            .collect();
+        let probe = self.upstream.probe.as_ref().map(|p| {
+            (
+                duration("upstream.probe.interval", &p.interval),
+                duration("upstream.probe.timeout", &p.timeout),
+            )
+        });
         let rescan_interval = duration("registry.rescan_interval", &self.registry.rescan_interval);
         let max_stale = duration("registry.max_stale", &self.registry.max_stale);
         let leeway = duration("callers.leeway", &self.callers.leeway);
@@ -630,8 +764,49 @@ impl FileConfig {
                 UpstreamProtocol::Http1
             }
         };
-        if poll_interval.is_zero() {
-            errors.push("artefact.poll_interval: must be more than zero".into());
+        for ((key, _), poll) in artefact_files.iter().zip(&poll_intervals) {
+            if poll.is_zero() {
+                errors.push(format!("{key}.poll_interval: must be more than zero"));
+            }
+        }
+        let probe = match (&self.upstream.probe, probe) {
+            (Some(p), Some((interval, timeout))) => {
+                let kind = crate::probe::ProbeKind::parse(&p.kind).unwrap_or_else(|| {
+                    errors.push(format!(
+                        "upstream.probe.kind: {:?} is not one of \"kserve_v2\", \"openai\", \"ollama\"",
+                        p.kind
+                    ));
+                    crate::probe::ProbeKind::OpenAi
+                });
+                if interval.is_zero() || timeout.is_zero() {
+                    errors
+                        .push("upstream.probe: interval and timeout must be more than zero".into());
+                }
+                Some(Probe {
+                    kind,
+                    interval,
+                    timeout,
+                })
+            }
+            _ => None,
+        };
+        if self.routing.max_body_bytes == 0 || self.routing.max_body_bytes > MAX_INSPECTED_BODY {
+            errors.push(format!(
+                "routing.max_body_bytes: must be between 1 and {MAX_INSPECTED_BODY} (pingora replays at most 64 KiB of a body read before the decision)"
+            ));
+        }
+        for (i, p) in self.routing.openai_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                errors.push(format!(
+                    "routing.openai_paths[{i}]: {p:?} must start with /"
+                ));
+            }
+        }
+        if !self.routing.models_path.is_empty() && !self.routing.models_path.starts_with('/') {
+            errors.push(format!(
+                "routing.models_path: {:?} must start with / (or be empty)",
+                self.routing.models_path
+            ));
         }
         if rescan_interval.is_zero() {
             errors.push("registry.rescan_interval: must be more than zero".into());
@@ -664,18 +839,41 @@ impl FileConfig {
                     (String::new(), None)
                 }
             };
-        nonempty(&mut errors, "artefact.model", &self.artefact.model);
-        nonempty(&mut errors, "artefact.path", &self.artefact.path);
-
-        let mut signers = Vec::new();
-        for (i, s) in self.artefact.signers.iter().enumerate() {
-            match crate::attestation::Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
-                Ok(k) => signers.push(k),
-                Err(e) => errors.push(format!("artefact.signers[{i}].public_key: {e}")),
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if artefact_files.len() > MAX_MODELS {
+            errors.push(format!(
+                "artefacts: at most {MAX_MODELS} models per sidecar"
+            ));
+        }
+        let mut models = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for ((key, a), poll_interval) in artefact_files.iter().zip(poll_intervals) {
+            nonempty(&mut errors, &format!("{key}.model"), &a.model);
+            nonempty(&mut errors, &format!("{key}.path"), &a.path);
+            if !names.insert(a.model.as_str()) {
+                errors.push(format!("{key}.model: {:?} is configured twice", a.model));
             }
-            if s.name.trim().is_empty() {
-                errors.push(format!("artefact.signers[{i}].name: must not be empty"));
+            let mut signers = Vec::new();
+            for (i, s) in a.signers.iter().enumerate() {
+                match crate::attestation::Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
+                    Ok(k) => signers.push(k),
+                    Err(e) => errors.push(format!("{key}.signers[{i}].public_key: {e}")),
+                }
+                if s.name.trim().is_empty() {
+                    errors.push(format!("{key}.signers[{i}].name: must not be empty"));
+                }
             }
+            models.push(ModelConfig {
+                model: a.model.clone(),
+                path: PathBuf::from(&a.path),
+                poll_interval,
+                hash_threads: if a.hash_threads == 0 {
+                    cores
+                } else {
+                    a.hash_threads
+                },
+                signers: std::sync::Arc::new(signers),
+            });
         }
         if self.registry.kind != "dir" {
             errors.push(format!(
@@ -823,7 +1021,6 @@ impl FileConfig {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let sni = self.upstream.sni.unwrap_or_else(|| {
             self.upstream
                 .address
@@ -847,15 +1044,13 @@ impl FileConfig {
             enforce: self.mode.enforce,
             workload_identity,
             workload_token_file,
-            model: self.artefact.model,
-            artefact_path: PathBuf::from(self.artefact.path),
-            poll_interval,
-            hash_threads: if self.artefact.hash_threads == 0 {
-                cores
-            } else {
-                self.artefact.hash_threads
+            models,
+            probe,
+            routing: Routing {
+                openai_paths: self.routing.openai_paths,
+                max_body_bytes: self.routing.max_body_bytes,
+                models_path: Some(self.routing.models_path).filter(|p| !p.is_empty()),
             },
-            signers: std::sync::Arc::new(signers),
             registry_path,
             rescan_interval,
             max_stale,

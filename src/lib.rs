@@ -17,6 +17,7 @@ pub mod digest;
 pub mod identity;
 pub mod keys;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 pub mod registry;
 pub mod server;

@@ -28,10 +28,16 @@ pub enum DenyReason {
     DeploymentNotBound,
     ModelMismatch,
     TrustDataUnavailable,
+    /// Several models are served and the request names none of them.
+    ModelRequired,
+    /// The request body that should name the model is not a JSON object with a string `model`.
+    RequestInvalid,
+    /// The request body that should name the model is larger than the inspection limit.
+    RequestTooLarge,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 11] = [
+    pub const ALL: [DenyReason; 14] = [
         DenyReason::TokenMissing,
         DenyReason::TokenInvalid,
         DenyReason::CallerNotAllowed,
@@ -43,6 +49,9 @@ impl DenyReason {
         DenyReason::DeploymentNotBound,
         DenyReason::ModelMismatch,
         DenyReason::TrustDataUnavailable,
+        DenyReason::ModelRequired,
+        DenyReason::RequestInvalid,
+        DenyReason::RequestTooLarge,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -58,14 +67,20 @@ impl DenyReason {
             DenyReason::DeploymentNotBound => "deployment_not_bound",
             DenyReason::ModelMismatch => "model_mismatch",
             DenyReason::TrustDataUnavailable => "trust_data_unavailable",
+            DenyReason::ModelRequired => "model_required",
+            DenyReason::RequestInvalid => "request_invalid",
+            DenyReason::RequestTooLarge => "request_too_large",
         }
     }
 
-    /// The HTTP status of a denial: 401 for the caller's credentials, 503 for what the
-    /// sidecar cannot yet (or can no longer) vouch for, 403 for a policy refusal.
+    /// The HTTP status of a denial: 401 for the caller's credentials, 400/413 for a request
+    /// that does not say (readably) which model it is for, 503 for what the sidecar cannot
+    /// yet (or can no longer) vouch for, 403 for a policy refusal.
     pub const fn status(self) -> u16 {
         match self {
             DenyReason::TokenMissing | DenyReason::TokenInvalid => 401,
+            DenyReason::ModelRequired | DenyReason::RequestInvalid => 400,
+            DenyReason::RequestTooLarge => 413,
             DenyReason::ArtefactUnverified | DenyReason::TrustDataUnavailable => 503,
             _ => 403,
         }
@@ -112,14 +127,51 @@ pub enum CallerView<'a> {
     Verified(&'a Caller),
 }
 
+/// Which of this sidecar's models the request is decided against, as routing resolved it.
+#[derive(Clone, Copy, Debug)]
+pub enum ModelView<'a> {
+    /// A configured model: the one the request names, or the only one.
+    Served {
+        /// The configured model name; records must carry it in `sub`.
+        name: &'a str,
+        /// What the model server itself reports about it.
+        server: ServerView<'a>,
+    },
+    /// The request names a model this sidecar does not serve.
+    NotServed,
+    /// Several models are served and the request names none.
+    Unnamed,
+    /// The body that should name the model is not a JSON object with a string `model`.
+    BodyInvalid,
+    /// The body that should name the model is over the inspection limit.
+    BodyTooLarge,
+}
+
+/// What the upstream probe last learnt from the model server about one model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerView<'a> {
+    /// No probe is configured.
+    NotProbed,
+    /// The probe has not answered yet.
+    Pending,
+    /// The server reports serving the model (with its Ollama manifest digest, when the
+    /// server is Ollama).
+    Serving { ollama_digest: Option<&'a str> },
+    /// The server answered and does not serve the model under this name.
+    NotServing,
+    /// The server did not answer the probe (down, slow, or an unexpected answer).
+    Unreachable,
+}
+
 /// Everything one decision looks at.
 #[derive(Clone, Copy, Debug)]
 pub struct Input<'a> {
     pub caller: CallerView<'a>,
+    /// The model the request is for.
+    pub model: ModelView<'a>,
+    /// That model's artefact.
     pub artefact: ArtefactView<'a>,
     pub approval: ApprovalView<'a>,
-    /// The model the request names, when it names one.
-    pub requested_model: Option<&'a str>,
     /// Seconds since the Unix epoch.
     pub now: u64,
 }
@@ -131,13 +183,12 @@ pub struct TierRule {
     pub required_evidence: Vec<String>,
 }
 
-/// The static half of the policy, from configuration.
+/// The static half of the policy, from configuration. (The model a request is for comes
+/// with each request, in [`Input::model`]: one sidecar may serve several.)
 #[derive(Clone, Debug)]
 pub struct Policy {
     /// This deployment's workload identity; must be in a record's `workloads`.
     pub workload_identity: String,
-    /// The model this sidecar serves; a record for another model does not apply.
-    pub model: String,
     pub tiers: HashMap<String, TierRule>,
 }
 
@@ -195,13 +246,38 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
         }
         CallerView::Verified(c) => c,
     };
-    if let Some(requested) = input.requested_model {
-        if requested != policy.model {
+    let (model, server) = match input.model {
+        ModelView::Served { name, server } => (name, server),
+        ModelView::NotServed => {
             return Decision::deny(
                 DenyReason::ModelMismatch,
                 "request names a model this sidecar does not serve",
-            );
+            )
         }
+        ModelView::Unnamed => {
+            return Decision::deny(
+                DenyReason::ModelRequired,
+                "several models are served and the request names none",
+            )
+        }
+        ModelView::BodyInvalid => {
+            return Decision::deny(
+                DenyReason::RequestInvalid,
+                "request body is not a JSON object with a string model",
+            )
+        }
+        ModelView::BodyTooLarge => {
+            return Decision::deny(
+                DenyReason::RequestTooLarge,
+                "request body is over the inspection limit",
+            )
+        }
+    };
+    if server == ServerView::NotServing {
+        return Decision::deny(
+            DenyReason::ModelMismatch,
+            "the model server does not report serving this model",
+        );
     }
     if let ArtefactView::Unverified = input.artefact {
         return Decision::deny(
@@ -245,7 +321,7 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
     // reason is the one reported.
     let mut first_denial = None;
     for candidate in &entry.records {
-        match check_record(policy, candidate, caller, signer, input.now) {
+        match check_record(policy, model, server, candidate, caller, signer, input.now) {
             Ok(()) => {
                 return Decision::Allow {
                     record: candidate.record.clone(),
@@ -271,6 +347,8 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
 
 fn check_record(
     policy: &Policy,
+    model: &str,
+    server: ServerView<'_>,
     candidate: &crate::registry::Candidate,
     caller: &Caller,
     signer: Option<&str>,
@@ -287,11 +365,32 @@ fn check_record(
     if now >= claims.exp {
         return Err((DenyReason::ApprovalExpired, "approval record expired"));
     }
-    if claims.sub != policy.model {
+    if claims.sub != model {
         return Err((
             DenyReason::ModelMismatch,
             "approval record is for another model",
         ));
+    }
+    if let Some(want) = &claims.artefact.ollama_digest {
+        match server {
+            ServerView::Serving {
+                ollama_digest: Some(got),
+            } if same_ollama_digest(got, want) => {}
+            ServerView::Serving {
+                ollama_digest: Some(_),
+            } => {
+                return Err((
+                    DenyReason::ModelMismatch,
+                    "the model server reports another Ollama digest than the record's",
+                ))
+            }
+            _ => {
+                return Err((
+                    DenyReason::ArtefactUnverified,
+                    "the record pins an Ollama digest the server has not reported",
+                ))
+            }
+        }
     }
     if let Some(required) = &claims.artefact.signer {
         if signer != Some(required.as_str()) {
@@ -328,6 +427,14 @@ fn check_record(
         ));
     }
     Ok(())
+}
+
+/// Ollama digests compare as hex, with or without a `sha256:` prefix, in any case.
+pub fn same_ollama_digest(a: &str, b: &str) -> bool {
+    fn bare(d: &str) -> &str {
+        d.strip_prefix("sha256:").unwrap_or(d)
+    }
+    bare(a).eq_ignore_ascii_case(bare(b))
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
 //! The request path: one `impl ProxyHttp`, each phase short.
 //!
-//! 1. `request_filter`: verify the caller's token (cached), read the published artefact state,
-//!    look the approval up (cached), `decide()`. Deny: write the JSON denial and stop.
+//! 1. `request_filter`: verify the caller's token (cached); find the model the request is
+//!    for (KServe v2 path, or the `model` field of an OpenAI JSON body, read up to a small
+//!    limit before anything goes upstream); read that model's published artefact and probe
+//!    state, look the approval up (cached), `decide()`. Deny: write the JSON denial and stop.
 //! 2. `upstream_peer`: the configured model server.
 //! 3. `upstream_request_filter`: drop any `x-provgate-*` the client sent, add ours, strip the
 //!    caller's token unless configured to forward it.
 //! 4. `response_filter`: tag the response with the version and request IDs.
-//! 5. `logging`: metrics and the audit record, once per request.
+//! 5. `response_body_filter`: only for the OpenAI model list, keep the models this caller may
+//!    use; every other body passes through untouched and unbuffered.
+//! 6. `logging`: metrics and the audit record, once per request.
 //!
 //! Nothing here waits on anything but the upstream: no file, registry or key I/O, and no
 //! signature check for a token seen before.
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -25,13 +29,14 @@ use pingora::proxy::{ProxyHttp, Session};
 use crate::approval::ApprovalRecord;
 use crate::artefact::ArtefactHandle;
 use crate::audit::{AuditEvent, AuditLog, EvidenceRef};
-use crate::config::{CallerAuth, Upstream, UpstreamProtocol};
+use crate::config::{CallerAuth, Routing, Upstream, UpstreamProtocol};
 use crate::digest::Digest;
 use crate::identity::mtls::CertCaller;
 use crate::identity::{bearer, Caller, TokenError, TokenVerifier};
 use crate::policy::{
-    decide, ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, Policy,
+    decide, ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, ModelView, Policy,
 };
+use crate::probe::ServedHandle;
 use crate::registry::{ApprovalStore, Lookup};
 use crate::telemetry::{Metrics, Outcome, RequestCounters};
 
@@ -40,18 +45,37 @@ pub const HEADER_REQUEST_ID: HeaderName = HeaderName::from_static("x-provgate-re
 pub const HEADER_CALLER: HeaderName = HeaderName::from_static("x-provgate-caller");
 const HEADER_PREFIX: &str = "x-provgate-";
 
+/// The largest model list read back from the upstream for filtering; a larger one is
+/// replaced by an empty list (fail closed).
+pub const MAX_LISTING_BYTES: usize = 1 << 20;
+
+/// One guarded model: everything the request path reads for it.
+pub struct ModelGate {
+    /// The configured model name (records' `sub`; what requests name).
+    pub name: String,
+    pub artefact: Arc<ArtefactHandle>,
+    /// What the model server says about it (upstream probe).
+    pub served: Arc<ServedHandle>,
+    /// `provgate_requests_total` handles for this model.
+    pub counters: RequestCounters,
+}
+
 /// The sidecar's shared state: everything the request path reads.
 pub struct Gate {
     /// The static policy; swapped whole when this workload's identity token rotates.
     pub policy: Arc<arc_swap::ArcSwap<Policy>>,
     pub enforce: bool,
     pub log_allowed: bool,
-    pub artefact: Arc<ArtefactHandle>,
+    /// The guarded models, in configuration order (at least one).
+    pub models: Vec<ModelGate>,
+    /// Counters for requests that resolved to no model on a multi-model sidecar.
+    pub unrouted: RequestCounters,
+    /// How requests name their model.
+    pub routing: Routing,
     pub approvals: Arc<ApprovalStore>,
     pub tokens: Arc<TokenVerifier>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
-    pub counters: RequestCounters,
     pub peer: HttpPeer,
     pub forward_token: bool,
     /// How callers authenticate: bearer token, mTLS certificate, or a combination.
@@ -66,8 +90,23 @@ pub struct RequestCtx {
     pub arrived: SystemTime,
     pub caller: Option<Arc<Caller>>,
     pub requested_model: Option<String>,
+    /// The index in `Gate::models` of the model the request was decided against.
+    pub model: Option<usize>,
     pub digest: Option<Digest>,
     pub decision: Option<Decision>,
+    /// A model list request: the models this caller may use (bit `i` = `Gate::models[i]`).
+    pub listing: Option<u64>,
+    /// The upstream's model list, collected for filtering (`None`: pass bodies through).
+    pub listing_body: Option<BytesMut>,
+}
+
+/// The model a request names, as far as routing could read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    Nothing,
+    Model(String),
+    BodyInvalid,
+    BodyTooLarge,
 }
 
 impl Gate {
@@ -85,8 +124,14 @@ impl Gate {
     }
 
     /// Evaluates one request's headers: the whole decision path of `request_filter`
-    /// without the response writing, with cached tokens only. Public for benchmarks.
-    pub fn evaluate(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    /// without body reading or response writing, with cached tokens only. A request whose
+    /// body would name the model is decided as naming `body_model`. Public for benchmarks.
+    pub fn evaluate(
+        &self,
+        req: &RequestHeader,
+        body_model: Option<&str>,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
         let now = crate::unix_now();
         let token_outcome = match req.headers.get(http::header::AUTHORIZATION) {
             None => Err(None),
@@ -95,7 +140,32 @@ impl Gate {
                 Some(token) => self.tokens.verify(token, now).map_err(Some),
             },
         };
-        self.decide_with(req, token_outcome, ctx)
+        let named = match (requested_model(req.uri.path()), body_model) {
+            (Some(m), _) | (None, Some(m)) => Named::Model(m.to_string()),
+            (None, None) => Named::Nothing,
+        };
+        self.decide_with(req, token_outcome, named, ctx)
+    }
+
+    /// Is this request's body where it names its model (POST to a configured OpenAI path)?
+    /// Comparisons only: nothing is allocated for requests that are not.
+    fn body_names_model(&self, req: &RequestHeader) -> bool {
+        req.method == http::Method::POST
+            && self
+                .routing
+                .openai_paths
+                .iter()
+                .any(|p| p == req.uri.path())
+    }
+
+    /// Is this the OpenAI model list, whose answer is filtered per caller?
+    fn is_listing(&self, req: &RequestHeader) -> bool {
+        req.method == http::Method::GET
+            && self
+                .routing
+                .models_path
+                .as_deref()
+                .is_some_and(|p| p == req.uri.path())
     }
 
     /// The caller's token, verified; an unknown `kid` waits for the issuer's refetch.
@@ -144,11 +214,14 @@ impl Gate {
         }
     }
 
-    /// Everything after the token: artefact state, approval lookup, `decide()`.
+    /// Everything after the token: which model, its artefact and probe state, the approval
+    /// lookup, `decide()`. A model list is decided against each model in turn: it is allowed
+    /// when any model is, and remembers which ones for the response filter.
     fn decide_with(
         &self,
         req: &RequestHeader,
         token_outcome: Result<Arc<Caller>, Option<TokenError>>,
+        named: Named,
         ctx: &mut RequestCtx,
     ) -> Decision {
         let now = crate::unix_now();
@@ -158,8 +231,80 @@ impl Gate {
             Err(Some(TokenError::KeysUnavailable)) => CallerView::Unavailable,
             Err(Some(_)) => CallerView::Invalid,
         };
-        ctx.requested_model = requested_model(req.uri.path()).map(str::to_string);
-        let state = self.artefact.load();
+        let decision = if named == Named::Nothing && self.is_listing(req) {
+            let mut allowed = 0u64;
+            let mut chosen: Option<(usize, Decision)> = None;
+            for i in 0..self.models.len() {
+                let d = self.decide_model(caller_view, Ok(i), now, ctx);
+                let allow = d.reason().is_none();
+                if allow {
+                    allowed |= 1 << i;
+                }
+                if chosen
+                    .as_ref()
+                    .is_none_or(|(_, c)| allow && c.reason().is_some())
+                {
+                    chosen = Some((i, d));
+                }
+            }
+            ctx.listing = Some(allowed);
+            match chosen {
+                Some((i, d)) => {
+                    ctx.model = Some(i);
+                    ctx.digest = self.models[i].artefact.load().digest().copied();
+                    d
+                }
+                // Config validation guarantees at least one model.
+                None => self.decide_model(caller_view, Err(ModelView::Unnamed), now, ctx),
+            }
+        } else {
+            let target = match &named {
+                Named::Model(name) => self
+                    .models
+                    .iter()
+                    .position(|m| &m.name == name)
+                    .ok_or(ModelView::NotServed),
+                Named::Nothing if self.models.len() == 1 => Ok(0),
+                Named::Nothing => Err(ModelView::Unnamed),
+                Named::BodyInvalid => Err(ModelView::BodyInvalid),
+                Named::BodyTooLarge => Err(ModelView::BodyTooLarge),
+            };
+            // A single-model sidecar counts every request under its one model.
+            ctx.model = target.ok().or((self.models.len() == 1).then_some(0));
+            self.decide_model(caller_view, target, now, ctx)
+        };
+        if let Named::Model(name) = named {
+            ctx.requested_model = Some(name);
+        }
+        ctx.caller = token_outcome.ok();
+        decision
+    }
+
+    /// One decision against one configured model (or a routing failure).
+    fn decide_model(
+        &self,
+        caller: CallerView<'_>,
+        target: Result<usize, ModelView<'static>>,
+        now: u64,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
+        let policy = self.policy.load();
+        let Ok(i) = target else {
+            let model = target.err().unwrap_or(ModelView::NotServed);
+            return decide(
+                &policy,
+                &Input {
+                    caller,
+                    model,
+                    artefact: ArtefactView::Unverified,
+                    approval: ApprovalView::Entry(None),
+                    now,
+                },
+            );
+        };
+        let gate = &self.models[i];
+        let state = gate.artefact.load();
+        let served = gate.served.load();
         let (artefact_view, lookup) = match &**state {
             crate::artefact::ArtefactState::Ready {
                 digest, signature, ..
@@ -175,21 +320,65 @@ impl Gate {
             }
             _ => (ArtefactView::Unverified, Lookup::Entry(None)),
         };
-        let decision = decide(
-            &self.policy.load(),
+        decide(
+            &policy,
             &Input {
-                caller: caller_view,
+                caller,
+                model: ModelView::Served {
+                    name: &gate.name,
+                    server: gate.served.view(&served),
+                },
                 artefact: artefact_view,
                 approval: match &lookup {
                     Lookup::Entry(e) => ApprovalView::Entry(e.as_deref()),
                     Lookup::Unavailable => ApprovalView::Unavailable,
                 },
-                requested_model: ctx.requested_model.as_deref(),
                 now,
             },
-        );
-        ctx.caller = token_outcome.ok();
-        decision
+        )
+    }
+
+    /// Reads the JSON body of an OpenAI request, up to the routing limit, and returns the
+    /// model it names. pingora keeps what was read (at most 64 KiB, which the limit cannot
+    /// exceed) in its retry buffer and sends exactly those bytes upstream after the
+    /// decision: the body is forwarded unchanged, and nothing reaches the upstream before.
+    async fn read_body_model(&self, session: &mut Session) -> pingora::Result<Named> {
+        let limit = self.routing.max_body_bytes;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(Named::BodyTooLarge);
+        }
+        session.enable_retry_buffering();
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut total = 0usize;
+        while let Some(chunk) = session.read_request_body().await? {
+            total += chunk.len();
+            if total > limit {
+                return Ok(Named::BodyTooLarge);
+            }
+            match (&first, &mut joined) {
+                (None, _) => first = Some(chunk),
+                (Some(f), None) => {
+                    let mut b = BytesMut::with_capacity(declared.unwrap_or(limit).min(limit));
+                    b.extend_from_slice(f);
+                    b.extend_from_slice(&chunk);
+                    joined = Some(b);
+                }
+                (Some(_), Some(b)) => b.extend_from_slice(&chunk),
+            }
+        }
+        let body: &[u8] = match (&joined, &first) {
+            (Some(b), _) => b,
+            (None, Some(f)) => f,
+            (None, None) => &[],
+        };
+        Ok(model_in_body(body))
     }
 
     async fn write_denial(
@@ -240,7 +429,9 @@ impl Gate {
             method: req.method.as_str().to_string(),
             path: req.uri.path().to_string(),
             client: session.client_addr().map(|a| a.to_string()),
-            model: self.policy.load().model.clone(),
+            model: ctx
+                .model
+                .map_or_else(|| "none".to_string(), |i| self.models[i].name.clone()),
             requested_model: ctx.requested_model.clone(),
             served_digest: ctx.digest.map(|d| d.to_string()),
             version_id: record.map(|r| r.claims.version_id.clone()),
@@ -281,8 +472,11 @@ impl ProxyHttp for Gate {
             arrived: SystemTime::now(),
             caller: None,
             requested_model: None,
+            model: None,
             digest: None,
             decision: None,
+            listing: None,
+            listing_body: None,
         }
     }
 
@@ -291,9 +485,21 @@ impl ProxyHttp for Gate {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        let t = Instant::now();
+        let mut t = Instant::now();
         let caller = self.caller(session).await;
-        let decision = self.decide_with(session.req_header(), caller, ctx);
+        let named = match requested_model(session.req_header().uri.path()) {
+            Some(m) => Named::Model(m.to_string()),
+            // Only a verified caller's body is read.
+            None if caller.is_ok() && self.body_names_model(session.req_header()) => {
+                let read = Instant::now();
+                let named = self.read_body_model(session).await?;
+                // Waiting for the body is the client's time, not the decision's.
+                t += read.elapsed();
+                named
+            }
+            None => Named::Nothing,
+        };
+        let decision = self.decide_with(session.req_header(), caller, named, ctx);
         self.metrics
             .decision_duration
             .observe(t.elapsed().as_secs_f64());
@@ -336,12 +542,16 @@ impl ProxyHttp for Gate {
         if let Some(sub) = ctx.caller.as_ref().and_then(|c| c.sub_header.clone()) {
             upstream_request.insert_header(HEADER_CALLER, sub)?;
         }
+        if ctx.listing.is_some() {
+            // The list is filtered as JSON: ask for it uncompressed.
+            upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -353,7 +563,49 @@ impl ProxyHttp for Gate {
         if let Some(record) = ctx.decision.as_ref().and_then(allowed_record) {
             upstream_response.insert_header(HEADER_VERSION_ID, record.version_header.clone())?;
         }
+        if ctx.listing.is_some() && upstream_response.status == http::StatusCode::OK {
+            // The filtered list has another length; it is sent once the whole list is in.
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_response.remove_header(&http::header::CONTENT_ENCODING);
+            upstream_response.remove_header(&http::header::ETAG);
+            if !session.is_http2() {
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+            ctx.listing_body = Some(BytesMut::new());
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        // Every body but a model list passes through untouched.
+        let (Some(collected), Some(allowed)) = (ctx.listing_body.as_mut(), ctx.listing) else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.take() {
+            if collected.len() + chunk.len() <= MAX_LISTING_BYTES {
+                collected.extend_from_slice(&chunk);
+            } else {
+                // Too large to filter: keep nothing, answer an empty list (fail closed).
+                collected.clear();
+                ctx.listing = Some(0);
+            }
+        }
+        if end_of_stream {
+            let allowed = ctx.listing.unwrap_or(allowed);
+            *body = Some(filter_model_list(collected, |id| {
+                self.models
+                    .iter()
+                    .enumerate()
+                    .any(|(i, m)| allowed & (1 << i) != 0 && m.name == id)
+            }));
+        }
+        Ok(None)
     }
 
     async fn logging(
@@ -377,11 +629,16 @@ impl ProxyHttp for Gate {
             // The request failed before it was decided (pingora rejected it).
             None => (Outcome::Error, "none", &self.metrics.duration_error),
         };
-        self.counters.inc(outcome, version);
+        let counters = match (ctx.model, self.models.len()) {
+            (Some(i), _) => &self.models[i].counters,
+            (None, 1) => &self.models[0].counters,
+            (None, _) => &self.unrouted,
+        };
+        counters.inc(outcome, version);
         duration.observe(ctx.started.elapsed().as_secs_f64());
         match outcome {
             Outcome::Allow if self.log_allowed => self.audit(session, ctx, status, "allow"),
-            Outcome::Deny(_) => self.audit(session, ctx, status, self.counters.deny_word()),
+            Outcome::Deny(_) => self.audit(session, ctx, status, counters.deny_word()),
             _ => {}
         }
     }
@@ -410,6 +667,40 @@ pub fn requested_model(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/models/")?;
     let name = rest.split('/').next()?;
     (!name.is_empty()).then_some(name)
+}
+
+/// The model a JSON request body names in its top-level `model` field. The body must be a
+/// JSON object; `model`, when present, a string (a duplicated `model` is refused, so
+/// provgate and the model server cannot read different names from one body).
+pub fn model_in_body(body: &[u8]) -> Named {
+    #[derive(serde::Deserialize)]
+    struct ModelField<'a> {
+        #[serde(borrow, default)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    // serde would also read a struct from a JSON array: insist on an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Named::BodyInvalid;
+    }
+    match serde_json::from_slice::<ModelField<'_>>(body) {
+        Ok(ModelField { model: Some(m) }) => Named::Model(m.into_owned()),
+        Ok(ModelField { model: None }) => Named::Nothing,
+        Err(_) => Named::BodyInvalid,
+    }
+}
+
+/// An OpenAI model list (`{"object": "list", "data": [{"id": ...}, ...]}`) with only the
+/// entries whose `id` is `allowed`. Anything else becomes an empty list (fail closed).
+pub fn filter_model_list(body: &[u8], allowed: impl Fn(&str) -> bool) -> Bytes {
+    const EMPTY: &[u8] = b"{\"object\":\"list\",\"data\":[]}";
+    let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Bytes::from_static(EMPTY);
+    };
+    let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) else {
+        return Bytes::from_static(EMPTY);
+    };
+    data.retain(|e| e.get("id").and_then(|i| i.as_str()).is_some_and(&allowed));
+    serde_json::to_vec(&list).map_or(Bytes::from_static(EMPTY), Bytes::from)
 }
 
 /// Request IDs: a random per-process prefix and a counter, 32 hex characters.
@@ -461,6 +752,57 @@ mod tests {
         assert_eq!(requested_model("/v2/models/m1"), Some("m1"));
         assert_eq!(requested_model("/v2/models/"), None);
         assert_eq!(requested_model("/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn the_body_names_the_model_in_a_top_level_string() {
+        let m = |s: &str| Named::Model(s.to_string());
+        assert_eq!(
+            model_in_body(br#"{"messages":[{"role":"user","content":"hi"}],"model":"m1"}"#),
+            m("m1")
+        );
+        assert_eq!(
+            model_in_body(b" \n{\"model\":\"m\\u0031\",\"stream\":true}"),
+            m("m1"),
+            "escapes are decoded"
+        );
+        assert_eq!(
+            model_in_body(br#"{"input":"x","extra":{"model":"nested"}}"#),
+            Named::Nothing,
+            "only the top-level field counts"
+        );
+        for bad in [
+            &b""[..],
+            b"not json",
+            br#"["model","m1"]"#,
+            br#"{"model":7}"#,
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"model":"m1""#,
+        ] {
+            assert_eq!(
+                model_in_body(bad),
+                Named::BodyInvalid,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_list_keeps_only_allowed_ids() {
+        let body = br#"{"object":"list","data":[{"id":"a","owned_by":"x"},{"id":"b"},{"object":"model"}]}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&filter_model_list(body, |id| id == "a")).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"object":"list","data":[{"id":"a","owned_by":"x"}]})
+        );
+        for unusable in [&b"<html>"[..], br#"{"models":[]}"#, b""] {
+            assert_eq!(
+                &filter_model_list(unusable, |_| true)[..],
+                br#"{"object":"list","data":[]}"#
+            );
+        }
     }
 
     #[test]

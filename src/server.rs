@@ -1,5 +1,6 @@
 //! Wiring: builds the shared state from a validated [`Config`], starts the background
-//! services (artefact hasher, registry watcher, audit writer), and runs the pingora server
+//! services (one artefact hasher per model, registry watcher, upstream probe, audit writer),
+//! and runs the pingora server
 //! with the proxy and admin listeners. Returns only on a start-up error.
 
 use std::sync::atomic::AtomicBool;
@@ -14,7 +15,8 @@ use crate::audit::AuditLog;
 use crate::config::{Config, KeySource};
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
-use crate::proxy::{Gate, RequestIds};
+use crate::probe::{Prober, ServedHandle};
+use crate::proxy::{Gate, ModelGate, RequestIds};
 use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
 
@@ -27,6 +29,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("listener TLS: {0}")]
     Tls(String),
+    #[error("upstream probe: {0}")]
+    Probe(String),
 }
 
 /// The pingora server settings provgate runs with (shared with the load benchmark's
@@ -85,25 +89,45 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(key = %skipped, "approver key skipped");
     }
 
-    let artefact = Arc::new(ArtefactHandle::default());
-    metrics.set_artefact_state(&config.model, &artefact.load());
     let approvals = Arc::new(ApprovalStore::new(config.max_stale, metrics.clone()));
     let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
 
-    let watcher = ArtefactWatcher {
-        model: config.model.clone(),
-        path: config.artefact_path.clone(),
-        poll_interval: config.poll_interval,
-        threads: config.hash_threads,
-        handle: artefact.clone(),
-        metrics: metrics.clone(),
-        signers: config.signers.clone(),
-    };
-    let s = stop.clone();
-    std::thread::Builder::new()
-        .name("provgate-artefact".into())
-        .spawn(move || watcher.run(s))
-        .map_err(StartError::Thread)?;
+    // One watcher thread and one published state per guarded model.
+    let mut models = Vec::with_capacity(config.models.len());
+    for m in &config.models {
+        let artefact = Arc::new(ArtefactHandle::default());
+        metrics.set_artefact_state(&m.model, &artefact.load());
+        let watcher = ArtefactWatcher {
+            model: m.model.clone(),
+            path: m.path.clone(),
+            poll_interval: m.poll_interval,
+            threads: m.hash_threads,
+            handle: artefact.clone(),
+            metrics: metrics.clone(),
+            signers: m.signers.clone(),
+        };
+        let s = stop.clone();
+        std::thread::Builder::new()
+            .name("provgate-artefact".into())
+            .spawn(move || watcher.run(s))
+            .map_err(StartError::Thread)?;
+        models.push(ModelGate {
+            name: m.model.clone(),
+            artefact,
+            served: Arc::new(ServedHandle::new(config.probe.is_some())),
+            counters: metrics.request_counters(&m.model, config.enforce),
+        });
+    }
+    if let Some(probe) = config.probe.clone() {
+        let handles = models
+            .iter()
+            .map(|m| (m.name.clone(), m.served.clone()))
+            .collect();
+        Prober::new(probe, &config.upstream, handles, metrics.clone())
+            .map_err(StartError::Probe)?
+            .spawn()
+            .map_err(StartError::Thread)?;
+    }
 
     let registry = DirRegistry {
         dir: config.registry_path.clone(),
@@ -146,7 +170,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
         workload_identity: config.workload_identity,
-        model: config.model.clone(),
         tiers: config.tiers,
     }));
     if let Some((path, every)) = config.workload_token_file {
@@ -156,15 +179,20 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .spawn(move || follow_workload_token(&path, every, &policy, &stop))
             .map_err(StartError::Thread)?;
     }
+    let admin_models = models
+        .iter()
+        .map(|m| (m.name.clone(), m.artefact.clone(), m.served.clone()))
+        .collect();
     let gate = Gate {
         policy,
         enforce: config.enforce,
         log_allowed: config.log_allowed,
-        artefact: artefact.clone(),
+        models,
+        unrouted: metrics.request_counters("none", config.enforce),
+        routing: config.routing.clone(),
         approvals: approvals.clone(),
         tokens: tokens.clone(),
         audit,
-        counters: metrics.request_counters(&config.model, config.enforce),
         metrics: metrics.clone(),
         peer: Gate::upstream_peer_for(&config.upstream),
         forward_token: config.upstream.forward_token,
@@ -188,9 +216,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let mut admin = pingora::services::listening::Service::new(
         "provgate admin".to_string(),
         Admin {
-            model: config.model,
+            models: admin_models,
             metrics,
-            artefact,
             approvals,
             tokens,
         },

@@ -38,6 +38,8 @@ pub mod names {
     pub const JWKS_FETCHES_TOTAL: &str = "provgate_jwks_fetches_total";
     pub const JWKS_AGE_SECONDS: &str = "provgate_jwks_age_seconds";
     pub const BUILD_INFO: &str = "provgate_build_info";
+    pub const UPSTREAM_PROBES_TOTAL: &str = "provgate_upstream_probes_total";
+    pub const UPSTREAM_PROBE_STATE: &str = "provgate_upstream_probe_state";
 }
 
 /// What `provgate_requests_total` counts a request as.
@@ -156,6 +158,11 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub jwks_fetches: IntCounterVec,
     pub jwks_age: GaugeVec,
+    pub upstream_probes: IntCounterVec,
+    pub upstream_probe_state: IntGaugeVec,
+    /// The digest label each model's `artefact_info` series carries now (so a new digest
+    /// replaces only that model's series).
+    artefact_info_digest: Mutex<HashMap<String, String>>,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -303,6 +310,20 @@ impl Metrics {
             ),
             &["issuer"]
         ));
+        let upstream_probes = reg!(IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_PROBES_TOTAL,
+                "Model-server probe answers per model, by probe kind and result (serving, not_serving, unreachable)."
+            ),
+            &["kind", "result"]
+        ));
+        let upstream_probe_state = reg!(IntGaugeVec::new(
+            Opts::new(
+                UPSTREAM_PROBE_STATE,
+                "1 for each configured model's current probe state (pending, serving, not_serving, unreachable)."
+            ),
+            &["model", "state"]
+        ));
         let build_info = reg!(IntGaugeVec::new(
             Opts::new(BUILD_INFO, "1, labelled with the provgate version."),
             &["version"]
@@ -344,6 +365,25 @@ impl Metrics {
             ready,
             jwks_fetches,
             jwks_age,
+            upstream_probes,
+            upstream_probe_state,
+            artefact_info_digest: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one probe answer for one model.
+    pub fn count_probe(&self, kind: crate::probe::ProbeKind, result: &crate::probe::Served) {
+        self.upstream_probes
+            .with_label_values(&[kind.label(), result.label()])
+            .inc();
+    }
+
+    /// Publishes a model's probe state.
+    pub fn set_probe_state(&self, model: &str, state: &crate::probe::Served) {
+        for s in crate::probe::SERVED_STATES {
+            self.upstream_probe_state
+                .with_label_values(&[model, s])
+                .set((s == state.label()) as i64);
         }
     }
 
@@ -355,9 +395,18 @@ impl Metrics {
                 .set((s == state.label()) as i64);
         }
         if let Some(digest) = state.digest() {
-            self.artefact_info.reset();
+            let digest = digest.to_string();
+            // Only this background thread's model changes: a poisoned lock still holds a
+            // consistent map (each update is one insert).
+            let mut current = self
+                .artefact_info_digest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = current.insert(model.to_string(), digest.clone()) {
+                let _ = self.artefact_info.remove_label_values(&[model, &old]);
+            }
             self.artefact_info
-                .with_label_values(&[model, &digest.to_string()])
+                .with_label_values(&[model, &digest])
                 .set(1);
         }
     }

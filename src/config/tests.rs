@@ -70,7 +70,16 @@ fn the_documented_shape_validates_with_safe_defaults() {
         c.tiers["customer-facing"].required_evidence,
         vec!["security-test", "red-team"]
     );
-    assert_eq!(c.poll_interval, Duration::from_secs(1));
+    assert_eq!(c.models.len(), 1);
+    assert_eq!(c.models[0].model, "m");
+    assert_eq!(c.models[0].poll_interval, Duration::from_secs(1));
+    assert!(c.probe.is_none(), "no probe unless configured");
+    assert_eq!(c.routing.max_body_bytes, 64 * 1024);
+    assert_eq!(c.routing.models_path.as_deref(), Some("/v1/models"));
+    assert!(c
+        .routing
+        .openai_paths
+        .contains(&"/v1/chat/completions".to_string()));
 }
 
 #[test]
@@ -207,5 +216,65 @@ fn token_profiles_are_validated() {
             .validate()
             .unwrap_err();
         assert!(err.0.iter().any(|e| e.contains(needle)), "{lines}: {err}");
+    }
+}
+
+#[test]
+fn several_models_each_get_their_own_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = good(dir.path());
+    let start = one.find("[artefact]").unwrap();
+    let end = one[start..]
+        .find("\n[")
+        .map_or(one.len(), |e| start + e + 1);
+    let without = format!("{}{}", &one[..start], &one[end..]);
+    let two = format!(
+        "{without}\n[[artefacts]]\nmodel = \"a\"\npath = \"/models/a\"\n\n[[artefacts]]\nmodel = \"b\"\npath = \"/models/b\"\npoll_interval = \"2s\"\n\n[upstream.probe]\nkind = \"kserve_v2\"\ninterval = \"250ms\"\n"
+    );
+    let c = FileConfig::parse(&two).unwrap().validate().unwrap();
+    let names: Vec<_> = c.models.iter().map(|m| m.model.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(c.models[1].poll_interval, Duration::from_secs(2));
+    let probe = c.probe.unwrap();
+    assert_eq!(probe.kind, crate::probe::ProbeKind::KserveV2);
+    assert_eq!(probe.interval, Duration::from_millis(250));
+    assert_eq!(probe.timeout, Duration::from_secs(2));
+
+    let both = format!("{one}\n[[artefacts]]\nmodel = \"a\"\npath = \"/models/a\"\n");
+    let err = FileConfig::parse(&both).unwrap().validate().unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.starts_with("artefact: give exactly one")),
+        "{err}"
+    );
+    let neither = FileConfig::parse(&without).unwrap().validate().unwrap_err();
+    assert!(
+        neither
+            .0
+            .iter()
+            .any(|e| e.starts_with("artefact: give exactly one")),
+        "{neither}"
+    );
+
+    let twice = two.replace("model = \"b\"", "model = \"a\"");
+    let err = FileConfig::parse(&twice).unwrap().validate().unwrap_err();
+    assert!(
+        err.0.iter().any(|e| e.starts_with("artefacts[1].model")),
+        "{err}"
+    );
+
+    let bad = two
+        .replace("kind = \"kserve_v2\"", "kind = \"triton\"")
+        .replace("poll_interval = \"2s\"", "poll_interval = \"0s\"")
+        + "\n[routing]\nmax_body_bytes = 1000000\n";
+    let err = FileConfig::parse(&bad).unwrap().validate().unwrap_err();
+    let all = err.0.join("\n");
+    for needle in [
+        "upstream.probe.kind",
+        "artefacts[1].poll_interval",
+        "routing.max_body_bytes",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
 }

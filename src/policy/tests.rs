@@ -22,7 +22,6 @@ fn policy() -> Policy {
     );
     Policy {
         workload_identity: WORKLOAD.into(),
-        model: "m".into(),
         tiers,
     }
 }
@@ -78,13 +77,22 @@ fn caller(sub: &str) -> Caller {
     }
 }
 
+const OLLAMA: &str = "sha256:A80C4F17ACD55265FEEC403C7AEF86BE0C25983AB279D83F3BCD3ABBCB5B8B72";
+const OLLAMA_BARE: &str = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72";
+const OTHER_OLLAMA: &str = "b80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72";
+
+fn served(name: &'static str, server: ServerView<'static>) -> ModelView<'static> {
+    ModelView::Served { name, server }
+}
+
 struct Case {
     name: &'static str,
     caller: Option<Option<&'static str>>,
     artefact_ready: bool,
     entry: Option<RegistryEntry>,
     registry_down: bool,
-    requested_model: Option<&'static str>,
+    /// The model the request resolved to (`Served` against "m" unless a case says).
+    model: ModelView<'static>,
     signer: Option<&'static str>,
     want: Result<&'static str, DenyReason>,
 }
@@ -96,7 +104,10 @@ fn base(name: &'static str) -> Case {
         artefact_ready: true,
         entry: Some(entry_of(vec![(claims(), false)])),
         registry_down: false,
-        requested_model: None,
+        model: ModelView::Served {
+            name: "m",
+            server: ServerView::NotProbed,
+        },
         signer: None,
         want: Ok("v1"),
     }
@@ -170,12 +181,96 @@ fn decision_table() {
             c.entry = record(|r| r.sub = "other".into());
             c.want = Err(ModelMismatch)
         }),
-        with(base("request names another model"), |c| {
-            c.requested_model = Some("other");
+        with(
+            base("request names a model this sidecar does not serve"),
+            |c| {
+                c.model = ModelView::NotServed;
+                c.want = Err(ModelMismatch)
+            },
+        ),
+        with(
+            base("a routing failure is still 401 without a token"),
+            |c| {
+                c.model = ModelView::NotServed;
+                c.caller = None;
+                c.want = Err(TokenMissing)
+            },
+        ),
+        with(base("several models served, none named"), |c| {
+            c.model = ModelView::Unnamed;
+            c.want = Err(ModelRequired)
+        }),
+        with(base("body does not say which model"), |c| {
+            c.model = ModelView::BodyInvalid;
+            c.want = Err(RequestInvalid)
+        }),
+        with(base("body too large to say which model"), |c| {
+            c.model = ModelView::BodyTooLarge;
+            c.want = Err(RequestTooLarge)
+        }),
+        with(base("decided against another configured model"), |c| {
+            c.model = served("n", ServerView::NotProbed);
             c.want = Err(ModelMismatch)
         }),
-        with(base("request names this model"), |c| {
-            c.requested_model = Some("m");
+        with(base("probe: server serves it"), |c| {
+            c.model = served(
+                "m",
+                ServerView::Serving {
+                    ollama_digest: None,
+                },
+            );
+        }),
+        with(base("probe: server does not serve it"), |c| {
+            c.model = served("m", ServerView::NotServing);
+            c.want = Err(ModelMismatch)
+        }),
+        with(base("probe: server unreachable does not block"), |c| {
+            c.model = served("m", ServerView::Unreachable);
+        }),
+        with(base("probe: no answer yet does not block"), |c| {
+            c.model = served("m", ServerView::Pending);
+        }),
+        with(base("probe mismatch is checked before the artefact"), |c| {
+            c.model = served("m", ServerView::NotServing);
+            c.artefact_ready = false;
+            c.want = Err(ModelMismatch)
+        }),
+        with(
+            base("record pins an Ollama digest the server reports"),
+            |c| {
+                c.entry = record(|r| r.artefact.ollama_digest = Some(OLLAMA.into()));
+                c.model = served(
+                    "m",
+                    ServerView::Serving {
+                        ollama_digest: Some(OLLAMA_BARE),
+                    },
+                );
+            },
+        ),
+        with(
+            base("record pins an Ollama digest, server reports another"),
+            |c| {
+                c.entry = record(|r| r.artefact.ollama_digest = Some(OLLAMA.into()));
+                c.model = served(
+                    "m",
+                    ServerView::Serving {
+                        ollama_digest: Some(OTHER_OLLAMA),
+                    },
+                );
+                c.want = Err(ModelMismatch)
+            },
+        ),
+        with(
+            base("record pins an Ollama digest, server unreachable"),
+            |c| {
+                c.entry = record(|r| r.artefact.ollama_digest = Some(OLLAMA.into()));
+                c.model = served("m", ServerView::Unreachable);
+                c.want = Err(ArtefactUnverified)
+            },
+        ),
+        with(base("record pins an Ollama digest, no probe"), |c| {
+            c.entry = record(|r| r.artefact.ollama_digest = Some(OLLAMA.into()));
+            c.want = Err(ArtefactUnverified)
         }),
         with(base("record pins a signer, artefact signed by it"), |c| {
             c.entry = record(|r| r.artefact.signer = Some("release-key".into()));
@@ -283,7 +378,7 @@ fn decision_table() {
             } else {
                 ApprovalView::Entry(case.entry.as_ref())
             },
-            requested_model: case.requested_model,
+            model: case.model,
             now: NOW,
         };
         let got = match decide(&policy(), &input) {
@@ -319,13 +414,18 @@ fn reasons_have_stable_names_and_statuses() {
             "approval_invalid",
             "deployment_not_bound",
             "model_mismatch",
-            "trust_data_unavailable"
+            "trust_data_unavailable",
+            "model_required",
+            "request_invalid",
+            "request_too_large"
         ]
     );
     for (i, r) in DenyReason::ALL.iter().enumerate() {
         assert_eq!(r.index(), i);
         let want = match r {
             DenyReason::TokenMissing | DenyReason::TokenInvalid => 401,
+            DenyReason::ModelRequired | DenyReason::RequestInvalid => 400,
+            DenyReason::RequestTooLarge => 413,
             DenyReason::ArtefactUnverified | DenyReason::TrustDataUnavailable => 503,
             _ => 403,
         };

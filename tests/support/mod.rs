@@ -30,15 +30,22 @@ pub struct Seen {
     pub path: String,
     pub version: hyper::Version,
     pub headers: http::HeaderMap,
+    pub body: Bytes,
 }
 
 /// A model server stand-in: `/sse` streams two events, the second only after
-/// [`Upstream::release`]; every other path answers a small JSON body.
+/// [`Upstream::release`]; `/v1/models`, `/v2/models/{name}` and `/api/tags` report the
+/// models in [`Upstream::serve`] (OpenAI, KServe v2 and Ollama shapes); every other path
+/// answers a small JSON body.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The models this server says it serves: (name, Ollama digest).
+    pub models: Arc<Mutex<Vec<(String, String)>>>,
     release: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
+    /// Open connections, closed on drop (the server goes away entirely).
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
@@ -47,17 +54,20 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(tokio::sync::Notify::new());
-        let (s, r) = (seen.clone(), release.clone());
+        let models = Arc::new(Mutex::new(vec![(MODEL.to_string(), "ab".repeat(32))]));
+        let (s, r, m) = (seen.clone(), release.clone(), models.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let conns_ = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     break;
                 };
-                let (s, r) = (s.clone(), r.clone());
-                tokio::spawn(async move {
+                let (s, r, m) = (s.clone(), r.clone(), m.clone());
+                let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        let (s, r) = (s.clone(), r.clone());
-                        async move { Ok::<_, Infallible>(respond(req, s, r)) }
+                        let (s, r, m) = (s.clone(), r.clone(), m.clone());
+                        async move { Ok::<_, Infallible>(respond(req, s, r, m).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -65,14 +75,25 @@ impl Upstream {
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
                 });
+                conns_.lock().unwrap().push(conn.abort_handle());
             }
         });
         Upstream {
             addr,
             seen,
+            models,
             release,
             task,
+            conns,
         }
+    }
+
+    /// Sets the models this server reports: (name, Ollama digest hex).
+    pub fn serve(&self, models: &[(&str, &str)]) {
+        *self.models.lock().unwrap() = models
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect();
     }
 
     /// Lets the `/sse` handler send its second event.
@@ -88,20 +109,69 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
-fn respond(
+fn json(status: u16, v: serde_json::Value) -> hyper::Response<BoxBody<Bytes, Infallible>> {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(Full::new(Bytes::from(v.to_string()))))
+        .unwrap()
+}
+
+async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<tokio::sync::Notify>,
+    models: Arc<Mutex<Vec<(String, String)>>>,
 ) -> hyper::Response<BoxBody<Bytes, Infallible>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let req = hyper::Request::from_parts(parts, ());
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         version: req.version(),
         headers: req.headers().clone(),
+        body,
     });
+    let served = models.lock().unwrap().clone();
+    match req.uri().path() {
+        "/v1/models" => {
+            let data: Vec<_> = served
+                .iter()
+                .map(|(n, _)| serde_json::json!({"id": n, "object": "model", "owned_by": "test"}))
+                .collect();
+            return json(200, serde_json::json!({"object": "list", "data": data}));
+        }
+        "/api/tags" => {
+            let list: Vec<_> = served
+                .iter()
+                .map(|(n, d)| serde_json::json!({"name": format!("{n}:latest"), "digest": d}))
+                .collect();
+            return json(200, serde_json::json!({ "models": list }));
+        }
+        p => {
+            if let Some(name) = p.strip_prefix("/v2/models/").filter(|n| !n.contains('/')) {
+                return if served.iter().any(|(n, _)| n == name) {
+                    json(
+                        200,
+                        serde_json::json!({"name": name, "versions": ["1"], "platform": "test"}),
+                    )
+                } else {
+                    json(404, serde_json::json!({"error": "model not found"}))
+                };
+            }
+        }
+    }
     if req.uri().path() == "/sse" {
         let stream = futures_util::stream::unfold(0u8, move |step| {
             let release = release.clone();

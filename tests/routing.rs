@@ -1,0 +1,400 @@
+//! Model-aware routing and served-model cross-checks through the real binary: OpenAI bodies
+//! naming their model (read before the decision, forwarded unchanged), several models on one
+//! sidecar each with its own approval state, the filtered model list, and upstream probes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The fixture's config with its one `[artefact]` replaced by `sections`.
+fn config_with(
+    fx: &Fixture,
+    pg: (std::net::SocketAddr, std::net::SocketAddr),
+    up: std::net::SocketAddr,
+    sections: &str,
+) -> String {
+    let one = fx.config(pg.0, pg.1, up);
+    let start = one.find("[artefact]").unwrap();
+    let end = start + one[start..].find("[registry]").unwrap();
+    format!("{}{sections}\n{}", &one[..start], &one[end..])
+}
+
+/// A second model directory under the fixture, with its own content.
+fn model_dir(fx: &Fixture, name: &str, content: &[u8]) -> std::path::PathBuf {
+    let dir = fx.path(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), content).unwrap();
+    dir
+}
+
+fn digest_of(dir: &std::path::Path) -> provgate::digest::Digest {
+    provgate::artefact::compute_manifest(dir, 1).unwrap().root
+}
+
+async fn post(
+    pg: &Provgate,
+    path: &str,
+    token: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    pg.client
+        .post(pg.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn reason(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, body["error"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_body_names_its_model_and_is_forwarded_unchanged() {
+    let mut fx = Fixture::new();
+    fx.extra = "[routing]\nmax_body_bytes = 65536\n".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+
+    // A 60 KB chat request arrives in several reads; the upstream gets it byte for byte.
+    let filler = "x".repeat(60_000);
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"{filler}"}}],"model":"{MODEL}","stream":false}}"#
+    );
+    let r = post(&pg, "/v1/chat/completions", &token, body.clone()).await;
+    assert_eq!(r.status(), 200, "{}", pg.logs());
+    assert_eq!(r.headers()["x-provgate-version-id"], "v42");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].body,
+        body.as_bytes(),
+        "the body is forwarded unchanged"
+    );
+    assert_eq!(seen[0].headers["x-provgate-version-id"], "v42");
+
+    // The same through chunked transfer encoding (no content-length).
+    let chunks: Vec<Result<String, std::io::Error>> = vec![
+        Ok(body[..30_000].to_string()),
+        Ok(body[30_000..].to_string()),
+    ];
+    let r = post(
+        &pg,
+        "/v1/chat/completions",
+        &token,
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.requests()[1].body, body.as_bytes());
+
+    let small = |model: &str| format!(r#"{{"model":"{model}","input":"hello"}}"#);
+    for (what, body, status, why) in [
+        (
+            "another model",
+            small("shadow-model"),
+            403,
+            "model_mismatch",
+        ),
+        ("not json", "model=x".to_string(), 400, "request_invalid"),
+        (
+            "model not a string",
+            r#"{"model":1}"#.to_string(),
+            400,
+            "request_invalid",
+        ),
+        (
+            "two models in one body",
+            format!(r#"{{"model":"{MODEL}","model":"shadow-model"}}"#),
+            400,
+            "request_invalid",
+        ),
+        (
+            "over the limit",
+            format!(r#"{{"model":"{MODEL}","input":"{}"}}"#, "y".repeat(70_000)),
+            413,
+            "request_too_large",
+        ),
+    ] {
+        let r = post(&pg, "/v1/embeddings", &token, body).await;
+        assert_eq!(reason(r).await, (status, why.to_string()), "{what}");
+    }
+    // Over the limit without a content-length: refused while reading.
+    let big: Vec<Result<String, std::io::Error>> = (0..8).map(|_| Ok("z".repeat(10_000))).collect();
+    let r = post(
+        &pg,
+        "/v1/embeddings",
+        &token,
+        reqwest::Body::wrap_stream(futures_util::stream::iter(big)),
+    )
+    .await;
+    assert_eq!(reason(r).await, (413, "request_too_large".to_string()));
+    // A body naming no model goes to the one model this sidecar serves.
+    let r = post(&pg, "/v1/embeddings", &token, r#"{"input":"hello"}"#).await;
+    assert_eq!(r.status(), 200);
+    // Without a token the body is never read: 401 first.
+    let r = pg
+        .client
+        .post(pg.url("/v1/embeddings"))
+        .body(small("shadow-model"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reason(r).await, (401, "token_missing".to_string()));
+    // Other paths' bodies are not inspected.
+    let r = post(&pg, "/v1/other", &token, "not json").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.requests().len(),
+        4,
+        "nothing refused reached the model server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_sidecar_fronts_several_models_each_with_its_own_approval() {
+    let fx = Fixture::new();
+    let a_dir = model_dir(&fx, "model-a", b"weights of a");
+    let b_dir = model_dir(&fx, "model-b", b"weights of b");
+    let approve =
+        |file: &str, model: &str, dir: &std::path::Path, version: &str, callers: &[&str]| {
+            let mut c = fx.claims();
+            c.sub = model.into();
+            c.jti = format!("rec-{model}");
+            c.version_id = version.into();
+            c.artefact.digest = digest_of(dir);
+            c.callers = callers.iter().map(|s| s.to_string()).collect();
+            fx.approve(file, &c);
+        };
+    let other_caller = "spiffe://example.org/ns/batch/sa/job";
+    approve(
+        "a.jwt",
+        "model-a",
+        &a_dir,
+        "va",
+        &["spiffe://example.org/ns/app/sa/*"],
+    );
+    approve(
+        "b.jwt",
+        "model-b",
+        &b_dir,
+        "vb",
+        &["spiffe://example.org/ns/app/sa/*", other_caller],
+    );
+    let up = Upstream::start().await;
+    up.serve(&[("model-a", ""), ("model-b", ""), ("model-c", "")]);
+    let (listen, admin) = (free_port(), free_port());
+    let sections = format!(
+        "[[artefacts]]\nmodel = \"model-a\"\npath = \"{}\"\npoll_interval = \"200ms\"\n\n[[artefacts]]\nmodel = \"model-b\"\npath = \"{}\"\npoll_interval = \"200ms\"\n",
+        a_dir.display(),
+        b_dir.display()
+    );
+    let pg = Provgate::spawn(
+        fx.dir.path(),
+        "multi",
+        &config_with(&fx, (listen, admin), up.addr, &sections),
+        listen,
+        admin,
+        None,
+    )
+    .await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+
+    let r = pg.get("/v2/models/model-a/infer", Some(&token)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-provgate-version-id"], "va");
+    let r = post(
+        &pg,
+        "/v1/embeddings",
+        &token,
+        r#"{"model":"model-b","input":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-provgate-version-id"], "vb");
+    assert_eq!(
+        reason(pg.get("/v2/models/model-c/infer", Some(&token)).await).await,
+        (403, "model_mismatch".into())
+    );
+    assert_eq!(
+        reason(post(&pg, "/v1/embeddings", &token, r#"{"input":"x"}"#).await).await,
+        (400, "model_required".into()),
+        "a multi-model sidecar needs to know which model"
+    );
+    assert_eq!(
+        reason(pg.get("/healthz-of-upstream", Some(&token)).await).await,
+        (400, "model_required".into())
+    );
+
+    // The model list: only what this caller may use right now, of what the server lists.
+    let ids = |pg: &Provgate, token: String| {
+        let (c, url) = (pg.client.clone(), pg.url("/v1/models"));
+        async move {
+            let r = c.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids(&pg, token.clone()).await, ["model-a", "model-b"]);
+    assert_eq!(ids(&pg, fx.token(other_caller)).await, ["model-b"]);
+    assert_eq!(
+        reason(
+            pg.get(
+                "/v1/models",
+                Some(&fx.token("spiffe://example.org/ns/x/sa/nobody"))
+            )
+            .await
+        )
+        .await,
+        (403, "caller_not_allowed".into()),
+        "a caller who may use no model gets the first model's reason"
+    );
+
+    // Swap model-b's weights: b is blocked, a is not.
+    std::fs::write(b_dir.join("model.safetensors"), b"swapped weights").unwrap();
+    let blocked = Instant::now();
+    pg.eventually(Duration::from_secs(5), || async {
+        reason(pg.get("/v2/models/model-b/infer", Some(&token)).await).await
+            == (403, "artefact_unmanaged".into())
+    })
+    .await;
+    eprintln!("model-b blocked {:?} after its swap", blocked.elapsed());
+    assert_eq!(
+        pg.get("/v2/models/model-a/infer", Some(&token))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(ids(&pg, token.clone()).await, ["model-a"]);
+    let metrics = pg.metrics().await;
+    for series in [
+        "provgate_requests_total{decision=\"allow\",model=\"model-a\",reason=\"none\",version_id=\"va\"}",
+        "provgate_requests_total{decision=\"deny\",model=\"model-b\",reason=\"artefact_unmanaged\"",
+        "provgate_requests_total{decision=\"deny\",model=\"none\",reason=\"model_required\"",
+        "provgate_artefact_state{model=\"model-a\",state=\"ready\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_mismatch_blocks_and_a_probe_outage_does_not() {
+    let mut fx = Fixture::new();
+    fx.extra =
+        "[upstream.probe]\nkind = \"openai\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let infer = format!("/v2/models/{MODEL}/infer");
+    assert_eq!(pg.get(&infer, Some(&token)).await.status(), 200);
+
+    // The server now serves something else under another name.
+    up.serve(&[("shadow-model", "")]);
+    let t = Instant::now();
+    pg.eventually(Duration::from_secs(5), || async {
+        reason(pg.get(&infer, Some(&token)).await).await == (403, "model_mismatch".into())
+    })
+    .await;
+    eprintln!(
+        "probe mismatch blocked after {:?} (interval 100ms)",
+        t.elapsed()
+    );
+    assert_eq!(
+        pg.metric(&format!(
+            "provgate_upstream_probe_state{{model=\"{MODEL}\",state=\"not_serving\"}}"
+        ))
+        .await,
+        1.0
+    );
+    up.serve(&[(MODEL, "")]);
+    let t = Instant::now();
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.get(&infer, Some(&token)).await.status() == 200
+    })
+    .await;
+    eprintln!("probe agreement restored access after {:?}", t.elapsed());
+
+    // A probe that cannot reach the server neither blocks nor clears a mismatch.
+    drop(up);
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.metric(&format!(
+            "provgate_upstream_probe_state{{model=\"{MODEL}\",state=\"unreachable\"}}"
+        ))
+        .await
+            == 1.0
+    })
+    .await;
+    assert!(
+        pg.metric("provgate_upstream_probes_total{kind=\"openai\",result=\"unreachable\"}")
+            .await
+            >= 1.0
+    );
+    let r = pg.get(&infer, Some(&token)).await;
+    assert_eq!(
+        r.status(),
+        502,
+        "not blocked by provgate: the upstream itself is down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kserve_and_ollama_probes_check_name_and_digest() {
+    // KServe v2: GET /v2/models/{name}.
+    let mut fx = Fixture::new();
+    fx.extra = "[upstream.probe]\nkind = \"kserve_v2\"\ninterval = \"100ms\"\n".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    up.serve(&[]);
+    pg.until_answer(&token, 403, Some("model_mismatch"), Duration::from_secs(5))
+        .await;
+    drop(pg);
+
+    // Ollama: /api/tags, with the record pinning the manifest digest.
+    let served_digest = "ab".repeat(32);
+    let mut fx = Fixture::new();
+    fx.extra = "[upstream.probe]\nkind = \"ollama\"\ninterval = \"100ms\"\n".into();
+    let mut claims = fx.claims();
+    claims.artefact.ollama_digest = Some(format!("sha256:{}", served_digest.to_uppercase()));
+    fx.approve("rec.jwt", &claims);
+    up.serve(&[(MODEL, &served_digest)]);
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    pg.until_answer(&token, 200, None, Duration::from_secs(5))
+        .await;
+    // Same name, other content: Ollama reports another digest.
+    up.serve(&[(MODEL, &"cd".repeat(32))]);
+    pg.until_answer(&token, 403, Some("model_mismatch"), Duration::from_secs(5))
+        .await;
+    // The server goes away: a record pinning a digest cannot be confirmed.
+    drop(up);
+    pg.until_answer(
+        &token,
+        503,
+        Some("artefact_unverified"),
+        Duration::from_secs(5),
+    )
+    .await;
+}

@@ -247,7 +247,8 @@ impl Gate {
                     chosen = Some((i, d));
                 }
             }
-            ctx.listing = Some(allowed);
+            // Filtering the list is enforcement: dry-run leaves the answer alone.
+            ctx.listing = self.enforce.then_some(allowed);
             match chosen {
                 Some((i, d)) => {
                     ctx.model = Some(i);
@@ -352,6 +353,11 @@ impl Gate {
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Ok(Named::BodyTooLarge);
+        }
+        // A body without a length may turn out larger than pingora can replay; in dry-run it
+        // must still reach the server, so it is not read at all.
+        if declared.is_none() && !self.enforce {
+            return Ok(Named::Nothing);
         }
         session.enable_retry_buffering();
         let mut first: Option<Bytes> = None;

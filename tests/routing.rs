@@ -398,3 +398,62 @@ async fn kserve_and_ollama_probes_check_name_and_digest() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_reads_bodies_without_breaking_them_and_leaves_the_list_alone() {
+    let mut fx = Fixture::new();
+    fx.enforce = false;
+    fx.extra = "[routing]\nmax_body_bytes = 1024\n".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    up.serve(&[(MODEL, ""), ("unapproved", "")]);
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+
+    // Over the limit, with and without a length: counted, and still delivered whole.
+    let body = format!(
+        r#"{{"model":"shadow-model","input":"{}"}}"#,
+        "y".repeat(80_000)
+    );
+    let r = post(&pg, "/v1/embeddings", &token, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    let chunks: Vec<Result<String, std::io::Error>> = vec![
+        Ok(body[..40_000].to_string()),
+        Ok(body[40_000..].to_string()),
+    ];
+    let r = post(
+        &pg,
+        "/v1/embeddings",
+        &token,
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Within the limit and naming another model: would have been blocked, delivered.
+    let r = post(&pg, "/v1/embeddings", &token, r#"{"model":"shadow-model"}"#).await;
+    assert_eq!(r.status(), 200);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].body, body.as_bytes());
+    assert_eq!(seen[1].body, body.as_bytes());
+    assert_eq!(&seen[2].body[..], br#"{"model":"shadow-model"}"#);
+    pg.eventually(Duration::from_secs(5), || async {
+        let m = pg.metrics().await;
+        m.contains(
+            "decision=\"would_block\",model=\"all-minilm-l6-v2\",reason=\"request_too_large\"",
+        ) && m.contains(
+            "decision=\"would_block\",model=\"all-minilm-l6-v2\",reason=\"model_mismatch\"",
+        )
+    })
+    .await;
+
+    // The list is the server's, unfiltered.
+    let v: serde_json::Value = pg
+        .get("/v1/models", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+}

@@ -42,6 +42,7 @@ impl Admin {
             }
         }
         self.metrics.approval_expiry.reset();
+        self.metrics.approval_record_age.reset();
         let state = self.artefact.load();
         if let Some(entry) = state.digest().and_then(|d| self.approvals.peek(d)) {
             let now = crate::unix_now();
@@ -51,10 +52,15 @@ impl Admin {
                 .find(|c| !c.revoked && c.record.not_before() <= now && now < c.record.claims.exp)
                 .or(entry.records.first());
             if let Some(c) = in_force {
+                let labels = [self.model.as_str(), &*c.record.version_id];
                 self.metrics
                     .approval_expiry
-                    .with_label_values(&[self.model.as_str(), &*c.record.version_id])
+                    .with_label_values(&labels)
                     .set(c.record.claims.exp as f64);
+                self.metrics
+                    .approval_record_age
+                    .with_label_values(&labels)
+                    .set(now.saturating_sub(c.record.claims.iat) as f64);
             }
         }
     }

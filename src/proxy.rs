@@ -151,7 +151,7 @@ impl Gate {
         token_outcome: Result<Arc<Caller>, Option<TokenError>>,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let now = crate::unix_now();
+        let now_ms = crate::unix_now_ms();
         let caller_view = match &token_outcome {
             Ok(c) => CallerView::Verified(c),
             Err(None) => CallerView::Missing,
@@ -170,7 +170,7 @@ impl Gate {
                         digest,
                         signer: signature.signer(),
                     },
-                    self.approvals.view(digest),
+                    self.approvals.view(digest, now_ms),
                 )
             }
             _ => (ArtefactView::Unverified, Lookup::Entry(None)),
@@ -185,7 +185,7 @@ impl Gate {
                     Lookup::Unavailable => ApprovalView::Unavailable,
                 },
                 requested_model: ctx.requested_model.as_deref(),
-                now,
+                now: now_ms / 1000,
             },
         );
         ctx.caller = token_outcome.ok();

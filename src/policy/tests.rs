@@ -65,6 +65,7 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
             })
             .collect(),
         invalid: vec![],
+        revalidate_after: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn decision_table() {
             c.entry = Some(RegistryEntry {
                 records: vec![],
                 invalid: vec!["bad signature".into()],
+                revalidate_after: None,
             });
             c.want = Err(ApprovalInvalid)
         }),

@@ -3,8 +3,10 @@
 #   - cmake (pingora-core builds zlib-ng with it), from Debian's packages;
 #   - with --python: a virtual environment holding the independent implementations the
 #     interoperability tests run against (the OpenSSF model_signing tool, PyJWT,
-#     cryptography). It is cached under ${PROVGATE_CACHE:-~/.cache/provgate} and rebuilt
-#     only when the pinned requirements change. Prints its python's path last.
+#     cryptography);
+#   - with --mlflow: a virtual environment holding a real MLflow server for the registry tests.
+# Environments are cached under ${PROVGATE_CACHE:-~/.cache/provgate} and rebuilt only when the
+# pinned requirements change. Prints the environment's python's path last.
 set -euo pipefail
 
 need_apt=()
@@ -18,11 +20,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
-if [ "${1:-}" = "--python" ]; then
-    cache="${PROVGATE_CACHE:-$HOME/.cache/provgate}"
-    venv="$cache/venv-interop"
-    requirements="model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2"
-    stamp="$venv/.provgate-requirements"
+# make_venv NAME "REQUIREMENTS": a cached virtual environment, rebuilt only when the pinned
+# requirements change. Prints its python's path.
+make_venv() {
+    local cache="${PROVGATE_CACHE:-$HOME/.cache/provgate}"
+    local venv="$cache/$1" requirements="$2"
+    local stamp="$venv/.provgate-requirements"
     if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
         echo "setup: creating $venv ($requirements)" >&2
         rm -rf "$venv"
@@ -33,4 +36,13 @@ if [ "${1:-}" = "--python" ]; then
         echo "$requirements" > "$stamp"
     fi
     echo "$venv/bin/python"
-fi
+}
+
+case "${1:-}" in
+    # The independent implementations the interoperability tests run against.
+    --python) make_venv venv-interop "model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2" ;;
+    # A real MLflow model registry server for the registry tests (about 850 MB).
+    --mlflow) make_venv venv-mlflow "mlflow==3.17.2" ;;
+    "") ;;
+    *) echo "setup: unknown option $1 (use --python or --mlflow)" >&2; exit 2 ;;
+esac

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test provgate has: formatting, lints, unit tests, and the integration tests
-# (real binary, real sockets on 127.0.0.1, the reference model_signing tool and PyJWT).
+# (real binary, real sockets on 127.0.0.1, the reference model_signing tool and PyJWT, a real
+# MLflow model registry server).
 # Installs whatever a fresh machine lacks first. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROVGATE_PYTHON="$(scripts/setup.sh --python | tail -n 1)"
 export PROVGATE_PYTHON
+PROVGATE_MLFLOW="$(scripts/setup.sh --mlflow | tail -n 1)"
+export PROVGATE_MLFLOW
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -407,10 +407,24 @@ async fn http_registry_errors_are_trusted_until_max_stale_and_revalidate_after()
         &format!("token_file = \"{}\"", fx.path("registry.token").display()),
     ));
     let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
-    registry.answer(200, &record, None);
+    // Down at start: not ready, and requests fail closed rather than guess.
+    registry.answer(500, "", None);
     let pg = Provgate::start(&fx, upstream.addr).await;
-    pg.wait_ready().await;
     let token = fx.token(CALLER);
+    time_to_answer(&pg, &token, 503, Some("trust_data_unavailable")).await;
+    let readyz = pg
+        .client
+        .get(format!("http://{}/readyz", pg.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert_eq!(
+        readyz.json::<serde_json::Value>().await.unwrap()["registry_synced"],
+        false
+    );
+    registry.answer(200, &record, None);
+    pg.wait_ready().await;
     assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
 
     // The registry fails: the last good record serves until max_stale, then 503.

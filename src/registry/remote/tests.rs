@@ -343,3 +343,35 @@ fn revalidation_is_due_once_per_passing_revalidate_after() {
         );
     }
 }
+
+#[test]
+fn credentials_are_read_from_their_files_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let header = |auth: &RegistryAuth| {
+        authorize(client.get("http://127.0.0.1:1/"), auth)
+            .map(|r| r.build().unwrap().headers()["authorization"].clone())
+    };
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    assert_eq!(
+        header(&RegistryAuth::BearerFile(token.clone())).unwrap(),
+        "Bearer s3cret"
+    );
+    let basic = dir.path().join("basic");
+    std::fs::write(&basic, "alice:pa:ss").unwrap();
+    // base64("alice:pa:ss"): the password may itself hold a colon.
+    assert_eq!(
+        header(&RegistryAuth::BasicFile(basic.clone())).unwrap(),
+        "Basic YWxpY2U6cGE6c3M="
+    );
+    std::fs::write(&basic, "no-colon-secret").unwrap();
+    let err = header(&RegistryAuth::BasicFile(basic)).unwrap_err();
+    assert!(err.contains("expected user:password"), "{err}");
+    assert!(
+        !err.contains("no-colon-secret"),
+        "the secret is not echoed: {err}"
+    );
+    let err = header(&RegistryAuth::BearerFile(dir.path().join("absent"))).unwrap_err();
+    assert!(err.contains("absent"), "{err}");
+}

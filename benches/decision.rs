@@ -179,13 +179,16 @@ fn bench(c: &mut Criterion) {
     }
     let store = Arc::new(ApprovalStore::new(
         Duration::from_secs(300),
+        Duration::from_secs(1),
         metrics.clone(),
     ));
     let snapshot: Snapshot = provgate::registry::load_dir(dir.path(), &approvers).unwrap();
     store.publish(snapshot);
     store.lookup(&served);
+    // What the request path calls: the staleness checks and the cached lookup.
+    let now_ms = provgate::unix_now_ms();
     c.bench_function("approval/lookup", |b| {
-        b.iter(|| store.lookup(black_box(&served)).unwrap())
+        b.iter(|| store.view(black_box(&served), now_ms))
     });
 
     let policy = Policy {

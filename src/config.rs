@@ -261,11 +261,31 @@ pub struct SignerFile {
 #[serde(deny_unknown_fields)]
 pub struct RegistryFile {
     /// `dir`: a directory of record files (`*.jwt`, `*.jws`) and `revoked.txt`.
+    /// `mlflow`: an MLflow model registry (records in model-version tags).
+    /// `http`: any server implementing `GET {url}/approvals?digest=...` (see the README).
     pub kind: String,
-    pub path: String,
-    /// How often to rescan besides inotify events.
-    #[serde(default = "default_rescan")]
-    pub rescan_interval: String,
+    /// `dir`: the directory.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `mlflow`, `http`: the registry's base URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `mlflow`, `http`: a file holding a bearer token, re-read before every fetch.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// `mlflow`, `http`: a file holding `user:password` for basic auth, re-read before every
+    /// fetch.
+    #[serde(default)]
+    pub basic_auth_file: Option<String>,
+    /// `mlflow`, `http`: extra trusted CA certificates (PEM) for an `https` URL.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// How often the records are fetched (`dir`: rescanned, besides inotify events).
+    #[serde(default = "default_refresh", alias = "rescan_interval")]
+    pub refresh_interval: String,
+    /// `mlflow`, `http`: how long one fetch may take.
+    #[serde(default = "default_fetch_timeout")]
+    pub timeout: String,
     /// How long the last good records are used while the registry cannot be read; after
     /// that, requests fail closed with `trust_data_unavailable`.
     #[serde(default = "default_max_stale")]
@@ -456,7 +476,106 @@ fn default_models_path() -> String {
 fn default_poll() -> String {
     "1s".into()
 }
-fn default_rescan() -> String {
+impl RegistryFile {
+    /// Checks the backend-specific keys; every problem goes to `errors`.
+    fn validate(&self, timeout: Duration, errors: &mut Vec<String>) -> RegistrySource {
+        let fallback = RegistrySource::Dir(PathBuf::new());
+        let remote_only = [
+            ("url", self.url.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("basic_auth_file", self.basic_auth_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+        ];
+        let kind = match self.kind.as_str() {
+            "dir" => {
+                for (key, set) in remote_only {
+                    if set {
+                        errors.push(format!("registry.{key}: not used by kind \"dir\""));
+                    }
+                }
+                let Some(path) = &self.path else {
+                    errors.push("registry.path: required for kind \"dir\"".into());
+                    return fallback;
+                };
+                let path = PathBuf::from(path);
+                if !path.is_dir() {
+                    errors.push(format!(
+                        "registry.path: {} is not a directory",
+                        path.display()
+                    ));
+                }
+                return RegistrySource::Dir(path);
+            }
+            "mlflow" => RemoteKind::Mlflow,
+            "http" => RemoteKind::Http,
+            other => {
+                errors.push(format!(
+                    "registry.kind: {other:?} is not one of \"dir\", \"mlflow\", \"http\""
+                ));
+                return fallback;
+            }
+        };
+        if self.path.is_some() {
+            errors.push(format!(
+                "registry.path: not used by kind {:?}; give url",
+                self.kind
+            ));
+        }
+        let url = match self.url.as_deref().map(str::trim) {
+            None | Some("") => {
+                errors.push(format!("registry.url: required for kind {:?}", self.kind));
+                String::new()
+            }
+            Some(url) => match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => {
+                    url.trim_end_matches('/').to_string()
+                }
+                Ok(_) => {
+                    errors.push(format!(
+                        "registry.url: {url:?} must be an http or https URL without a query"
+                    ));
+                    String::new()
+                }
+                Err(e) => {
+                    errors.push(format!("registry.url: {url:?}: {e}"));
+                    String::new()
+                }
+            },
+        };
+        let readable = |errors: &mut Vec<String>, key: &str, file: &str| {
+            if let Err(e) = std::fs::read(file) {
+                errors.push(format!("registry.{key}: {file}: {e}"));
+            }
+            PathBuf::from(file)
+        };
+        let auth = match (&self.token_file, &self.basic_auth_file) {
+            (None, None) => RegistryAuth::None,
+            (Some(f), None) => RegistryAuth::BearerFile(readable(errors, "token_file", f)),
+            (None, Some(f)) => RegistryAuth::BasicFile(readable(errors, "basic_auth_file", f)),
+            (Some(_), Some(_)) => {
+                errors.push("registry: give at most one of token_file, basic_auth_file".into());
+                RegistryAuth::None
+            }
+        };
+        let ca_pem = self.ca_file.as_ref().and_then(|p| {
+            std::fs::read(p)
+                .map_err(|e| errors.push(format!("registry.ca_file: {p}: {e}")))
+                .ok()
+        });
+        RegistrySource::Remote(RemoteRegistry {
+            kind,
+            url,
+            auth,
+            ca_pem,
+            timeout,
+        })
+    }
+}
+
+fn default_refresh() -> String {
+    "5s".into()
+}
+fn default_fetch_timeout() -> String {
     "5s".into()
 }
 fn default_max_stale() -> String {
@@ -587,6 +706,51 @@ pub struct Routing {
 /// At most this many models per sidecar (a listing's filter is a 64-bit set).
 pub const MAX_MODELS: usize = 64;
 
+/// Where approval records come from.
+#[derive(Debug, Clone)]
+pub enum RegistrySource {
+    Dir(PathBuf),
+    Remote(RemoteRegistry),
+}
+
+/// The remote registry kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    Mlflow,
+    Http,
+}
+
+impl RemoteKind {
+    /// The `backend` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RemoteKind::Mlflow => "mlflow",
+            RemoteKind::Http => "http",
+        }
+    }
+}
+
+/// How provgate authenticates to a remote registry. Credentials live in files that are read
+/// before every fetch, so a rotated secret needs no restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    None,
+    BearerFile(PathBuf),
+    BasicFile(PathBuf),
+}
+
+/// A remote registry and how to reach it.
+#[derive(Debug, Clone)]
+pub struct RemoteRegistry {
+    pub kind: RemoteKind,
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    pub auth: RegistryAuth,
+    /// Extra trusted CA certificates, PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -603,8 +767,9 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub probe: Option<Probe>,
     pub routing: Routing,
-    pub registry_path: PathBuf,
-    pub rescan_interval: Duration,
+    pub registry: RegistrySource,
+    /// How often the registry is read again (`dir`: rescanned besides inotify events).
+    pub refresh_interval: Duration,
     pub max_stale: Duration,
     pub approvers: KeySet,
     pub leeway: Duration,
@@ -741,7 +906,9 @@ impl FileConfig {
                 duration("upstream.probe.timeout", &p.timeout),
             )
         });
-        let rescan_interval = duration("registry.rescan_interval", &self.registry.rescan_interval);
+        let refresh_interval =
+            duration("registry.refresh_interval", &self.registry.refresh_interval);
+        let fetch_timeout = duration("registry.timeout", &self.registry.timeout);
         let max_stale = duration("registry.max_stale", &self.registry.max_stale);
         let leeway = duration("callers.leeway", &self.callers.leeway);
         let identity_refresh =
@@ -808,11 +975,14 @@ impl FileConfig {
                 self.routing.models_path
             ));
         }
-        if rescan_interval.is_zero() {
-            errors.push("registry.rescan_interval: must be more than zero".into());
+        if refresh_interval.is_zero() {
+            errors.push("registry.refresh_interval: must be more than zero".into());
         }
-        if max_stale < rescan_interval {
-            errors.push("registry.max_stale: must be at least registry.rescan_interval".into());
+        if fetch_timeout.is_zero() {
+            errors.push("registry.timeout: must be more than zero".into());
+        }
+        if max_stale < refresh_interval {
+            errors.push("registry.max_stale: must be at least registry.refresh_interval".into());
         }
 
         let nonempty = |errors: &mut Vec<String>, key: &str, v: &str| {
@@ -875,19 +1045,7 @@ impl FileConfig {
                 signers: std::sync::Arc::new(signers),
             });
         }
-        if self.registry.kind != "dir" {
-            errors.push(format!(
-                "registry.kind: {:?} is not supported; use \"dir\"",
-                self.registry.kind
-            ));
-        }
-        let registry_path = PathBuf::from(&self.registry.path);
-        if !registry_path.is_dir() {
-            errors.push(format!(
-                "registry.path: {} is not a directory",
-                registry_path.display()
-            ));
-        }
+        let registry = self.registry.validate(fetch_timeout, &mut errors);
 
         let approvers = KeySet::from_jwks_file(Path::new(&self.trust.approver_keys))
             .unwrap_or_else(|e| {
@@ -1051,8 +1209,8 @@ impl FileConfig {
                 max_body_bytes: self.routing.max_body_bytes,
                 models_path: Some(self.routing.models_path).filter(|p| !p.is_empty()),
             },
-            registry_path,
-            rescan_interval,
+            registry,
+            refresh_interval,
             max_stale,
             approvers,
             leeway,

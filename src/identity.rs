@@ -1,13 +1,17 @@
 //! Caller identity: the workload JWT in `Authorization: Bearer`, verified against the keys of
 //! each trusted issuer (`iss`, `aud`, `exp`, `nbf`, signature), and cached by the token's
 //! SHA-256 until its `exp`, so a repeated token costs a hash and a cache read, not a
-//! signature check.
+//! signature check. In front of that cache, each worker thread keeps the last few tokens it
+//! verified ([`Recent`]): a sidecar's callers are a handful of workloads, each reusing one
+//! token until it rotates, so most requests cost one constant-time comparison.
 //!
 //! Owns algorithm policy: per issuer allow-list, never `none` or HMAC, the key's type must
 //! fit the header's `alg`, and headers that point at other keys (`jku`, `jwk`, `x5u`, `x5c`)
 //! or demand extensions (`crit`) are refused. It does not decide what a caller may call.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,8 +183,60 @@ impl Issuer {
 pub mod jwks;
 pub mod mtls;
 
+/// Tokens each worker thread keeps in front of the shared cache.
+const RECENT_PER_THREAD: usize = 4;
+
+/// The last tokens one thread verified (through any path), for [`TokenVerifier::verify`].
+/// Entries are tagged with their verifier, so two verifiers in one process never share.
+/// A hit is checked exactly as a shared-cache hit is (expiry, issuer key freshness).
+#[derive(Default)]
+struct Recent {
+    entries: [Option<RecentToken>; RECENT_PER_THREAD],
+    next: usize,
+}
+
+/// (verifier ID, token, caller).
+type RecentToken = (u64, Box<[u8]>, Arc<Caller>);
+
+impl Recent {
+    /// The caller for `token`, compared in constant time (a cached token is a credential:
+    /// the comparison must not reveal how much of a guess matched).
+    fn get(&self, verifier: u64, token: &[u8]) -> Option<&Arc<Caller>> {
+        self.entries.iter().flatten().find_map(|(v, t, caller)| {
+            (*v == verifier
+                && t.len() == token.len()
+                && aws_lc_rs::constant_time::verify_slices_are_equal(t, token).is_ok())
+            .then_some(caller)
+        })
+    }
+
+    fn insert(&mut self, verifier: u64, token: &[u8], caller: Arc<Caller>) {
+        self.entries[self.next] = Some((verifier, token.into(), caller));
+        self.next = (self.next + 1) % RECENT_PER_THREAD;
+    }
+
+    fn remove(&mut self, verifier: u64, token: &[u8]) {
+        for e in &mut self.entries {
+            if e.as_ref()
+                .is_some_and(|(v, t, _)| *v == verifier && **t == *token)
+            {
+                *e = None;
+            }
+        }
+    }
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = RefCell::new(Recent::default());
+}
+
+/// Tells verifiers apart in [`Recent`].
+static NEXT_VERIFIER_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Verifies caller tokens for all configured issuers.
 pub struct TokenVerifier {
+    /// This verifier's tag in the per-thread [`Recent`] tokens.
+    id: u64,
     issuers: HashMap<String, Arc<Issuer>>,
     leeway: u64,
     cache: moka::sync::Cache<[u8; 32], Arc<Caller>>,
@@ -225,6 +281,7 @@ impl TokenVerifier {
         metrics: Arc<Metrics>,
     ) -> Self {
         TokenVerifier {
+            id: NEXT_VERIFIER_ID.fetch_add(1, Ordering::Relaxed),
             has_remote: issuers.iter().any(|i| i.remote.is_some()),
             issuers: issuers
                 .into_iter()
@@ -245,16 +302,45 @@ impl TokenVerifier {
 
     /// Verifies a bearer token (cached). `now` is seconds since the epoch.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
+        let recent = RECENT.with(|r| r.borrow().get(self.id, token.as_bytes()).cloned());
+        let outcome = match recent {
+            Some(caller) => self.cached(caller, now),
+            None => None,
+        };
+        if let Some(outcome) = outcome {
+            return outcome;
+        }
+        let outcome = self.verify_shared(token, now);
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            match &outcome {
+                Ok(caller) => r.insert(self.id, token.as_bytes(), caller.clone()),
+                Err(_) => r.remove(self.id, token.as_bytes()),
+            }
+        });
+        outcome
+    }
+
+    /// A cached caller's answer: Some(outcome) while it still holds, None once it expired.
+    fn cached(&self, caller: Arc<Caller>, now: u64) -> Option<Result<Arc<Caller>, TokenError>> {
+        // Keys past their staleness bound vouch for nothing, cached or not.
+        if self.has_remote && !self.issuer_fresh(&caller.iss) {
+            return Some(Err(TokenError::KeysUnavailable));
+        }
+        // The cache expires entries at `exp`, but eviction is lazy: check again.
+        if now < caller.exp + self.leeway {
+            self.metrics.token_cache_hits.inc();
+            return Some(Ok(caller));
+        }
+        None
+    }
+
+    /// [`verify`](Self::verify) behind the shared cache only.
+    fn verify_shared(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(caller) = self.cache.get(&key) {
-            // Keys past their staleness bound vouch for nothing, cached or not.
-            if self.has_remote && !self.issuer_fresh(&caller.iss) {
-                return Err(TokenError::KeysUnavailable);
-            }
-            // The cache expires entries at `exp`, but eviction is lazy: check again.
-            if now < caller.exp + self.leeway {
-                self.metrics.token_cache_hits.inc();
-                return Ok(caller);
+            if let Some(outcome) = self.cached(caller, now) {
+                return outcome;
             }
             self.cache.invalidate(&key);
         }

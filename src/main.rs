@@ -139,9 +139,35 @@ struct ApproveArgs {
     /// Who approved, as `who[=role]` (repeat).
     #[arg(long = "approved-by")]
     approved_by: Vec<String>,
+    /// The artefact signer the record pins (a name from `[[artefact.signers]]`): the served
+    /// directory's model.sig must then be by that signer.
+    #[arg(long)]
+    signer: Option<String>,
+    /// After this long from now, the record is not trusted until the registry has been read
+    /// again (`revalidate_after`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    revalidate_after: Option<Duration>,
     /// Write the record here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also publish the record onto an existing MLflow model version: the tags
+    /// `provgate.approval` and `provgate.artefact_digest` of model `--model`, version
+    /// `--version`, on this MLflow server (base URL).
+    #[arg(long, value_name = "URL", requires = "mlflow_version")]
+    publish_mlflow: Option<String>,
+    /// The MLflow model version number to publish onto.
+    #[arg(long = "version", value_name = "N", requires = "publish_mlflow")]
+    mlflow_version: Option<String>,
+    /// A file holding a bearer token for the MLflow server.
+    #[arg(
+        long,
+        requires = "publish_mlflow",
+        conflicts_with = "mlflow_basic_auth_file"
+    )]
+    mlflow_token_file: Option<PathBuf>,
+    /// A file holding `user:password` for the MLflow server.
+    #[arg(long, requires = "publish_mlflow")]
+    mlflow_basic_auth_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -336,7 +362,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         version_id: a.version_id,
         artefact: ArtefactRef {
             digest,
-            signer: None,
+            signer: a.signer,
             ollama_digest: a.ollama_digest,
         },
         lineage,
@@ -345,7 +371,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         tier: a.tier,
         workloads: a.workloads,
         callers: a.callers,
-        revalidate_after: None,
+        revalidate_after: a.revalidate_after.map(|d| now + d.as_secs()),
     };
     if let Some(d) = &claims.artefact.ollama_digest {
         let hex = d.strip_prefix("sha256:").unwrap_or(d);
@@ -354,7 +380,23 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         }
     }
     let jws = approval::sign(&claims, &key)?;
+    if let (Some(url), Some(version)) = (&a.publish_mlflow, &a.mlflow_version) {
+        publish_mlflow(
+            url,
+            &claims.sub,
+            version,
+            &claims.artefact.digest,
+            &jws,
+            a.mlflow_token_file,
+            a.mlflow_basic_auth_file,
+        )?;
+        eprintln!(
+            "record {} for {} published to MLflow model version {}/{version}",
+            claims.jti, claims.artefact.digest, claims.sub
+        );
+    }
     match a.out {
+        None if a.publish_mlflow.is_some() => {}
         Some(path) => {
             std::fs::write(&path, format!("{jws}\n"))
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -368,6 +410,44 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         None => println!("{jws}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn publish_mlflow(
+    url: &str,
+    model: &str,
+    version: &str,
+    digest: &provgate::digest::Digest,
+    jws: &str,
+    token_file: Option<PathBuf>,
+    basic_auth_file: Option<PathBuf>,
+) -> Result<()> {
+    use provgate::config::{RegistryAuth, RemoteKind, RemoteRegistry};
+    let auth = match (token_file, basic_auth_file) {
+        (Some(f), _) => RegistryAuth::BearerFile(f),
+        (None, Some(f)) => RegistryAuth::BasicFile(f),
+        (None, None) => RegistryAuth::None,
+    };
+    let config = RemoteRegistry {
+        kind: RemoteKind::Mlflow,
+        url: url.trim_end_matches('/').to_string(),
+        auth,
+        ca_pem: None,
+        timeout: Duration::from_secs(30),
+    };
+    let client = provgate::registry::remote::client(&config).map_err(|e| anyhow!(e))?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(provgate::registry::mlflow::publish(
+            &client,
+            &config.url,
+            &config.auth,
+            model,
+            version,
+            digest,
+            jws,
+        ))
+        .map_err(|e| anyhow!("publishing to MLflow: {e}"))
 }
 
 fn parse_evidence(s: &str) -> Result<Evidence> {

@@ -224,7 +224,7 @@ impl Gate {
         named: Named,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let now = crate::unix_now();
+        let now_ms = crate::unix_now_ms();
         let caller_view = match &token_outcome {
             Ok(c) => CallerView::Verified(c),
             Err(None) => CallerView::Missing,
@@ -235,7 +235,7 @@ impl Gate {
             let mut allowed = 0u64;
             let mut chosen: Option<(usize, Decision)> = None;
             for i in 0..self.models.len() {
-                let d = self.decide_model(caller_view, Ok(i), now, ctx);
+                let d = self.decide_model(caller_view, Ok(i), now_ms, ctx);
                 let allow = d.reason().is_none();
                 if allow {
                     allowed |= 1 << i;
@@ -256,7 +256,7 @@ impl Gate {
                     d
                 }
                 // Config validation guarantees at least one model.
-                None => self.decide_model(caller_view, Err(ModelView::Unnamed), now, ctx),
+                None => self.decide_model(caller_view, Err(ModelView::Unnamed), now_ms, ctx),
             }
         } else {
             let target = match &named {
@@ -272,7 +272,7 @@ impl Gate {
             };
             // A single-model sidecar counts every request under its one model.
             ctx.model = target.ok().or((self.models.len() == 1).then_some(0));
-            self.decide_model(caller_view, target, now, ctx)
+            self.decide_model(caller_view, target, now_ms, ctx)
         };
         if let Named::Model(name) = named {
             ctx.requested_model = Some(name);
@@ -286,7 +286,7 @@ impl Gate {
         &self,
         caller: CallerView<'_>,
         target: Result<usize, ModelView<'static>>,
-        now: u64,
+        now_ms: u64,
         ctx: &mut RequestCtx,
     ) -> Decision {
         let policy = self.policy.load();
@@ -299,7 +299,7 @@ impl Gate {
                     model,
                     artefact: ArtefactView::Unverified,
                     approval: ApprovalView::Entry(None),
-                    now,
+                    now: now_ms / 1000,
                 },
             );
         };
@@ -316,7 +316,7 @@ impl Gate {
                         digest,
                         signer: signature.signer(),
                     },
-                    self.approvals.view(digest),
+                    self.approvals.view(digest, now_ms),
                 )
             }
             _ => (ArtefactView::Unverified, Lookup::Entry(None)),
@@ -334,7 +334,7 @@ impl Gate {
                     Lookup::Entry(e) => ApprovalView::Entry(e.as_deref()),
                     Lookup::Unavailable => ApprovalView::Unavailable,
                 },
-                now,
+                now: now_ms / 1000,
             },
         )
     }

@@ -1,11 +1,21 @@
 //! The registry: where approval records live, and the cache the request path reads them
 //! through.
 //!
-//! The embedded backend is a directory of record files (`*.jwt` or `*.jws`, one compact JWS
-//! each) plus `revoked.txt` (one record ID per line, `#` comments). A background service
-//! reloads the directory when it changes (inotify, with a periodic rescan as a fallback),
-//! verifies every record once, and publishes an immutable [`Snapshot`] through `arc-swap`.
-//! Lookups by digest go through a moka cache that is cleared on every publication.
+//! Backends:
+//! - `dir` (embedded): a directory of record files (`*.jwt` or `*.jws`, one compact JWS each)
+//!   plus `revoked.txt` (one record ID per line, `#` comments), reloaded when it changes
+//!   (inotify, with a periodic rescan as a fallback);
+//! - `mlflow` and `http` ([`remote`]): asked for the served digests' records every
+//!   `refresh_interval`.
+//!
+//! A background service verifies every record once per change and publishes an immutable
+//! [`Snapshot`] through `arc-swap`. Lookups by digest go through a moka cache that is cleared
+//! on every publication.
+//!
+//! Staleness, for every backend: the last good records are used for at most `max_stale`
+//! after the last successful read, then the answer is `trust_data_unavailable`; a record with
+//! `revalidate_after` is not used past that time (plus the fetch timeout) unless the registry
+//! was read successfully after it. Expiry is the decision's business, to the second.
 //!
 //! The request path calls only [`ApprovalStore::view`]: no I/O, no crypto, no lock.
 
@@ -13,9 +23,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter};
+// tokio's clock is std's outside a runtime, and can be paused in tests.
+use tokio::time::Instant;
 
 use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
@@ -39,12 +52,39 @@ pub struct RegistryEntry {
     pub records: Vec<Candidate>,
     /// Records that claimed this digest but failed verification, with why (for the log).
     pub invalid: Vec<String>,
+    /// The earliest `revalidate_after` among `records`.
+    pub revalidate_after: Option<u64>,
 }
 
-/// An immutable view of the whole registry.
+impl RegistryEntry {
+    /// An entry from verified records in any order and the failures, sorted newest first.
+    pub fn new(mut records: Vec<Candidate>, invalid: Vec<String>) -> RegistryEntry {
+        records.sort_by(|a, b| {
+            b.record
+                .claims
+                .iat
+                .cmp(&a.record.claims.iat)
+                .then_with(|| b.record.claims.exp.cmp(&a.record.claims.exp))
+        });
+        let revalidate_after = records
+            .iter()
+            .filter_map(|c| c.record.claims.revalidate_after)
+            .min();
+        RegistryEntry {
+            records,
+            invalid,
+            revalidate_after,
+        }
+    }
+}
+
+/// An immutable view of the registry.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub by_digest: HashMap<Digest, Arc<RegistryEntry>>,
+    /// Whether a digest missing from `by_digest` has no record (a directory lists every
+    /// record), or has not been asked about yet (a remote registry is asked per digest).
+    pub exhaustive: bool,
     pub valid_records: usize,
     pub invalid_records: usize,
     pub revoked_ids: usize,
@@ -80,8 +120,9 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         .collect();
     files.sort();
 
-    let mut building: HashMap<Digest, RegistryEntry> = HashMap::new();
+    let mut building: HashMap<Digest, (Vec<Candidate>, Vec<String>)> = HashMap::new();
     let mut snapshot = Snapshot {
+        exhaustive: true,
         revoked_ids: revoked.len(),
         ..Snapshot::default()
     };
@@ -105,7 +146,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                 building
                     .entry(record.claims.artefact.digest)
                     .or_default()
-                    .records
+                    .0
                     .push(Candidate {
                         record: Arc::new(record),
                         revoked,
@@ -121,21 +162,16 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                     building
                         .entry(digest)
                         .or_default()
-                        .invalid
+                        .1
                         .push(format!("{}: {e}", file.display()));
                 }
             }
         }
     }
-    for (digest, mut entry) in building {
-        entry.records.sort_by(|a, b| {
-            b.record
-                .claims
-                .iat
-                .cmp(&a.record.claims.iat)
-                .then_with(|| b.record.claims.exp.cmp(&a.record.claims.exp))
-        });
-        snapshot.by_digest.insert(digest, Arc::new(entry));
+    for (digest, (records, invalid)) in building {
+        snapshot
+            .by_digest
+            .insert(digest, Arc::new(RegistryEntry::new(records, invalid)));
     }
     Ok(snapshot)
 }
@@ -163,40 +199,98 @@ pub enum Lookup {
     Unavailable,
 }
 
+/// The staleness rules, as pure functions of time (table-tested on a paused clock).
+pub mod freshness {
+    use std::time::Duration;
+
+    /// May the last good records still be used, `since_sync` after the last successful
+    /// read? Never before the first read.
+    pub fn within_max_stale(synced: bool, since_sync: Duration, max_stale: Duration) -> bool {
+        synced && since_sync <= max_stale
+    }
+
+    /// May a record with `revalidate_after` still be used at `now_ms` (Unix milliseconds),
+    /// the registry having last been read successfully at `confirmed_ms`? Past
+    /// `revalidate_after`, only when a read at or after that time confirmed it; `grace`
+    /// covers the fetch that the refresher starts at that very moment.
+    pub fn revalidated(
+        revalidate_after: Option<u64>,
+        confirmed_ms: u64,
+        now_ms: u64,
+        grace: Duration,
+    ) -> bool {
+        let Some(at) = revalidate_after else {
+            return true;
+        };
+        let at_ms = at.saturating_mul(1000);
+        now_ms < at_ms.saturating_add(grace.as_millis() as u64) || confirmed_ms >= at_ms
+    }
+}
+
 /// The request path's view of the registry.
 pub struct ApprovalStore {
     snapshot: ArcSwap<Snapshot>,
     cache: moka::sync::Cache<Digest, Option<Arc<RegistryEntry>>>,
     synced: AtomicBool,
-    /// When the registry was last read successfully, as milliseconds since `epoch`.
+    /// The published snapshot's `exhaustive`.
+    exhaustive: AtomicBool,
+    /// When the registry was last read successfully, as milliseconds since `epoch`...
     last_sync: AtomicU64,
+    /// ...and as Unix milliseconds, for `revalidate_after`.
+    last_sync_unix_ms: AtomicU64,
     /// How long the last good records may be used while the registry cannot be read.
     max_stale: Duration,
+    /// How long after a record's `revalidate_after` it may be used while the read that time
+    /// started is still in flight.
+    revalidate_grace: Duration,
     epoch: Instant,
     metrics: Arc<Metrics>,
 }
 
 impl ApprovalStore {
-    pub fn new(max_stale: Duration, metrics: Arc<Metrics>) -> ApprovalStore {
+    pub fn new(
+        max_stale: Duration,
+        revalidate_grace: Duration,
+        metrics: Arc<Metrics>,
+    ) -> ApprovalStore {
         ApprovalStore {
             max_stale,
+            revalidate_grace,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             cache: moka::sync::Cache::builder().max_capacity(10_000).build(),
             synced: AtomicBool::new(false),
+            exhaustive: AtomicBool::new(false),
             last_sync: AtomicU64::new(0),
+            last_sync_unix_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
         }
     }
 
-    /// The request path's view: the entry for a digest, or `Unavailable` once the registry
-    /// has not been read successfully for longer than `max_stale` (fail closed).
-    /// Before the first load the registry's answer is not known: also `Unavailable`.
-    pub fn view(&self, digest: &Digest) -> Lookup {
-        if !self.is_synced() || self.since_last_sync() > self.max_stale {
+    /// The request path's view at `now_ms` (Unix milliseconds): the entry for a digest, or
+    /// `Unavailable` (fail closed) when
+    /// - the registry has not been read yet, or not successfully for longer than `max_stale`;
+    /// - the digest has not been asked about yet (a remote registry, just after the served
+    ///   artefact changed);
+    /// - the entry's `revalidate_after` has passed without a successful read since.
+    pub fn view(&self, digest: &Digest, now_ms: u64) -> Lookup {
+        if !freshness::within_max_stale(self.is_synced(), self.since_last_sync(), self.max_stale) {
             return Lookup::Unavailable;
         }
-        Lookup::Entry(self.lookup(digest))
+        match self.lookup(digest) {
+            None if !self.exhaustive.load(Ordering::Acquire) => Lookup::Unavailable,
+            Some(entry)
+                if !freshness::revalidated(
+                    entry.revalidate_after,
+                    self.last_sync_unix_ms.load(Ordering::Relaxed),
+                    now_ms,
+                    self.revalidate_grace,
+                ) =>
+            {
+                Lookup::Unavailable
+            }
+            found => Lookup::Entry(found),
+        }
     }
 
     /// The entry for a digest, bypassing the cache and its counters (for scrapes).
@@ -233,10 +327,20 @@ impl ApprovalStore {
     pub fn confirm(&self) {
         self.last_sync
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_sync_unix_ms
+            .store(crate::unix_now_ms(), Ordering::Relaxed);
     }
 
-    /// Publishes a freshly loaded snapshot and drops every cached lookup.
+    /// Publishes a freshly read snapshot, drops every cached lookup, and records the read.
     pub fn publish(&self, snapshot: Snapshot) {
+        self.replace(snapshot);
+        self.confirm();
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Publishes a snapshot from a read that was not complete (some digests could not be
+    /// fetched): what was fetched takes effect, but the staleness clock does not restart.
+    pub fn replace(&self, snapshot: Snapshot) {
         self.metrics
             .registry_records_valid
             .set(snapshot.valid_records as i64);
@@ -246,16 +350,43 @@ impl ApprovalStore {
         self.metrics
             .registry_revoked_ids
             .set(snapshot.revoked_ids as i64);
+        self.exhaustive
+            .store(snapshot.exhaustive, Ordering::Release);
         self.snapshot.store(Arc::new(snapshot));
         self.cache.invalidate_all();
-        self.last_sync
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.synced.store(true, Ordering::Release);
     }
 
     /// The current snapshot (for the admin endpoints and tests).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+}
+
+/// Pre-resolved metric handles for one backend.
+pub(crate) struct FetchMetrics {
+    pub ok: IntCounter,
+    pub not_modified: IntCounter,
+    pub not_found: IntCounter,
+    pub error: IntCounter,
+    pub duration: Histogram,
+}
+
+impl FetchMetrics {
+    pub fn new(metrics: &Metrics, backend: &str) -> FetchMetrics {
+        let counter = |result| {
+            metrics
+                .registry_fetches
+                .with_label_values(&[backend, result])
+        };
+        FetchMetrics {
+            ok: counter("ok"),
+            not_modified: counter("not_modified"),
+            not_found: counter("not_found"),
+            error: counter("error"),
+            duration: metrics
+                .registry_fetch_duration
+                .with_label_values(&[backend]),
+        }
     }
 }
 
@@ -265,7 +396,7 @@ impl ApprovalStore {
 pub struct DirRegistry {
     pub dir: PathBuf,
     pub approvers: KeySet,
-    pub rescan_interval: Duration,
+    pub refresh_interval: Duration,
     pub store: Arc<ApprovalStore>,
     pub metrics: Arc<Metrics>,
 }
@@ -274,6 +405,7 @@ impl DirRegistry {
     /// Loads once, then reloads on every change until `stop` is set. Runs on its own thread:
     /// it reads files and verifies signatures, which must stay off the request path.
     pub fn run(self, stop: Arc<AtomicBool>) {
+        let fetches = FetchMetrics::new(&self.metrics, "dir");
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = None;
         let mut last_fingerprint = None;
@@ -284,17 +416,19 @@ impl DirRegistry {
             }
             let fingerprint = crate::artefact::dir_fingerprint(&self.dir);
             if last_fingerprint.as_ref() != Some(&fingerprint) {
-                if self.reload() {
+                if self.reload(&fetches) {
                     last_fingerprint = Some(fingerprint);
                 }
             } else if self.dir.is_dir() {
+                fetches.not_modified.inc();
                 self.store.confirm();
             } else {
                 // Gone (an unmounted volume): fail the next reload, let the records age.
                 last_fingerprint = None;
             }
-            // Wake on a change event or at the rescan interval, then let a burst settle.
-            if rx.recv_timeout(self.rescan_interval).is_ok() {
+            // Wake on a change event, at the rescan interval, or when a record asks to be
+            // revalidated; then let a burst settle.
+            if rx.recv_timeout(self.next_wait()).is_ok() {
                 std::thread::sleep(Duration::from_millis(50));
                 while rx.try_recv().is_ok() {}
                 last_fingerprint = None;
@@ -305,10 +439,34 @@ impl DirRegistry {
         }
     }
 
+    /// Until the next rescan: the refresh interval, or sooner when a record's
+    /// `revalidate_after` falls before it.
+    fn next_wait(&self) -> Duration {
+        let now_ms = crate::unix_now_ms();
+        let snapshot = self.store.snapshot();
+        let due = snapshot
+            .by_digest
+            .values()
+            .filter_map(|e| e.revalidate_after)
+            .map(|at| at.saturating_mul(1000))
+            .filter(|&at_ms| at_ms > now_ms)
+            .min();
+        match due {
+            Some(at_ms) => self
+                .refresh_interval
+                .min(Duration::from_millis(at_ms - now_ms)),
+            None => self.refresh_interval,
+        }
+    }
+
     /// Loads the directory and publishes it; false when it could not be read.
-    fn reload(&self) -> bool {
-        match load_dir(&self.dir, &self.approvers) {
+    fn reload(&self, fetches: &FetchMetrics) -> bool {
+        let started = Instant::now();
+        let loaded = load_dir(&self.dir, &self.approvers);
+        fetches.duration.observe(started.elapsed().as_secs_f64());
+        match loaded {
             Ok(snapshot) => {
+                fetches.ok.inc();
                 tracing::info!(
                     dir = %self.dir.display(),
                     valid = snapshot.valid_records,
@@ -316,19 +474,22 @@ impl DirRegistry {
                     revoked = snapshot.revoked_ids,
                     "registry loaded"
                 );
-                self.metrics.registry_reloads_ok.inc();
                 self.store.publish(snapshot);
                 true
             }
             Err(e) => {
                 // Keep the last good snapshot; readiness and the sync-age gauge tell the story.
-                self.metrics.registry_reloads_failed.inc();
+                fetches.error.inc();
                 tracing::error!(error = %e, "registry reload failed; keeping the last good records until max_stale");
                 false
             }
         }
     }
 }
+
+pub mod http;
+pub mod mlflow;
+pub mod remote;
 
 #[cfg(test)]
 mod tests;

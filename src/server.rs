@@ -5,6 +5,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -12,7 +13,7 @@ use pingora::server::Server;
 use crate::admin::Admin;
 use crate::artefact::{ArtefactHandle, ArtefactWatcher};
 use crate::audit::AuditLog;
-use crate::config::{Config, KeySource};
+use crate::config::{Config, KeySource, RegistrySource};
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
@@ -89,7 +90,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(key = %skipped, "approver key skipped");
     }
 
-    let approvals = Arc::new(ApprovalStore::new(config.max_stale, metrics.clone()));
+    let revalidate_grace = match &config.registry {
+        RegistrySource::Remote(r) => r.timeout,
+        RegistrySource::Dir(_) => Duration::from_secs(1),
+    };
+    let approvals = Arc::new(ApprovalStore::new(
+        config.max_stale,
+        revalidate_grace,
+        metrics.clone(),
+    ));
     let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
 
     // One watcher thread and one published state per guarded model.
@@ -129,18 +138,44 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .map_err(StartError::Thread)?;
     }
 
-    let registry = DirRegistry {
-        dir: config.registry_path.clone(),
-        approvers: config.approvers.clone(),
-        rescan_interval: config.rescan_interval,
-        store: approvals.clone(),
-        metrics: metrics.clone(),
-    };
-    let s = stop.clone();
-    std::thread::Builder::new()
-        .name("provgate-registry".into())
-        .spawn(move || registry.run(s))
-        .map_err(StartError::Thread)?;
+    match &config.registry {
+        RegistrySource::Dir(dir) => {
+            let registry = DirRegistry {
+                dir: dir.clone(),
+                approvers: config.approvers.clone(),
+                refresh_interval: config.refresh_interval,
+                store: approvals.clone(),
+                metrics: metrics.clone(),
+            };
+            let s = stop.clone();
+            std::thread::Builder::new()
+                .name("provgate-registry".into())
+                .spawn(move || registry.run(s))
+                .map_err(StartError::Thread)?;
+        }
+        RegistrySource::Remote(remote) => {
+            // Every guarded model's digest: each model's records are asked for.
+            let served = {
+                let artefacts: Vec<_> = models.iter().map(|m| m.artefact.clone()).collect();
+                Box::new(move || {
+                    artefacts
+                        .iter()
+                        .filter_map(|a| a.load().digest().copied())
+                        .collect()
+                })
+            };
+            crate::registry::remote::spawn(
+                remote,
+                config.approvers.clone(),
+                config.refresh_interval,
+                approvals.clone(),
+                served,
+                metrics.clone(),
+                stop.clone(),
+            )
+            .map_err(StartError::Thread)?;
+        }
+    }
 
     let tokens = Arc::new(TokenVerifier::new(
         config

@@ -31,7 +31,9 @@ pub mod names {
         "provgate_approval_expiry_timestamp_seconds";
     pub const REGISTRY_RECORDS: &str = "provgate_registry_records";
     pub const REGISTRY_REVOKED_IDS: &str = "provgate_registry_revoked_ids";
-    pub const REGISTRY_RELOADS_TOTAL: &str = "provgate_registry_reloads_total";
+    pub const REGISTRY_FETCHES_TOTAL: &str = "provgate_registry_fetches_total";
+    pub const REGISTRY_FETCH_DURATION_SECONDS: &str = "provgate_registry_fetch_duration_seconds";
+    pub const APPROVAL_RECORD_AGE_SECONDS: &str = "provgate_approval_record_age_seconds";
     pub const REGISTRY_SYNC_AGE_SECONDS: &str = "provgate_registry_sync_age_seconds";
     pub const AUDIT_RECORDS_TOTAL: &str = "provgate_audit_records_total";
     pub const READY: &str = "provgate_ready";
@@ -149,9 +151,10 @@ pub struct Metrics {
     pub registry_records_valid: IntGauge,
     pub registry_records_invalid: IntGauge,
     pub registry_revoked_ids: IntGauge,
-    pub registry_reloads_ok: IntCounter,
-    pub registry_reloads_failed: IntCounter,
+    pub registry_fetches: IntCounterVec,
+    pub registry_fetch_duration: HistogramVec,
     pub registry_sync_age: Gauge,
+    pub approval_record_age: GaugeVec,
     pub audit_written: IntCounter,
     pub audit_dropped: IntCounter,
     pub audit_failed: IntCounter,
@@ -274,16 +277,33 @@ impl Metrics {
             REGISTRY_REVOKED_IDS,
             "Record IDs on the revocation list."
         ));
-        let registry_reloads = reg!(IntCounterVec::new(
+        let registry_fetches = reg!(IntCounterVec::new(
             Opts::new(
-                REGISTRY_RELOADS_TOTAL,
-                "Registry loads by result (ok, error)."
+                REGISTRY_FETCHES_TOTAL,
+                "Registry reads by backend (dir, mlflow, http) and result (ok, not_modified, not_found, error)."
             ),
-            &["result"]
+            &["backend", "result"]
+        ));
+        let registry_fetch_duration = reg!(HistogramVec::new(
+            HistogramOpts::new(
+                REGISTRY_FETCH_DURATION_SECONDS,
+                "Time one registry read took, by backend."
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+            ]),
+            &["backend"]
         ));
         let registry_sync_age = reg!(Gauge::new(
             REGISTRY_SYNC_AGE_SECONDS,
-            "Seconds since the registry was last loaded successfully."
+            "Seconds since the registry was last read successfully."
+        ));
+        let approval_record_age = reg!(GaugeVec::new(
+            Opts::new(
+                APPROVAL_RECORD_AGE_SECONDS,
+                "Seconds since the approval record in force for the served artefact was issued (iat)."
+            ),
+            &["model", "version_id"]
         ));
         let audit = reg!(IntCounterVec::new(
             Opts::new(
@@ -346,8 +366,6 @@ impl Metrics {
             approval_cache_misses: approval_cache.with_label_values(&["miss"]),
             registry_records_valid: registry_records.with_label_values(&["valid"]),
             registry_records_invalid: registry_records.with_label_values(&["invalid"]),
-            registry_reloads_ok: registry_reloads.with_label_values(&["ok"]),
-            registry_reloads_failed: registry_reloads.with_label_values(&["error"]),
             audit_written: audit.with_label_values(&["written"]),
             audit_dropped: audit.with_label_values(&["dropped"]),
             audit_failed: audit.with_label_values(&["failed"]),
@@ -361,7 +379,10 @@ impl Metrics {
             artefact_hash_seconds,
             approval_expiry,
             registry_revoked_ids,
+            registry_fetches,
+            registry_fetch_duration,
             registry_sync_age,
+            approval_record_age,
             ready,
             jwks_fetches,
             jwks_age,

@@ -278,3 +278,83 @@ fn several_models_each_get_their_own_section() {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
 }
+
+#[test]
+fn remote_registries_validate_their_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let dir_section = format!("kind = \"dir\"\npath = \"{}\"", dir.path().display());
+    let with_registry = |body: &str| good(dir.path()).replace(&dir_section, body);
+
+    let ok = format!(
+        "kind = \"mlflow\"\nurl = \"http://127.0.0.1:5000/\"\ntoken_file = \"{}\"\nrefresh_interval = \"2s\"",
+        token.display()
+    );
+    let c = FileConfig::parse(&with_registry(&ok))
+        .unwrap()
+        .validate()
+        .unwrap();
+    match &c.registry {
+        RegistrySource::Remote(r) => {
+            assert_eq!(r.kind, RemoteKind::Mlflow);
+            assert_eq!(r.url, "http://127.0.0.1:5000", "trailing slash dropped");
+            assert_eq!(r.auth, RegistryAuth::BearerFile(token.clone()));
+            assert_eq!(r.timeout, Duration::from_secs(5));
+        }
+        other => panic!("expected a remote registry, got {other:?}"),
+    }
+    assert_eq!(c.refresh_interval, Duration::from_secs(2));
+
+    // The old name of refresh_interval still reads.
+    let dir_alias = format!("{dir_section}\nrescan_interval = \"3s\"");
+    let c = FileConfig::parse(&with_registry(&dir_alias))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(c.refresh_interval, Duration::from_secs(3));
+
+    for (body, needle) in [
+        ("kind = \"http\"", "registry.url: required"),
+        ("kind = \"http\"\nurl = \"ftp://x\"", "registry.url"),
+        (
+            "kind = \"http\"\nurl = \"http://x/?a=b\"",
+            "without a query",
+        ),
+        ("kind = \"http\"\nurl = \"not a url\"", "registry.url"),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\npath = \"/tmp\"",
+            "registry.path: not used",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\ntoken_file = \"/nonexistent/t\"",
+            "registry.token_file",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\ntoken_file = \"/t\"\nbasic_auth_file = \"/b\"",
+            "at most one of token_file, basic_auth_file",
+        ),
+        ("kind = \"dir\"", "registry.path: required"),
+        (
+            "kind = \"dir\"\npath = \"/tmp\"\nurl = \"http://x\"",
+            "registry.url: not used",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\ntimeout = \"0s\"",
+            "registry.timeout",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\nrefresh_interval = \"10s\"\nmax_stale = \"5s\"",
+            "registry.max_stale",
+        ),
+    ] {
+        let err = FileConfig::parse(&with_registry(body))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.0.iter().any(|e| e.contains(needle)),
+            "{body:?}: missing {needle:?} in {err}"
+        );
+    }
+}

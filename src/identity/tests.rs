@@ -47,6 +47,58 @@ fn a_good_token_verifies_and_is_cached() {
     assert_eq!(v.metrics.token_cache_hits.get(), 1);
     // Past exp + leeway, the cached entry no longer counts.
     assert_eq!(v.verify(&t, now + 66), Err(TokenError::Expired));
+    // ...nor afterwards, at any time: the failure evicted it from this thread's tokens.
+    assert!(RECENT.with(|r| r.borrow().get(v.id, t.as_bytes()).is_none()));
+}
+
+#[test]
+fn the_per_thread_tokens_belong_to_one_verifier() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (other_key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let trusting = verifier(&key);
+    let stranger = verifier(&other_key);
+    let now = crate::unix_now();
+    let t = token(&key, claims(now));
+    trusting.verify(&t, now).unwrap();
+    trusting.verify(&t, now).unwrap();
+    assert_eq!(trusting.metrics.token_cache_hits.get(), 1);
+    // The same thread, another verifier that does not trust the key: no shortcut.
+    assert_eq!(stranger.verify(&t, now), Err(TokenError::UnknownKey));
+    // A token one character off is not the cached one.
+    let mut near = t.clone().into_bytes();
+    let last = near.len() - 1;
+    near[last] = if near[last] == b'A' { b'B' } else { b'A' };
+    let near = String::from_utf8(near).unwrap();
+    assert!(trusting.verify(&near, now).is_err());
+}
+
+#[test]
+fn the_per_thread_tokens_are_bounded() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let v = verifier(&key);
+    let now = crate::unix_now();
+    let tokens: Vec<String> = (0..RECENT_PER_THREAD + 2)
+        .map(|i| {
+            let mut c = claims(now);
+            c["jti"] = serde_json::json!(i);
+            token(&key, c)
+        })
+        .collect();
+    for t in &tokens {
+        v.verify(t, now).unwrap();
+    }
+    RECENT.with(|r| {
+        let r = r.borrow();
+        let held = tokens
+            .iter()
+            .filter(|t| r.get(v.id, t.as_bytes()).is_some())
+            .count();
+        assert_eq!(held, RECENT_PER_THREAD, "the oldest were replaced");
+        assert!(r.get(v.id, tokens[0].as_bytes()).is_none());
+    });
+    // The replaced ones still hit the shared cache: no second signature check.
+    v.verify(&tokens[0], now).unwrap();
+    assert_eq!(v.metrics.token_cache_misses.get(), tokens.len() as u64);
 }
 
 #[test]

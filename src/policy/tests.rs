@@ -65,6 +65,7 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
             })
             .collect(),
         invalid: vec![],
+        revalidate_after: None,
     }
 }
 
@@ -159,6 +160,7 @@ fn decision_table() {
             c.entry = Some(RegistryEntry {
                 records: vec![],
                 invalid: vec!["bad signature".into()],
+                revalidate_after: None,
             });
             c.want = Err(ApprovalInvalid)
         }),

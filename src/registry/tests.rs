@@ -2,7 +2,7 @@ use super::*;
 use crate::approval::{sign, ApprovalClaims, ArtefactRef};
 use crate::keys::{jwks_document, KeyKind, SigningKey};
 
-fn claims(jti: &str, digest: Digest, iat: u64) -> ApprovalClaims {
+pub(super) fn claims(jti: &str, digest: Digest, iat: u64) -> ApprovalClaims {
     ApprovalClaims {
         iss: "approver".into(),
         sub: "m".into(),
@@ -82,7 +82,7 @@ fn a_missing_directory_is_an_error() {
 #[test]
 fn lookups_are_cached_and_a_publish_clears_the_cache() {
     let metrics = Arc::new(Metrics::new());
-    let store = ApprovalStore::new(Duration::from_secs(60), metrics.clone());
+    let store = ApprovalStore::new(Duration::from_secs(60), Duration::ZERO, metrics.clone());
     assert!(!store.is_synced());
     let d = Digest([9; 32]);
     assert!(store.lookup(&d).is_none());
@@ -98,16 +98,129 @@ fn lookups_are_cached_and_a_publish_clears_the_cache() {
     assert_eq!(metrics.approval_cache_misses.get(), 2);
 }
 
-#[test]
-fn records_older_than_max_stale_are_unavailable() {
-    let store = ApprovalStore::new(Duration::from_millis(50), Arc::new(Metrics::new()));
+#[tokio::test(start_paused = true)]
+async fn records_older_than_max_stale_are_unavailable() {
+    let max_stale = Duration::from_secs(60);
+    let store = ApprovalStore::new(max_stale, Duration::ZERO, Arc::new(Metrics::new()));
     let d = Digest([9; 32]);
-    // Before the first load the registry's answer is unknown: fail closed.
-    assert!(matches!(store.view(&d), Lookup::Unavailable));
-    store.publish(Snapshot::default());
-    assert!(matches!(store.view(&d), Lookup::Entry(None)));
-    std::thread::sleep(Duration::from_millis(80));
-    assert!(matches!(store.view(&d), Lookup::Unavailable));
+    let view = |store: &ApprovalStore| store.view(&d, crate::unix_now_ms());
+    // Before the first load the registry's answer is not known: fail closed.
+    assert!(matches!(view(&store), Lookup::Unavailable));
+    store.publish(Snapshot {
+        exhaustive: true,
+        ..Snapshot::default()
+    });
+    assert!(matches!(view(&store), Lookup::Entry(None)));
+    tokio::time::advance(max_stale).await;
+    assert!(
+        matches!(view(&store), Lookup::Entry(None)),
+        "usable at max_stale"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(
+        matches!(view(&store), Lookup::Unavailable),
+        "not a millisecond past it"
+    );
     store.confirm();
-    assert!(matches!(store.view(&d), Lookup::Entry(None)));
+    assert!(matches!(view(&store), Lookup::Entry(None)));
+}
+
+#[test]
+fn a_remote_snapshot_does_not_vouch_for_digests_it_was_not_asked_about() {
+    let store = ApprovalStore::new(
+        Duration::from_secs(60),
+        Duration::ZERO,
+        Arc::new(Metrics::new()),
+    );
+    let asked = Digest([1; 32]);
+    let mut snap = Snapshot::default();
+    snap.by_digest
+        .insert(asked, Arc::new(RegistryEntry::default()));
+    store.publish(snap);
+    let now = crate::unix_now_ms();
+    assert!(matches!(store.view(&asked, now), Lookup::Entry(Some(_))));
+    assert!(matches!(
+        store.view(&Digest([2; 32]), now),
+        Lookup::Unavailable
+    ));
+}
+
+#[test]
+fn staleness_rules() {
+    let s = Duration::from_secs;
+    // (synced, since last sync, max_stale, usable)
+    for (synced, since, max_stale, usable) in [
+        (false, s(0), s(60), false),
+        (true, s(0), s(60), true),
+        (true, s(60), s(60), true),
+        (true, s(61), s(60), false),
+        (true, s(0), s(0), true),
+    ] {
+        assert_eq!(
+            freshness::within_max_stale(synced, since, max_stale),
+            usable,
+            "synced {synced}, {since:?} since sync, max_stale {max_stale:?}"
+        );
+    }
+}
+
+#[test]
+fn revalidation_rules() {
+    let grace = Duration::from_secs(2);
+    // (revalidate_after s, last confirmed ms, now ms, usable)
+    for (after, confirmed, now, usable) in [
+        (None, 0, u64::MAX, true),              // no revalidation asked
+        (Some(100), 50_000, 99_999, true),      // before the time
+        (Some(100), 50_000, 101_999, true),     // within the grace: the fetch is in flight
+        (Some(100), 50_000, 102_000, false),    // past it, never re-read: unusable
+        (Some(100), 99_999, 150_000, false),    // a read a millisecond early does not count
+        (Some(100), 100_000, 150_000, true),    // read at the time: usable again
+        (Some(100), 120_000, 10_000_000, true), // stays usable; max_stale bounds the rest
+    ] {
+        assert_eq!(
+            freshness::revalidated(after, confirmed, now, grace),
+            usable,
+            "revalidate_after {after:?}, confirmed {confirmed}, now {now}"
+        );
+    }
+}
+
+#[test]
+fn an_entry_past_revalidate_after_is_unavailable_until_the_registry_is_read_again() {
+    let store = ApprovalStore::new(
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+        Arc::new(Metrics::new()),
+    );
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let approvers =
+        KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();
+    let d = Digest([4; 32]);
+    let now_ms = crate::unix_now_ms();
+    let at = now_ms / 1000 + 10;
+    let mut c = claims("r", d, now_ms / 1000);
+    c.revalidate_after = Some(at);
+    let record = approval::verify(&sign(&c, &key).unwrap(), &approvers).unwrap();
+    let mut snap = Snapshot {
+        exhaustive: true,
+        ..Snapshot::default()
+    };
+    snap.by_digest.insert(
+        d,
+        Arc::new(RegistryEntry::new(
+            vec![Candidate {
+                record: Arc::new(record),
+                revoked: false,
+            }],
+            vec![],
+        )),
+    );
+    store.publish(snap);
+    let at_ms = at * 1000;
+    assert!(matches!(store.view(&d, at_ms - 1), Lookup::Entry(Some(_))));
+    assert!(matches!(
+        store.view(&d, at_ms + 999),
+        Lookup::Entry(Some(_))
+    ));
+    assert!(matches!(store.view(&d, at_ms + 1000), Lookup::Unavailable));
 }

@@ -21,6 +21,8 @@ pub const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
 pub const CALLER: &str = "spiffe://example.org/ns/app/sa/client";
 pub const MODEL: &str = "all-minilm-l6-v2";
 
+pub mod mlflow;
+
 // === Upstream ===
 
 /// What the upstream saw of one request.
@@ -218,13 +220,18 @@ pub struct Fixture {
     pub enforce: bool,
     pub log_allowed: bool,
     pub protocol: &'static str,
+    /// The model name (`[artefact] model` and the records' `sub`).
+    pub model: String,
+    /// The `[registry]` section's body; default: the fixture's directory.
+    pub registry: Option<String>,
 }
 
 impl Fixture {
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (approver, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let (approver, approver_pem) = SigningKey::generate(KeyKind::Es256).unwrap();
         let (issuer, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        std::fs::write(dir.path().join("approver.key"), approver_pem).unwrap();
         let f = Fixture {
             dir,
             approver,
@@ -233,6 +240,8 @@ impl Fixture {
             enforce: true,
             log_allowed: false,
             protocol: "http1",
+            model: MODEL.into(),
+            registry: None,
         };
         std::fs::create_dir_all(f.model_dir()).unwrap();
         std::fs::create_dir_all(f.registry_dir()).unwrap();
@@ -283,7 +292,7 @@ impl Fixture {
         let now = provgate::unix_now();
         ApprovalClaims {
             iss: "approver@example.org".into(),
-            sub: MODEL.into(),
+            sub: self.model.clone(),
             jti: "rec-1".into(),
             iat: now - 10,
             nbf: Some(now - 10),
@@ -351,13 +360,11 @@ enforce = {enforce}
 [workload]
 identity = "{WORKLOAD}"
 [artefact]
-model = "{MODEL}"
+model = "{model_name}"
 path = "{model}"
 poll_interval = "500ms"
 [registry]
-kind = "dir"
-path = "{registry}"
-rescan_interval = "500ms"
+{registry}
 [trust]
 approver_keys = "{approvers}"
 [[callers.issuers]]
@@ -377,7 +384,11 @@ grace_period = "0s"
             protocol = self.protocol,
             enforce = self.enforce,
             model = self.model_dir().display(),
-            registry = self.registry_dir().display(),
+            model_name = self.model,
+            registry = self.registry.clone().unwrap_or_else(|| format!(
+                "kind = \"dir\"\npath = \"{}\"\nrescan_interval = \"500ms\"",
+                self.registry_dir().display()
+            )),
             approvers = self.path("approvers.jwks.json").display(),
             issuer = self.path("issuer.jwks.json").display(),
             audit = self.audit_path().display(),

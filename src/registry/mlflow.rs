@@ -1,0 +1,259 @@
+//! The MLflow model registry as a record source.
+//!
+//! A model version carries its approval in three tags:
+//! - `provgate.artefact_digest`: the OMS digest the version was approved for;
+//! - `provgate.approval`: the signed record (compact JWS);
+//! - `provgate.revoked`: `true` once the approval is withdrawn.
+//!
+//! provgate finds the versions for a digest with `model-versions/search` and a tag filter
+//! (MLflow needs backticks around a dotted tag key). A deleted version is no longer found,
+//! and a version without the record tag carries no approval: either way the digest is no
+//! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow`.
+
+use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
+use crate::config::{RegistryAuth, RemoteRegistry};
+use crate::digest::Digest;
+
+pub const TAG_DIGEST: &str = "provgate.artefact_digest";
+pub const TAG_APPROVAL: &str = "provgate.approval";
+pub const TAG_REVOKED: &str = "provgate.revoked";
+
+/// Versions asked for per page, and pages followed per digest.
+const PAGE_SIZE: u32 = 200;
+const MAX_PAGES: usize = 10;
+
+/// An MLflow tracking server's model registry.
+pub struct Mlflow {
+    client: reqwest::Client,
+    base: String,
+    auth: RegistryAuth,
+}
+
+impl Mlflow {
+    pub fn new(client: reqwest::Client, config: &RemoteRegistry) -> Mlflow {
+        Mlflow {
+            client,
+            base: config.url.clone(),
+            auth: config.auth.clone(),
+        }
+    }
+
+    async fn search_page(
+        &self,
+        digest: &Digest,
+        page_token: Option<&str>,
+    ) -> Result<SearchPage, String> {
+        let url = format!("{}/api/2.0/mlflow/model-versions/search", self.base);
+        // The digest is parsed, so it is `sha256:` and hex: nothing to escape in the filter.
+        let filter = format!("tags.`{TAG_DIGEST}` = '{digest}'");
+        let page_size = PAGE_SIZE.to_string();
+        let mut query = vec![("filter", filter.as_str()), ("max_results", &page_size)];
+        if let Some(token) = page_token {
+            query.push(("page_token", token));
+        }
+        let request = authorize(self.client.get(&url).query(&query), &self.auth)?;
+        let resp = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let bytes = body(resp).await.map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url}: HTTP {status}: {}", snippet(&bytes)));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("{url}: unexpected answer: {e}"))
+    }
+}
+
+impl Source for Mlflow {
+    fn label(&self) -> &'static str {
+        "mlflow"
+    }
+
+    async fn fetch(&self, digest: &Digest, _etag: Option<&str>) -> Result<Fetched, String> {
+        let mut records = Vec::new();
+        let mut page_token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self.search_page(digest, page_token.as_deref()).await?;
+            records.extend(page.model_versions.iter().filter_map(record_of));
+            page_token = page.next_page_token.filter(|t| !t.is_empty());
+            if page_token.is_none() {
+                break;
+            }
+        }
+        if page_token.is_some() {
+            return Err(format!(
+                "more than {} model versions carry {digest}",
+                PAGE_SIZE as usize * MAX_PAGES
+            ));
+        }
+        // The search's order is the server's; make equal answers compare equal.
+        records.sort_by(|a, b| a.origin.cmp(&b.origin));
+        Ok(Fetched::Records {
+            records,
+            etag: None,
+        })
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SearchPage {
+    #[serde(default)]
+    model_versions: Vec<ModelVersion>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ModelVersion {
+    name: String,
+    version: String,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Tag {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+impl ModelVersion {
+    fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|t| t.key == key)
+            .map(|t| t.value.as_str())
+    }
+}
+
+/// The record a model version carries, if any.
+fn record_of(version: &ModelVersion) -> Option<FetchedRecord> {
+    let origin = format!("model version {}/{}", version.name, version.version);
+    let Some(jws) = version.tag(TAG_APPROVAL).map(str::trim) else {
+        tracing::debug!(%origin, "model version carries the digest tag but no approval record");
+        return None;
+    };
+    Some(FetchedRecord {
+        jws: jws.to_string(),
+        revoked: revoked(version.tag(TAG_REVOKED)),
+        origin,
+    })
+}
+
+/// `provgate.revoked`: absent or `false` is in force; `true` is revoked; anything else is
+/// read as revoked too (fail closed), with a warning.
+fn revoked(value: Option<&str>) -> bool {
+    match value.map(str::trim) {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) => {
+            tracing::warn!(value = %v, "{TAG_REVOKED} is neither true nor false; read as revoked");
+            true
+        }
+    }
+}
+
+/// The start of an error answer, for the log.
+fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+}
+
+/// Writes an approval record and its digest onto an existing model version, for
+/// `provgate approve --publish-mlflow`. The record is written first, so a reader that finds
+/// the digest tag finds the record with it.
+pub async fn publish(
+    client: &reqwest::Client,
+    base: &str,
+    auth: &RegistryAuth,
+    model: &str,
+    version: &str,
+    digest: &Digest,
+    jws: &str,
+) -> Result<(), String> {
+    let base = base.trim_end_matches('/');
+    let get = format!("{base}/api/2.0/mlflow/model-versions/get");
+    let resp = authorize(
+        client
+            .get(&get)
+            .query(&[("name", model), ("version", version)]),
+        auth,
+    )?
+    .send()
+    .await
+    .map_err(|e| format!("{get}: {e}"))?;
+    let status = resp.status();
+    let bytes = body(resp).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "model version {model}/{version}: HTTP {status}: {}",
+            snippet(&bytes)
+        ));
+    }
+    let set = format!("{base}/api/2.0/mlflow/model-versions/set-tag");
+    for (key, value) in [(TAG_APPROVAL, jws), (TAG_DIGEST, &digest.to_string())] {
+        let payload = serde_json::json!({
+            "name": model, "version": version, "key": key, "value": value,
+        });
+        let resp = authorize(client.post(&set).json(&payload), auth)?
+            .send()
+            .await
+            .map_err(|e| format!("{set}: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = body(resp).await.unwrap_or_default();
+            return Err(format!("setting {key}: HTTP {status}: {}", snippet(&bytes)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(tags: &[(&str, &str)]) -> ModelVersion {
+        ModelVersion {
+            name: "m".into(),
+            version: "3".into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| Tag {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_version_yields_its_record_and_revocation() {
+        let r = record_of(&version(&[(TAG_DIGEST, "d"), (TAG_APPROVAL, " a.b.c\n")])).unwrap();
+        assert_eq!(r.jws, "a.b.c");
+        assert!(!r.revoked);
+        assert_eq!(r.origin, "model version m/3");
+        let r = record_of(&version(&[(TAG_APPROVAL, "a.b.c"), (TAG_REVOKED, "TRUE")])).unwrap();
+        assert!(r.revoked);
+        assert!(record_of(&version(&[(TAG_DIGEST, "d")])).is_none());
+    }
+
+    #[test]
+    fn an_unreadable_revoked_tag_fails_closed() {
+        for (value, revoked_) in [("true", true), ("false", false), ("yes", true), ("", true)] {
+            assert_eq!(revoked(Some(value)), revoked_, "{value:?}");
+        }
+        assert!(!revoked(None));
+    }
+
+    #[test]
+    fn search_answers_parse_with_and_without_results() {
+        let empty: SearchPage = serde_json::from_str("{}").unwrap();
+        assert!(empty.model_versions.is_empty());
+        let page: SearchPage = serde_json::from_str(
+            r#"{"model_versions":[{"name":"m","version":"1","creation_timestamp":1,
+                "tags":[{"key":"provgate.approval","value":"x.y.z"}]}],"next_page_token":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(page.model_versions[0].tag(TAG_APPROVAL), Some("x.y.z"));
+        assert_eq!(page.next_page_token.as_deref(), Some("t"));
+    }
+}

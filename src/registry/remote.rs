@@ -1,0 +1,388 @@
+//! Remote registries (MLflow, HTTP): asked per served digest, on a background thread.
+//!
+//! A round asks the registry for the records of every digest being served. It runs when
+//! provgate starts serving a digest it has not asked about (within [`TICK`] of the artefact
+//! watcher publishing it), every `refresh_interval`, and at the moment a held record's
+//! `revalidate_after` passes. A registry-side change therefore reaches the request path
+//! within `refresh_interval` plus one fetch.
+//!
+//! Every record is verified once: a record whose text is unchanged since the last round
+//! keeps its verified form, and an HTTP `304 Not Modified` costs no parsing at all. A failed
+//! fetch keeps the last good records, whose age the store bounds by `max_stale`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot};
+use crate::approval::{self, ApprovalRecord};
+use crate::config::{RegistryAuth, RemoteRegistry};
+use crate::digest::Digest;
+use crate::keys::KeySet;
+use crate::telemetry::Metrics;
+
+/// How often the refresher looks for a newly served digest.
+pub const TICK: Duration = Duration::from_millis(50);
+/// The first retry after a failed round; doubled up to `refresh_interval`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Largest registry answer accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// One record as a registry returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    /// The compact JWS.
+    pub jws: String,
+    /// The registry marks it revoked.
+    pub revoked: bool,
+    /// Where it came from, for the log (e.g. `model version m/3`).
+    pub origin: String,
+}
+
+/// What one fetch returned.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Unchanged since the answer carrying this ETag (HTTP 304).
+    NotModified,
+    /// The records for the digest (none: the registry has no record for it).
+    Records {
+        records: Vec<FetchedRecord>,
+        etag: Option<String>,
+    },
+}
+
+/// A registry that can be asked for one digest's records.
+pub trait Source: Send + Sync + 'static {
+    /// The `backend` label.
+    fn label(&self) -> &'static str;
+
+    /// Asks for `digest`'s records; `etag` is the last answer's, when it had one.
+    fn fetch(
+        &self,
+        digest: &Digest,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Fetched, String>> + Send;
+}
+
+/// What the refresher remembers of one digest.
+struct Tracked {
+    etag: Option<String>,
+    /// The last answer, to tell a changed one from the same again.
+    fetched: Vec<FetchedRecord>,
+    /// Each record of that answer that verified, by its text.
+    verified: HashMap<String, Arc<ApprovalRecord>>,
+    entry: Arc<RegistryEntry>,
+}
+
+/// Keeps an [`ApprovalStore`] in step with a remote registry for the digests being served.
+pub struct Refresher<S: Source> {
+    pub source: S,
+    pub approvers: KeySet,
+    pub refresh_interval: Duration,
+    pub timeout: Duration,
+    pub store: Arc<ApprovalStore>,
+    /// The digests being served now (read every [`TICK`]).
+    pub served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S: Source> Refresher<S> {
+    /// Runs rounds until `stop` is set.
+    pub async fn run(self, stop: Arc<AtomicBool>) {
+        let fetch_metrics = FetchMetrics::new(&self.metrics, self.source.label());
+        let mut tracked: HashMap<Digest, Tracked> = HashMap::new();
+        let mut last_served: Vec<Digest> = Vec::new();
+        let mut next_round = Instant::now();
+        let mut last_round_ms = 0;
+        let mut retry = FIRST_RETRY;
+        while !stop.load(Ordering::Relaxed) {
+            let mut served = (self.served)();
+            served.sort();
+            served.dedup();
+            let now_ms = crate::unix_now_ms();
+            let due = Instant::now() >= next_round
+                || served != last_served
+                || revalidation_due(&tracked, last_round_ms, now_ms);
+            if due && !served.is_empty() {
+                let complete = self.round(&served, &mut tracked, &fetch_metrics).await;
+                last_round_ms = now_ms;
+                last_served = served;
+                next_round = Instant::now()
+                    + if complete {
+                        retry = FIRST_RETRY;
+                        self.refresh_interval
+                    } else {
+                        let wait = retry.min(self.refresh_interval);
+                        retry = (retry * 2).min(self.refresh_interval);
+                        wait
+                    };
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// Asks for every served digest's records and publishes what came back. True when every
+    /// fetch succeeded (the store's staleness clock restarts only then).
+    async fn round(
+        &self,
+        served: &[Digest],
+        tracked: &mut HashMap<Digest, Tracked>,
+        m: &FetchMetrics,
+    ) -> bool {
+        let before = tracked.len();
+        tracked.retain(|d, _| served.contains(d));
+        let mut changed = tracked.len() != before;
+        let mut complete = true;
+        for digest in served {
+            let started = Instant::now();
+            let etag = tracked.get(digest).and_then(|t| t.etag.as_deref());
+            let outcome = tokio::time::timeout(self.timeout, self.source.fetch(digest, etag))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+            m.duration.observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(Fetched::NotModified) if tracked.contains_key(digest) => {
+                    m.not_modified.inc();
+                }
+                Ok(Fetched::NotModified) => {
+                    m.error.inc();
+                    complete = false;
+                    tracing::warn!(backend = self.source.label(), %digest,
+                        "registry answered 304 to a request without an ETag");
+                }
+                Ok(Fetched::Records { records, etag }) => {
+                    if records.is_empty() {
+                        m.not_found.inc();
+                    } else {
+                        m.ok.inc();
+                    }
+                    let previous = tracked.remove(digest);
+                    let (entry, verified, same) = match previous {
+                        Some(p) if p.fetched == records => (p.entry, p.verified, true),
+                        previous => {
+                            let (entry, verified) = self.verify(
+                                digest,
+                                &records,
+                                previous.map(|p| p.verified).unwrap_or_default(),
+                            );
+                            (Arc::new(entry), verified, false)
+                        }
+                    };
+                    if !same {
+                        changed = true;
+                        tracing::info!(backend = self.source.label(), %digest,
+                            valid = entry.records.len(), invalid = entry.invalid.len(),
+                            revoked = entry.records.iter().filter(|c| c.revoked).count(),
+                            "registry records changed");
+                    }
+                    tracked.insert(
+                        *digest,
+                        Tracked {
+                            etag,
+                            fetched: records,
+                            verified,
+                            entry,
+                        },
+                    );
+                }
+                Err(e) => {
+                    m.error.inc();
+                    complete = false;
+                    tracing::warn!(backend = self.source.label(), %digest, error = %e,
+                        "registry fetch failed; keeping the last good records until max_stale");
+                }
+            }
+        }
+        if changed || (complete && !self.store.is_synced()) {
+            let snapshot = snapshot_of(tracked);
+            if complete {
+                self.store.publish(snapshot);
+            } else {
+                self.store.replace(snapshot);
+            }
+        } else if complete {
+            self.store.confirm();
+        }
+        complete
+    }
+
+    /// Verifies fetched records for `digest`, reusing the verified form of any record the
+    /// previous answer already held. Returns the entry and the verified records by text.
+    fn verify(
+        &self,
+        digest: &Digest,
+        fetched: &[FetchedRecord],
+        mut known: HashMap<String, Arc<ApprovalRecord>>,
+    ) -> (RegistryEntry, HashMap<String, Arc<ApprovalRecord>>) {
+        let mut verified = HashMap::new();
+        let mut records = Vec::new();
+        let mut invalid = Vec::new();
+        for f in fetched {
+            let record = match known.remove(&f.jws) {
+                Some(r) => Ok(r),
+                None => approval::verify(&f.jws, &self.approvers)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+            };
+            match record {
+                Ok(r) if r.claims.artefact.digest == *digest => {
+                    verified.insert(f.jws.clone(), r.clone());
+                    records.push(Candidate {
+                        record: r,
+                        revoked: f.revoked,
+                    });
+                }
+                Ok(r) => {
+                    // A record filed under the wrong digest approves neither.
+                    let why = format!(
+                        "{}: the record is for {}, not the digest it is filed under",
+                        f.origin, r.claims.artefact.digest
+                    );
+                    tracing::warn!(backend = self.source.label(), %digest, error = %why,
+                        "approval record rejected");
+                    invalid.push(why);
+                }
+                Err(e) => {
+                    tracing::warn!(backend = self.source.label(), %digest, origin = %f.origin,
+                        error = %e, "approval record rejected");
+                    invalid.push(format!("{}: {e}", f.origin));
+                }
+            }
+        }
+        (RegistryEntry::new(records, invalid), verified)
+    }
+}
+
+/// Whether a held record's `revalidate_after` has passed since the last round began.
+fn revalidation_due(tracked: &HashMap<Digest, Tracked>, last_round_ms: u64, now_ms: u64) -> bool {
+    tracked.values().any(|t| {
+        t.entry.revalidate_after.is_some_and(|at| {
+            let at_ms = at.saturating_mul(1000);
+            last_round_ms < at_ms && at_ms <= now_ms
+        })
+    })
+}
+
+fn snapshot_of(tracked: &HashMap<Digest, Tracked>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for (digest, t) in tracked {
+        snapshot.valid_records += t.entry.records.len();
+        snapshot.invalid_records += t.entry.invalid.len();
+        snapshot.revoked_ids += t.entry.records.iter().filter(|c| c.revoked).count();
+        snapshot.by_digest.insert(*digest, t.entry.clone());
+    }
+    snapshot
+}
+
+/// The HTTP client the remote backends share: rustls, no proxy, bounded connect time.
+pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .connect_timeout(config.timeout)
+        .timeout(config.timeout)
+        .user_agent(concat!("provgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &config.ca_pem {
+        for cert in
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Adds the configured credentials to a request. The files are read on every call, so a
+/// rotated secret needs no restart; their contents never reach a log line.
+pub fn authorize(
+    request: reqwest::RequestBuilder,
+    auth: &RegistryAuth,
+) -> Result<reqwest::RequestBuilder, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    Ok(match auth {
+        RegistryAuth::None => request,
+        RegistryAuth::BearerFile(path) => request.bearer_auth(read(path)?),
+        RegistryAuth::BasicFile(path) => {
+            let text = read(path)?;
+            let (user, password) = text
+                .split_once(':')
+                .ok_or_else(|| format!("{}: expected user:password", path.display()))?;
+            request.basic_auth(user, Some(password))
+        }
+    })
+}
+
+/// Reads a response body, refusing one larger than [`MAX_BODY`].
+pub async fn body(resp: reqwest::Response) -> Result<bytes::Bytes, String> {
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(format!("answer larger than {MAX_BODY} bytes"));
+    }
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() > MAX_BODY {
+        return Err(format!("answer larger than {MAX_BODY} bytes"));
+    }
+    Ok(body)
+}
+
+/// Starts the refresher for a remote registry on its own thread and runtime.
+pub fn spawn(
+    config: &RemoteRegistry,
+    approvers: KeySet,
+    refresh_interval: Duration,
+    store: Arc<ApprovalStore>,
+    served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = client(config).map_err(std::io::Error::other)?;
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("provgate-registry".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match config.kind {
+                    crate::config::RemoteKind::Mlflow => {
+                        Refresher {
+                            source: super::mlflow::Mlflow::new(client, &config),
+                            approvers,
+                            refresh_interval,
+                            timeout: config.timeout,
+                            store,
+                            served,
+                            metrics,
+                        }
+                        .run(stop)
+                        .await
+                    }
+                    crate::config::RemoteKind::Http => {
+                        Refresher {
+                            source: super::http::HttpRegistry::new(client, &config),
+                            approvers,
+                            refresh_interval,
+                            timeout: config.timeout,
+                            store,
+                            served,
+                            metrics,
+                        }
+                        .run(stop)
+                        .await
+                    }
+                }
+            })
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,544 @@
+//! Remote registries through the real binary: a real MLflow server (from the environment
+//! `scripts/setup.sh --mlflow` makes) and an HTTP registry the test runs. Each shows a
+//! published approval served, a registry-side revocation blocking within
+//! `refresh_interval` plus one fetch (measured and printed), a withdrawn record blocking,
+//! and an outage trusted until `max_stale`, then failing closed, then recovering.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::mlflow::{self, MlflowServer};
+use support::*;
+
+const REFRESH: Duration = Duration::from_secs(1);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One MLflow server for the tests that do not stop it (it takes tens of seconds to start).
+static SHARED_MLFLOW: tokio::sync::OnceCell<MlflowServer> = tokio::sync::OnceCell::const_new();
+
+async fn shared_mlflow() -> Option<&'static MlflowServer> {
+    let Some(python) = mlflow::python() else {
+        eprintln!("skipped: PROVGATE_MLFLOW is not set (scripts/test.sh sets it)");
+        return None;
+    };
+    Some(
+        SHARED_MLFLOW
+            .get_or_init(|| MlflowServer::start(python))
+            .await,
+    )
+}
+
+fn remote_registry(kind: &str, url: &str, max_stale: &str, extra: &str) -> String {
+    format!(
+        "kind = \"{kind}\"\nurl = \"{url}\"\nrefresh_interval = \"{}ms\"\ntimeout = \"{}ms\"\nmax_stale = \"{max_stale}\"\n{extra}",
+        REFRESH.as_millis(),
+        FETCH_TIMEOUT.as_millis()
+    )
+}
+
+/// `provgate approve` through the binary, publishing onto an MLflow model version.
+fn approve_into_mlflow(fx: &Fixture, url: &str, version: &str, version_id: &str) {
+    let out = run_cli(
+        &[
+            "approve",
+            "--key",
+            fx.path("approver.key").to_str().unwrap(),
+            "--iss",
+            "approver@example.org",
+            "--model",
+            &fx.model,
+            "--version-id",
+            version_id,
+            "--dir",
+            fx.model_dir().to_str().unwrap(),
+            "--workload",
+            WORKLOAD,
+            "--caller",
+            "spiffe://example.org/ns/app/sa/*",
+            "--publish-mlflow",
+            url,
+            "--version",
+            version,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "approve --publish-mlflow failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls until requests are blocked with `reason`, returning how long that took.
+async fn time_to_answer(pg: &Provgate, token: &str, status: u16, reason: Option<&str>) -> Duration {
+    pg.until_answer(token, status, reason, Duration::from_secs(15))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlflow_approval_is_served_then_revoked_then_deleted() {
+    let Some(ml) = shared_mlflow().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let mut fx = Fixture::new();
+    fx.model = "registry-lifecycle".into();
+    fx.registry = Some(remote_registry("mlflow", &ml.url, "1h", ""));
+    let version = ml.create_version(&fx.model).await;
+    approve_into_mlflow(&fx, &ml.url, &version, "mlflow-v1");
+    let tags = ml.tags(&fx.model, &version).await.to_string();
+    assert!(
+        tags.contains(&fx.digest().to_string()),
+        "digest tag: {tags}"
+    );
+    assert!(tags.contains("provgate.approval"), "record tag: {tags}");
+
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let r = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(r.status(), 200, "{}", pg.logs());
+    assert_eq!(r.headers()["x-provgate-version-id"], "mlflow-v1");
+
+    // Revoked in the registry: blocked within refresh_interval plus one fetch.
+    let revoked_at = Instant::now();
+    ml.set_tag(&fx.model, &version, "provgate.revoked", "true")
+        .await;
+    time_to_answer(&pg, &token, 403, Some("approval_revoked")).await;
+    let took = revoked_at.elapsed();
+    println!(
+        "mlflow: revocation to first blocked request: {} ms (refresh_interval {} ms)",
+        took.as_millis(),
+        REFRESH.as_millis()
+    );
+    assert!(
+        took <= REFRESH + FETCH_TIMEOUT,
+        "revocation took {took:?}, more than refresh_interval plus one fetch"
+    );
+
+    // Un-revoked, then the version deleted: the digest is no longer approved.
+    ml.delete_tag(&fx.model, &version, "provgate.revoked").await;
+    time_to_answer(&pg, &token, 200, None).await;
+    ml.delete_version(&fx.model, &version).await;
+    time_to_answer(&pg, &token, 403, Some("artefact_unmanaged")).await;
+
+    // A version carrying the digest but no record approves nothing either.
+    let bare = ml.create_version(&fx.model).await;
+    ml.set_tag(
+        &fx.model,
+        &bare,
+        "provgate.artefact_digest",
+        &fx.digest().to_string(),
+    )
+    .await;
+    tokio::time::sleep(REFRESH * 2).await;
+    time_to_answer(&pg, &token, 403, Some("artefact_unmanaged")).await;
+
+    let m = pg.metrics().await;
+    assert!(
+        m.contains("provgate_registry_fetches_total{backend=\"mlflow\",result=\"ok\"}"),
+        "{m}"
+    );
+    assert!(m.contains("provgate_registry_fetch_duration_seconds_count{backend=\"mlflow\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlflow_outage_is_trusted_until_max_stale_then_fails_closed_and_recovers() {
+    let Some(python) = mlflow::python() else {
+        eprintln!("skipped: PROVGATE_MLFLOW is not set (scripts/test.sh sets it)");
+        return;
+    };
+    // Its own server: this test stops it.
+    let ml = MlflowServer::start(python).await;
+    let upstream = Upstream::start().await;
+    let mut fx = Fixture::new();
+    fx.model = "registry-outage".into();
+    let max_stale = Duration::from_secs(4);
+    fx.registry = Some(remote_registry(
+        "mlflow",
+        &ml.url,
+        &format!("{}s", max_stale.as_secs()),
+        "",
+    ));
+    let version = ml.create_version(&fx.model).await;
+    approve_into_mlflow(&fx, &ml.url, &version, "outage-v1");
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+
+    let stopped = Instant::now();
+    ml.stop().await;
+    // The last good record keeps serving...
+    while stopped.elapsed() < max_stale - REFRESH * 2 {
+        let r = pg.get("/v1/models", Some(&token)).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "blocked {:?} into the outage, before max_stale",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...until max_stale, then fails closed.
+    time_to_answer(&pg, &token, 503, Some("trust_data_unavailable")).await;
+    let blocked_after = stopped.elapsed();
+    println!(
+        "mlflow outage: served for {} ms, then trust_data_unavailable (max_stale {} s)",
+        blocked_after.as_millis(),
+        max_stale.as_secs()
+    );
+    assert!(
+        blocked_after <= max_stale + REFRESH * 2,
+        "{blocked_after:?}"
+    );
+    let m = pg.metrics().await;
+    assert!(
+        m.lines().any(|l| l
+            .starts_with("provgate_registry_fetches_total{backend=\"mlflow\",result=\"error\"}")
+            && !l.ends_with(" 0")),
+        "failed fetches are counted: {m}"
+    );
+
+    // Back up: provgate recovers by itself.
+    ml.restart().await;
+    time_to_answer(&pg, &token, 200, None).await;
+}
+
+// === An HTTP registry ===
+
+#[derive(Clone)]
+struct Answer {
+    status: u16,
+    body: String,
+    etag: Option<String>,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    answer: Option<Answer>,
+    /// The bearer token the registry requires.
+    token: String,
+    /// (digest asked, If-None-Match sent, answered 304).
+    asked: Vec<(String, Option<String>, bool)>,
+}
+
+/// A registry implementing the documented HTTP contract.
+struct HttpRegistry {
+    addr: SocketAddr,
+    state: Arc<Mutex<RegistryState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpRegistry {
+    async fn start(token: &str) -> HttpRegistry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(RegistryState {
+            token: token.to_string(),
+            ..RegistryState::default()
+        }));
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(serve_registry(req, &s)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HttpRegistry { addr, state, task }
+    }
+
+    fn answer(&self, status: u16, body: &str, etag: Option<&str>) {
+        self.state.lock().unwrap().answer = Some(Answer {
+            status,
+            body: body.to_string(),
+            etag: etag.map(str::to_string),
+        });
+    }
+
+    fn asked(&self) -> Vec<(String, Option<String>, bool)> {
+        self.state.lock().unwrap().asked.clone()
+    }
+}
+
+impl Drop for HttpRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn serve_registry(
+    req: hyper::Request<hyper::body::Incoming>,
+    state: &Mutex<RegistryState>,
+) -> hyper::Response<Full<Bytes>> {
+    let mut state = state.lock().unwrap();
+    let reply = |status: u16, body: String, etag: Option<&str>| {
+        let mut b = hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/jose");
+        if let Some(e) = etag {
+            b = b.header("etag", e);
+        }
+        b.body(Full::new(Bytes::from(body))).unwrap()
+    };
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(format!("Bearer {}", state.token).as_str());
+    if !authorized {
+        return reply(401, String::new(), None);
+    }
+    let digest = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("digest="))
+        .map(|d| d.replace("%3A", ":"));
+    if req.uri().path() != "/approvals" || digest.is_none() {
+        return reply(400, String::new(), None);
+    }
+    let inm = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(answer) = state.answer.clone() else {
+        return reply(404, String::new(), None);
+    };
+    let not_modified = answer.etag.is_some() && inm == answer.etag;
+    state
+        .asked
+        .push((digest.unwrap_or_default(), inm, not_modified));
+    if not_modified {
+        return reply(304, String::new(), answer.etag.as_deref());
+    }
+    reply(answer.status, answer.body, answer.etag.as_deref())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_registry_serves_with_etags_and_auth_then_revokes_and_withdraws() {
+    let upstream = Upstream::start().await;
+    let registry = HttpRegistry::start("s3cret").await;
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path("registry.token"), "s3cret\n").unwrap();
+    fx.registry = Some(remote_registry(
+        "http",
+        &format!("http://{}/", registry.addr),
+        "1h",
+        &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+    ));
+    let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    registry.answer(200, &format!("{record}\n"), Some("\"r1\""));
+
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let r = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(r.status(), 200, "{}", pg.logs());
+    assert_eq!(r.headers()["x-provgate-version-id"], "v42");
+
+    // Unchanged records cost a 304 each refresh.
+    tokio::time::sleep(REFRESH * 3).await;
+    let asked = registry.asked();
+    assert!(asked.len() >= 3, "{asked:?}");
+    assert!(asked.iter().all(|(d, _, _)| *d == fx.digest().to_string()));
+    assert_eq!(asked[0].1, None, "the first ask has no ETag");
+    assert!(asked[1..]
+        .iter()
+        .all(|(_, inm, nm)| inm.as_deref() == Some("\"r1\"") && *nm));
+    assert!(
+        pg.metric("provgate_registry_fetches_total{backend=\"http\",result=\"not_modified\"}")
+            .await
+            >= 2.0
+    );
+
+    // A rotated credential is read from its file on the next fetch.
+    std::fs::write(fx.path("registry.token"), "rotated").unwrap();
+    registry.state.lock().unwrap().token = "rotated".into();
+
+    // 410 Gone with the record: revoked, within refresh_interval plus one fetch.
+    let revoked_at = Instant::now();
+    registry.answer(410, &record, Some("\"r2\""));
+    time_to_answer(&pg, &token, 403, Some("approval_revoked")).await;
+    let took = revoked_at.elapsed();
+    println!(
+        "http: revocation to first blocked request: {} ms (refresh_interval {} ms)",
+        took.as_millis(),
+        REFRESH.as_millis()
+    );
+    assert!(took <= REFRESH + FETCH_TIMEOUT, "{took:?}");
+
+    // Withdrawn (404): unmanaged.
+    registry.answer(404, "", None);
+    time_to_answer(&pg, &token, 403, Some("artefact_unmanaged")).await;
+
+    // A record signed by someone else, served by the registry: invalid.
+    let (rogue, _) = provgate::keys::SigningKey::generate(provgate::keys::KeyKind::Es256).unwrap();
+    let forged = provgate::approval::sign(&fx.claims(), &rogue).unwrap();
+    registry.answer(200, &forged, None);
+    time_to_answer(&pg, &token, 403, Some("approval_invalid")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_registry_errors_are_trusted_until_max_stale_and_revalidate_after() {
+    let upstream = Upstream::start().await;
+    let registry = HttpRegistry::start("t").await;
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path("registry.token"), "t").unwrap();
+    let max_stale = Duration::from_secs(4);
+    fx.registry = Some(remote_registry(
+        "http",
+        &format!("http://{}", registry.addr),
+        &format!("{}s", max_stale.as_secs()),
+        &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+    ));
+    let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    // Down at start: not ready, and requests fail closed rather than guess.
+    registry.answer(500, "", None);
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    let token = fx.token(CALLER);
+    time_to_answer(&pg, &token, 503, Some("trust_data_unavailable")).await;
+    let readyz = pg
+        .client
+        .get(format!("http://{}/readyz", pg.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert_eq!(
+        readyz.json::<serde_json::Value>().await.unwrap()["registry_synced"],
+        false
+    );
+    registry.answer(200, &record, None);
+    pg.wait_ready().await;
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+
+    // The registry fails: the last good record serves until max_stale, then 503.
+    registry.answer(500, "", None);
+    let failing = Instant::now();
+    while failing.elapsed() < max_stale - REFRESH * 2 {
+        assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    time_to_answer(&pg, &token, 503, Some("trust_data_unavailable")).await;
+    assert!(failing.elapsed() <= max_stale + REFRESH * 2);
+    registry.answer(200, &record, None);
+    time_to_answer(&pg, &token, 200, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_registry_record_past_revalidate_after_needs_a_fresh_read() {
+    let upstream = Upstream::start().await;
+    let registry = HttpRegistry::start("t").await;
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path("registry.token"), "t").unwrap();
+    // max_stale is long: only revalidate_after can block here.
+    fx.registry = Some(remote_registry(
+        "http",
+        &format!("http://{}", registry.addr),
+        "1h",
+        &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+    ));
+    let mut claims = fx.claims();
+    let revalidate_at = provgate::unix_now() + 4;
+    claims.revalidate_after = Some(revalidate_at);
+    let record = provgate::approval::sign(&claims, &fx.approver).unwrap();
+    registry.answer(200, &record, None);
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+
+    // The registry fails before that time: the record serves until revalidate_after (plus
+    // the fetch timeout the read started then may take), then it is not trusted.
+    registry.answer(500, "", None);
+    time_to_answer(&pg, &token, 503, Some("trust_data_unavailable")).await;
+    let blocked_at_ms = provgate::unix_now_ms();
+    assert!(
+        blocked_at_ms >= revalidate_at * 1000,
+        "blocked {} ms before revalidate_after",
+        revalidate_at * 1000 - blocked_at_ms
+    );
+    println!(
+        "revalidate_after: blocked {} ms after it passed (grace = fetch timeout {} ms)",
+        blocked_at_ms - revalidate_at * 1000,
+        FETCH_TIMEOUT.as_millis()
+    );
+    // A successful read after that time restores trust.
+    registry.answer(200, &record, None);
+    time_to_answer(&pg, &token, 200, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_registry_is_asked_for_every_guarded_models_digest() {
+    let upstream = Upstream::start().await;
+    upstream.serve(&[("model-a", ""), ("model-b", "")]);
+    let registry = HttpRegistry::start("t").await;
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path("registry.token"), "t").unwrap();
+    fx.registry = Some(remote_registry(
+        "http",
+        &format!("http://{}/", registry.addr),
+        "1h",
+        &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+    ));
+    // Two models, two directories, one record each; the registry answers both records
+    // for any digest and provgate keeps the one that is about the digest it asked for.
+    let mut records = String::new();
+    let mut sections = String::new();
+    for name in ["model-a", "model-b"] {
+        let dir = fx.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), name).unwrap();
+        let mut c = fx.claims();
+        c.sub = name.into();
+        c.jti = format!("rec-{name}");
+        c.version_id = format!("{name}-v1");
+        c.artefact.digest = provgate::artefact::compute_manifest(&dir, 1).unwrap().root;
+        records += &format!("{}\n", provgate::approval::sign(&c, &fx.approver).unwrap());
+        sections += &format!(
+            "[[artefacts]]\nmodel = \"{name}\"\npath = \"{}\"\n",
+            dir.display()
+        );
+    }
+    registry.answer(200, &records, None);
+    let (listen, admin) = (free_port(), free_port());
+    let one = fx.config(listen, admin, upstream.addr);
+    let start = one.find("[artefact]").unwrap();
+    let end = start + one[start..].find("[registry]").unwrap();
+    let config = format!("{}{sections}\n{}", &one[..start], &one[end..]);
+    let pg = Provgate::spawn(fx.dir.path(), "multi", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    for name in ["model-a", "model-b"] {
+        let r = pg
+            .get(&format!("/v2/models/{name}/infer"), Some(&token))
+            .await;
+        assert_eq!(r.status(), 200, "{name}: {}", pg.logs());
+        assert_eq!(
+            r.headers()["x-provgate-version-id"],
+            format!("{name}-v1").as_str()
+        );
+    }
+    let asked: std::collections::HashSet<String> =
+        registry.asked().into_iter().map(|(d, _, _)| d).collect();
+    assert_eq!(
+        asked.len(),
+        2,
+        "each model's digest is asked for: {asked:?}"
+    );
+}

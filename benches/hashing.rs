@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
     });
     let file = dir.path().join("a.safetensors");
     g.bench_function("hash_file/1_thread", |b| {
-        b.iter(|| provgate::artefact::hash_file(black_box(&file)).unwrap())
+        b.iter(|| provgate::artefact::compute_manifest(black_box(&file), 1).unwrap())
     });
     g.throughput(Throughput::Bytes(2 * FILE_BYTES as u64));
     for threads in [1, 2] {

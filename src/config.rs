@@ -179,7 +179,17 @@ pub struct ArtefactFile {
     /// How often to compare the directory's file sizes and times, besides inotify events.
     #[serde(default = "default_poll")]
     pub poll_interval: String,
-    /// Threads used to hash files; 0 = one per core.
+    /// The OMS serialization of the served digest: "files" (one SHA-256 per file, the
+    /// default) or "shards" (one per `shard_size` bytes of each file, so that one large file
+    /// is hashed on every thread). Approval records must name the digest computed the same
+    /// way (`provgate digest --serialization shards --shard-size N`).
+    #[serde(default = "default_serialization")]
+    pub serialization: String,
+    /// Shard size in bytes for `serialization = "shards"`; default 1000000000, as the
+    /// reference `model_signing` tool.
+    #[serde(default)]
+    pub shard_size: Option<u64>,
+    /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
     /// Pinned signers of the directory's OMS signature (`model.sig`); an approval record
@@ -379,6 +389,9 @@ fn yes() -> bool {
 fn default_poll() -> String {
     "1s".into()
 }
+fn default_serialization() -> String {
+    "files".into()
+}
 fn default_rescan() -> String {
     "5s".into()
 }
@@ -495,6 +508,7 @@ pub struct Config {
     pub model: String,
     pub artefact_path: PathBuf,
     pub poll_interval: Duration,
+    pub serialization: crate::artefact::Serialization,
     pub hash_threads: usize,
     pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
     pub registry_path: PathBuf,
@@ -666,6 +680,30 @@ impl FileConfig {
             };
         nonempty(&mut errors, "artefact.model", &self.artefact.model);
         nonempty(&mut errors, "artefact.path", &self.artefact.path);
+        let serialization = match (
+            self.artefact.serialization.as_str(),
+            self.artefact.shard_size,
+        ) {
+            ("files", None) => crate::artefact::Serialization::Files,
+            ("files", Some(_)) => {
+                errors
+                    .push("artefact.shard_size: only used with serialization = \"shards\"".into());
+                crate::artefact::Serialization::Files
+            }
+            ("shards", size) => {
+                let shard_size = size.unwrap_or(crate::artefact::DEFAULT_SHARD_SIZE);
+                if shard_size == 0 {
+                    errors.push("artefact.shard_size: must be more than zero".into());
+                }
+                crate::artefact::Serialization::Shards { shard_size }
+            }
+            (other, _) => {
+                errors.push(format!(
+                    "artefact.serialization: {other:?} is not one of \"files\", \"shards\""
+                ));
+                crate::artefact::Serialization::Files
+            }
+        };
 
         let mut signers = Vec::new();
         for (i, s) in self.artefact.signers.iter().enumerate() {
@@ -850,6 +888,7 @@ impl FileConfig {
             model: self.artefact.model,
             artefact_path: PathBuf::from(self.artefact.path),
             poll_interval,
+            serialization,
             hash_threads: if self.artefact.hash_threads == 0 {
                 cores
             } else {

@@ -94,6 +94,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         model: config.model.clone(),
         path: config.artefact_path.clone(),
         poll_interval: config.poll_interval,
+        serialization: config.serialization,
         threads: config.hash_threads,
         handle: artefact.clone(),
         metrics: metrics.clone(),

@@ -209,3 +209,41 @@ fn token_profiles_are_validated() {
         assert!(err.0.iter().any(|e| e.contains(needle)), "{lines}: {err}");
     }
 }
+
+#[test]
+fn the_served_serialization_defaults_to_files_and_shards_take_a_size() {
+    use crate::artefact::Serialization;
+    let dir = tempfile::tempdir().unwrap();
+    let with = |lines: &str| {
+        FileConfig::parse(&good(dir.path()).replace(
+            "path = \"/models/m\"\n",
+            &format!("path = \"/models/m\"\n{lines}\n"),
+        ))
+        .unwrap()
+        .validate()
+    };
+    assert_eq!(with("").unwrap().serialization, Serialization::Files);
+    assert_eq!(
+        with("serialization = \"shards\"").unwrap().serialization,
+        Serialization::Shards {
+            shard_size: 1_000_000_000
+        }
+    );
+    assert_eq!(
+        with("serialization = \"shards\"\nshard_size = 4096")
+            .unwrap()
+            .serialization,
+        Serialization::Shards { shard_size: 4096 }
+    );
+    for (lines, error) in [
+        ("serialization = \"blocks\"", "artefact.serialization"),
+        ("shard_size = 4096", "artefact.shard_size"),
+        (
+            "serialization = \"shards\"\nshard_size = 0",
+            "artefact.shard_size",
+        ),
+    ] {
+        let e = with(lines).unwrap_err().to_string();
+        assert!(e.contains(error), "{lines}: {e}");
+    }
+}

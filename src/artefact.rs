@@ -1,194 +1,42 @@
 //! The served artefact: the OpenSSF Model Signing (OMS) root digest of the mounted model
 //! directory, computed in the background and published as an atomically swapped state.
 //!
-//! Digest ("files" serialization, SHA-256), as the `model_signing` package computes it: every
-//! regular file below the root is hashed; resources are named by their POSIX path relative to
-//! the root and ordered component by component (Python's `PurePosixPath` order, which is also
-//! `std::path::Path`'s); the root digest is SHA-256 over the concatenated raw file digests in
-//! that order. Top-level `.git`, `.gitignore`, `.github`, `.gitattributes` and the signature
-//! file `model.sig` are ignored. A symbolic link or special file below the root is an error.
+//! Digest (SHA-256, the configured OMS serialization: `files` by default, or `shards`), as the
+//! `model_signing` package computes it; [`manifest`] owns the rules and the hashing. Top-level
+//! `.git`, `.gitignore`, `.github`, `.gitattributes` and the signature file `model.sig` are
+//! ignored. A symbolic link or special file below the root is an error.
 //!
-//! The watcher marks the artefact unverified the moment a change is seen (fail closed) and
-//! publishes the new digest when hashing finishes. The request path only loads the state.
+//! The watcher marks the artefact unverified the moment a change is seen (fail closed),
+//! re-hashes only the files whose identity (size, mtime, ctime, inode) changed, and publishes
+//! the new digest when hashing finishes. The request path only loads the state.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::telemetry::Metrics;
 
-/// Paths directly under the root that the OMS tooling leaves out of a manifest by default.
-pub const IGNORED_TOP_LEVEL: [&str; 5] = [
-    ".git",
-    ".gitignore",
-    ".github",
-    ".gitattributes",
-    "model.sig",
-];
+pub mod manifest;
 
-/// A hashed model directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
-    pub root: Digest,
-    /// (POSIX relative path, SHA-256) in manifest order.
-    pub resources: Vec<(String, [u8; 32])>,
-    pub total_bytes: u64,
-}
+pub use manifest::{
+    compute_manifest, hash_dir, list_files, FileIdentity, HashError, HashOptions, HashStats,
+    Manifest, Serialization, DEFAULT_SHARD_SIZE, IGNORED_TOP_LEVEL,
+};
 
-/// Why a directory could not be hashed.
-#[derive(Debug, thiserror::Error)]
-pub enum HashError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0} is a symbolic link; links are not allowed inside a model directory")]
-    Symlink(String),
-    #[error("{0} is neither a regular file nor a directory")]
-    Special(String),
-    #[error("{0}: path is not valid UTF-8")]
-    NotUtf8(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HashError + '_ {
-    move |source| HashError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Lists the files a manifest covers, in manifest order, as (relative path, absolute path).
-pub fn list_files(root: &Path) -> Result<Vec<(PathBuf, PathBuf)>, HashError> {
-    let root = root.canonicalize().map_err(io_err(root))?;
-    let meta = std::fs::metadata(&root).map_err(io_err(&root))?;
-    if meta.is_file() {
-        // A single-file model: OMS names its one resource after the file itself.
-        let name = root.file_name().map(PathBuf::from).unwrap_or_default();
-        return Ok(vec![(name, root)]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let path = entry.path();
-            let rel = path.strip_prefix(&root).unwrap_or(&path).to_path_buf();
-            if dir == root
-                && IGNORED_TOP_LEVEL
-                    .iter()
-                    .any(|i| rel.as_os_str() == std::ffi::OsStr::new(i))
-            {
-                continue;
-            }
-            let ft = entry.file_type().map_err(io_err(&path))?;
-            if ft.is_symlink() {
-                return Err(HashError::Symlink(path.display().to_string()));
-            } else if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                if rel.to_str().is_none() {
-                    return Err(HashError::NotUtf8(path.display().to_string()));
-                }
-                out.push((rel, path));
-            } else {
-                return Err(HashError::Special(path.display().to_string()));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// SHA-256 of one file, streamed.
-pub fn hash_file(path: &Path) -> Result<([u8; 32], u64), HashError> {
-    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hasher.finalize().into(), total))
-}
-
-/// Computes the OMS manifest of a model directory, hashing files on up to `threads` threads.
-pub fn compute_manifest(root: &Path, threads: usize) -> Result<Manifest, HashError> {
-    let files = list_files(root)?;
-    let next = AtomicUsize::new(0);
-    let threads = threads.clamp(1, files.len().max(1));
-    type Hashed = Vec<(usize, [u8; 32], u64)>;
-    let results: Vec<Result<Hashed, HashError>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((_, abs)) = files.get(i) else { break };
-                        let (d, n) = hash_file(abs)?;
-                        mine.push((i, d, n));
-                    }
-                    Ok(mine)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join().unwrap_or_else(|_| {
-                    Err(HashError::Special("hashing thread panicked".to_string()))
-                })
-            })
-            .collect()
-    });
-    let mut digests = vec![[0u8; 32]; files.len()];
-    let mut total_bytes = 0;
-    for part in results {
-        for (i, d, n) in part? {
-            digests[i] = d;
-            total_bytes += n;
-        }
-    }
-    let mut root_hasher = Sha256::new();
-    let mut resources = Vec::with_capacity(files.len());
-    for ((rel, _), d) in files.iter().zip(digests) {
-        root_hasher.update(d);
-        // list_files checked that every name is UTF-8; POSIX separators by construction.
-        let name = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/");
-        resources.push((name, d));
-    }
-    Ok(Manifest {
-        root: Digest(root_hasher.finalize().into()),
-        resources,
-        total_bytes,
-    })
-}
-
-/// A cheap summary of a directory tree (paths, sizes, mtimes, inodes) for change detection.
-pub fn dir_fingerprint(root: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u64)> {
-    use std::os::unix::fs::MetadataExt;
+/// A cheap summary of a directory tree (each path with its size, mtime, ctime, inode) for
+/// change detection. The ctime is there because it cannot be set from user space: an edit in
+/// place that keeps the size and puts the mtime back (`touch -d`) still changes it.
+pub fn dir_fingerprint(root: &Path) -> Vec<(PathBuf, FileIdentity)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     if let Ok(m) = std::fs::metadata(root) {
-        out.push((root.to_path_buf(), m.len(), m.modified().ok(), m.ino()));
+        out.push((root.to_path_buf(), FileIdentity::of(&m)));
     }
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -200,7 +48,7 @@ pub fn dir_fingerprint(root: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u6
                 if m.is_dir() {
                     stack.push(path.clone());
                 }
-                out.push((path, m.len(), m.modified().ok(), m.ino()));
+                out.push((path, FileIdentity::of(&m)));
             }
         }
     }
@@ -302,6 +150,8 @@ pub struct ArtefactWatcher {
     pub model: String,
     pub path: PathBuf,
     pub poll_interval: Duration,
+    /// The OMS serialization of the served digest.
+    pub serialization: Serialization,
     pub threads: usize,
     pub handle: Arc<ArtefactHandle>,
     pub metrics: Arc<Metrics>,
@@ -315,6 +165,8 @@ impl ArtefactWatcher {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = None;
         let mut last = None;
+        // The last manifest computed: its digests stand for files whose identity is unchanged.
+        let mut previous = None;
         while !stop.load(Ordering::Relaxed) {
             if watcher.is_none() {
                 // The directory may not exist yet, or may have been replaced: (re)attach.
@@ -322,7 +174,7 @@ impl ArtefactWatcher {
             }
             let fingerprint = dir_fingerprint(&self.path);
             if last.as_ref() != Some(&fingerprint) {
-                self.rehash(&fingerprint);
+                self.rehash(&fingerprint, &mut previous);
                 last = Some(fingerprint);
             }
             match rx.recv_timeout(self.poll_interval) {
@@ -341,14 +193,21 @@ impl ArtefactWatcher {
         }
     }
 
-    fn rehash(&self, before: &[(PathBuf, u64, Option<SystemTime>, u64)]) {
+    fn rehash(&self, before: &[(PathBuf, FileIdentity)], previous: &mut Option<Manifest>) {
         let started = Instant::now();
         if self.handle.load().digest().is_some() {
             self.publish(ArtefactState::Hashing);
         }
-        let result = compute_manifest(&self.path, self.threads);
-        // A file that changed while it was being read makes the digest meaningless.
-        if dir_fingerprint(&self.path) != before {
+        let opts = HashOptions::new(self.serialization, self.threads);
+        let result = hash_dir(&self.path, &opts, previous.as_ref());
+        // A file that changed while it was being read makes the digest meaningless. The
+        // manifest is still kept for reuse: each file's identity was taken before it was
+        // read, so a file changed since then no longer matches it and is hashed again.
+        let changed = dir_fingerprint(&self.path) != before;
+        if let Ok(m) = &result {
+            *previous = Some(m.clone());
+        }
+        if changed || matches!(result, Err(HashError::Changed(_))) {
             tracing::info!(path = %self.path.display(), "model directory changed while hashing; hashing again");
             return;
         }
@@ -358,7 +217,14 @@ impl ArtefactWatcher {
             .observe(elapsed.as_secs_f64());
         let state = match result {
             Ok(m) => {
-                let signature = crate::attestation::verify_dir(&self.path, &self.signers);
+                // The signature is checked against this manifest when it uses the same
+                // serialization, so the files are not read a second time.
+                let signature = crate::attestation::verify_dir_with(
+                    &self.path,
+                    &self.signers,
+                    Some(&m),
+                    self.threads,
+                );
                 match &signature {
                     crate::attestation::SignatureState::Invalid { reason } => {
                         tracing::warn!(model = %self.model, reason = %reason, "model.sig does not verify")
@@ -366,22 +232,27 @@ impl ArtefactWatcher {
                     s => tracing::info!(model = %self.model, signature = s.label(),
                         signer = s.signer().unwrap_or("-"), "artefact signature checked"),
                 }
-                tracing::info!(model = %self.model, digest = %m.root, files = m.resources.len(),
-                    bytes = m.total_bytes, elapsed_ms = elapsed.as_millis() as u64, "artefact hashed");
+                tracing::info!(model = %self.model, digest = %m.root,
+                    serialization = %m.serialization, files = m.files.len(),
+                    bytes = m.total_bytes, hashed_files = m.stats.hashed_files,
+                    reused_files = m.stats.reused_files, hashed_bytes = m.stats.hashed_bytes,
+                    elapsed_ms = elapsed.as_millis() as u64, "artefact hashed");
                 ArtefactState::Ready {
                     digest: m.root,
-                    files: m.resources.len(),
+                    files: m.files.len(),
                     bytes: m.total_bytes,
                     signature,
                 }
             }
             Err(e) => {
+                *previous = None;
                 tracing::error!(model = %self.model, error = %e, "artefact cannot be hashed; requests are blocked");
                 ArtefactState::Failed {
                     error: e.to_string(),
                 }
             }
         };
+        // One atomic swap: readers see the old state (Hashing) or the new one, never a mix.
         self.publish(state);
         self.handle.attempted.store(true, Ordering::Release);
     }

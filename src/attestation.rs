@@ -9,7 +9,6 @@
 //! it names is what an approval record's `artefact.signer` is checked against.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{
@@ -20,7 +19,7 @@ use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::FromDer;
 
-use crate::artefact::list_files;
+use crate::artefact::{hash_dir, HashOptions, Manifest, Serialization};
 
 /// The signature file's name inside the model directory.
 pub const SIGNATURE_FILE: &str = "model.sig";
@@ -99,15 +98,29 @@ impl SignatureState {
     }
 }
 
-/// Verifies `DIR/model.sig` against the pinned signers and the directory's contents.
+/// Verifies `DIR/model.sig` against the pinned signers and the directory's contents,
+/// hashing the directory on one thread per core.
 pub fn verify_dir(dir: &Path, signers: &[Signer]) -> SignatureState {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    verify_dir_with(dir, signers, None, threads)
+}
+
+/// Verifies `DIR/model.sig`, checking its resources against `served` (the manifest of `dir`
+/// just computed) when the signature's serialization is the same, else hashing `dir` with
+/// the signature's serialization on `threads` threads.
+pub fn verify_dir_with(
+    dir: &Path,
+    signers: &[Signer],
+    served: Option<&Manifest>,
+    threads: usize,
+) -> SignatureState {
     let path = dir.join(SIGNATURE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return SignatureState::Absent,
         Err(e) => return invalid(format!("{}: {e}", path.display())),
     };
-    match verify_bundle(dir, &bytes, signers) {
+    match verify_bundle(dir, &bytes, signers, served, threads) {
         Ok(signer) => SignatureState::Valid { signer },
         Err(reason) => invalid(reason),
     }
@@ -117,7 +130,13 @@ fn invalid(reason: String) -> SignatureState {
     SignatureState::Invalid { reason }
 }
 
-fn verify_bundle(dir: &Path, bundle: &[u8], signers: &[Signer]) -> Result<String, String> {
+fn verify_bundle(
+    dir: &Path,
+    bundle: &[u8],
+    signers: &[Signer],
+    served: Option<&Manifest>,
+    threads: usize,
+) -> Result<String, String> {
     let bundle: serde_json::Value =
         serde_json::from_slice(bundle).map_err(|e| format!("model.sig is not JSON: {e}"))?;
     let envelope = bundle
@@ -209,19 +228,29 @@ fn verify_bundle(dir: &Path, bundle: &[u8], signers: &[Signer]) -> Result<String
         })
         .unwrap_or_default();
     let method = serialization.get("method").and_then(|m| m.as_str());
-    let on_disk = match method {
-        Some("files") => file_resources(dir, &ignore)?,
+    let serialization = match method {
+        Some("files") => Serialization::Files,
         Some("shards") => {
             // model_signing 1.1.1 writes shard_size as a float: read it leniently.
-            let size = serialization
+            let shard_size = serialization
                 .get("shard_size")
                 .and_then(|s| s.as_u64().or_else(|| s.as_f64().map(|f| f as u64)))
                 .filter(|s| *s > 0)
                 .ok_or("shards serialization without a positive shard_size")?;
-            shard_resources(dir, &ignore, size)?
+            Serialization::Shards { shard_size }
         }
         other => return Err(format!("serialization method {other:?} is not supported")),
     };
+    let hashed;
+    let manifest = match served {
+        Some(m) if m.serialization == serialization => m,
+        _ => {
+            hashed = hash_dir(dir, &HashOptions::new(serialization, threads), None)
+                .map_err(|e| e.to_string())?;
+            &hashed
+        }
+    };
+    let on_disk = resources(manifest, &ignore);
 
     let mut signed = BTreeMap::new();
     for r in predicate
@@ -239,10 +268,7 @@ fn verify_bundle(dir: &Path, bundle: &[u8], signers: &[Signer]) -> Result<String
             .ok_or("resource without a digest")?;
         signed.insert(name.to_string(), digest.to_ascii_lowercase());
     }
-    let disk: BTreeMap<&str, String> = on_disk
-        .iter()
-        .map(|(n, d)| (n.as_str(), hex::encode(d)))
-        .collect();
+    let disk: BTreeMap<&str, String> = on_disk.iter().map(|(n, d)| (*n, hex::encode(d))).collect();
     for (name, digest) in &signed {
         match disk.get(name.as_str()) {
             None => return Err(format!("signed resource {name} is missing")),
@@ -267,59 +293,16 @@ fn ignored(rel: &Path, ignore: &[PathBuf]) -> bool {
     ignore.iter().any(|i| rel.starts_with(i))
 }
 
-/// `files` resources on disk, in manifest order, less the signature's ignore paths.
-fn file_resources(dir: &Path, ignore: &[PathBuf]) -> Result<Vec<(String, [u8; 32])>, String> {
-    let mut out = Vec::new();
-    for (rel, abs) in list_files(dir).map_err(|e| e.to_string())? {
-        if ignored(&rel, ignore) {
-            continue;
-        }
-        let (d, _) = crate::artefact::hash_file(&abs).map_err(|e| e.to_string())?;
-        out.push((posix(&rel), d));
-    }
-    Ok(out)
+/// The manifest's resources, in manifest order, less the signature's ignore paths.
+fn resources<'m>(manifest: &'m Manifest, ignore: &[PathBuf]) -> Vec<(&'m str, [u8; 32])> {
+    manifest
+        .files
+        .iter()
+        .filter(|f| !ignored(&f.rel, ignore))
+        .flat_map(|f| &manifest.resources[f.resources.clone()])
+        .map(|(n, d)| (n.as_str(), *d))
+        .collect()
 }
 
-/// `shards` resources (`path:start:end`), ordered by path components, then offsets.
-fn shard_resources(
-    dir: &Path,
-    ignore: &[PathBuf],
-    shard_size: u64,
-) -> Result<Vec<(String, [u8; 32])>, String> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for (rel, abs) in list_files(dir).map_err(|e| e.to_string())? {
-        if ignored(&rel, ignore) {
-            continue;
-        }
-        let mut file = std::fs::File::open(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
-        let size = file.metadata().map_err(|e| e.to_string())?.len();
-        let name = posix(&rel);
-        let mut start = 0;
-        while start < size {
-            let end = (start + shard_size).min(size);
-            file.seek(SeekFrom::Start(start))
-                .map_err(|e| e.to_string())?;
-            let mut hasher = Sha256::new();
-            let mut left = end - start;
-            while left > 0 {
-                let n = (left as usize).min(buf.len());
-                file.read_exact(&mut buf[..n])
-                    .map_err(|e| format!("{}: {e}", abs.display()))?;
-                hasher.update(&buf[..n]);
-                left -= n as u64;
-            }
-            out.push((format!("{name}:{start}:{end}"), hasher.finalize().into()));
-            start = end;
-        }
-    }
-    // list_files is in path order and shards within a file in offset order already.
-    Ok(out)
-}
-
-fn posix(rel: &Path) -> String {
-    rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
-}
+#[cfg(test)]
+mod tests;

@@ -239,7 +239,17 @@ pub struct ArtefactFile {
     /// How often to compare the directory's file sizes and times, besides inotify events.
     #[serde(default = "default_poll")]
     pub poll_interval: String,
-    /// Threads used to hash files; 0 = one per core.
+    /// The OMS serialization of the served digest: "files" (one SHA-256 per file, the
+    /// default) or "shards" (one per `shard_size` bytes of each file, so that one large file
+    /// is hashed on every thread). Approval records must name the digest computed the same
+    /// way (`provgate digest --serialization shards --shard-size N`).
+    #[serde(default = "default_serialization")]
+    pub serialization: String,
+    /// Shard size in bytes for `serialization = "shards"`; default 1000000000, as the
+    /// reference `model_signing` tool.
+    #[serde(default)]
+    pub shard_size: Option<u64>,
+    /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
     /// Pinned signers of the directory's OMS signature (`model.sig`); an approval record
@@ -476,6 +486,9 @@ fn default_models_path() -> String {
 fn default_poll() -> String {
     "1s".into()
 }
+fn default_serialization() -> String {
+    "files".into()
+}
 impl RegistryFile {
     /// Checks the backend-specific keys; every problem goes to `errors`.
     fn validate(&self, timeout: Duration, errors: &mut Vec<String>) -> RegistrySource {
@@ -683,6 +696,8 @@ pub struct ModelConfig {
     pub model: String,
     pub path: PathBuf,
     pub poll_interval: Duration,
+    /// The OMS serialization of the served digest.
+    pub serialization: crate::artefact::Serialization,
     pub hash_threads: usize,
     pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
 }
@@ -1033,10 +1048,33 @@ impl FileConfig {
                     errors.push(format!("{key}.signers[{i}].name: must not be empty"));
                 }
             }
+            let serialization = match (a.serialization.as_str(), a.shard_size) {
+                ("files", None) => crate::artefact::Serialization::Files,
+                ("files", Some(_)) => {
+                    errors.push(format!(
+                        "{key}.shard_size: only used with serialization = \"shards\""
+                    ));
+                    crate::artefact::Serialization::Files
+                }
+                ("shards", size) => {
+                    let shard_size = size.unwrap_or(crate::artefact::DEFAULT_SHARD_SIZE);
+                    if shard_size == 0 {
+                        errors.push(format!("{key}.shard_size: must be more than zero"));
+                    }
+                    crate::artefact::Serialization::Shards { shard_size }
+                }
+                (other, _) => {
+                    errors.push(format!(
+                        "{key}.serialization: {other:?} is not one of \"files\", \"shards\""
+                    ));
+                    crate::artefact::Serialization::Files
+                }
+            };
             models.push(ModelConfig {
                 model: a.model.clone(),
                 path: PathBuf::from(&a.path),
                 poll_interval,
+                serialization,
                 hash_threads: if a.hash_threads == 0 {
                     cores
                 } else {

@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, Evidence};
+use provgate::artefact::{HashOptions, Serialization};
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
 
 #[derive(Parser)]
@@ -39,9 +40,11 @@ enum Command {
     /// Print the OpenSSF Model Signing root digest of a model directory.
     Digest {
         dir: PathBuf,
-        /// Also list each file's digest.
+        /// Also list each resource's digest (each file's, or each shard's).
         #[arg(long)]
         verbose: bool,
+        #[command(flatten)]
+        serialization: SerializationArgs,
     },
     /// Make a signing key pair: a PKCS#8 PEM private key and its public key added to a JWKS.
     Keygen {
@@ -91,6 +94,45 @@ enum AuditCommand {
     Verify { file: PathBuf },
 }
 
+/// How `digest` and `approve --dir` cut a directory into OMS resources; it must be the
+/// sidecar's `[artefact] serialization`, or the digests differ.
+#[derive(Args)]
+struct SerializationArgs {
+    /// OMS serialization: one SHA-256 per file, or per fixed-size shard of each file.
+    #[arg(long, value_enum, default_value = "files")]
+    serialization: Method,
+    /// Shard size in bytes, with `--serialization shards` [default: 1000000000, as
+    /// model_signing].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    shard_size: Option<u64>,
+    /// Hashing threads [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Method {
+    Files,
+    Shards,
+}
+
+impl SerializationArgs {
+    fn options(&self) -> Result<HashOptions> {
+        let serialization = match (self.serialization, self.shard_size) {
+            (Method::Files, None) => Serialization::Files,
+            (Method::Files, Some(_)) => bail!("--shard-size needs --serialization shards"),
+            (Method::Shards, size) => Serialization::Shards {
+                shard_size: size.unwrap_or(provgate::artefact::DEFAULT_SHARD_SIZE),
+            },
+        };
+        let threads = match self.threads {
+            Some(t) => usize::try_from(t).unwrap_or(usize::MAX),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(HashOptions::new(serialization, threads))
+    }
+}
+
 #[derive(Args)]
 struct ApproveArgs {
     /// Approver private key (PKCS#8 PEM, from `provgate keygen`).
@@ -106,9 +148,13 @@ struct ApproveArgs {
     #[arg(long)]
     version_id: String,
     /// The artefact digest (`sha256:<hex>`)...
-    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    #[arg(
+        long,
+        conflicts_with_all = ["dir", "serialization", "shard_size", "threads"],
+        required_unless_present = "dir"
+    )]
     digest: Option<String>,
-    /// ...or a model directory to hash.
+    /// ...or a model directory to hash (with `--serialization`, `--shard-size`).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The Ollama manifest digest (hex SHA-256 from `GET /api/tags`, optionally
@@ -116,6 +162,8 @@ struct ApproveArgs {
     /// `[upstream.probe] kind = "ollama"`.
     #[arg(long)]
     ollama_digest: Option<String>,
+    #[command(flatten)]
+    serialization: SerializationArgs,
     /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
     #[arg(long = "workload", required = true)]
     workloads: Vec<String>,
@@ -184,9 +232,12 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config, test } => run(&config, test),
-        Command::Digest { dir, verbose } => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let m = provgate::artefact::compute_manifest(&dir, threads)?;
+        Command::Digest {
+            dir,
+            verbose,
+            serialization,
+        } => {
+            let m = provgate::artefact::hash_dir(&dir, &serialization.options()?, None)?;
             if verbose {
                 for (name, d) in &m.resources {
                     println!("{}  {name}", hex::encode(d));
@@ -315,8 +366,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
     let digest = match (&a.digest, &a.dir) {
         (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
         (None, Some(dir)) => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            provgate::artefact::compute_manifest(dir, threads)?.root
+            provgate::artefact::hash_dir(dir, &a.serialization.options()?, None)?.root
         }
         (None, None) => bail!("give --digest or --dir"),
     };

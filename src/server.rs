@@ -110,6 +110,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             model: m.model.clone(),
             path: m.path.clone(),
             poll_interval: m.poll_interval,
+            serialization: m.serialization,
             threads: m.hash_threads,
             handle: artefact.clone(),
             metrics: metrics.clone(),

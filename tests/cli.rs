@@ -160,6 +160,121 @@ fn approve_rejects_malformed_flags() {
     assert_eq!(jws.split('.').count(), 3);
 }
 
+/// `digest` and `approve --dir` compute the served digest of either serialization.
+#[test]
+fn digest_and_approve_take_the_serialization() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("w"), vec![1u8; 2500]).unwrap();
+    std::fs::write(model.join("empty"), b"").unwrap();
+    let m = model.to_str().unwrap();
+    let files = ok(&run_cli(&["digest", m], None));
+    let shards = ok(&run_cli(
+        &[
+            "digest",
+            m,
+            "--serialization",
+            "shards",
+            "--shard-size",
+            "1000",
+        ],
+        None,
+    ));
+    assert_ne!(files, shards);
+    let listed = ok(&run_cli(
+        &[
+            "digest",
+            m,
+            "--serialization",
+            "shards",
+            "--shard-size",
+            "1000",
+            "--threads",
+            "1",
+            "--verbose",
+        ],
+        None,
+    ));
+    let names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(_, n)| n))
+        .collect();
+    assert_eq!(names, ["w:0:1000", "w:1000:2000", "w:2000:2500"]);
+    assert_eq!(listed.lines().last(), Some(shards.as_str()));
+    // The default shard size is model_signing's: this small file is one shard.
+    let one = ok(&run_cli(
+        &["digest", m, "--serialization", "shards", "--verbose"],
+        None,
+    ));
+    assert!(one.contains("  w:0:2500"), "{one}");
+    for bad in [
+        &["digest", m, "--shard-size", "1000"][..],
+        &[
+            "digest",
+            m,
+            "--serialization",
+            "shards",
+            "--shard-size",
+            "0",
+        ],
+        &["digest", m, "--serialization", "blocks"],
+    ] {
+        let out = run_cli(bad, None);
+        assert!(!out.status.success(), "{bad:?}");
+    }
+
+    let key = dir.path().join("a.key");
+    let jwks = dir.path().join("a.jwks.json");
+    ok(&run_cli(
+        &[
+            "keygen",
+            "--key",
+            key.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let approve = |extra: &[&str]| {
+        let mut v = vec![
+            "approve",
+            "--key",
+            key.to_str().unwrap(),
+            "--iss",
+            "a",
+            "--model",
+            "m",
+            "--version-id",
+            "v",
+            "--workload",
+            "w",
+            "--caller",
+            "c",
+        ];
+        v.extend_from_slice(extra);
+        run_cli(&v, None)
+    };
+    let jws = ok(&approve(&[
+        "--dir",
+        m,
+        "--serialization",
+        "shards",
+        "--shard-size",
+        "1000",
+    ]));
+    let payload = jws.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["artefact"]["digest"], shards.as_str());
+    // A given digest is not computed, so a serialization beside it is a mistake.
+    let out = approve(&["--digest", &files, "--serialization", "shards"]);
+    assert!(!out.status.success());
+}
+
 /// The README's five-minute walk-through, with the binary alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_walkthrough_works_with_the_binary_alone() {

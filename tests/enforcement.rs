@@ -429,6 +429,102 @@ async fn a_hot_swapped_model_file_is_blocked_within_two_seconds() {
     );
 }
 
+/// With `serialization = "shards"`, a record made by `provgate approve --dir ...
+/// --serialization shards` is served; one byte changed in place (same size, mtime put
+/// back) blocks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shards_approval_from_the_cli_is_served_and_a_tampered_byte_blocks() {
+    let fx = Fixture::new();
+    let weights = fx.model_dir().join("model.safetensors");
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&weights, &bytes).unwrap();
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let out = run_cli(args, None);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // A second approver key, added to the trusted JWKS, whose private half is a file.
+    cli(&[
+        "keygen",
+        "--key",
+        &s(fx.path("pipeline.key")),
+        "--jwks",
+        &s(fx.path("approvers.jwks.json")),
+    ]);
+    let shards = ["--serialization", "shards", "--shard-size", "1024"];
+    let digest = |dir: &str| cli(&[&["digest", dir][..], &shards].concat());
+    let approved = digest(&s(fx.model_dir()));
+    assert_ne!(approved, fx.digest().to_string(), "10 shards, not one file");
+    cli(&[
+        &[
+            "approve",
+            "--key",
+            &s(fx.path("pipeline.key")),
+            "--iss",
+            "pipeline@example.org",
+            "--model",
+            MODEL,
+            "--version-id",
+            "shards-v1",
+            "--dir",
+            &s(fx.model_dir()),
+            "--workload",
+            WORKLOAD,
+            "--caller",
+            CALLER,
+            "--out",
+            &s(fx.registry_dir().join("rec.jwt")),
+        ][..],
+        &shards,
+    ]
+    .concat());
+
+    let up = Upstream::start().await;
+    let pg = start_with(&fx, up.addr, |c| {
+        let patched = c.replace(
+            "poll_interval = \"500ms\"\n[registry]",
+            "poll_interval = \"500ms\"\nserialization = \"shards\"\nshard_size = 1024\n[registry]",
+        );
+        assert_ne!(patched, c);
+        patched
+    })
+    .await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200, "{}", pg.logs());
+    assert_eq!(resp.headers()["x-provgate-version-id"], "shards-v1");
+    assert!(pg.metrics().await.contains(&approved), "the served digest");
+
+    // One byte in the sixth shard, written in place; size and mtime as before.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[5500] ^ 1], 5500).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    pg.until_answer(
+        &token,
+        403,
+        Some("artefact_unmanaged"),
+        Duration::from_secs(3),
+    )
+    .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    let audit = assert_denied(&pg, &fx, resp, "artefact_unmanaged", 403).await;
+    let tampered = digest(&s(fx.model_dir()));
+    assert_ne!(tampered, approved);
+    assert_eq!(audit["served_digest"], tampered.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_lets_through_and_records_would_block() {
     let mut fx = Fixture::new();

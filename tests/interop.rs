@@ -1,7 +1,7 @@
 //! Interoperability with independent implementations, installed by `scripts/setup.sh` into
 //! a virtual environment named by `PROVGATE_PYTHON`:
 //! - the reference OpenSSF Model Signing tool (`model_signing`) computes the same root
-//!   digest as provgate for the same directory;
+//!   digest as provgate for the same directory, under the `files` and `shards` serializations;
 //! - approval records and caller tokens minted by PyJWT with keys provgate never made are
 //!   accepted through the real binary.
 
@@ -90,6 +90,105 @@ fn digests_match_the_reference_model_signing_tool() {
     let changed = provgate_digest(&model);
     assert_ne!(changed, before);
     assert_eq!(changed, reference_digest(&model, &model.join("model.sig")));
+}
+
+fn reference_shards_digest(model: &Path, sig: &Path, shard_size: &str) -> String {
+    run(Command::new(python())
+        .arg(script("oms_sign.py"))
+        .arg(model)
+        .arg(sig)
+        .args(["shards", shard_size]))
+}
+
+fn provgate_shards_digest(model: &Path, shard_size: &str, threads: &str) -> String {
+    run(Command::new(bin()).arg("digest").arg(model).args([
+        "--serialization",
+        "shards",
+        "--shard-size",
+        shard_size,
+        "--threads",
+        threads,
+    ]))
+}
+
+/// The signed resource names in a model_signing signature.
+fn signed_names(sig: &Path) -> Vec<String> {
+    use base64::Engine;
+    let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(sig).unwrap()).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap())
+        .unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    statement["predicate"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn shards_digests_match_the_reference_model_signing_tool() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    let w = |rel: &str, bytes: &[u8]| {
+        let p = model.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    let bytes = |n: u32| (0..n).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>();
+    w("a.txt", b"one");
+    w("a/b", b"two");
+    w("a-b/c", &bytes(150_000));
+    w("empty", b"");
+    // Exactly two shards; and 13, whose offsets sort differently as strings
+    // ("1000000" < "200000") than as numbers.
+    w("exact.bin", &bytes(200_000));
+    w("deep/er/weights.bin", &bytes(1_234_567));
+    w(".gitattributes", b"*.bin filter=lfs");
+    w(".git/HEAD", b"ref: refs/heads/main");
+
+    let sig = root.path().join("model.sig");
+    let reference = reference_shards_digest(&model, &sig, "100000");
+    let names = signed_names(&sig);
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("deep/er/weights.bin:"))
+            .count(),
+        13
+    );
+    assert!(names.contains(&"deep/er/weights.bin:1200000:1234567".to_string()));
+    assert!(!names.iter().any(|n| n.starts_with("empty")), "{names:?}");
+    for threads in ["1", "2", "3"] {
+        assert_eq!(
+            provgate_shards_digest(&model, "100000", threads),
+            reference,
+            "{threads} threads"
+        );
+    }
+    assert_ne!(reference, provgate_digest(&model), "shards are not files");
+
+    // Signed in place, then one byte changed in the tenth shard of the large file.
+    let in_place = reference_shards_digest(&model, &model.join("model.sig"), "100000");
+    assert_eq!(in_place, reference);
+    let mut changed = bytes(1_234_567);
+    changed[950_000] ^= 1;
+    w("deep/er/weights.bin", &changed);
+    let after = provgate_shards_digest(&model, "100000", "2");
+    assert_ne!(after, reference);
+    assert_eq!(
+        after,
+        reference_shards_digest(&model, &model.join("model.sig"), "100000")
+    );
+    // The default shard size agrees too (every file is then one shard).
+    assert_eq!(
+        run(Command::new(bin())
+            .arg("digest")
+            .arg(&model)
+            .args(["--serialization", "shards"])),
+        reference_shards_digest(&model, &model.join("model.sig"), "1000000000")
+    );
 }
 
 #[test]

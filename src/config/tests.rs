@@ -358,3 +358,45 @@ fn remote_registries_validate_their_own_keys() {
         );
     }
 }
+
+#[test]
+fn the_served_serialization_defaults_to_files_and_shards_take_a_size() {
+    use crate::artefact::Serialization;
+    let dir = tempfile::tempdir().unwrap();
+    let with = |lines: &str| {
+        FileConfig::parse(&good(dir.path()).replace(
+            "path = \"/models/m\"\n",
+            &format!("path = \"/models/m\"\n{lines}\n"),
+        ))
+        .unwrap()
+        .validate()
+    };
+    assert_eq!(
+        with("").unwrap().models[0].serialization,
+        Serialization::Files
+    );
+    assert_eq!(
+        with("serialization = \"shards\"").unwrap().models[0].serialization,
+        Serialization::Shards {
+            shard_size: 1_000_000_000
+        }
+    );
+    assert_eq!(
+        with("serialization = \"shards\"\nshard_size = 4096")
+            .unwrap()
+            .models[0]
+            .serialization,
+        Serialization::Shards { shard_size: 4096 }
+    );
+    for (lines, error) in [
+        ("serialization = \"blocks\"", "artefact.serialization"),
+        ("shard_size = 4096", "artefact.shard_size"),
+        (
+            "serialization = \"shards\"\nshard_size = 0",
+            "artefact.shard_size",
+        ),
+    ] {
+        let e = with(lines).unwrap_err().to_string();
+        assert!(e.contains(error), "{lines}: {e}");
+    }
+}

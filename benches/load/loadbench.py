@@ -309,6 +309,12 @@ class Target:
     samples: dict = field(default_factory=dict)
 
 
+# The GET workload: KServe v2 model metadata. It names its model in the path, so provgate
+# checks that name too; it is not the OpenAI model list, which provgate filters per caller
+# (a body rewrite no other target does).
+GET_PATH = "/v2/models/all-minilm-l6-v2"
+
+
 def run_wrk(port: int, path: str, seconds: int, token: str, body: Path | None) -> dict:
     env = {**os.environ, "LOAD_TOKEN": token, "LOAD_METHOD": "POST" if body else "GET",
            "LOAD_BODY": str(body) if body else ""}
@@ -323,7 +329,7 @@ def run_wrk(port: int, path: str, seconds: int, token: str, body: Path | None) -
 
 def measure(t: Target, workload: str, seconds: int, token: str) -> Sample:
     body = HERE / "chat-request.json" if workload == "post" else None
-    path = "/v1/chat/completions" if body else "/v1/models"
+    path = "/v1/chat/completions" if body else GET_PATH
     pids = t.proc.pids() if t.proc else []
     cpu0 = cpu_seconds(pids)
     r = run_wrk(t.port, path, seconds, token, body)
@@ -343,7 +349,7 @@ def measure(t: Target, workload: str, seconds: int, token: str) -> Sample:
 def run_oha(oha: str, port: int, seconds: int, rate: int, token: str) -> float:
     out = subprocess.run([oha, "-z", f"{seconds}s", "-q", str(rate), "-c", "16", "--latency-correction",
                           "--no-tui", "--output-format", "json", "-H", f"Authorization: Bearer {token}",
-                          f"http://127.0.0.1:{port}/v1/models"],
+                          f"http://127.0.0.1:{port}{GET_PATH}"],
                          capture_output=True, text=True, timeout=seconds + 60)
     data = json.loads(out.stdout)
     codes = data.get("statusCodeDistribution", {})
@@ -375,7 +381,7 @@ def report(targets: list[Target], workloads: list[str], fixed: dict, args, machi
         by = {t.name: t.samples.get(w, []) for t in targets}
         ref_nginx = median([s.rps for s in by.get("nginx", [])])
         ref_direct = median([s.rps for s in by.get("direct", [])])
-        label = "GET /v1/models, ~200 B JSON response" if w == "get" else \
+        label = f"GET {GET_PATH}, ~200 B JSON response" if w == "get" else \
             "POST /v1/chat/completions, ~2 KB JSON body"
         lines += ["", f"### {label}", "",
                   "| target | requests/s | p50 ms | p99 ms | p99.9 ms | CPU s / 10k req | peak RSS MB | vs nginx | vs direct | errors |",
@@ -441,7 +447,7 @@ def main() -> int:
         token = setup["token"]
         # Every target must answer 200 to the benchmark request before anything is measured.
         for t in targets:
-            r = run_wrk(t.port, "/v1/models", 1, token, None)
+            r = run_wrk(t.port, GET_PATH, 1, token, None)
             if r["non2xx"] or r["errors"] or r["requests"] == 0:
                 raise RuntimeError(f"{t.name} does not serve the benchmark request: {r}\n"
                                    + ((work / f'{t.name}.log').read_text()[-2000:] if t.proc else ""))

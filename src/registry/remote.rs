@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::http::HttpRegistry;
+use super::mlflow::Mlflow;
 use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot};
 use crate::approval::{self, ApprovalRecord};
-use crate::config::{RegistryAuth, RemoteRegistry};
+use crate::config::{RegistryAuth, RemoteKind, RemoteRegistry};
 use crate::digest::Digest;
 use crate::keys::KeySet;
 use crate::telemetry::Metrics;
@@ -332,6 +334,28 @@ pub async fn body(resp: reqwest::Response) -> Result<bytes::Bytes, String> {
     Ok(body)
 }
 
+/// The configured remote backend.
+enum Backend {
+    Mlflow(Mlflow),
+    Http(HttpRegistry),
+}
+
+impl Source for Backend {
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Mlflow(s) => s.label(),
+            Backend::Http(s) => s.label(),
+        }
+    }
+
+    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, String> {
+        match self {
+            Backend::Mlflow(s) => s.fetch(digest, etag).await,
+            Backend::Http(s) => s.fetch(digest, etag).await,
+        }
+    }
+}
+
 /// Starts the refresher for a remote registry on its own thread and runtime.
 pub fn spawn(
     config: &RemoteRegistry,
@@ -346,41 +370,22 @@ pub fn spawn(
         .enable_all()
         .build()?;
     let client = client(config).map_err(std::io::Error::other)?;
-    let config = config.clone();
+    let source = match config.kind {
+        RemoteKind::Mlflow => Backend::Mlflow(Mlflow::new(client, config)),
+        RemoteKind::Http => Backend::Http(HttpRegistry::new(client, config)),
+    };
+    let refresher = Refresher {
+        source,
+        approvers,
+        refresh_interval,
+        timeout: config.timeout,
+        store,
+        served,
+        metrics,
+    };
     std::thread::Builder::new()
         .name("provgate-registry".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match config.kind {
-                    crate::config::RemoteKind::Mlflow => {
-                        Refresher {
-                            source: super::mlflow::Mlflow::new(client, &config),
-                            approvers,
-                            refresh_interval,
-                            timeout: config.timeout,
-                            store,
-                            served,
-                            metrics,
-                        }
-                        .run(stop)
-                        .await
-                    }
-                    crate::config::RemoteKind::Http => {
-                        Refresher {
-                            source: super::http::HttpRegistry::new(client, &config),
-                            approvers,
-                            refresh_interval,
-                            timeout: config.timeout,
-                            store,
-                            served,
-                            metrics,
-                        }
-                        .run(stop)
-                        .await
-                    }
-                }
-            })
-        })?;
+        .spawn(move || runtime.block_on(refresher.run(stop)))?;
     Ok(())
 }
 

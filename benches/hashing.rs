@@ -80,10 +80,15 @@ fn summary(data: &[u8], file: &Path) {
         o.read_buffer = kib << 10;
         o
     };
-    let sweep: Vec<(String, HashOptions)> = [64, 256, 1024, 2048, 4096, 8192]
+    let mut sweep: Vec<(String, HashOptions)> = [64, 256, 1024, 2048, 4096, 8192]
         .iter()
         .map(|&kib| (format!("  1 thread, {kib} KiB reads"), reads(kib)))
         .collect();
+    for kib in [256, 512, 2048, 4096] {
+        let mut o = shards(2);
+        o.read_buffer = kib << 10;
+        sweep.push((format!("  2 threads, {kib} KiB reads"), o));
+    }
     let raw_two_cores = || {
         let (a, b) = data.split_at(data.len() / 2);
         std::thread::scope(|s| {

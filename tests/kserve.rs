@@ -163,15 +163,16 @@ async fn a_real_kserve_model_server_is_served_while_approved_and_blocked_once_sw
         "A kitten rests on a rug.",
         "Quarterly tax filing deadlines",
     ];
+    // The caller's inference request, as sent before and after the swap below.
+    let ask = || {
+        pg.client
+            .post(&infer)
+            .bearer_auth(&token)
+            .json(&infer_body(&texts))
+            .send()
+    };
     let t = Instant::now();
-    let r = pg
-        .client
-        .post(&infer)
-        .bearer_auth(&token)
-        .json(&infer_body(&texts))
-        .send()
-        .await
-        .unwrap();
+    let r = ask().await.unwrap();
     eprintln!(
         "one inference of 3 texts through provgate: {:?}",
         t.elapsed()
@@ -256,14 +257,7 @@ async fn a_real_kserve_model_server_is_served_while_approved_and_blocked_once_sw
     std::fs::rename(fx.model_dir(), fx.path("model.old")).unwrap();
     std::fs::rename(&copy, fx.model_dir()).unwrap();
     pg.eventually(Duration::from_secs(10), || async {
-        let r = pg
-            .client
-            .post(&infer)
-            .bearer_auth(&token)
-            .json(&infer_body(&texts))
-            .send()
-            .await
-            .unwrap();
+        let r = ask().await.unwrap();
         let status = r.status();
         let body: serde_json::Value = r.json().await.unwrap_or_default();
         status == 403 && body["error"] == "artefact_unmanaged"

@@ -381,36 +381,25 @@ fn a_file_that_changes_after_listing_is_an_error_not_a_digest() {
     std::fs::write(&w, vec![1u8; 5000]).unwrap();
     for serialization in [Serialization::Files, shards(1000)] {
         let o = opts(serialization, 2);
-        let run = || {
+        // Each change lands between the listing and the read; they apply in order.
+        let changes: [(&str, &dyn Fn()); 3] = [
+            ("grown", &|| std::fs::write(&w, vec![1u8; 5001]).unwrap()),
+            ("shrunk", &|| std::fs::write(&w, vec![1u8; 4000]).unwrap()),
+            ("same size, mtime put back", &|| {
+                next_tick();
+                edit_in_place_keeping_mtime(&w, b"x");
+            }),
+        ];
+        for (what, change) in changes {
             let listed = list_files(dir.path()).unwrap();
             let p = plan(&listed, &o, None);
-            (listed, p)
-        };
-        // Grown.
-        let (listed, p) = run();
-        std::fs::write(&w, vec![1u8; 5001]).unwrap();
-        let r = run_jobs(&listed, &p.jobs, &o);
-        assert!(
-            matches!(r, Err(HashError::Changed(_))),
-            "{serialization}: {r:?}"
-        );
-        // Shrunk.
-        let (listed, p) = run();
-        std::fs::write(&w, vec![1u8; 4000]).unwrap();
-        let r = run_jobs(&listed, &p.jobs, &o);
-        assert!(
-            matches!(r, Err(HashError::Changed(_))),
-            "{serialization}: {r:?}"
-        );
-        // Same size, mtime put back.
-        let (listed, p) = run();
-        next_tick();
-        edit_in_place_keeping_mtime(&w, b"x");
-        let r = run_jobs(&listed, &p.jobs, &o);
-        assert!(
-            matches!(r, Err(HashError::Changed(_))),
-            "{serialization}: {r:?}"
-        );
+            change();
+            let r = run_jobs(&listed, &p.jobs, &o);
+            assert!(
+                matches!(r, Err(HashError::Changed(_))),
+                "{serialization}, {what}: {r:?}"
+            );
+        }
         std::fs::write(&w, vec![1u8; 5000]).unwrap();
     }
 }

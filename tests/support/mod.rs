@@ -471,10 +471,7 @@ impl Provgate {
                 listen,
                 admin,
                 log,
-                client: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap(),
+                client: Provgate::client(),
             };
             if pg.wait_healthy().await {
                 return pg;
@@ -509,10 +506,7 @@ impl Provgate {
             listen,
             admin,
             log,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            client: Provgate::client(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(admin).await.is_err()
@@ -526,6 +520,14 @@ impl Provgate {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         pg
+    }
+
+    /// The HTTP client a test talks to provgate with.
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
     }
 
     async fn wait_healthy(&mut self) -> bool {

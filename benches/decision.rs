@@ -297,11 +297,132 @@ fn body(c: &mut Criterion) {
     });
 }
 
+/// provgate's headers as pingora's HTTP/1 path carries them: the client's request cloned
+/// for the upstream, the token removed and three headers added; the upstream's response with
+/// two added; both written to the wire. `none` is the pass-through (clone and write only);
+/// `case_map` inserts through pingora's `insert_header`, which keeps a second map of the
+/// names' case; `parts` is provgate's `edit_request`/`edit_response`, on a request that
+/// still has its case map (`request/parts`) or had it dropped in `request_filter`
+/// (`request/parts_no_case`).
+fn headers(c: &mut Criterion) {
+    use bytes::{Bytes, BytesMut};
+    use pingora::http::ResponseHeader;
+    use provgate::proxy::{edit_request, edit_response, strip_provgate};
+    use provgate::proxy::{HEADER_CALLER, HEADER_REQUEST_ID, HEADER_VERSION_ID};
+    // The load benchmark's request (wrk) and response (nginx).
+    let mut req = RequestHeader::build("GET", b"/v2/models/all-minilm-l6-v2", Some(4)).unwrap();
+    for (k, v) in [
+        ("Host", "127.0.0.1:8080".to_string()),
+        ("User-Agent", "wrk".to_string()),
+        ("Authorization", format!("Bearer {}", "e".repeat(600))),
+        ("Accept", "*/*".to_string()),
+    ] {
+        req.append_header(k.to_string(), v).unwrap();
+    }
+    let mut no_case = req.clone();
+    edit_request(&mut no_case, |_| Ok(())).unwrap();
+    let mut resp = ResponseHeader::build(200, Some(5)).unwrap();
+    for (k, v) in [
+        ("Server", "nginx/1.26.3"),
+        ("Date", "Fri, 27 Nov 2026 03:00:00 GMT"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "187"),
+        ("Connection", "keep-alive"),
+    ] {
+        resp.append_header(k.to_string(), v).unwrap();
+    }
+    let id = http::HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    let ver = http::HeaderValue::from_static("bench-v1");
+    let sub = http::HeaderValue::from_static("spiffe://example.org/ns/app/sa/client");
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut g = c.benchmark_group("headers");
+    g.bench_function("request/none", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&req).clone().header_to_h1_wire(&mut buf);
+            buf.len()
+        })
+    });
+    g.bench_function("request/case_map", |b| {
+        b.iter(|| {
+            buf.clear();
+            let mut r = black_box(&req).clone();
+            r.remove_header(&http::header::AUTHORIZATION);
+            let name = |n: &'static [u8]| Bytes::from_static(n);
+            r.insert_header(name(b"X-Provgate-Request-Id"), id.clone())
+                .unwrap();
+            r.insert_header(name(b"X-Provgate-Version-Id"), ver.clone())
+                .unwrap();
+            r.insert_header(name(b"X-Provgate-Caller"), sub.clone())
+                .unwrap();
+            r.header_to_h1_wire(&mut buf);
+            buf.len()
+        })
+    });
+    for (name, from) in [("request/parts", &req), ("request/parts_no_case", &no_case)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                buf.clear();
+                let mut r = black_box(from).clone();
+                edit_request(&mut r, |h| {
+                    strip_provgate(h);
+                    h.remove(http::header::AUTHORIZATION);
+                    h.try_reserve(3)?;
+                    h.try_insert(HEADER_REQUEST_ID, id.clone())?;
+                    h.try_insert(HEADER_VERSION_ID, ver.clone())?;
+                    h.try_insert(HEADER_CALLER, sub.clone())?;
+                    Ok(())
+                })
+                .unwrap();
+                r.header_to_h1_wire(&mut buf);
+                buf.len()
+            })
+        });
+    }
+    g.bench_function("response/none", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&resp).clone().header_to_h1_wire(&mut buf);
+            buf.len()
+        })
+    });
+    g.bench_function("response/case_map", |b| {
+        b.iter(|| {
+            buf.clear();
+            let mut s = black_box(&resp).clone();
+            let name = |n: &'static [u8]| Bytes::from_static(n);
+            s.insert_header(name(b"X-Provgate-Request-Id"), id.clone())
+                .unwrap();
+            s.insert_header(name(b"X-Provgate-Version-Id"), ver.clone())
+                .unwrap();
+            s.header_to_h1_wire(&mut buf);
+            buf.len()
+        })
+    });
+    g.bench_function("response/parts", |b| {
+        b.iter(|| {
+            buf.clear();
+            let mut s = black_box(&resp).clone();
+            edit_response(&mut s, |h| {
+                strip_provgate(h);
+                h.try_reserve(3)?;
+                h.try_insert(HEADER_REQUEST_ID, id.clone())?;
+                h.try_insert(HEADER_VERSION_ID, ver.clone())?;
+                Ok(())
+            })
+            .unwrap();
+            s.header_to_h1_wire(&mut buf);
+            buf.len()
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench, body
+    targets = bench, body, headers
 }
 criterion_main!(benches);

@@ -373,6 +373,24 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def paired(by: dict[str, list[Sample]], base: str) -> list[str]:
+    """Each target against `base` round by round (both measured within the same minute), which
+    cancels the slow drifts of a shared machine that medians of each target alone keep."""
+    ref = by.get(base) or []
+    rows = []
+    for name, samples in by.items():
+        if name in (base, "direct") or not samples or len(samples) != len(ref):
+            continue
+        rps = [s.rps / r.rps for s, r in zip(samples, ref)]
+        cpu = [s.cpu_per_10k / r.cpu_per_10k for s, r in zip(samples, ref)
+               if s.cpu_per_10k and r.cpu_per_10k]
+        rows.append(f"| {name} | {med(rps)} | {med(cpu)} |")
+    if not rows:
+        return []
+    return ["", f"Round by round against {base}: median (min-max) of the per-round ratios.", "",
+            "| target | requests/s ratio | CPU per request ratio |", "|---|---|---|"] + rows
+
+
 def report(targets: list[Target], workloads: list[str], fixed: dict, args, machine: str) -> str:
     lines = [f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}; "
              f"{args.rounds} interleaved rounds x {args.seconds}s per target and workload; "
@@ -397,6 +415,7 @@ def report(targets: list[Target], workloads: list[str], fixed: dict, args, machi
                 f"{rps / ref_nginx:.2f}" if ref_nginx else "-",
                 f"{rps / ref_direct:.2f}" if ref_direct else "-",
                 sum(x.errors for x in s)))
+        lines += paired(by, "pingora")
     if fixed:
         lines += ["", f"### Fixed rate: {args.rate} requests/s for {args.fixed_seconds}s (oha, latency-corrected)", "",
                   "| target | p99 ms | added p99 over direct, ms |", "|---|---|---|"]
@@ -416,6 +435,9 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--fixed-seconds", type=int, default=10)
     p.add_argument("--only", default="", help="comma-separated target names")
+    p.add_argument("--candidate", action="append", default=[], metavar="NAME=PATH",
+                   help="another provgate binary, run with provgate's configuration as target NAME "
+                        "(an A/B of a change; repeatable)")
     p.add_argument("--workloads", default="get,post")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args()
@@ -443,6 +465,12 @@ def main() -> int:
         add("pingora", lambda: start("pingora", [setup["passthrough"], str(cfg)], port, work))
         cfg2, port2 = provgate_config(work, up.port, setup)
         add("provgate", lambda: start("provgate", [setup["provgate"], "run", "-c", str(cfg2)], port2, work))
+        for spec in args.candidate:
+            name, _, binary = spec.partition("=")
+            if not name or not binary:
+                raise SystemExit(f"--candidate wants NAME=PATH, got {spec!r}")
+            cfg_c, port_c = provgate_config(work, up.port, setup)
+            add(name, lambda: start(name, [binary, "run", "-c", str(cfg_c)], port_c, work))
 
         token = setup["token"]
         # Every target must answer 200 to the benchmark request before anything is measured.

@@ -60,7 +60,8 @@ impl MlflowServer {
             .spawn()
             .expect("start mlflow server");
         let watchdog = format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -TERM -- -{} 2>/dev/null",
+            // dash's `kill` takes no `--`: `kill -TERM -PGID` is the portable spelling.
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -TERM -{} 2>/dev/null",
             std::process::id(),
             child.id()
         );

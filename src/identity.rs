@@ -376,8 +376,8 @@ impl TokenVerifier {
     /// lack asks that issuer for one coalesced, rate-limited refetch and waits for it (up to
     /// the issuer's `unknown_kid_wait`), so a key rotation costs no failed request. The
     /// network I/O is the background fetcher's; this only waits for its answer.
-    pub async fn verify_waiting(&self, token: &str) -> Result<Arc<Caller>, TokenError> {
-        match self.verify(token, crate::unix_now()) {
+    pub async fn verify_waiting(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
+        match self.verify(token, now) {
             Err(TokenError::UnknownKey) => {}
             other => return other,
         }

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -155,7 +155,9 @@ pub struct Gate {
 pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub started: Instant,
-    pub arrived: SystemTime,
+    /// When `request_filter` began (Unix milliseconds): the time every check of the
+    /// request is made at, and the audit record's time.
+    pub arrived_ms: u64,
     pub caller: Option<Arc<Caller>>,
     pub requested_model: Option<String>,
     /// The index in `Gate::models` of the model the request was decided against.
@@ -200,12 +202,15 @@ impl Gate {
         body_model: Option<&str>,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let now = crate::unix_now();
+        ctx.arrived_ms = crate::unix_now_ms();
         let token_outcome = match req.headers.get(http::header::AUTHORIZATION) {
             None => Err(None),
             Some(v) => match bearer(v.as_bytes()) {
                 None => Err(Some(TokenError::Malformed)),
-                Some(token) => self.tokens.verify(token, now).map_err(Some),
+                Some(token) => self
+                    .tokens
+                    .verify(token, ctx.arrived_ms / 1000)
+                    .map_err(Some),
             },
         };
         let named = match (requested_model(req.uri.path()), body_model) {
@@ -237,19 +242,23 @@ impl Gate {
     }
 
     /// The caller's token, verified; an unknown `kid` waits for the issuer's refetch.
-    async fn token_caller(&self, req: &RequestHeader) -> Result<Arc<Caller>, Option<TokenError>> {
+    async fn token_caller(
+        &self,
+        req: &RequestHeader,
+        now: u64,
+    ) -> Result<Arc<Caller>, Option<TokenError>> {
         match req.headers.get(http::header::AUTHORIZATION) {
             None => Err(None),
             Some(v) => match bearer(v.as_bytes()) {
                 None => Err(Some(TokenError::Malformed)),
-                Some(token) => self.tokens.verify_waiting(token).await.map_err(Some),
+                Some(token) => self.tokens.verify_waiting(token, now).await.map_err(Some),
             },
         }
     }
 
     /// Who is calling, by token, client certificate or both, as `caller_auth` says.
     /// `Err(None)`: no credentials at all.
-    async fn caller(&self, session: &Session) -> Result<Arc<Caller>, Option<TokenError>> {
+    async fn caller(&self, session: &Session, now: u64) -> Result<Arc<Caller>, Option<TokenError>> {
         let certificate = || {
             session
                 .digest()
@@ -259,18 +268,18 @@ impl Gate {
         };
         let req = session.req_header();
         match self.caller_auth {
-            CallerAuth::Token => self.token_caller(req).await,
+            CallerAuth::Token => self.token_caller(req, now).await,
             CallerAuth::Certificate => certificate().ok_or(None),
             CallerAuth::TokenOrCertificate => {
                 if req.headers.contains_key(http::header::AUTHORIZATION) {
-                    self.token_caller(req).await
+                    self.token_caller(req, now).await
                 } else {
                     certificate().ok_or(None)
                 }
             }
             CallerAuth::TokenAndCertificate => {
                 let cert = certificate().ok_or(None)?;
-                let token = self.token_caller(req).await?;
+                let token = self.token_caller(req, now).await?;
                 if token.sub == cert.sub {
                     Ok(token)
                 } else {
@@ -292,7 +301,7 @@ impl Gate {
         named: Named,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let now_ms = crate::unix_now_ms();
+        let now_ms = ctx.arrived_ms;
         let caller_view = match &token_outcome {
             Ok(c) => CallerView::Verified(c),
             Err(None) => CallerView::Missing,
@@ -505,7 +514,10 @@ impl Gate {
         let req = session.req_header();
         self.audit.emit(AuditEvent {
             request_id: String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
-            time: humantime::format_rfc3339_millis(ctx.arrived).to_string(),
+            time: humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ctx.arrived_ms),
+            )
+            .to_string(),
             decision: decision_word,
             reason,
             detail,
@@ -555,7 +567,7 @@ impl ProxyHttp for Gate {
         RequestCtx {
             request_id: self.request_ids.next(),
             started: Instant::now(),
-            arrived: SystemTime::now(),
+            arrived_ms: 0,
             caller: None,
             requested_model: None,
             model: None,
@@ -571,8 +583,10 @@ impl ProxyHttp for Gate {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        let mut t = Instant::now();
-        let caller = self.caller(session).await;
+        // pingora makes the context right before this filter: its start times the decision.
+        let mut t = ctx.started;
+        ctx.arrived_ms = crate::unix_now_ms();
+        let caller = self.caller(session, ctx.arrived_ms / 1000).await;
         let named = match requested_model(session.req_header().uri.path()) {
             Some(m) => Named::Model(m.to_string()),
             // Only a verified caller's body is read.

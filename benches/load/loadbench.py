@@ -127,13 +127,14 @@ class Proc:
                 self.popen.wait(5)
 
 
-def start(name: str, cmd: list[str], port: int, work: Path, env: dict | None = None) -> Proc:
+def start(name: str, cmd: list[str], port: int, work: Path, env: dict | None = None,
+          timeout: float = 30) -> Proc:
     log = open(work / f"{name}.log", "wb")
     popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work,
                              env={**os.environ, **(env or {})})
     proc = Proc(name, popen, port)
     try:
-        wait_port(port, popen, name)
+        wait_port(port, popen, name, timeout)
     except Exception:
         proc.stop()
         raise RuntimeError(f"{name} failed to start; log:\n" + (work / f"{name}.log").read_text()[-3000:])
@@ -427,6 +428,28 @@ def report(targets: list[Target], workloads: list[str], fixed: dict, args, machi
     return "\n".join(lines)
 
 
+def instruction_counts(args, setup: dict, work: Path, up: Proc) -> int:
+    import instructions
+    targets = []
+    for name, cmd in [("pingora", [setup["passthrough"]]), ("provgate", [setup["provgate"], "run"])] + \
+            [(n, [b, "run"]) for n, _, b in (c.partition("=") for c in args.candidate)]:
+        if args.only and name not in args.only.split(","):
+            continue
+        cfg, port = provgate_config(work, up.port, setup)
+        targets.append((name, cmd + (["-c"] if name != "pingora" else []) + [str(cfg)], port))
+    def start_slow(name, cmd, port, work):
+        return start(name, cmd, port, work, timeout=180)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = instructions.count(targets, work, setup, setup["token"], args.instructions,
+                                args.workloads.split(","), GET_PATH, start_slow, out)
+    text = instructions.report(result, "pingora", args.instructions)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out / f"instructions-{stamp}.md").write_text(text + "\n")
+    print("\n" + text + f"\n\nwritten: {out / f'instructions-{stamp}.md'}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", required=True, help="JSON written by run.sh: binaries, keys, token")
@@ -435,6 +458,9 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--fixed-seconds", type=int, default=10)
     p.add_argument("--only", default="", help="comma-separated target names")
+    p.add_argument("--instructions", type=int, default=0, metavar="N",
+                   help="instead of the timed rounds: instructions per request of the pass-through, "
+                        "provgate and candidates under callgrind, N requests per workload")
     p.add_argument("--candidate", action="append", default=[], metavar="NAME=PATH",
                    help="another provgate binary, run with provgate's configuration as target NAME "
                         "(an A/B of a change; repeatable)")
@@ -456,6 +482,8 @@ def main() -> int:
             procs.append(proc)
             targets.append(Target(name, proc, proc.port))
 
+        if args.instructions:
+            return instruction_counts(args, setup, work, up)
         add("nginx", lambda: nginx_proxy(work, up.port))
         if setup.get("envoy"):
             add("envoy", lambda: envoy(work, setup["envoy"], up.port, "envoy", None, False))

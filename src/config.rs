@@ -179,6 +179,11 @@ pub struct RoutingFile {
     /// 65536: pingora 0.9 can replay at most 64 KiB of a body it has already read.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// On a single-model sidecar, a body declared larger than `max_body_bytes` (by its
+    /// Content-Length) and at most this large is held back until it is whole, checked, and
+    /// only then sent upstream; a larger one is refused with 413. 0: refuse them all.
+    #[serde(default = "default_max_held_body")]
+    pub max_held_body_bytes: usize,
     /// The OpenAI model list (`GET`): its `data` is filtered to the models this caller may
     /// use right now. Empty: no filtering.
     #[serde(default = "default_models_path")]
@@ -190,6 +195,7 @@ impl Default for RoutingFile {
         RoutingFile {
             openai_paths: default_openai_paths(),
             max_body_bytes: default_max_body(),
+            max_held_body_bytes: default_max_held_body(),
             models_path: default_models_path(),
         }
     }
@@ -197,6 +203,9 @@ impl Default for RoutingFile {
 
 /// pingora 0.9 keeps at most this much of a request body for replay (`BODY_BUF_LIMIT`).
 pub const MAX_INSPECTED_BODY: usize = 64 * 1024;
+
+/// The largest `routing.max_held_body_bytes`.
+pub const MAX_HELD_BODY: usize = 256 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -480,6 +489,9 @@ fn default_openai_paths() -> Vec<String> {
 fn default_max_body() -> usize {
     MAX_INSPECTED_BODY
 }
+fn default_max_held_body() -> usize {
+    8 << 20
+}
 fn default_models_path() -> String {
     "/v1/models".into()
 }
@@ -715,6 +727,7 @@ pub struct Probe {
 pub struct Routing {
     pub openai_paths: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_held_body_bytes: usize,
     pub models_path: Option<String>,
 }
 
@@ -975,6 +988,11 @@ impl FileConfig {
         if self.routing.max_body_bytes == 0 || self.routing.max_body_bytes > MAX_INSPECTED_BODY {
             errors.push(format!(
                 "routing.max_body_bytes: must be between 1 and {MAX_INSPECTED_BODY} (pingora replays at most 64 KiB of a body read before the decision)"
+            ));
+        }
+        if self.routing.max_held_body_bytes > MAX_HELD_BODY {
+            errors.push(format!(
+                "routing.max_held_body_bytes: at most {MAX_HELD_BODY} (each request holding a body keeps it in memory)"
             ));
         }
         for (i, p) in self.routing.openai_paths.iter().enumerate() {
@@ -1245,6 +1263,7 @@ impl FileConfig {
             routing: Routing {
                 openai_paths: self.routing.openai_paths,
                 max_body_bytes: self.routing.max_body_bytes,
+                max_held_body_bytes: self.routing.max_held_body_bytes,
                 models_path: Some(self.routing.models_path).filter(|p| !p.is_empty()),
             },
             registry,

@@ -31,6 +31,7 @@ use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 use crate::approval::ApprovalRecord;
 use crate::artefact::ArtefactHandle;
 use crate::audit::{AuditEvent, AuditLog, EvidenceRef};
+use crate::config::MAX_INSPECTED_BODY;
 use crate::config::{CallerAuth, Routing, Upstream, UpstreamProtocol};
 use crate::digest::Digest;
 use crate::identity::mtls::CertCaller;
@@ -168,6 +169,12 @@ pub struct RequestCtx {
     pub listing: Option<u64>,
     /// The upstream's model list, collected for filtering (`None`: pass bodies through).
     pub listing_body: Option<BytesMut>,
+    /// A body too large to read before the decision, held back by `request_body_filter`
+    /// until it is whole and the model it names is checked.
+    pub held_body: Option<BytesMut>,
+    /// The held body's check denied the request after the upstream was contacted (it has
+    /// the headers, none of the body): `fail_to_proxy` answers with this.
+    pub late_denial: Option<DenyReason>,
 }
 
 /// The model a request names, as far as routing could read it.
@@ -177,6 +184,9 @@ pub enum Named {
     Model(String),
     BodyInvalid,
     BodyTooLarge,
+    /// A body larger than can be read before the decision, on a single-model sidecar: the
+    /// request is decided as naming that model, and the body is checked when whole.
+    Held,
 }
 
 impl Gate {
@@ -342,8 +352,8 @@ impl Gate {
                     .iter()
                     .position(|m| &m.name == name)
                     .ok_or(ModelView::NotServed),
-                Named::Nothing if self.models.len() == 1 => Ok(0),
-                Named::Nothing => Err(ModelView::Unnamed),
+                Named::Nothing | Named::Held if self.models.len() == 1 => Ok(0),
+                Named::Nothing | Named::Held => Err(ModelView::Unnamed),
                 Named::BodyInvalid => Err(ModelView::BodyInvalid),
                 Named::BodyTooLarge => Err(ModelView::BodyTooLarge),
             };
@@ -428,7 +438,11 @@ impl Gate {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
+        if let Some(n) = declared.filter(|&n| n > limit) {
+            // One model: the body can follow the headers upstream, held back until whole.
+            if self.models.len() == 1 && n <= self.routing.max_held_body_bytes {
+                return Ok(Named::Held);
+            }
             return Ok(Named::BodyTooLarge);
         }
         // A body without a length may turn out larger than pingora can replay; in dry-run it
@@ -575,6 +589,8 @@ impl ProxyHttp for Gate {
             decision: None,
             listing: None,
             listing_body: None,
+            held_body: None,
+            late_denial: None,
         }
     }
 
@@ -599,6 +615,10 @@ impl ProxyHttp for Gate {
             }
             None => Named::Nothing,
         };
+        if named == Named::Held {
+            // Grown as the body comes: a declared length is not yet a body.
+            ctx.held_body = Some(BytesMut::with_capacity(MAX_INSPECTED_BODY * 2));
+        }
         let decision = self.decide_with(session.req_header(), caller, named, ctx);
         self.metrics
             .decision_duration
@@ -656,6 +676,105 @@ impl ProxyHttp for Gate {
             }
             Ok(())
         })
+    }
+
+    /// Only a held body is touched: kept back (nothing goes upstream) until it is whole,
+    /// then checked like a body read before the decision. The upstream gets the whole body
+    /// or none of it.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(held) = ctx.held_body.as_mut() else {
+            return Ok(());
+        };
+        if let Some(chunk) = body.take() {
+            // Content-Length frames the body, and was checked against the limit.
+            if held.len() + chunk.len() > self.routing.max_held_body_bytes {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "request body longer than its Content-Length",
+                ));
+            }
+            held.extend_from_slice(&chunk);
+        }
+        if !end_of_stream {
+            // An empty chunk sends nothing and does not end the upstream body.
+            *body = Some(Bytes::new());
+            return Ok(());
+        }
+        let whole = ctx.held_body.take().unwrap_or_default().freeze();
+        let named = model_in_body(&whole);
+        if matches!(&named, Named::Model(m) if *m == self.models[0].name) {
+            ctx.requested_model = Some(self.models[0].name.clone());
+            *body = Some(whole);
+            return Ok(());
+        }
+        // It names another model, or none readable: decide again on what it names.
+        let caller = ctx.caller.clone().ok_or(None);
+        let decision = self.decide_with(session.req_header(), caller, named, ctx);
+        let deny = decision.reason();
+        ctx.decision = Some(decision);
+        match deny {
+            Some(reason) if self.enforce => {
+                ctx.late_denial = Some(reason);
+                Err(pingora::Error::explain(
+                    pingora::ErrorType::HTTPStatus(reason.status()),
+                    "held request body refused",
+                ))
+            }
+            _ => {
+                *body = Some(whole);
+                Ok(())
+            }
+        }
+    }
+
+    /// A held body's denial is answered like any other; every other failure as pingora
+    /// answers it (its default, restated: a trait default cannot be called once overridden).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut RequestCtx,
+    ) -> pingora::proxy::FailToProxy {
+        if let Some(reason) = ctx.late_denial {
+            if let Err(err) = self.write_denial(session, reason, &ctx.request_id).await {
+                tracing::debug!(error = %err, "writing a held body's denial");
+            }
+            return pingora::proxy::FailToProxy {
+                error_code: reason.status(),
+                can_reuse_downstream: false,
+            };
+        }
+        use pingora::{ErrorSource, ErrorType};
+        let code = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (_, ErrorSource::Upstream) => 502,
+            (
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::error!("failed to send error response to downstream: {err}");
+            }
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A held body's denial is in the audit log and the metrics, not an error.
+    fn suppress_error_log(&self, _s: &Session, ctx: &RequestCtx, _e: &pingora::Error) -> bool {
+        ctx.late_denial.is_some()
     }
 
     async fn response_filter(

@@ -237,7 +237,8 @@ static NEXT_VERIFIER_ID: AtomicU64 = AtomicU64::new(1);
 pub struct TokenVerifier {
     /// This verifier's tag in the per-thread [`Recent`] tokens.
     id: u64,
-    issuers: HashMap<String, Arc<Issuer>>,
+    /// The configured issuers: a fixed map, so a fast seeded hash.
+    issuers: HashMap<String, Arc<Issuer>, crate::registry::FastHash>,
     leeway: u64,
     cache: moka::sync::Cache<[u8; 32], Arc<Caller>>,
     /// Tokens that failed for good, so a replayed bad token costs no signature check.

@@ -227,10 +227,15 @@ pub mod freshness {
     }
 }
 
+/// A seeded fast hash for maps whose keys no request chooses.
+pub type FastHash = foldhash::fast::RandomState;
+
 /// The request path's view of the registry.
 pub struct ApprovalStore {
     snapshot: ArcSwap<Snapshot>,
-    cache: moka::sync::Cache<Digest, Option<Arc<RegistryEntry>>>,
+    /// Keyed by the served digests (from provgate's own hashing, never from a request), so
+    /// a fast seeded hash rather than SipHash.
+    cache: moka::sync::Cache<Digest, Option<Arc<RegistryEntry>>, FastHash>,
     synced: AtomicBool,
     /// The published snapshot's `exhaustive`.
     exhaustive: AtomicBool,
@@ -257,7 +262,9 @@ impl ApprovalStore {
             max_stale,
             revalidate_grace,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            cache: moka::sync::Cache::builder().max_capacity(10_000).build(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .build_with_hasher(FastHash::default()),
             synced: AtomicBool::new(false),
             exhaustive: AtomicBool::new(false),
             last_sync: AtomicU64::new(0),

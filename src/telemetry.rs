@@ -61,7 +61,8 @@ pub struct RequestCounters {
     model: String,
     /// `deny` or `would_block`, fixed by the mode.
     deny_word: &'static str,
-    by_version: ArcSwap<HashMap<Arc<str>, Arc<VersionCounters>>>,
+    /// Keyed by signed records' version IDs: a fast seeded hash.
+    by_version: ArcSwap<HashMap<Arc<str>, Arc<VersionCounters>, crate::registry::FastHash>>,
     /// Serialises the rare insertions (a version seen for the first time).
     insert: Mutex<()>,
 }
@@ -79,7 +80,7 @@ impl RequestCounters {
             vec,
             model: model.to_string(),
             deny_word: if enforce { "deny" } else { "would_block" },
-            by_version: ArcSwap::from_pointee(HashMap::new()),
+            by_version: ArcSwap::from_pointee(HashMap::default()),
             insert: Mutex::new(()),
         }
     }

@@ -43,7 +43,7 @@ use provgate::policy::{
     decide, ApprovalView, ArtefactView, CallerView, Input, ModelView, Policy, ServerView,
 };
 use provgate::probe::ServedHandle;
-use provgate::proxy::{model_in_body, Gate, ModelGate, Named, RequestIds};
+use provgate::proxy::{model_in_body, Gate, HeldBudget, ModelGate, Named, RequestIds};
 use provgate::registry::{ApprovalStore, Snapshot};
 use provgate::telemetry::Metrics;
 
@@ -251,6 +251,7 @@ fn bench(c: &mut Criterion) {
             openai_paths: vec!["/v1/chat/completions".into()],
             max_body_bytes: 64 * 1024,
             max_held_body_bytes: 8 << 20,
+            max_held_total_bytes: 64 << 20,
             models_path: Some("/v1/models".into()),
         },
         approvals: store,
@@ -261,6 +262,10 @@ fn bench(c: &mut Criterion) {
         forward_token: false,
         caller_auth: provgate::config::CallerAuth::Token,
         request_ids: RequestIds::default(),
+        held_bytes: Arc::new(HeldBudget::new(
+            64 << 20,
+            prometheus::IntGauge::new("held", "held").unwrap(),
+        )),
     };
     let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
     req.insert_header("authorization", format!("Bearer {t}"))

@@ -184,6 +184,10 @@ pub struct RoutingFile {
     /// only then sent upstream; a larger one is refused with 413. 0: refuse them all.
     #[serde(default = "default_max_held_body")]
     pub max_held_body_bytes: usize,
+    /// All bodies held back at once, together: past it, a body that would be held is
+    /// refused with 413, so callers cannot make the sidecar hold unbounded memory.
+    #[serde(default = "default_max_held_total")]
+    pub max_held_total_bytes: usize,
     /// The OpenAI model list (`GET`): its `data` is filtered to the models this caller may
     /// use right now. Empty: no filtering.
     #[serde(default = "default_models_path")]
@@ -196,6 +200,7 @@ impl Default for RoutingFile {
             openai_paths: default_openai_paths(),
             max_body_bytes: default_max_body(),
             max_held_body_bytes: default_max_held_body(),
+            max_held_total_bytes: default_max_held_total(),
             models_path: default_models_path(),
         }
     }
@@ -492,6 +497,9 @@ fn default_max_body() -> usize {
 fn default_max_held_body() -> usize {
     8 << 20
 }
+fn default_max_held_total() -> usize {
+    64 << 20
+}
 fn default_models_path() -> String {
     "/v1/models".into()
 }
@@ -728,6 +736,7 @@ pub struct Routing {
     pub openai_paths: Vec<String>,
     pub max_body_bytes: usize,
     pub max_held_body_bytes: usize,
+    pub max_held_total_bytes: usize,
     pub models_path: Option<String>,
 }
 
@@ -994,6 +1003,11 @@ impl FileConfig {
             errors.push(format!(
                 "routing.max_held_body_bytes: at most {MAX_HELD_BODY} (each request holding a body keeps it in memory)"
             ));
+        }
+        if self.routing.max_held_total_bytes < self.routing.max_held_body_bytes {
+            errors.push(
+                "routing.max_held_total_bytes: must be at least routing.max_held_body_bytes".into(),
+            );
         }
         for (i, p) in self.routing.openai_paths.iter().enumerate() {
             if !p.starts_with('/') {
@@ -1264,6 +1278,7 @@ impl FileConfig {
                 openai_paths: self.routing.openai_paths,
                 max_body_bytes: self.routing.max_body_bytes,
                 max_held_body_bytes: self.routing.max_held_body_bytes,
+                max_held_total_bytes: self.routing.max_held_total_bytes,
                 models_path: Some(self.routing.models_path).filter(|p| !p.is_empty()),
             },
             registry,

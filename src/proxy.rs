@@ -15,7 +15,7 @@
 //! Nothing here waits on anything but the upstream: no file, registry or key I/O, and no
 //! signature check for a token seen before.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -150,6 +150,75 @@ pub struct Gate {
     /// How callers authenticate: bearer token, mTLS certificate, or a combination.
     pub caller_auth: CallerAuth,
     pub request_ids: RequestIds,
+    /// Request bytes held back right now across all requests (`max_held_total_bytes`).
+    pub held_bytes: Arc<HeldBudget>,
+}
+
+/// A budget of bytes shared by every held body: taken whole when a body is to be held,
+/// given back when the permit drops (the body went upstream, was refused, or the request
+/// ended in any other way).
+#[derive(Debug)]
+pub struct HeldBudget {
+    used: AtomicUsize,
+    limit: usize,
+    /// `provgate_held_body_bytes`, kept equal to `used`.
+    gauge: prometheus::IntGauge,
+}
+
+impl HeldBudget {
+    pub fn new(limit: usize, gauge: prometheus::IntGauge) -> HeldBudget {
+        HeldBudget {
+            used: AtomicUsize::new(0),
+            limit,
+            gauge,
+        }
+    }
+
+    /// `n` more bytes, if they fit.
+    pub fn take(self: &Arc<Self>, n: usize) -> Option<HeldPermit> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let next = used.checked_add(n).filter(|&v| v <= self.limit)?;
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.gauge.add(n as i64);
+                    return Some(HeldPermit {
+                        budget: self.clone(),
+                        n,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes taken from a [`HeldBudget`], given back on drop.
+#[derive(Debug)]
+pub struct HeldPermit {
+    budget: Arc<HeldBudget>,
+    n: usize,
+}
+
+impl Drop for HeldPermit {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
+        self.budget.gauge.sub(self.n as i64);
+    }
+}
+
+/// A body being held back, with its share of the budget.
+pub struct HeldBody {
+    pub buf: BytesMut,
+    _permit: HeldPermit,
 }
 
 /// Per-request context, filled in phase order.
@@ -171,7 +240,7 @@ pub struct RequestCtx {
     pub listing_body: Option<BytesMut>,
     /// A body too large to read before the decision, held back by `request_body_filter`
     /// until it is whole and the model it names is checked.
-    pub held_body: Option<BytesMut>,
+    pub held_body: Option<HeldBody>,
     /// The held body's check denied the request after the upstream was contacted (it has
     /// the headers, none of the body): `fail_to_proxy` answers with this.
     pub late_denial: Option<DenyReason>,
@@ -184,9 +253,10 @@ pub enum Named {
     Model(String),
     BodyInvalid,
     BodyTooLarge,
-    /// A body larger than can be read before the decision, on a single-model sidecar: the
-    /// request is decided as naming that model, and the body is checked when whole.
-    Held,
+    /// A body larger than can be read before the decision (its declared length), on a
+    /// single-model sidecar: the request is decided as naming that model, and the body is
+    /// checked when whole.
+    Held(usize),
 }
 
 impl Gate {
@@ -352,8 +422,8 @@ impl Gate {
                     .iter()
                     .position(|m| &m.name == name)
                     .ok_or(ModelView::NotServed),
-                Named::Nothing | Named::Held if self.models.len() == 1 => Ok(0),
-                Named::Nothing | Named::Held => Err(ModelView::Unnamed),
+                Named::Nothing | Named::Held(_) if self.models.len() == 1 => Ok(0),
+                Named::Nothing | Named::Held(_) => Err(ModelView::Unnamed),
                 Named::BodyInvalid => Err(ModelView::BodyInvalid),
                 Named::BodyTooLarge => Err(ModelView::BodyTooLarge),
             };
@@ -441,7 +511,7 @@ impl Gate {
         if let Some(n) = declared.filter(|&n| n > limit) {
             // One model: the body can follow the headers upstream, held back until whole.
             if self.models.len() == 1 && n <= self.routing.max_held_body_bytes {
-                return Ok(Named::Held);
+                return Ok(Named::Held(n));
             }
             return Ok(Named::BodyTooLarge);
         }
@@ -615,10 +685,21 @@ impl ProxyHttp for Gate {
             }
             None => Named::Nothing,
         };
-        if named == Named::Held {
-            // Grown as the body comes: a declared length is not yet a body.
-            ctx.held_body = Some(BytesMut::with_capacity(MAX_INSPECTED_BODY * 2));
-        }
+        let named = match named {
+            // The whole declared length is reserved up front; the buffer grows as the body
+            // comes (a declared length is not yet a body).
+            Named::Held(n) => match self.held_bytes.take(n) {
+                Some(permit) => {
+                    ctx.held_body = Some(HeldBody {
+                        buf: BytesMut::with_capacity(n.min(MAX_INSPECTED_BODY * 2)),
+                        _permit: permit,
+                    });
+                    Named::Held(n)
+                }
+                None => Named::BodyTooLarge,
+            },
+            named => named,
+        };
         let decision = self.decide_with(session.req_header(), caller, named, ctx);
         self.metrics
             .decision_duration
@@ -688,7 +769,7 @@ impl ProxyHttp for Gate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let Some(held) = ctx.held_body.as_mut() else {
+        let Some(HeldBody { buf: held, .. }) = ctx.held_body.as_mut() else {
             return Ok(());
         };
         if let Some(chunk) = body.take() {
@@ -706,7 +787,11 @@ impl ProxyHttp for Gate {
             *body = Some(Bytes::new());
             return Ok(());
         }
-        let whole = ctx.held_body.take().unwrap_or_default().freeze();
+        let whole = ctx
+            .held_body
+            .take()
+            .map(|h| h.buf.freeze())
+            .unwrap_or_default();
         let named = model_in_body(&whole);
         if matches!(&named, Named::Model(m) if *m == self.models[0].name) {
             ctx.requested_model = Some(self.models[0].name.clone());
@@ -742,12 +827,18 @@ impl ProxyHttp for Gate {
         ctx: &mut RequestCtx,
     ) -> pingora::proxy::FailToProxy {
         if let Some(reason) = ctx.late_denial {
-            if let Err(err) = self.write_denial(session, reason, &ctx.request_id).await {
-                tracing::debug!(error = %err, "writing a held body's denial");
+            // The body was read to its end before the denial, so the connection can carry
+            // the client's next request, unless the upstream already began an answer.
+            let mut written = false;
+            if session.response_written().is_none() {
+                match self.write_denial(session, reason, &ctx.request_id).await {
+                    Ok(()) => written = true,
+                    Err(err) => tracing::debug!(error = %err, "writing a held body's denial"),
+                }
             }
             return pingora::proxy::FailToProxy {
                 error_code: reason.status(),
-                can_reuse_downstream: false,
+                can_reuse_downstream: written,
             };
         }
         use pingora::{ErrorSource, ErrorType};

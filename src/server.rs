@@ -17,7 +17,7 @@ use crate::config::{Config, KeySource, RegistrySource};
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
-use crate::proxy::{Gate, ModelGate, RequestIds};
+use crate::proxy::{Gate, HeldBudget, ModelGate, RequestIds};
 use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
 
@@ -234,6 +234,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         forward_token: config.upstream.forward_token,
         caller_auth: config.caller_auth,
         request_ids: RequestIds::default(),
+        held_bytes: Arc::new(HeldBudget::new(
+            config.routing.max_held_total_bytes,
+            metrics.held_body_bytes.clone(),
+        )),
     };
 
     server.bootstrap();

@@ -37,6 +37,7 @@ pub mod names {
     pub const REGISTRY_SYNC_AGE_SECONDS: &str = "provgate_registry_sync_age_seconds";
     pub const AUDIT_RECORDS_TOTAL: &str = "provgate_audit_records_total";
     pub const READY: &str = "provgate_ready";
+    pub const HELD_BODY_BYTES: &str = "provgate_held_body_bytes";
     pub const JWKS_FETCHES_TOTAL: &str = "provgate_jwks_fetches_total";
     pub const JWKS_AGE_SECONDS: &str = "provgate_jwks_age_seconds";
     pub const BUILD_INFO: &str = "provgate_build_info";
@@ -160,6 +161,7 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     pub audit_failed: IntCounter,
     pub ready: IntGauge,
+    pub held_body_bytes: IntGauge,
     pub jwks_fetches: IntCounterVec,
     pub jwks_age: GaugeVec,
     pub upstream_probes: IntCounterVec,
@@ -317,6 +319,10 @@ impl Metrics {
             READY,
             "1 when the sidecar has finished its first sync."
         ));
+        let held_body_bytes = reg!(IntGauge::new(
+            HELD_BODY_BYTES,
+            "Request body bytes reserved right now by bodies held back until their model is checked."
+        ));
         let jwks_fetches = reg!(IntCounterVec::new(
             Opts::new(
                 JWKS_FETCHES_TOTAL,
@@ -385,6 +391,7 @@ impl Metrics {
             registry_sync_age,
             approval_record_age,
             ready,
+            held_body_bytes,
             jwks_fetches,
             jwks_age,
             upstream_probes,

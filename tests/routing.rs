@@ -527,3 +527,67 @@ async fn dry_run_reads_bodies_without_breaking_them_and_leaves_the_list_alone() 
         .unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
 }
+
+/// Held bodies share one budget (`max_held_total_bytes`): a body that would overdraw it is
+/// refused at once, and what a request took comes back when it ends, however it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_bodies_share_a_bounded_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut fx = Fixture::new();
+    fx.extra = "[routing]\nmax_held_body_bytes = 400000\nmax_held_total_bytes = 400000\n".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let body = format!(r#"{{"model":"{MODEL}","input":"{}"}}"#, "x".repeat(300_000));
+    // A client that sends its headers and half its body, then waits.
+    let stalled = || async {
+        let mut s = tokio::net::TcpStream::connect(pg.listen).await.unwrap();
+        let head = format!(
+            "POST /v1/embeddings HTTP/1.1\r\nHost: provgate\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body.as_bytes()[..150_000]).await.unwrap();
+        s
+    };
+
+    let mut first = stalled().await;
+    let share = format!("provgate_held_body_bytes {}", body.len());
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.metrics().await.contains(&share)
+    })
+    .await;
+    // Until the first is done, a second 300 KB body does not fit the 400 KB budget.
+    let r = post(&pg, "/v1/embeddings", &token, body.clone()).await;
+    assert_eq!(reason(r).await, (413, "request_too_large".to_string()));
+    first.write_all(&body.as_bytes()[150_000..]).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    first.read_exact(&mut answer).await.unwrap();
+    assert_eq!(
+        &answer, b"HTTP/1.1 200",
+        "the first body went through whole"
+    );
+    let r = post(&pg, "/v1/embeddings", &token, body.clone()).await;
+    assert_eq!(r.status(), 200, "its share came back");
+    assert!(pg.metrics().await.contains("provgate_held_body_bytes 0"));
+
+    // A client that goes away mid-body gives its share back too.
+    drop(stalled().await);
+    pg.eventually(Duration::from_secs(5), || async {
+        post(&pg, "/v1/embeddings", &token, body.clone())
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    let full: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|s| s.body.len() == body.len())
+        .collect();
+    assert!(full.len() >= 3, "three bodies went through whole");
+    assert!(full.iter().all(|s| s.body == body.as_bytes()));
+}

@@ -76,6 +76,7 @@ fn the_documented_shape_validates_with_safe_defaults() {
     assert!(c.probe.is_none(), "no probe unless configured");
     assert_eq!(c.routing.max_body_bytes, 64 * 1024);
     assert_eq!(c.routing.max_held_body_bytes, 8 << 20);
+    assert_eq!(c.routing.max_held_total_bytes, 64 << 20);
     assert_eq!(c.routing.models_path.as_deref(), Some("/v1/models"));
     assert!(c
         .routing
@@ -268,7 +269,7 @@ fn several_models_each_get_their_own_section() {
     let bad = two
         .replace("kind = \"kserve_v2\"", "kind = \"triton\"")
         .replace("poll_interval = \"2s\"", "poll_interval = \"0s\"")
-        + "\n[routing]\nmax_body_bytes = 1000000\nmax_held_body_bytes = 1000000000\n";
+        + "\n[routing]\nmax_body_bytes = 1000000\nmax_held_body_bytes = 1000000000\nmax_held_total_bytes = 1\n";
     let err = FileConfig::parse(&bad).unwrap().validate().unwrap_err();
     let all = err.0.join("\n");
     for needle in [
@@ -276,6 +277,7 @@ fn several_models_each_get_their_own_section() {
         "artefacts[1].poll_interval",
         "routing.max_body_bytes",
         "routing.max_held_body_bytes",
+        "routing.max_held_total_bytes",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

@@ -194,11 +194,6 @@ impl HeldBudget {
             }
         }
     }
-
-    /// Bytes taken now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
 }
 
 /// Bytes taken from a [`HeldBudget`], given back on drop.
@@ -773,11 +768,12 @@ impl ProxyHttp for Gate {
             return Ok(());
         };
         if let Some(chunk) = body.take() {
-            // Content-Length frames the body, and was checked against the limit.
+            // pingora frames the body by its Content-Length, which was checked against the
+            // limit; this only guards that promise.
             if held.len() + chunk.len() > self.routing.max_held_body_bytes {
                 return Err(pingora::Error::explain(
                     pingora::ErrorType::InvalidHTTPHeader,
-                    "request body longer than its Content-Length",
+                    "held request body over routing.max_held_body_bytes",
                 ));
             }
             held.extend_from_slice(&chunk);

@@ -37,6 +37,13 @@ pub fn dir_fingerprint(root: &Path) -> Vec<(PathBuf, FileIdentity)> {
     let mut stack = vec![root.to_path_buf()];
     if let Ok(m) = std::fs::metadata(root) {
         out.push((root.to_path_buf(), FileIdentity::of(&m)));
+        if m.is_file() {
+            // A single file's signature is beside it, outside the watched path.
+            let sig = crate::attestation::signature_path(root);
+            if let Ok(s) = std::fs::symlink_metadata(&sig) {
+                out.push((sig, FileIdentity::of(&s)));
+            }
+        }
     }
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -105,7 +105,19 @@ pub fn verify_dir(dir: &Path, signers: &[Signer]) -> SignatureState {
     verify_dir_with(dir, signers, None, threads)
 }
 
-/// Verifies `DIR/model.sig`, checking its resources against `served` (the manifest of `dir`
+/// Where a model's OMS signature is: `DIR/model.sig` for a directory, `FILE.sig` beside a
+/// single-file model (several single-file models may share a directory).
+pub fn signature_path(model: &Path) -> PathBuf {
+    if model.is_dir() {
+        model.join(SIGNATURE_FILE)
+    } else {
+        let mut name = model.as_os_str().to_owned();
+        name.push(".sig");
+        PathBuf::from(name)
+    }
+}
+
+/// Verifies the model's signature ([`signature_path`]), checking its resources against `served` (the manifest of `dir`
 /// just computed) when the signature's serialization is the same, else hashing `dir` with
 /// the signature's serialization on `threads` threads.
 pub fn verify_dir_with(
@@ -114,7 +126,7 @@ pub fn verify_dir_with(
     served: Option<&Manifest>,
     threads: usize,
 ) -> SignatureState {
-    let path = dir.join(SIGNATURE_FILE);
+    let path = signature_path(dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return SignatureState::Absent,

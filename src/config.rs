@@ -266,8 +266,9 @@ pub struct ArtefactFile {
     /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
-    /// Pinned signers of the directory's OMS signature (`model.sig`); an approval record
-    /// naming `artefact.signer` requires a valid signature by the signer of that name.
+    /// Pinned signers of the model's OMS signature (`DIR/model.sig`, or `FILE.sig` beside a
+    /// single-file model); an approval record naming `artefact.signer` requires a valid
+    /// signature by the signer of that name.
     #[serde(default)]
     pub signers: Vec<SignerFile>,
 }

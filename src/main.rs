@@ -267,7 +267,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                     println!(
                         "{}: no {}",
                         dir.display(),
-                        provgate::attestation::SIGNATURE_FILE
+                        provgate::attestation::signature_path(&dir).display()
                     );
                     Ok(ExitCode::FAILURE)
                 }

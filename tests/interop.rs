@@ -384,6 +384,44 @@ fn oms_signatures_from_the_reference_tool_verify_and_tampering_fails() {
     }
 }
 
+/// A single-file model signed by the reference library (its resource named ".", shards
+/// ".:START:END"), with the signature beside it as FILE.sig: it verifies, provgate's digest
+/// is the signed one, and a changed byte or a missing signature is caught.
+#[test]
+fn a_single_file_model_signed_by_the_reference_tool_verifies() {
+    for method in ["files", "shards"] {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("model.onnx");
+        let weights: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&model, &weights).unwrap();
+        let public = root.path().join("signer.pub");
+        run(Command::new(python())
+            .arg(script("oms_sign_key.py"))
+            .arg(&model)
+            .arg(&public)
+            .args(["p256", method, "30000"]));
+        let sig = root.path().join("model.onnx.sig");
+        assert!(sig.exists(), "{method}: the reference tool wrote FILE.sig");
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(ok && said.contains("signed by release"), "{method}: {said}");
+
+        let mut changed = weights.clone();
+        changed[50_000] ^= 1;
+        std::fs::write(&model, &changed).unwrap();
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(
+            !ok && said.contains("differs from what was signed"),
+            "{method}: {said}"
+        );
+        std::fs::write(&model, &weights).unwrap();
+        assert!(verify_signature(&model, &public).0, "{method}: restored");
+
+        std::fs::remove_file(&sig).unwrap();
+        let (ok, said) = verify_signature(&model, &public);
+        assert!(!ok && said.contains("model.onnx.sig"), "{method}: {said}");
+    }
+}
+
 /// An approval record that pins `artefact.signer` admits requests only while the model
 /// directory carries a valid OMS signature by that signer.
 #[tokio::test(flavor = "multi_thread")]

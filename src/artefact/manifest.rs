@@ -273,10 +273,10 @@ pub fn list_files(root: &Path) -> Result<Vec<ListedFile>, HashError> {
     let root = root.canonicalize().map_err(io_err(root))?;
     let meta = std::fs::metadata(&root).map_err(io_err(&root))?;
     if meta.is_file() {
-        // A single-file model: its one resource is named after the file itself.
-        let name = root.file_name().map(PathBuf::from).unwrap_or_default();
+        // A single-file model: its one resource is named "." (shards ".:START:END"), as
+        // model_signing names it; names do not enter the digest.
         return Ok(vec![ListedFile {
-            rel: name,
+            rel: PathBuf::from("."),
             abs: root,
             identity: FileIdentity::of(&meta),
         }]);

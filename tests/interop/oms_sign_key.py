@@ -1,5 +1,5 @@
-"""Signs a model directory in place (DIR/model.sig) with the reference model_signing
-library, key method, using a fresh EC key; writes the public key PEM.
+"""Signs a model in place (DIR/model.sig, or FILE.sig beside a single-file model) with the
+reference model_signing library, key method, using a fresh EC key; writes the public key PEM.
 
 usage: oms_sign_key.py MODEL_DIR PUBLIC_KEY_OUT CURVE(p256|p384) METHOD(files|shards) [SHARD_SIZE]
 """
@@ -28,7 +28,8 @@ def main() -> None:
         (signing.Config()
             .use_elliptic_key_signer(private_key=priv)
             .set_hashing_config(config)
-            .sign(model, model / "model.sig"))
+            .sign(model, model / "model.sig" if model.is_dir()
+                  else model.with_name(model.name + ".sig")))
 
 
 if __name__ == "__main__":

@@ -465,3 +465,49 @@ async fn a_record_pinning_a_signer_needs_that_signature() {
         "artefact is not signed by the record's signer"
     );
 }
+
+/// The sidecar serves a single-file model whose signature is beside it (FILE.sig, as the
+/// reference library signs a file): a record pinning that signer admits requests, and
+/// removing the signature blocks them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_file_model_is_served_with_its_signature_beside_it() {
+    let mut fx = Fixture::new();
+    let file = fx.path("model.onnx");
+    std::fs::write(&file, vec![9u8; 50_000]).unwrap();
+    let public = fx.path("release.pub");
+    run(Command::new(python())
+        .arg(script("oms_sign_key.py"))
+        .arg(&file)
+        .arg(&public)
+        .args(["p256", "files"]));
+    fx.extra = format!(
+        "[[artefact.signers]]\nname = \"release\"\npublic_key = \"{}\"\n",
+        public.display()
+    );
+    let mut claims = fx.claims();
+    claims.artefact.digest = provgate::artefact::compute_manifest(&file, 1).unwrap().root;
+    claims.artefact.signer = Some("release".into());
+    fx.approve("rec.jwt", &claims);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let dir_line = format!("path = \"{}\"", fx.model_dir().display());
+    let config = fx.config(listen, admin, up.addr);
+    assert!(config.contains(&dir_line));
+    let config = config.replace(&dir_line, &format!("path = \"{}\"", file.display()));
+    let pg = Provgate::spawn(fx.dir.path(), "single", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200, "{}", pg.logs());
+
+    std::fs::remove_file(fx.path("model.onnx.sig")).unwrap();
+    pg.until_answer(&token, 403, None, std::time::Duration::from_secs(5))
+        .await;
+    let body: serde_json::Value = pg
+        .get("/v1/models", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"], "approval_invalid");
+}

@@ -96,7 +96,7 @@ def count(targets: list[tuple[str, list[str], int]], work: Path, setup: dict, to
 def report(result: dict[str, dict[str, float]], base: str, requests: int) -> str:
     workloads = sorted({w for r in result.values() for w in r})
     lines = [f"Instructions per request in the proxy's user space (callgrind, {requests} requests "
-             "per workload over 8 keep-alive connections, after a warm-up; repeatable to <0.5%).",
+             "per workload over 8 keep-alive connections, after a warm-up; repeatable to about 0.2%, an occasional run up to 0.7% off).",
              "", "| target | " + " | ".join(f"{w.upper()} instructions | vs {base}" for w in workloads) + " |",
              "|---|" + "---|---|" * len(workloads)]
     for name, r in result.items():

@@ -52,13 +52,6 @@ async fn assert_denied(
     audit
 }
 
-async fn started(fx: &Fixture) -> (Upstream, Provgate) {
-    let up = Upstream::start().await;
-    let pg = Provgate::start(fx, up.addr).await;
-    pg.wait_ready().await;
-    (up, pg)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_approved_request_reaches_the_upstream_tagged() {
     let fx = Fixture::new();

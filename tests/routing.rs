@@ -60,9 +60,7 @@ async fn an_openai_body_names_its_model_and_is_forwarded_unchanged() {
     let mut fx = Fixture::new();
     fx.extra = "[routing]\nmax_body_bytes = 65536\n".into();
     fx.approve("rec.jwt", &fx.claims());
-    let up = Upstream::start().await;
-    let pg = Provgate::start(&fx, up.addr).await;
-    pg.wait_ready().await;
+    let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
 
     // A 60 KB chat request arrives in several reads; the upstream gets it byte for byte.
@@ -162,9 +160,7 @@ async fn a_long_body_is_held_until_its_model_is_checked() {
     let mut fx = Fixture::new();
     fx.extra = "[routing]\nmax_held_body_bytes = 400000\n".into();
     fx.approve("rec.jwt", &fx.claims());
-    let up = Upstream::start().await;
-    let pg = Provgate::start(&fx, up.addr).await;
-    pg.wait_ready().await;
+    let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
     let long = |model: &str| {
         format!(
@@ -369,9 +365,7 @@ async fn a_probe_mismatch_blocks_and_a_probe_outage_does_not() {
     fx.extra =
         "[upstream.probe]\nkind = \"openai\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n".into();
     fx.approve("rec.jwt", &fx.claims());
-    let up = Upstream::start().await;
-    let pg = Provgate::start(&fx, up.addr).await;
-    pg.wait_ready().await;
+    let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
     let infer = format!("/v2/models/{MODEL}/infer");
     assert_eq!(pg.get(&infer, Some(&token)).await.status(), 200);
@@ -431,9 +425,7 @@ async fn kserve_and_ollama_probes_check_name_and_digest() {
     let mut fx = Fixture::new();
     fx.extra = "[upstream.probe]\nkind = \"kserve_v2\"\ninterval = \"100ms\"\n".into();
     fx.approve("rec.jwt", &fx.claims());
-    let up = Upstream::start().await;
-    let pg = Provgate::start(&fx, up.addr).await;
-    pg.wait_ready().await;
+    let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
     assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
     up.serve(&[]);
@@ -475,10 +467,8 @@ async fn dry_run_reads_bodies_without_breaking_them_and_leaves_the_list_alone() 
     fx.enforce = false;
     fx.extra = "[routing]\nmax_body_bytes = 1024\nmax_held_body_bytes = 50000\n".into();
     fx.approve("rec.jwt", &fx.claims());
-    let up = Upstream::start().await;
+    let (up, pg) = started(&fx).await;
     up.serve(&[(MODEL, ""), ("unapproved", "")]);
-    let pg = Provgate::start(&fx, up.addr).await;
-    pg.wait_ready().await;
     let token = fx.token(CALLER);
 
     // Over the limit, with and without a length: counted, and still delivered whole.
@@ -536,9 +526,7 @@ async fn held_bodies_share_a_bounded_budget() {
     let mut fx = Fixture::new();
     fx.extra = "[routing]\nmax_held_body_bytes = 400000\nmax_held_total_bytes = 400000\n".into();
     fx.approve("rec.jwt", &fx.claims());
-    let up = Upstream::start().await;
-    let pg = Provgate::start(&fx, up.addr).await;
-    pg.wait_ready().await;
+    let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
     let body = format!(r#"{{"model":"{MODEL}","input":"{}"}}"#, "x".repeat(300_000));
     // A client that sends its headers and half its body, then waits.

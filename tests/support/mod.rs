@@ -668,3 +668,11 @@ pub fn run_cli(args: &[&str], cwd: Option<&Path>) -> std::process::Output {
     }
     cmd.output().unwrap()
 }
+
+/// An upstream and provgate for this fixture, ready (first hash, registry read, keys).
+pub async fn started(fx: &Fixture) -> (Upstream, Provgate) {
+    let up = Upstream::start().await;
+    let pg = Provgate::start(fx, up.addr).await;
+    pg.wait_ready().await;
+    (up, pg)
+}

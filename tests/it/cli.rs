@@ -1,11 +1,9 @@
 //! The command line, as a newcomer uses it: validate a config, digest a model, make keys,
 //! sign an approval, mint a token, run, and get one request through and one blocked.
 
-mod support;
-
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 fn ok(out: &std::process::Output) -> String {
     assert!(

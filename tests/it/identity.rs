@@ -3,18 +3,16 @@
 //! request, an issuer down at start, an issuer down after start (last good keys until
 //! `max_stale`, then `trust_data_unavailable`), and a flood of unknown `kid`s.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
-use support::*;
 
 /// A JWKS issuer over HTTPS.
 struct HttpsIssuer {

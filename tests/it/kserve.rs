@@ -8,14 +8,12 @@
 //! The directory swapped for an unapproved copy: the same requests are refused, although
 //! the server still has the approved model in memory.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 fn python() -> PathBuf {
     match std::env::var_os("PROVGATE_KSERVE_PYTHON") {

@@ -4,17 +4,15 @@
 //! `refresh_interval` plus one fetch (measured and printed), a withdrawn record blocking,
 //! and an outage trusted until `max_stale`, then failing closed, then recovering.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::mlflow::{self, MlflowServer};
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
-use support::mlflow::{self, MlflowServer};
-use support::*;
 
 const REFRESH: Duration = Duration::from_secs(1);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);

@@ -2,11 +2,9 @@
 //! naming their model (read before the decision, forwarded unchanged), several models on one
 //! sidecar each with its own approval state, the filtered model list, and upstream probes.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// The fixture's config with its one `[artefact]` replaced by `sections`.
 fn config_with(

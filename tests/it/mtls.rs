@@ -1,12 +1,10 @@
 //! mTLS callers: TLS terminated on the listener, client certificates verified against
 //! `listen.client_ca`, the certificate's SPIFFE ID as the caller, alone or with a token.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-use support::*;
 
 struct Pki {
     ca_pem: String,

@@ -5,12 +5,10 @@
 //! - approval records and caller tokens minted by PyJWT with keys provgate never made are
 //!   accepted through the real binary.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn python() -> PathBuf {
     match std::env::var_os("PROVGATE_PYTHON") {

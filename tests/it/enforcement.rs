@@ -1,13 +1,11 @@
 //! End-to-end enforcement through the real binary: a real upstream, real sockets on
 //! 127.0.0.1 ephemeral ports, and each deny reason produced by a real scenario.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use support::*;
 
 /// Checks a denial everywhere it must show: status, JSON body, header, metric, audit line.
 async fn assert_denied(

@@ -1,0 +1,18 @@
+//! provgate's integration tests, one crate: every area is a module of this one test binary,
+//! so the suite links pingora and the other dependencies once instead of once per file.
+//! Each module starts the real `provgate` binary on 127.0.0.1 ephemeral ports against real
+//! peers (`support` holds the builders: an upstream, a fixture of keys and records, the proxy).
+//!
+//! Run one area with `cargo test --test it enforcement::` (the module path filters).
+
+mod support;
+
+mod cli;
+mod enforcement;
+mod identity;
+mod interop;
+mod kserve;
+mod layering;
+mod mtls;
+mod registries;
+mod routing;

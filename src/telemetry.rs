@@ -1,6 +1,8 @@
 //! Metrics: every name is a constant here, every metric is registered in [`Metrics::new`],
 //! and labels are bounded (decision, reason enum, model, version ID, fixed outcome words).
-//! A token subject, a path or an error string is never a label.
+//! A token subject, a path or an error string is never a label. The request path's counters
+//! take their registered family from here and resolve their series beside the request path
+//! (`proxy::counters`).
 //!
 //! Also sets up structured logging (`tracing`, with pingora's `log` records bridged in).
 

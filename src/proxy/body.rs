@@ -122,9 +122,10 @@ impl HeldBody {
 }
 
 /// Reads the JSON body of an OpenAI request, up to the routing limit, and returns the
-/// model it names (`models`: how many the sidecar guards). pingora keeps what was read (at most 64 KiB, which the limit cannot
-/// exceed) in its retry buffer and sends exactly those bytes upstream after the
-/// decision: the body is forwarded unchanged, and nothing reaches the upstream before.
+/// model it names (`models`: how many the sidecar guards). pingora keeps what was read (at
+/// most 64 KiB, which the limit cannot exceed) in its retry buffer and sends exactly those
+/// bytes upstream after the decision: the body is forwarded unchanged, and nothing reaches
+/// the upstream before.
 pub async fn read_body_model(
     session: &mut Session,
     routing: &Routing,
@@ -177,3 +178,6 @@ pub async fn read_body_model(
     };
     Ok(model_in_body(body))
 }
+
+#[cfg(test)]
+mod tests;

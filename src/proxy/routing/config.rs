@@ -122,3 +122,6 @@ impl RoutingFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

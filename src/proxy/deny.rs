@@ -67,7 +67,34 @@ pub async fn write_denial(
         Ok(())
     })?;
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_body(Some(body), true).await?;
+    drain_unread_body(session).await;
+    Ok(())
+}
+
+/// The most of an unread request body read and dropped after a denial, and for how long.
+pub const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops what is left of a denied request's body, up to [`DRAIN_LIMIT`] bytes and
+/// [`DRAIN_TIME`]: a client still sending a body the denial was written before (a 413, say)
+/// then reads the answer instead of a TCP reset, which is what closing a socket with unread
+/// data sends (nginx's "lingering close"). A longer or slower body is left, and pingora closes
+/// the connection.
+async fn drain_unread_body(session: &mut Session) {
+    if session.is_body_done() {
+        return;
+    }
+    let drained = tokio::time::timeout(DRAIN_TIME, async {
+        let mut read = 0usize;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    });
+    let _ = drained.await;
 }
 
 #[cfg(test)]

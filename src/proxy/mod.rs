@@ -47,7 +47,7 @@ use crate::policy::Decision;
 use self::body::read_body_model;
 pub use self::body::{HeldBody, HeldBudget, HeldPermit};
 pub use self::counters::{Outcome, RequestCounters};
-use self::deny::write_denial;
+use self::deny::{write_denial, write_failure, Failure};
 pub use self::gate::{Gate, ModelGate, RequestCtx};
 pub use self::headers::RequestIds;
 use self::headers::{edit_request, edit_response, strip_provgate, ADDED_HEADERS};
@@ -244,24 +244,20 @@ impl ProxyHttp for Gate {
                 can_reuse_downstream: written,
             };
         }
-        use pingora::{ErrorSource, ErrorType};
-        let code = match (e.etype(), e.esource()) {
-            (ErrorType::HTTPStatus(code), _) => *code,
-            (_, ErrorSource::Upstream) => 502,
-            (
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-                ErrorSource::Downstream,
-            ) => 0,
-            (_, ErrorSource::Downstream) => 400,
-            (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+        let Some(failure) = Failure::of(e) else {
+            // The client is gone: nothing to answer.
+            return pingora::proxy::FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
-        if code > 0 {
-            if let Err(err) = session.respond_error(code).await {
-                tracing::error!("failed to send error response to downstream: {err}");
+        if session.response_written().is_none() {
+            if let Err(err) = write_failure(session, failure, &ctx.request_id).await {
+                tracing::debug!(error = %err, "writing an upstream failure's answer");
             }
         }
         pingora::proxy::FailToProxy {
-            error_code: code,
+            error_code: failure.status(),
             can_reuse_downstream: false,
         }
     }

@@ -471,7 +471,7 @@ fn publish_mlflow(
     token_file: Option<PathBuf>,
     basic_auth_file: Option<PathBuf>,
 ) -> Result<()> {
-    use provgate::config::{RegistryAuth, RemoteKind, RemoteRegistry};
+    use provgate::registry::config::{RegistryAuth, RemoteKind, RemoteRegistry};
     let auth = match (token_file, basic_auth_file) {
         (Some(f), _) => RegistryAuth::BearerFile(f),
         (None, Some(f)) => RegistryAuth::BasicFile(f),

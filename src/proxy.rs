@@ -31,9 +31,10 @@ use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 use crate::approval::ApprovalRecord;
 use crate::artefact::ArtefactHandle;
 use crate::audit::{AuditEvent, AuditLog, EvidenceRef};
+use crate::config::Routing;
 use crate::config::MAX_INSPECTED_BODY;
-use crate::config::{CallerAuth, Routing, Upstream, UpstreamProtocol};
 use crate::digest::Digest;
+use crate::identity::config::CallerAuth;
 use crate::identity::mtls::CertCaller;
 use crate::identity::{bearer, Caller, TokenError, TokenVerifier};
 use crate::policy::{
@@ -42,6 +43,7 @@ use crate::policy::{
 use crate::probe::ServedHandle;
 use crate::registry::{ApprovalStore, Lookup};
 use crate::telemetry::{Metrics, Outcome, RequestCounters};
+use crate::upstream::{Upstream, UpstreamProtocol};
 
 pub const HEADER_VERSION_ID: HeaderName = HeaderName::from_static("x-provgate-version-id");
 pub const HEADER_REQUEST_ID: HeaderName = HeaderName::from_static("x-provgate-request-id");

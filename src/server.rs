@@ -13,13 +13,17 @@ use pingora::server::Server;
 use crate::admin::Admin;
 use crate::artefact::{ArtefactHandle, ArtefactWatcher};
 use crate::audit::AuditLog;
-use crate::config::{Config, KeySource, RegistrySource};
+use crate::config::Config;
+use crate::identity::config::KeySource;
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
 use crate::proxy::{Gate, HeldBudget, ModelGate, RequestIds};
+use crate::registry::config::RegistrySource;
 use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
+
+pub mod config;
 
 /// Errors starting the sidecar.
 #[derive(Debug, thiserror::Error)]

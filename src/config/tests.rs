@@ -1,5 +1,8 @@
 use super::*;
+use crate::identity::config::KeySource;
 use crate::keys::{jwks_document, KeyKind, SigningKey};
+use crate::registry::config::{RegistryAuth, RemoteKind};
+use crate::upstream::UpstreamProtocol;
 
 fn write_keys(dir: &Path) -> (String, String) {
     let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();

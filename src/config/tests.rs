@@ -407,3 +407,48 @@ fn the_served_serialization_defaults_to_files_and_shards_take_a_size() {
         assert!(e.contains(error), "{lines}: {e}");
     }
 }
+
+#[test]
+fn each_section_reports_its_errors_in_file_order_with_the_messages_users_know() {
+    // The messages are the interface `provgate run -t` shows; this pins them word for word
+    // (sections report in file order, each section's problems together).
+    let dir = tempfile::tempdir().unwrap();
+    let text = good(dir.path())
+        .replace(
+            "address = \"127.0.0.1:8080\"",
+            "address = \"localhost\"\ncaller_auth = \"magic\"",
+        )
+        .replace(
+            "address = \"127.0.0.1:8000\"",
+            "address = \"127.0.0.1:8000\"\nprotocol = \"h3\"",
+        )
+        .replace(
+            "path = \"/models/m\"",
+            "path = \" \"\npoll_interval = \"0s\"\nshard_size = 4",
+        )
+        .replace("kind = \"dir\"", "kind = \"s3\"\nrefresh_interval = \"0s\"")
+        .replace(
+            "audiences = [\"provgate\"]",
+            "audiences = []\nprofile = \"spiffe\"",
+        )
+        + "[log]\nformat = \"xml\"\n[upstream.probe]\nkind = \"triton\"\ninterval = \"0s\"\n";
+    let err = FileConfig::parse(&text).unwrap().validate().unwrap_err();
+    assert_eq!(
+        err.0,
+        vec![
+            "listen.address: \"localhost\" is not an IP:port socket address",
+            "listen.caller_auth: \"magic\" is not one of \"token\", \"certificate\", \"token_or_certificate\", \"token_and_certificate\"",
+            "upstream.protocol: \"h3\" is not one of \"http1\", \"h2c\", \"https\"",
+            "upstream.probe.kind: \"triton\" is not one of \"kserve_v2\", \"openai\", \"ollama\"",
+            "upstream.probe: interval and timeout must be more than zero",
+            "artefact.poll_interval: must be more than zero",
+            "artefact.path: must not be empty",
+            "artefact.shard_size: only used with serialization = \"shards\"",
+            "registry.refresh_interval: must be more than zero",
+            "registry.kind: \"s3\" is not one of \"dir\", \"mlflow\", \"http\"",
+            "callers.issuers[0].audiences: at least one audience is needed",
+            "callers.issuers[0].trust_domain: profile \"spiffe\" needs a trust domain such as \"example.org\"",
+            "log.format: \"xml\" is not \"text\" or \"json\"",
+        ]
+    );
+}

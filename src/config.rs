@@ -13,19 +13,20 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::artefact::config::{validate_models, ArtefactFile, ModelConfig};
 use crate::fields::Errors;
-use crate::identity::config::{CallerAuth, CallersFile, Issuer, ListenTls};
+use crate::identity::config::{Callers, CallersFile};
 use crate::keys::KeySet;
-use crate::policy::config::{tier_rules, ModeFile, TierFile, TrustFile, WorkloadFile};
+use crate::policy::config::{tier_rules, ModeFile, TierFile, TrustFile, Workload, WorkloadFile};
 use crate::policy::TierRule;
 use crate::probe::config::Probe;
-use crate::registry::config::{RegistryFile, RegistrySource};
-use crate::server::config::{AdminFile, ListenFile, LogFile, ServerFile};
+use crate::registry::config::{RegistryConfig, RegistryFile};
+use crate::server::config::{
+    AdminFile, Listen, ListenFile, LogFile, LogSettings, ServerFile, ServerSettings,
+};
 use crate::upstream::{Upstream, UpstreamFile};
 
 // === File structs ===
@@ -185,39 +186,34 @@ pub struct Routing {
     pub models_path: Option<String>,
 }
 
-/// The validated configuration: each field a component's validated value.
+/// The validated configuration: one field per section, each the validated value its
+/// component owns.
 #[derive(Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
-    pub listen_tls: Option<ListenTls>,
-    pub caller_auth: CallerAuth,
+    /// `[listen]`: the address, how callers authenticate, TLS.
+    pub listen: Listen,
+    /// `[admin]`.
     pub admin: SocketAddr,
     pub upstream: Upstream,
-    pub enforce: bool,
-    pub workload_identity: String,
-    /// Where the identity is re-read from, and how often (None: fixed).
-    pub workload_token_file: Option<(PathBuf, Duration)>,
+    /// `[upstream.probe]`, if configured.
+    pub probe: Option<Probe>,
     /// The guarded models, in configuration order (at least one).
     pub models: Vec<ModelConfig>,
-    pub probe: Option<Probe>,
     pub routing: Routing,
-    pub registry: RegistrySource,
-    /// How often the registry is read again (`dir`: rescanned besides inotify events).
-    pub refresh_interval: Duration,
-    pub max_stale: Duration,
+    pub registry: RegistryConfig,
+    /// `[mode] enforce`.
+    pub enforce: bool,
+    pub workload: Workload,
+    /// `[trust] approver_keys`, loaded.
     pub approvers: KeySet,
-    pub leeway: Duration,
-    pub token_cache_size: u64,
-    pub issuers: Vec<Issuer>,
+    pub callers: Callers,
     pub tiers: HashMap<String, TierRule>,
     pub audit_path: PathBuf,
     pub log_allowed: bool,
     pub audit_queue: usize,
-    pub threads: usize,
-    pub work_stealing: bool,
-    pub grace_period: Duration,
-    pub log_level: String,
-    pub log_json: bool,
+    /// `[server]`.
+    pub server: ServerSettings,
+    pub log: LogSettings,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -268,33 +264,23 @@ impl FileConfig {
             return Err(ConfigErrors(errors.into_messages()));
         }
         Ok(Config {
-            listen: listen.address,
-            listen_tls: listen.tls,
-            caller_auth: listen.caller_auth,
+            listen,
             admin,
             upstream,
-            enforce: self.mode.enforce,
-            workload_identity: workload.identity,
-            workload_token_file: workload.token_file,
-            models,
             probe,
+            models,
             routing,
-            registry: registry.source,
-            refresh_interval: registry.refresh_interval,
-            max_stale: registry.max_stale,
+            registry,
+            enforce: self.mode.enforce,
+            workload,
             approvers,
-            leeway: callers.leeway,
-            token_cache_size: callers.token_cache_size,
-            issuers: callers.issuers,
+            callers,
             tiers: tier_rules(self.tiers),
             audit_path: PathBuf::from(self.audit.path),
             log_allowed: self.audit.log_allowed,
             audit_queue: self.audit.queue,
-            threads: server.threads,
-            work_stealing: server.work_stealing,
-            grace_period: server.grace_period,
-            log_level: log.level,
-            log_json: log.json,
+            server,
+            log,
         })
     }
 }

@@ -321,7 +321,7 @@ fn run(path: &Path, test: bool) -> Result<ExitCode> {
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    provgate::telemetry::init_logging(&config.log_level, config.log_json);
+    provgate::telemetry::init_logging(&config.log.level, config.log.json);
     provgate::server::run(config)?;
     Ok(ExitCode::SUCCESS)
 }

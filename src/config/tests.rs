@@ -1,8 +1,9 @@
 use super::*;
 use crate::identity::config::KeySource;
 use crate::keys::{jwks_document, KeyKind, SigningKey};
-use crate::registry::config::{RegistryAuth, RemoteKind};
+use crate::registry::config::{RegistryAuth, RegistrySource, RemoteKind};
 use crate::upstream::UpstreamProtocol;
+use std::time::Duration;
 
 fn write_keys(dir: &Path) -> (String, String) {
     let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
@@ -61,11 +62,11 @@ fn the_documented_shape_validates_with_safe_defaults() {
         .validate()
         .unwrap();
     assert!(c.enforce);
-    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.listen.address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.upstream.protocol, UpstreamProtocol::Http1);
     assert!(!c.upstream.forward_token, "tokens are stripped by default");
-    assert_eq!(c.issuers.len(), 1);
-    match &c.issuers[0].keys {
+    assert_eq!(c.callers.issuers.len(), 1);
+    match &c.callers.issuers[0].keys {
         KeySource::File(keys) => assert_eq!(keys.keys.len(), 1),
         other => panic!("a jwks_file issuer loaded as {other:?}"),
     }
@@ -92,7 +93,7 @@ fn the_shipped_example_config_validates() {
     // Run from the crate root, as `provgate run -c config/provgate.toml` is.
     let c = load(Path::new("config/provgate.toml")).unwrap();
     assert!(c.enforce);
-    assert!(c.listen.ip().is_loopback() && c.admin.ip().is_loopback());
+    assert!(c.listen.address.ip().is_loopback() && c.admin.ip().is_loopback());
 }
 
 #[test]
@@ -172,7 +173,7 @@ fn an_issuer_names_exactly_one_key_source() {
         "discovery_url = \"https://issuer.example.org/.well-known/openid-configuration\"\nrefresh_min = \"5s\"\nmax_stale = \"2m\"",
     );
     let c = FileConfig::parse(&remote).unwrap().validate().unwrap();
-    match &c.issuers[0].keys {
+    match &c.callers.issuers[0].keys {
         KeySource::Remote(r) => {
             assert!(r.discovery);
             assert_eq!(r.refresh_min, Duration::from_secs(5));
@@ -203,7 +204,7 @@ fn token_profiles_are_validated() {
     .validate()
     .unwrap();
     assert_eq!(
-        c.issuers[0].profile,
+        c.callers.issuers[0].profile,
         crate::identity::Profile::Spiffe {
             trust_domain: "example.org".into()
         }
@@ -302,7 +303,7 @@ fn remote_registries_validate_their_own_keys() {
         .unwrap()
         .validate()
         .unwrap();
-    match &c.registry {
+    match &c.registry.source {
         RegistrySource::Remote(r) => {
             assert_eq!(r.kind, RemoteKind::Mlflow);
             assert_eq!(r.url, "http://127.0.0.1:5000", "trailing slash dropped");
@@ -311,7 +312,7 @@ fn remote_registries_validate_their_own_keys() {
         }
         other => panic!("expected a remote registry, got {other:?}"),
     }
-    assert_eq!(c.refresh_interval, Duration::from_secs(2));
+    assert_eq!(c.registry.refresh_interval, Duration::from_secs(2));
 
     // The old name of refresh_interval still reads.
     let dir_alias = format!("{dir_section}\nrescan_interval = \"3s\"");
@@ -319,7 +320,7 @@ fn remote_registries_validate_their_own_keys() {
         .unwrap()
         .validate()
         .unwrap();
-    assert_eq!(c.refresh_interval, Duration::from_secs(3));
+    assert_eq!(c.registry.refresh_interval, Duration::from_secs(3));
 
     for (body, needle) in [
         ("kind = \"http\"", "registry.url: required"),

@@ -5,8 +5,8 @@
 //! calls each section, runs the checks that span sections, and reports every error at once,
 //! each with its key path, through [`crate::fields::Errors`].
 //!
-//! Components must not import this module; it imports them. It still holds, until they
-//! move to their owners, the `[routing]` and `[audit]` sections.
+//! Components must not import this module; it imports them. It still holds, until it
+//! moves to its owner, the `[audit]` section.
 //!
 //! Relative paths are taken from the working directory provgate runs in.
 
@@ -23,6 +23,7 @@ use crate::keys::KeySet;
 use crate::policy::config::{tier_rules, ModeFile, TierFile, TrustFile, Workload, WorkloadFile};
 use crate::policy::TierRule;
 use crate::probe::config::Probe;
+use crate::proxy::routing::config::{Routing, RoutingFile};
 use crate::registry::config::{RegistryConfig, RegistryFile};
 use crate::server::config::{
     AdminFile, Listen, ListenFile, LogFile, LogSettings, ServerFile, ServerSettings,
@@ -82,51 +83,6 @@ pub struct FileConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoutingFile {
-    /// POST paths whose JSON body names the model in its `model` field (the OpenAI API).
-    /// Their bodies are read (up to `max_body_bytes`) before the decision and forwarded
-    /// unchanged. An empty list turns body inspection off.
-    #[serde(default = "default_openai_paths")]
-    pub openai_paths: Vec<String>,
-    /// The largest body read to find `model`; a larger one is refused with 413. At most
-    /// 65536: pingora 0.9 can replay at most 64 KiB of a body it has already read.
-    #[serde(default = "default_max_body")]
-    pub max_body_bytes: usize,
-    /// On a single-model sidecar, a body declared larger than `max_body_bytes` (by its
-    /// Content-Length) and at most this large is held back until it is whole, checked, and
-    /// only then sent upstream; a larger one is refused with 413. 0: refuse them all.
-    #[serde(default = "default_max_held_body")]
-    pub max_held_body_bytes: usize,
-    /// All bodies held back at once, together: past it, a body that would be held is
-    /// refused with 413, so callers cannot make the sidecar hold unbounded memory.
-    #[serde(default = "default_max_held_total")]
-    pub max_held_total_bytes: usize,
-    /// The OpenAI model list (`GET`): its `data` is filtered to the models this caller may
-    /// use right now. Empty: no filtering.
-    #[serde(default = "default_models_path")]
-    pub models_path: String,
-}
-
-impl Default for RoutingFile {
-    fn default() -> Self {
-        RoutingFile {
-            openai_paths: default_openai_paths(),
-            max_body_bytes: default_max_body(),
-            max_held_body_bytes: default_max_held_body(),
-            max_held_total_bytes: default_max_held_total(),
-            models_path: default_models_path(),
-        }
-    }
-}
-
-/// pingora 0.9 keeps at most this much of a request body for replay (`BODY_BUF_LIMIT`).
-pub const MAX_INSPECTED_BODY: usize = 64 * 1024;
-
-/// The largest `routing.max_held_body_bytes`.
-pub const MAX_HELD_BODY: usize = 256 << 20;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuditFile {
     /// JSON Lines file; created if missing, appended to, hash chain continued.
     #[serde(default = "default_audit_path")]
@@ -149,24 +105,6 @@ impl Default for AuditFile {
     }
 }
 
-fn default_openai_paths() -> Vec<String> {
-    ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
-        .map(String::from)
-        .to_vec()
-}
-fn default_max_body() -> usize {
-    MAX_INSPECTED_BODY
-}
-fn default_max_held_body() -> usize {
-    8 << 20
-}
-fn default_max_held_total() -> usize {
-    64 << 20
-}
-fn default_models_path() -> String {
-    "/v1/models".into()
-}
-
 fn default_audit_path() -> String {
     "provgate-audit.jsonl".into()
 }
@@ -175,16 +113,6 @@ fn default_audit_queue() -> usize {
 }
 
 // === Validated config ===
-
-/// How requests name their model.
-#[derive(Debug, Clone)]
-pub struct Routing {
-    pub openai_paths: Vec<String>,
-    pub max_body_bytes: usize,
-    pub max_held_body_bytes: usize,
-    pub max_held_total_bytes: usize,
-    pub models_path: Option<String>,
-}
 
 /// The validated configuration: one field per section, each the validated value its
 /// component owns.
@@ -249,7 +177,12 @@ impl FileConfig {
             .as_ref()
             .map(|p| p.validate(&mut errors));
         let models = validate_models(self.artefact.as_ref(), &self.artefacts, &mut errors);
-        let routing = validate_routing(self.routing, &mut errors);
+        let routing = {
+            let mut lines = Vec::new();
+            let routing = self.routing.validate(&mut lines);
+            errors.extend(lines);
+            routing
+        };
         let registry = self.registry.validate(&mut errors);
         let workload = self.workload.validate(&mut errors);
         let approvers = self.trust.validate(&mut errors);
@@ -282,51 +215,6 @@ impl FileConfig {
             server,
             log,
         })
-    }
-}
-
-/// Checks `[routing]`; every problem goes to `errors`.
-fn validate_routing(routing: RoutingFile, errors: &mut Errors) -> Routing {
-    if routing.max_body_bytes == 0 || routing.max_body_bytes > MAX_INSPECTED_BODY {
-        errors.push(
-            "routing.max_body_bytes",
-            format_args!("must be between 1 and {MAX_INSPECTED_BODY} (pingora replays at most 64 KiB of a body read before the decision)"),
-        );
-    }
-    if routing.max_held_body_bytes > MAX_HELD_BODY {
-        errors.push(
-            "routing.max_held_body_bytes",
-            format_args!(
-                "at most {MAX_HELD_BODY} (each request holding a body keeps it in memory)"
-            ),
-        );
-    }
-    if routing.max_held_total_bytes < routing.max_held_body_bytes {
-        errors.push(
-            "routing.max_held_total_bytes",
-            "must be at least routing.max_held_body_bytes",
-        );
-    }
-    for (i, p) in routing.openai_paths.iter().enumerate() {
-        if !p.starts_with('/') {
-            errors.push(
-                format_args!("routing.openai_paths[{i}]"),
-                format_args!("{p:?} must start with /"),
-            );
-        }
-    }
-    if !routing.models_path.is_empty() && !routing.models_path.starts_with('/') {
-        errors.push(
-            "routing.models_path",
-            format_args!("{:?} must start with / (or be empty)", routing.models_path),
-        );
-    }
-    Routing {
-        openai_paths: routing.openai_paths,
-        max_body_bytes: routing.max_body_bytes,
-        max_held_body_bytes: routing.max_held_body_bytes,
-        max_held_total_bytes: routing.max_held_total_bytes,
-        models_path: Some(routing.models_path).filter(|p| !p.is_empty()),
     }
 }
 

@@ -27,6 +27,12 @@ impl Errors {
         self.messages.push(format!("{key}: {message}"));
     }
 
+    /// Takes lines already written as `key: message` (a section that collects into a
+    /// plain list, such as `[routing]`).
+    pub fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        self.messages.extend(lines);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }

@@ -261,7 +261,7 @@ fn bench(c: &mut Criterion) {
         metrics,
         peer: pingora::prelude::HttpPeer::new("127.0.0.1:1", false, String::new()),
         forward_token: false,
-        caller_auth: provgate::config::CallerAuth::Token,
+        caller_auth: provgate::identity::config::CallerAuth::Token,
         request_ids: RequestIds::default(),
         held_bytes: Arc::new(HeldBudget::new(
             64 << 20,

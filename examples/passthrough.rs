@@ -49,7 +49,7 @@ fn main() {
             peer: Gate::upstream_peer_for(&config.upstream),
         },
     );
-    proxy.add_tcp(&config.listen.to_string());
+    proxy.add_tcp(&config.listen.address.to_string());
     server.add_service(proxy);
     server.run_forever()
 }

@@ -22,6 +22,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::digest::Digest;
 use crate::telemetry::Metrics;
 
+pub mod config;
 pub mod manifest;
 
 pub use manifest::{

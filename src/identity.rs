@@ -22,6 +22,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+pub use self::config::Profile;
 use crate::keys::KeySet;
 use crate::telemetry::Metrics;
 
@@ -90,18 +91,6 @@ impl TokenError {
             TokenError::UnknownKey | TokenError::NotYetValid | TokenError::KeysUnavailable
         )
     }
-}
-
-/// What an issuer's tokens must look like beyond the JWT rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Profile {
-    /// Any OIDC workload token: a non-empty `sub`.
-    Oidc,
-    /// SPIFFE JWT-SVID: `sub` is a SPIFFE ID in this trust domain.
-    Spiffe { trust_domain: String },
-    /// Kubernetes projected service-account token: `sub` is
-    /// `system:serviceaccount:NS:NAME` and agrees with the `kubernetes.io` claim.
-    Kubernetes,
 }
 
 impl Profile {
@@ -180,6 +169,7 @@ impl Issuer {
     }
 }
 
+pub mod config;
 pub mod jwks;
 pub mod mtls;
 

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod base;
 pub mod config;
 pub mod digest;
+pub mod fields;
 pub mod identity;
 pub mod keys;
 pub mod policy;
@@ -23,6 +24,7 @@ pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;
 
 /// The global allocator. A work-stealing runtime frees memory on other threads than the one
 /// that allocated it; glibc malloc serialises that on arena locks. jemalloc (the default)

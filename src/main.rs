@@ -321,7 +321,7 @@ fn run(path: &Path, test: bool) -> Result<ExitCode> {
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    provgate::telemetry::init_logging(&config.log_level, config.log_json);
+    provgate::telemetry::init_logging(&config.log.level, config.log.json);
     provgate::server::run(config)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -471,7 +471,7 @@ fn publish_mlflow(
     token_file: Option<PathBuf>,
     basic_auth_file: Option<PathBuf>,
 ) -> Result<()> {
-    use provgate::config::{RegistryAuth, RemoteKind, RemoteRegistry};
+    use provgate::registry::config::{RegistryAuth, RemoteKind, RemoteRegistry};
     let auth = match (token_file, basic_auth_file) {
         (Some(f), _) => RegistryAuth::BearerFile(f),
         (None, Some(f)) => RegistryAuth::BasicFile(f),

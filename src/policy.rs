@@ -13,6 +13,8 @@ use crate::digest::Digest;
 use crate::identity::Caller;
 use crate::registry::RegistryEntry;
 
+pub mod config;
+
 /// Why a request was (or in dry-run would have been) blocked. Closed, so it can be a metric
 /// label; the strings are part of the public contract (JSON bodies, audit log, metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

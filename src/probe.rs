@@ -24,37 +24,14 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Probe, Upstream, UpstreamProtocol};
+pub mod config;
+
+pub use self::config::ProbeKind;
+
+use self::config::Probe;
 use crate::policy::ServerView;
 use crate::telemetry::Metrics;
-
-/// What the probe asks the model server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    KserveV2,
-    OpenAi,
-    Ollama,
-}
-
-impl ProbeKind {
-    pub fn parse(s: &str) -> Option<ProbeKind> {
-        match s {
-            "kserve_v2" => Some(ProbeKind::KserveV2),
-            "openai" => Some(ProbeKind::OpenAi),
-            "ollama" => Some(ProbeKind::Ollama),
-            _ => None,
-        }
-    }
-
-    /// The configuration word, also the metric label.
-    pub const fn label(self) -> &'static str {
-        match self {
-            ProbeKind::KserveV2 => "kserve_v2",
-            ProbeKind::OpenAi => "openai",
-            ProbeKind::Ollama => "ollama",
-        }
-    }
-}
+use crate::upstream::{Upstream, UpstreamProtocol};
 
 /// What the probe last learnt about one model.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -494,6 +494,7 @@ impl DirRegistry {
     }
 }
 
+pub mod config;
 pub mod http;
 pub mod mlflow;
 pub mod remote;

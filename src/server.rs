@@ -13,13 +13,17 @@ use pingora::server::Server;
 use crate::admin::Admin;
 use crate::artefact::{ArtefactHandle, ArtefactWatcher};
 use crate::audit::AuditLog;
-use crate::config::{Config, KeySource, RegistrySource};
+use crate::config::Config;
+use crate::identity::config::KeySource;
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
 use crate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
+use crate::registry::config::RegistrySource;
 use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
+
+pub mod config;
 
 /// Errors starting the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +42,11 @@ pub enum StartError {
 /// pass-through proxy, so the two differ only in the checks).
 pub fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
-        threads: config.threads,
-        work_stealing: config.work_stealing,
+        threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         upstream_keepalive_pool_size: config.upstream.keepalive_pool,
-        grace_period_seconds: Some(config.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.grace_period.as_secs().max(1)),
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
         ..ServerConf::default()
     }
 }
@@ -79,7 +83,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::with_mode(config.enforce));
     let stop = Arc::new(AtomicBool::new(false));
 
-    for issuer in &config.issuers {
+    for issuer in &config.callers.issuers {
         if let KeySource::File(keys) = &issuer.keys {
             for skipped in &keys.skipped {
                 tracing::warn!(issuer = %issuer.issuer, key = %skipped, "issuer key skipped");
@@ -90,12 +94,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!(key = %skipped, "approver key skipped");
     }
 
-    let revalidate_grace = match &config.registry {
+    let revalidate_grace = match &config.registry.source {
         RegistrySource::Remote(r) => r.timeout,
         RegistrySource::Dir(_) => Duration::from_secs(1),
     };
     let approvals = Arc::new(ApprovalStore::new(
-        config.max_stale,
+        config.registry.max_stale,
         revalidate_grace,
         metrics.clone(),
     ));
@@ -139,12 +143,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .map_err(StartError::Thread)?;
     }
 
-    match &config.registry {
+    match &config.registry.source {
         RegistrySource::Dir(dir) => {
             let registry = DirRegistry {
                 dir: dir.clone(),
                 approvers: config.approvers.clone(),
-                refresh_interval: config.refresh_interval,
+                refresh_interval: config.registry.refresh_interval,
                 store: approvals.clone(),
                 metrics: metrics.clone(),
             };
@@ -168,7 +172,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             crate::registry::remote::spawn(
                 remote,
                 config.approvers.clone(),
-                config.refresh_interval,
+                config.registry.refresh_interval,
                 approvals.clone(),
                 served,
                 metrics.clone(),
@@ -180,6 +184,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let tokens = Arc::new(TokenVerifier::new(
         config
+            .callers
             .issuers
             .into_iter()
             .map(|i| {
@@ -197,18 +202,18 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 }
             })
             .collect(),
-        config.leeway.as_secs(),
-        config.token_cache_size,
+        config.callers.leeway.as_secs(),
+        config.callers.token_cache_size,
         metrics.clone(),
     ));
     crate::identity::jwks::spawn_fetchers(tokens.issuers().cloned().collect(), metrics.clone())
         .map_err(StartError::Thread)?;
 
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
-        workload_identity: config.workload_identity,
+        workload_identity: config.workload.identity,
         tiers: config.tiers,
     }));
-    if let Some((path, every)) = config.workload_token_file {
+    if let Some((path, every)) = config.workload.token_file {
         let (policy, stop) = (policy.clone(), stop.clone());
         std::thread::Builder::new()
             .name("provgate-workload".into())
@@ -232,7 +237,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics: metrics.clone(),
         peer: Gate::upstream_peer_for(&config.upstream),
         forward_token: config.upstream.forward_token,
-        caller_auth: config.caller_auth,
+        caller_auth: config.listen.caller_auth,
         request_ids: RequestIds::default(),
         held_bytes: Arc::new(HeldBudget::new(
             config.routing.max_held_total_bytes,
@@ -243,13 +248,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     server.bootstrap();
 
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gate);
-    match &config.listen_tls {
+    match &config.listen.tls {
         Some(tls) => {
-            let settings = crate::identity::mtls::tls_settings(tls, config.caller_auth)
+            let settings = crate::identity::mtls::tls_settings(tls, config.listen.caller_auth)
                 .map_err(StartError::Tls)?;
-            proxy.add_tls_with_settings(&config.listen.to_string(), None, settings);
+            proxy.add_tls_with_settings(&config.listen.address.to_string(), None, settings);
         }
-        None => proxy.add_tcp(&config.listen.to_string()),
+        None => proxy.add_tcp(&config.listen.address.to_string()),
     }
     server.add_service(proxy);
 
@@ -265,7 +270,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     admin.add_tcp(&config.admin.to_string());
     server.add_service(admin);
 
-    tracing::info!(listen = %config.listen, admin = %config.admin,
+    tracing::info!(listen = %config.listen.address, admin = %config.admin,
         upstream = %config.upstream.address, enforce = config.enforce, "provgate starting");
     server.run_forever()
 }

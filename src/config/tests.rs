@@ -1,5 +1,9 @@
 use super::*;
+use crate::identity::config::KeySource;
 use crate::keys::{jwks_document, KeyKind, SigningKey};
+use crate::registry::config::{RegistryAuth, RegistrySource, RemoteKind};
+use crate::upstream::UpstreamProtocol;
+use std::time::Duration;
 
 fn write_keys(dir: &Path) -> (String, String) {
     let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
@@ -58,11 +62,11 @@ fn the_documented_shape_validates_with_safe_defaults() {
         .validate()
         .unwrap();
     assert!(c.enforce);
-    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.listen.address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.upstream.protocol, UpstreamProtocol::Http1);
     assert!(!c.upstream.forward_token, "tokens are stripped by default");
-    assert_eq!(c.issuers.len(), 1);
-    match &c.issuers[0].keys {
+    assert_eq!(c.callers.issuers.len(), 1);
+    match &c.callers.issuers[0].keys {
         KeySource::File(keys) => assert_eq!(keys.keys.len(), 1),
         other => panic!("a jwks_file issuer loaded as {other:?}"),
     }
@@ -89,7 +93,7 @@ fn the_shipped_example_config_validates() {
     // Run from the crate root, as `provgate run -c config/provgate.toml` is.
     let c = load(Path::new("config/provgate.toml")).unwrap();
     assert!(c.enforce);
-    assert!(c.listen.ip().is_loopback() && c.admin.ip().is_loopback());
+    assert!(c.listen.address.ip().is_loopback() && c.admin.ip().is_loopback());
 }
 
 #[test]
@@ -169,7 +173,7 @@ fn an_issuer_names_exactly_one_key_source() {
         "discovery_url = \"https://issuer.example.org/.well-known/openid-configuration\"\nrefresh_min = \"5s\"\nmax_stale = \"2m\"",
     );
     let c = FileConfig::parse(&remote).unwrap().validate().unwrap();
-    match &c.issuers[0].keys {
+    match &c.callers.issuers[0].keys {
         KeySource::Remote(r) => {
             assert!(r.discovery);
             assert_eq!(r.refresh_min, Duration::from_secs(5));
@@ -200,7 +204,7 @@ fn token_profiles_are_validated() {
     .validate()
     .unwrap();
     assert_eq!(
-        c.issuers[0].profile,
+        c.callers.issuers[0].profile,
         crate::identity::Profile::Spiffe {
             trust_domain: "example.org".into()
         }
@@ -299,7 +303,7 @@ fn remote_registries_validate_their_own_keys() {
         .unwrap()
         .validate()
         .unwrap();
-    match &c.registry {
+    match &c.registry.source {
         RegistrySource::Remote(r) => {
             assert_eq!(r.kind, RemoteKind::Mlflow);
             assert_eq!(r.url, "http://127.0.0.1:5000", "trailing slash dropped");
@@ -308,7 +312,7 @@ fn remote_registries_validate_their_own_keys() {
         }
         other => panic!("expected a remote registry, got {other:?}"),
     }
-    assert_eq!(c.refresh_interval, Duration::from_secs(2));
+    assert_eq!(c.registry.refresh_interval, Duration::from_secs(2));
 
     // The old name of refresh_interval still reads.
     let dir_alias = format!("{dir_section}\nrescan_interval = \"3s\"");
@@ -316,7 +320,7 @@ fn remote_registries_validate_their_own_keys() {
         .unwrap()
         .validate()
         .unwrap();
-    assert_eq!(c.refresh_interval, Duration::from_secs(3));
+    assert_eq!(c.registry.refresh_interval, Duration::from_secs(3));
 
     for (body, needle) in [
         ("kind = \"http\"", "registry.url: required"),
@@ -403,4 +407,49 @@ fn the_served_serialization_defaults_to_files_and_shards_take_a_size() {
         let e = with(lines).unwrap_err().to_string();
         assert!(e.contains(error), "{lines}: {e}");
     }
+}
+
+#[test]
+fn each_section_reports_its_errors_in_file_order_with_the_messages_users_know() {
+    // The messages are the interface `provgate run -t` shows; this pins them word for word
+    // (sections report in file order, each section's problems together).
+    let dir = tempfile::tempdir().unwrap();
+    let text = good(dir.path())
+        .replace(
+            "address = \"127.0.0.1:8080\"",
+            "address = \"localhost\"\ncaller_auth = \"magic\"",
+        )
+        .replace(
+            "address = \"127.0.0.1:8000\"",
+            "address = \"127.0.0.1:8000\"\nprotocol = \"h3\"",
+        )
+        .replace(
+            "path = \"/models/m\"",
+            "path = \" \"\npoll_interval = \"0s\"\nshard_size = 4",
+        )
+        .replace("kind = \"dir\"", "kind = \"s3\"\nrefresh_interval = \"0s\"")
+        .replace(
+            "audiences = [\"provgate\"]",
+            "audiences = []\nprofile = \"spiffe\"",
+        )
+        + "[log]\nformat = \"xml\"\n[upstream.probe]\nkind = \"triton\"\ninterval = \"0s\"\n";
+    let err = FileConfig::parse(&text).unwrap().validate().unwrap_err();
+    assert_eq!(
+        err.0,
+        vec![
+            "listen.address: \"localhost\" is not an IP:port socket address",
+            "listen.caller_auth: \"magic\" is not one of \"token\", \"certificate\", \"token_or_certificate\", \"token_and_certificate\"",
+            "upstream.protocol: \"h3\" is not one of \"http1\", \"h2c\", \"https\"",
+            "upstream.probe.kind: \"triton\" is not one of \"kserve_v2\", \"openai\", \"ollama\"",
+            "upstream.probe: interval and timeout must be more than zero",
+            "artefact.poll_interval: must be more than zero",
+            "artefact.path: must not be empty",
+            "artefact.shard_size: only used with serialization = \"shards\"",
+            "registry.refresh_interval: must be more than zero",
+            "registry.kind: \"s3\" is not one of \"dir\", \"mlflow\", \"http\"",
+            "callers.issuers[0].audiences: at least one audience is needed",
+            "callers.issuers[0].trust_domain: profile \"spiffe\" needs a trust domain such as \"example.org\"",
+            "log.format: \"xml\" is not \"text\" or \"json\"",
+        ]
+    );
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::config::RemoteKeys;
 use super::Issuer;
-use crate::config::RemoteKeys;
 use crate::keys::KeySet;
 use crate::telemetry::Metrics;
 

@@ -11,8 +11,8 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 
+use super::config::{CallerAuth, ListenTls};
 use super::Caller;
-use crate::config::{CallerAuth, ListenTls};
 
 /// The `iss` recorded for certificate callers (in the audit log and metrics context).
 pub const CERTIFICATE_ISSUER: &str = "x509-svid";

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
-use crate::config::CallerAuth;
+use crate::identity::config::CallerAuth;
 use crate::identity::mtls::CertCaller;
 use crate::identity::{bearer, Caller, TokenError};
 use crate::proxy::gate::Gate;

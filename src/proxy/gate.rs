@@ -14,8 +14,8 @@ use pingora::prelude::HttpPeer;
 
 use crate::artefact::ArtefactHandle;
 use crate::audit::AuditLog;
-use crate::config::{CallerAuth, Upstream, UpstreamProtocol};
 use crate::digest::Digest;
+use crate::identity::config::CallerAuth;
 use crate::identity::{Caller, TokenVerifier};
 use crate::policy::{Decision, DenyReason, Policy};
 use crate::probe::ServedHandle;
@@ -25,6 +25,7 @@ use crate::proxy::headers::RequestIds;
 use crate::proxy::routing::config::Routing;
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
+use crate::upstream::{Upstream, UpstreamProtocol};
 
 /// One guarded model: everything the request path reads for it.
 pub struct ModelGate {

@@ -17,8 +17,8 @@
 //!      use until `max_stale`
 //! ```
 
+use super::config::{RegistryAuth, RemoteRegistry};
 use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
-use crate::config::{RegistryAuth, RemoteRegistry};
 use crate::digest::Digest;
 
 /// An HTTP registry.

@@ -10,8 +10,8 @@
 //! and a version without the record tag carries no approval: either way the digest is no
 //! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow`.
 
+use super::config::{RegistryAuth, RemoteRegistry};
 use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
-use crate::config::{RegistryAuth, RemoteRegistry};
 use crate::digest::Digest;
 
 pub const TAG_DIGEST: &str = "provgate.artefact_digest";

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::config::{RegistryAuth, RemoteKind, RemoteRegistry};
 use super::http::HttpRegistry;
 use super::mlflow::Mlflow;
 use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot};
 use crate::approval::{self, ApprovalRecord};
-use crate::config::{RegistryAuth, RemoteKind, RemoteRegistry};
 use crate::digest::Digest;
 use crate::keys::KeySet;
 use crate::telemetry::Metrics;

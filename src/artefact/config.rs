@@ -1,0 +1,183 @@
+//! The `[artefact]` (one model) or `[[artefacts]]` (several) sections: which model
+//! directories this sidecar guards, how each is watched and hashed, and whose OMS signature
+//! it may carry. File structs, defaults, validation and the validated [`ModelConfig`].
+//! Data only: watching and hashing are [`crate::artefact`]'s; this file reads the hashing
+//! choices and the signer type from there and from [`crate::attestation`], and must not be
+//! imported by either (nor import [`crate::config`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::artefact::{Serialization, DEFAULT_SHARD_SIZE};
+use crate::attestation::Signer;
+use crate::fields::Errors;
+
+// === File structs ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtefactFile {
+    /// The model name approval records must carry in `sub`.
+    pub model: String,
+    /// The model directory the server loads (or a single model file).
+    pub path: String,
+    /// How often to compare the directory's file sizes and times, besides inotify events.
+    #[serde(default = "default_poll")]
+    pub poll_interval: String,
+    /// The OMS serialization of the served digest: "files" (one SHA-256 per file, the
+    /// default) or "shards" (one per `shard_size` bytes of each file, so that one large file
+    /// is hashed on every thread). Approval records must name the digest computed the same
+    /// way (`provgate digest --serialization shards --shard-size N`).
+    #[serde(default = "default_serialization")]
+    pub serialization: String,
+    /// Shard size in bytes for `serialization = "shards"`; default 1000000000, as the
+    /// reference `model_signing` tool.
+    #[serde(default)]
+    pub shard_size: Option<u64>,
+    /// Threads used to hash files (or shards); 0 = one per core.
+    #[serde(default)]
+    pub hash_threads: usize,
+    /// Pinned signers of the model's OMS signature (`DIR/model.sig`, or `FILE.sig` beside a
+    /// single-file model); an approval record naming `artefact.signer` requires a valid
+    /// signature by the signer of that name.
+    #[serde(default)]
+    pub signers: Vec<SignerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerFile {
+    /// The name approval records use in `artefact.signer`.
+    pub name: String,
+    /// PEM EC P-256 or P-384 public key.
+    pub public_key: String,
+}
+
+fn default_poll() -> String {
+    "1s".into()
+}
+fn default_serialization() -> String {
+    "files".into()
+}
+
+// === Validated config ===
+
+/// At most this many models per sidecar (a listing's filter is a 64-bit set).
+pub const MAX_MODELS: usize = 64;
+
+/// One guarded model: its name, its directory, how it is watched.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model name approval records carry in `sub`, and requests name.
+    pub model: String,
+    pub path: PathBuf,
+    pub poll_interval: Duration,
+    /// The OMS serialization of the served digest.
+    pub serialization: Serialization,
+    pub hash_threads: usize,
+    pub signers: Arc<Vec<Signer>>,
+}
+
+/// Checks `[artefact]` or `[[artefacts]]` (exactly one of the two) and loads each model's
+/// signer keys; every problem goes to `errors`. The models come back in file order.
+pub fn validate_models(
+    single: Option<&ArtefactFile>,
+    many: &[ArtefactFile],
+    errors: &mut Errors,
+) -> Vec<ModelConfig> {
+    let files: Vec<(String, &ArtefactFile)> = match (single, many.is_empty()) {
+        (Some(a), true) => vec![("artefact".to_string(), a)],
+        (None, false) => many
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("artefacts[{i}]"), a))
+            .collect(),
+        _ => {
+            errors.push(
+                "artefact",
+                "give exactly one of [artefact] (one model) and [[artefacts]] (several)",
+            );
+            Vec::new()
+        }
+    };
+    if files.len() > MAX_MODELS {
+        errors.push(
+            "artefacts",
+            format_args!("at most {MAX_MODELS} models per sidecar"),
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut names = std::collections::HashSet::new();
+    let mut models = Vec::new();
+    for (key, a) in files {
+        if !names.insert(a.model.as_str()) {
+            errors.push(
+                format_args!("{key}.model"),
+                format_args!("{:?} is configured twice", a.model),
+            );
+        }
+        models.push(a.validate(&key, cores, errors));
+    }
+    models
+}
+
+// === impl ArtefactFile ===
+
+impl ArtefactFile {
+    /// Checks one model's section, found at `key`.
+    fn validate(&self, key: &str, cores: usize, errors: &mut Errors) -> ModelConfig {
+        let poll_interval = errors.duration(&format!("{key}.poll_interval"), &self.poll_interval);
+        errors.more_than_zero(&format!("{key}.poll_interval"), poll_interval);
+        errors.nonempty(&format!("{key}.model"), &self.model);
+        errors.nonempty(&format!("{key}.path"), &self.path);
+        let mut signers = Vec::new();
+        for (i, s) in self.signers.iter().enumerate() {
+            match Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
+                Ok(k) => signers.push(k),
+                Err(e) => errors.push(format_args!("{key}.signers[{i}].public_key"), e),
+            }
+            if s.name.trim().is_empty() {
+                errors.push(format_args!("{key}.signers[{i}].name"), "must not be empty");
+            }
+        }
+        let serialization = match (self.serialization.as_str(), self.shard_size) {
+            ("files", None) => Serialization::Files,
+            ("files", Some(_)) => {
+                errors.push(
+                    format_args!("{key}.shard_size"),
+                    "only used with serialization = \"shards\"",
+                );
+                Serialization::Files
+            }
+            ("shards", size) => {
+                let shard_size = size.unwrap_or(DEFAULT_SHARD_SIZE);
+                if shard_size == 0 {
+                    errors.push(format_args!("{key}.shard_size"), "must be more than zero");
+                }
+                Serialization::Shards { shard_size }
+            }
+            (other, _) => {
+                errors.push(
+                    format_args!("{key}.serialization"),
+                    format_args!("{other:?} is not one of \"files\", \"shards\""),
+                );
+                Serialization::Files
+            }
+        };
+        ModelConfig {
+            model: self.model.clone(),
+            path: PathBuf::from(&self.path),
+            poll_interval,
+            serialization,
+            hash_threads: if self.hash_threads == 0 {
+                cores
+            } else {
+                self.hash_threads
+            },
+            signers: Arc::new(signers),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The `[upstream]` section: the model server provgate forwards to, its file struct,
+//! defaults, validation and the validated [`Upstream`]. Data only: connecting is the proxy's
+//! business and probing the probe's; this module must not import either (the probe's own
+//! `[upstream.probe]` table is owned by [`crate::probe::config`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fields::Errors;
+use crate::probe::config::ProbeFile;
+
+// === File struct ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The model server, `host:port`.
+    pub address: String,
+    /// `http1`, `h2c` (HTTP/2 over cleartext) or `https` (TLS with rustls, HTTP/2 or 1.1 by ALPN).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// TLS server name for `https`; defaults to the address's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Forward the caller's `Authorization` header to the model server. Default: strip it.
+    #[serde(default)]
+    pub forward_token: bool,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Idle connections kept per upstream for reuse.
+    #[serde(default = "default_pool")]
+    pub keepalive_pool: usize,
+    /// Optional cross-check of what the model server says it serves, polled in the
+    /// background (`[upstream.probe]`).
+    #[serde(default)]
+    pub probe: Option<ProbeFile>,
+}
+
+fn default_protocol() -> String {
+    "http1".into()
+}
+fn default_connect_timeout() -> String {
+    "2s".into()
+}
+fn default_pool() -> usize {
+    128
+}
+
+// === Validated config ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2c,
+    Https,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    pub protocol: UpstreamProtocol,
+    pub sni: String,
+    pub forward_token: bool,
+    pub connect_timeout: Duration,
+    pub keepalive_pool: usize,
+}
+
+impl UpstreamFile {
+    /// Checks `[upstream]` (not its `probe` table); every problem goes to `errors`.
+    pub fn validate(&self, errors: &mut Errors) -> Upstream {
+        let address = errors.socket_addr("upstream.address", &self.address);
+        let connect_timeout = errors.duration("upstream.connect_timeout", &self.connect_timeout);
+        let protocol = errors
+            .choice(
+                "upstream.protocol",
+                &self.protocol,
+                &[
+                    ("http1", UpstreamProtocol::Http1),
+                    ("h2c", UpstreamProtocol::H2c),
+                    ("https", UpstreamProtocol::Https),
+                ],
+            )
+            .unwrap_or(UpstreamProtocol::Http1);
+        let sni = self.sni.clone().unwrap_or_else(|| {
+            self.address
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                .unwrap_or_default()
+        });
+        Upstream {
+            address,
+            protocol,
+            sni,
+            forward_token: self.forward_token,
+            connect_timeout,
+            keepalive_pool: self.keepalive_pool,
+        }
+    }
+}

@@ -30,6 +30,11 @@ pub struct UpstreamFile {
     /// TCP connect timeout.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
+    /// How long provgate waits for the model server on one read: the first byte of an
+    /// answer, or the next chunk of a streamed one. Past it the client gets 504
+    /// `upstream_timeout`. Long enough for a slow, unstreamed generation.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: String,
     /// Idle connections kept per upstream for reuse.
     #[serde(default = "default_pool")]
     pub keepalive_pool: usize,
@@ -44,6 +49,9 @@ fn default_protocol() -> String {
 }
 fn default_connect_timeout() -> String {
     "2s".into()
+}
+fn default_read_timeout() -> String {
+    "300s".into()
 }
 fn default_pool() -> usize {
     128
@@ -65,6 +73,7 @@ pub struct Upstream {
     pub sni: String,
     pub forward_token: bool,
     pub connect_timeout: Duration,
+    pub read_timeout: Duration,
     pub keepalive_pool: usize,
 }
 
@@ -73,6 +82,7 @@ impl UpstreamFile {
     pub fn validate(&self, errors: &mut Errors) -> Upstream {
         let address = errors.socket_addr("upstream.address", &self.address);
         let connect_timeout = errors.duration("upstream.connect_timeout", &self.connect_timeout);
+        let read_timeout = errors.duration("upstream.read_timeout", &self.read_timeout);
         let protocol = errors
             .choice(
                 "upstream.protocol",
@@ -96,6 +106,7 @@ impl UpstreamFile {
             sni,
             forward_token: self.forward_token,
             connect_timeout,
+            read_timeout,
             keepalive_pool: self.keepalive_pool,
         }
     }

@@ -706,3 +706,33 @@ async fn an_unreachable_model_server_is_answered_in_json() {
     assert_eq!(body["error"], "upstream_unavailable");
     assert_eq!(body["request_id"], id.as_str());
 }
+
+/// A model server that accepts the connection and never answers: the client gets 504
+/// `upstream_timeout` in JSON after `[upstream] read_timeout`, not a request hanging forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_server_that_never_answers_times_out_in_json() {
+    let mut fx = Fixture::new();
+    fx.upstream_extra = "read_timeout = \"1s\"".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c); // accepted, read from never, answered never
+        }
+    });
+    let pg = Provgate::start(&fx, addr).await;
+    pg.wait_ready().await;
+    let started = std::time::Instant::now();
+    let resp = pg.get("/v1/models", Some(&fx.token(CALLER))).await;
+    assert_eq!(resp.status().as_u16(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_timeout");
+    held.abort();
+}

@@ -217,6 +217,8 @@ pub struct Fixture {
     pub issuer: SigningKey,
     /// Extra TOML appended to the generated config.
     pub extra: String,
+    /// Lines added to the `[upstream]` table.
+    pub upstream_extra: String,
     pub enforce: bool,
     pub log_allowed: bool,
     pub protocol: &'static str,
@@ -237,6 +239,7 @@ impl Fixture {
             approver,
             issuer,
             extra: String::new(),
+            upstream_extra: String::new(),
             enforce: true,
             log_allowed: false,
             protocol: "http1",
@@ -355,6 +358,7 @@ address = "{admin}"
 [upstream]
 address = "{upstream}"
 protocol = "{protocol}"
+{upstream_extra}
 [mode]
 enforce = {enforce}
 [workload]
@@ -394,6 +398,7 @@ grace_period = "0s"
             audit = self.audit_path().display(),
             log_allowed = self.log_allowed,
             extra = self.extra,
+            upstream_extra = self.upstream_extra,
         )
     }
 

@@ -720,7 +720,7 @@ pub struct ModelConfig {
     /// The OMS serialization of the served digest.
     pub serialization: crate::artefact::Serialization,
     pub hash_threads: usize,
-    pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
+    pub signers: std::sync::Arc<Vec<crate::oms::Signer>>,
 }
 
 /// The upstream probe.
@@ -1073,7 +1073,7 @@ impl FileConfig {
             }
             let mut signers = Vec::new();
             for (i, s) in a.signers.iter().enumerate() {
-                match crate::attestation::Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
+                match crate::oms::Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
                     Ok(k) => signers.push(k),
                     Err(e) => errors.push(format!("{key}.signers[{i}].public_key: {e}")),
                 }

@@ -10,12 +10,13 @@
 pub mod admin;
 pub mod approval;
 pub mod artefact;
-pub mod attestation;
 pub mod audit;
 pub mod config;
 pub mod digest;
 pub mod identity;
 pub mod keys;
+pub mod kit;
+pub mod oms;
 pub mod policy;
 pub mod probe;
 pub mod proxy;

@@ -25,6 +25,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{Probe, Upstream, UpstreamProtocol};
+use crate::kit::http::{ClientOptions, FetchError};
 use crate::policy::ServerView;
 use crate::telemetry::Metrics;
 
@@ -71,6 +72,24 @@ pub enum Served {
 
 /// Probe states, as label values.
 pub const SERVED_STATES: [&str; 4] = ["pending", "serving", "not_serving", "unreachable"];
+
+/// Counts one probe answer for one model (`provgate_upstream_probes_total`).
+pub fn count_probe(metrics: &Metrics, kind: ProbeKind, result: &Served) {
+    metrics
+        .upstream_probes
+        .with_label_values(&[kind.label(), result.label()])
+        .inc();
+}
+
+/// Publishes a model's probe state (`provgate_upstream_probe_state`).
+pub fn set_probe_state(metrics: &Metrics, model: &str, state: &Served) {
+    for s in SERVED_STATES {
+        metrics
+            .upstream_probe_state
+            .with_label_values(&[model, s])
+            .set((s == state.label()) as i64);
+    }
+}
 
 impl Served {
     pub const fn label(&self) -> &'static str {
@@ -151,13 +170,14 @@ impl Prober {
         upstream: &Upstream,
         models: Vec<(String, Arc<ServedHandle>)>,
         metrics: Arc<Metrics>,
-    ) -> Result<Prober, String> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .no_proxy()
-            .connect_timeout(probe.timeout.min(upstream.connect_timeout))
-            .timeout(probe.timeout)
-            .pool_max_idle_per_host(1);
+    ) -> Result<Prober, FetchError> {
+        let mut builder = crate::kit::http::builder(&ClientOptions {
+            connect_timeout: probe.timeout.min(upstream.connect_timeout),
+            timeout: probe.timeout,
+            ca_pem: None,
+            user_agent: false,
+        })?
+        .pool_max_idle_per_host(1);
         let base = match upstream.protocol {
             UpstreamProtocol::Http1 => format!("http://{}", upstream.address),
             UpstreamProtocol::H2c => {
@@ -169,7 +189,7 @@ impl Prober {
                 format!("https://{}:{}", upstream.sni, upstream.address.port())
             }
         };
-        let client = builder.build().map_err(|e| e.to_string())?;
+        let client = builder.build().map_err(FetchError::Client)?;
         Ok(Prober {
             probe,
             base,
@@ -179,26 +199,17 @@ impl Prober {
         })
     }
 
-    /// Starts the prober on its own thread (a current-thread runtime), forever.
-    pub fn spawn(self) -> std::io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("provgate-probe".into())
-            .spawn(move || runtime.block_on(self.run()))?;
-        Ok(())
-    }
-
-    async fn run(self) {
+    /// Probes every `interval`, forever (run as a background service, which ends it at
+    /// shutdown).
+    pub async fn run(self) {
         for (model, handle) in &self.models {
-            self.metrics.set_probe_state(model, &handle.load());
+            set_probe_state(&self.metrics, model, &handle.load());
         }
         loop {
             let started = Instant::now();
             let results = self.probe_once().await;
             for ((model, handle), next) in self.models.iter().zip(results) {
-                self.metrics.count_probe(self.probe.kind, &next);
+                count_probe(&self.metrics, self.probe.kind, &next);
                 let previous = handle.load();
                 if **previous != next {
                     match &next {
@@ -214,7 +225,7 @@ impl Prober {
                     }
                 }
                 let next = next_state(&previous, next);
-                self.metrics.set_probe_state(model, &next);
+                set_probe_state(&self.metrics, model, &next);
                 handle.set(next);
             }
             tokio::time::sleep(self.probe.interval.saturating_sub(started.elapsed())).await;

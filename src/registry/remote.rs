@@ -25,6 +25,8 @@ use crate::approval::{self, ApprovalRecord};
 use crate::config::{RegistryAuth, RemoteKind, RemoteRegistry};
 use crate::digest::Digest;
 use crate::keys::KeySet;
+use crate::kit::backoff::Backoff;
+use crate::kit::http::{ClientOptions, FetchError};
 use crate::telemetry::Metrics;
 
 /// How often the refresher looks for a newly served digest.
@@ -100,7 +102,7 @@ impl<S: Source> Refresher<S> {
         let mut last_served: Vec<Digest> = Vec::new();
         let mut next_round = Instant::now();
         let mut last_round_ms = 0;
-        let mut retry = FIRST_RETRY;
+        let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval);
         while !stop.load(Ordering::Relaxed) {
             let mut served = (self.served)();
             served.sort();
@@ -115,12 +117,10 @@ impl<S: Source> Refresher<S> {
                 last_served = served;
                 next_round = Instant::now()
                     + if complete {
-                        retry = FIRST_RETRY;
+                        retry.reset();
                         self.refresh_interval
                     } else {
-                        let wait = retry.min(self.refresh_interval);
-                        retry = (retry * 2).min(self.refresh_interval);
-                        wait
+                        retry.fail()
                     };
             }
             tokio::time::sleep(TICK).await;
@@ -281,21 +281,13 @@ fn snapshot_of(tracked: &HashMap<Digest, Tracked>) -> Snapshot {
 }
 
 /// The HTTP client the remote backends share: rustls, no proxy, bounded connect time.
-pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .no_proxy()
-        .connect_timeout(config.timeout)
-        .timeout(config.timeout)
-        .user_agent(concat!("provgate/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &config.ca_pem {
-        for cert in
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
+pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, FetchError> {
+    crate::kit::http::client(&ClientOptions {
+        connect_timeout: config.timeout,
+        timeout: config.timeout,
+        ca_pem: config.ca_pem.as_deref(),
+        user_agent: true,
+    })
 }
 
 /// Adds the configured credentials to a request. The files are read on every call, so a
@@ -356,8 +348,9 @@ impl Source for Backend {
     }
 }
 
-/// Starts the refresher for a remote registry on its own thread and runtime.
-pub fn spawn(
+/// The refresher for a remote registry, as one future (run as a background service, which
+/// drops it at shutdown; `stop` ends it between rounds too).
+pub fn refresher(
     config: &RemoteRegistry,
     approvers: KeySet,
     refresh_interval: Duration,
@@ -365,11 +358,8 @@ pub fn spawn(
     served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = client(config).map_err(std::io::Error::other)?;
+) -> Result<impl Future<Output = ()> + Send, FetchError> {
+    let client = client(config)?;
     let source = match config.kind {
         RemoteKind::Mlflow => Backend::Mlflow(Mlflow::new(client, config)),
         RemoteKind::Http => Backend::Http(HttpRegistry::new(client, config)),
@@ -383,10 +373,7 @@ pub fn spawn(
         served,
         metrics,
     };
-    std::thread::Builder::new()
-        .name("provgate-registry".into())
-        .spawn(move || runtime.block_on(refresher.run(stop)))?;
-    Ok(())
+    Ok(refresher.run(stop))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::FromDer;
 
-use crate::artefact::{hash_dir, HashOptions, Manifest, Serialization};
+use super::manifest::{hash_dir, HashOptions, Manifest, Serialization};
 
 /// The signature file's name inside the model directory.
 pub const SIGNATURE_FILE: &str = "model.sig";

@@ -62,14 +62,25 @@ impl BackgroundService for Blocking {
         let Some(body) = self.body.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = stop.0.clone();
         let mut task = tokio::task::spawn_blocking(move || body(flag));
         tokio::select! {
             _ = &mut task => return,
-            _ = shutdown_of(shutdown) => stop.store(true, Ordering::Relaxed),
+            _ = shutdown_of(shutdown) => stop.0.store(true, Ordering::Relaxed),
         }
         let _ = task.await;
+    }
+}
+
+/// Sets the stop flag when dropped: pingora shuts a service's runtime down right after the
+/// grace period, dropping `start` possibly before it saw the shutdown signal; the blocking
+/// loop must stop then too (the runtime waits for blocking work only briefly).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

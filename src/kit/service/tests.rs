@@ -51,3 +51,24 @@ async fn a_finished_loop_ends_its_service_and_a_second_start_is_a_no_op() {
     task.start(rx.clone()).await;
     task.start(rx).await;
 }
+
+#[tokio::test]
+async fn a_dropped_start_stops_the_blocking_loop_too() {
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let service = Blocking::service("test", move |stop| {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = done_tx.send(());
+    });
+    let task = service.task();
+    let running = tokio::spawn(async move { task.start(rx).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // What a runtime shutdown does to the service's future.
+    running.abort();
+    let _ = running.await;
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the loop kept running after its service was dropped");
+}

@@ -18,14 +18,12 @@
 //!
 //! This module does not decide anything; `policy::decide` reads [`ServedHandle::view`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
-
 use crate::config::{Probe, Upstream, UpstreamProtocol};
 use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::published::{Freshness, Published};
 use crate::policy::ServerView;
 use crate::telemetry::Metrics;
 
@@ -104,19 +102,25 @@ impl Served {
 
 /// One model's published probe state; cheap to read from any thread.
 pub struct ServedHandle {
-    state: ArcSwap<Served>,
+    /// Synced after the first probe (from the start when there is no probe).
+    state: Published<Served>,
     /// False when no probe is configured: the view is then `NotProbed`.
     probed: bool,
-    settled: AtomicBool,
 }
 
 impl ServedHandle {
     /// A handle for a model that is probed (`Pending` until the first answer) or not.
     pub fn new(probed: bool) -> ServedHandle {
         ServedHandle {
-            state: ArcSwap::from_pointee(Served::Pending),
+            state: Published::with_clock(
+                Served::Pending,
+                if probed {
+                    Freshness::new()
+                } else {
+                    Freshness::synced()
+                },
+            ),
             probed,
-            settled: AtomicBool::new(!probed),
         }
     }
 
@@ -141,13 +145,12 @@ impl ServedHandle {
 
     /// Has the first probe finished (or is there no probe)?
     pub fn is_settled(&self) -> bool {
-        self.settled.load(Ordering::Acquire)
+        self.state.is_synced()
     }
 
     /// Publishes a state. The prober does this; public for tests and benchmarks.
     pub fn set(&self, state: Served) {
-        self.state.store(Arc::new(state));
-        self.settled.store(true, Ordering::Release);
+        self.state.publish(state);
     }
 }
 

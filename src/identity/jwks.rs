@@ -18,7 +18,7 @@ use super::Issuer;
 use crate::config::RemoteKeys;
 use crate::keys::KeySet;
 use crate::kit::backoff::Backoff;
-use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::http::{send, ClientOptions, FetchError};
 use crate::kit::published::Freshness;
 use crate::telemetry::Metrics;
 
@@ -171,32 +171,38 @@ async fn fetch(
     client: &reqwest::Client,
     config: &RemoteKeys,
     issuer: &str,
-) -> Result<(KeySet, Option<Duration>), String> {
+) -> Result<(KeySet, Option<Duration>), FetchError> {
     let jwks_url = if config.discovery {
-        let (doc, _) = get(client, &config.url).await?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&doc).map_err(|e| format!("discovery document: {e}"))?;
+        let url = &config.url;
+        let (doc, _) = get(client, url).await?;
+        let doc: serde_json::Value = serde_json::from_slice(&doc)
+            .map_err(|e| FetchError::answer(url, format!("discovery document: {e}")))?;
         if let Some(claimed) = doc.get("issuer").and_then(|i| i.as_str()) {
             if claimed != issuer {
-                return Err(format!(
-                    "discovery document names issuer {claimed:?}, not {issuer:?}"
+                return Err(FetchError::answer(
+                    url,
+                    format!("discovery document names issuer {claimed:?}, not {issuer:?}"),
                 ));
             }
         }
         doc.get("jwks_uri")
             .and_then(|u| u.as_str())
-            .ok_or("discovery document has no jwks_uri")?
+            .ok_or_else(|| FetchError::answer(url, "discovery document has no jwks_uri"))?
             .to_string()
     } else {
         config.url.clone()
     };
     let (body, max_age) = get(client, &jwks_url).await?;
-    let text = std::str::from_utf8(&body).map_err(|_| "JWKS is not UTF-8".to_string())?;
-    let keys = KeySet::from_jwks_json(text, &jwks_url).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(&body).map_err(|_| FetchError::NotUtf8 {
+        url: jwks_url.clone(),
+        what: "JWKS",
+    })?;
+    let keys =
+        KeySet::from_jwks_json(text, &jwks_url).map_err(|e| FetchError::answer(&jwks_url, e))?;
     if keys.keys.is_empty() {
-        return Err(format!(
-            "{jwks_url} holds no usable key ({:?})",
-            keys.skipped
+        return Err(FetchError::answer(
+            &jwks_url,
+            format!("holds no usable key ({:?})", keys.skipped),
         ));
     }
     let spiffe_hint = serde_json::from_str::<serde_json::Value>(text)
@@ -209,31 +215,26 @@ async fn fetch(
 async fn get(
     client: &reqwest::Client,
     url: &str,
-) -> Result<(bytes::Bytes, Option<Duration>), String> {
-    let resp = client
-        .get(url)
-        .header(http::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+) -> Result<(bytes::Bytes, Option<Duration>), FetchError> {
+    let resp = send(
+        client
+            .get(url)
+            .header(http::header::ACCEPT, "application/json"),
+        url,
+    )
+    .await?;
     if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
-    }
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT as u64)
-    {
-        return Err(format!("{url}: document larger than {MAX_DOCUMENT} bytes"));
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: resp.status(),
+        });
     }
     let max_age = resp
         .headers()
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_max_age);
-    let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-    if body.len() > MAX_DOCUMENT {
-        return Err(format!("{url}: document larger than {MAX_DOCUMENT} bytes"));
-    }
+    let body = crate::kit::http::body(resp, MAX_DOCUMENT, "document").await?;
     Ok((body, max_age))
 }
 

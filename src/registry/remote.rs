@@ -69,7 +69,7 @@ pub trait Source: Send + Sync + 'static {
         &self,
         digest: &Digest,
         etag: Option<&str>,
-    ) -> impl Future<Output = Result<Fetched, String>> + Send;
+    ) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
 }
 
 /// What the refresher remembers of one digest.
@@ -144,7 +144,7 @@ impl<S: Source> Refresher<S> {
             let etag = tracked.get(digest).and_then(|t| t.etag.as_deref());
             let outcome = tokio::time::timeout(self.timeout, self.source.fetch(digest, etag))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+                .unwrap_or_else(|_| Err(FetchError::Timeout(self.timeout)));
             m.duration.observe(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(Fetched::NotModified) if tracked.contains_key(digest) => {
@@ -295,11 +295,14 @@ pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, FetchError> {
 pub fn authorize(
     request: reqwest::RequestBuilder,
     auth: &RegistryAuth,
-) -> Result<reqwest::RequestBuilder, String> {
+) -> Result<reqwest::RequestBuilder, FetchError> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|source| FetchError::Credential {
+                path: path.display().to_string(),
+                source,
+            })
     };
     Ok(match auth {
         RegistryAuth::None => request,
@@ -308,22 +311,15 @@ pub fn authorize(
             let text = read(path)?;
             let (user, password) = text
                 .split_once(':')
-                .ok_or_else(|| format!("{}: expected user:password", path.display()))?;
+                .ok_or_else(|| FetchError::CredentialShape(path.display().to_string()))?;
             request.basic_auth(user, Some(password))
         }
     })
 }
 
 /// Reads a response body, refusing one larger than [`MAX_BODY`].
-pub async fn body(resp: reqwest::Response) -> Result<bytes::Bytes, String> {
-    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(format!("answer larger than {MAX_BODY} bytes"));
-    }
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > MAX_BODY {
-        return Err(format!("answer larger than {MAX_BODY} bytes"));
-    }
-    Ok(body)
+pub async fn body(resp: reqwest::Response) -> Result<bytes::Bytes, FetchError> {
+    crate::kit::http::body(resp, MAX_BODY, "answer").await
 }
 
 /// The configured remote backend.
@@ -340,7 +336,7 @@ impl Source for Backend {
         }
     }
 
-    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, String> {
+    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, FetchError> {
         match self {
             Backend::Mlflow(s) => s.fetch(digest, etag).await,
             Backend::Http(s) => s.fetch(digest, etag).await,

@@ -494,6 +494,7 @@ impl DirRegistry {
 pub mod http;
 pub mod mlflow;
 pub mod remote;
+pub mod source;
 
 #[cfg(test)]
 mod tests;

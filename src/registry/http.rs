@@ -17,7 +17,7 @@
 //!      use until `max_stale`
 //! ```
 
-use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
+use super::source::{authorize, body, Fetched, FetchedRecord, Source};
 use crate::config::{RegistryAuth, RemoteRegistry};
 use crate::digest::Digest;
 use crate::kit::http::{send, FetchError};

@@ -10,7 +10,7 @@
 //! and a version without the record tag carries no approval: either way the digest is no
 //! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow`.
 
-use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
+use super::source::{authorize, body, Fetched, FetchedRecord, Source};
 use crate::config::{RegistryAuth, RemoteRegistry};
 use crate::digest::Digest;
 use crate::kit::http::{send, FetchError};

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::approval::sign;
+use crate::config::RegistryAuth;
 use crate::keys::{jwks_document, KeyKind, SigningKey};
 use crate::registry::tests::claims;
 use crate::registry::Lookup;

@@ -5,8 +5,9 @@
 //! `trust_data_unavailable` rather than `token_invalid`. A failed first fetch is retried
 //! with a backoff of seconds (1 s doubling to 30 s), not minutes.
 //!
-//! The fetchers run on their own thread and runtime; the request path only reads the
-//! published key set and, for an unknown `kid`, waits on a notification.
+//! The fetchers run as one pingora background service (dropped at shutdown); the request
+//! path only reads the published key set and its freshness clock and, for an unknown `kid`,
+//! waits on a notification.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,7 +111,7 @@ fn client(config: &RemoteKeys) -> Result<reqwest::Client, FetchError> {
 
 /// Keeps one issuer's keys fresh, forever.
 async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
-    // `spawn_fetchers` only starts issuers that have remote state.
+    // `fetchers` only starts issuers that have remote state.
     let Some(remote) = issuer.remote.as_ref() else {
         return;
     };

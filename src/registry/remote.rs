@@ -1,4 +1,4 @@
-//! Remote registries (MLflow, HTTP): asked per served digest, on a background thread.
+//! Remote registries (MLflow, HTTP): asked per served digest, by a background service.
 //!
 //! A round asks the registry for the records of every digest being served. It runs when
 //! provgate starts serving a digest it has not asked about (within [`TICK`] of the artefact

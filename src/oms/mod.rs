@@ -17,5 +17,6 @@ pub use manifest::{
     Manifest, Serialization, DEFAULT_SHARD_SIZE, IGNORED_TOP_LEVEL,
 };
 pub use signature::{
-    signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SIGNATURE_FILE,
+    signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SignerError,
+    SIGNATURE_FILE,
 };

@@ -137,3 +137,38 @@ fn every_metric_registers_and_encodes() {
     assert!(text.contains("provgate_artefact_state{model=\"m\",state=\"ready\"} 1"));
     assert!(text.contains("provgate_artefact_state{model=\"m\",state=\"hashing\"} 0"));
 }
+
+#[test]
+fn a_stop_abandons_a_hash_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: seconds of hashing without the disk space.
+    let big = std::fs::File::create(dir.path().join("w")).unwrap();
+    big.set_len(8 << 30).unwrap();
+    drop(big);
+    let handle = Arc::new(ArtefactHandle::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = ArtefactWatcher {
+        model: "m".into(),
+        path: dir.path().to_path_buf(),
+        poll_interval: Duration::from_secs(3600),
+        serialization: Serialization::Files,
+        threads: 1,
+        handle: handle.clone(),
+        metrics: Arc::new(Metrics::new()),
+        signers: Arc::new(Vec::new()),
+    };
+    let s = stop.clone();
+    let t = std::thread::spawn(move || w.run(s));
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Neither a digest nor a failure: the hash was abandoned, not finished.
+    assert!(matches!(**handle.load(), ArtefactState::Pending));
+    assert!(!handle.is_settled());
+}

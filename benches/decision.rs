@@ -234,7 +234,7 @@ fn bench(c: &mut Criterion) {
         digest: served,
         files: 1,
         bytes: 1,
-        signature: provgate::attestation::SignatureState::Absent,
+        signature: provgate::oms::SignatureState::Absent,
     });
     let audit_dir = tempfile::tempdir().unwrap();
     let gate = Gate {

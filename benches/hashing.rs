@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use provgate::artefact::{hash_dir, HashOptions, Serialization};
+use provgate::oms::{hash_dir, HashOptions, Serialization};
 use sha2::{Digest as _, Sha256};
 
 const FILE_BYTES: usize = 256 << 20;
@@ -153,7 +153,7 @@ fn summary(data: &[u8], file: &Path) {
          {} KiB reads unless named",
         FILE_BYTES >> 20,
         SHARD_SIZE >> 20,
-        provgate::artefact::manifest::DEFAULT_READ_BUFFER >> 10
+        provgate::oms::manifest::DEFAULT_READ_BUFFER >> 10
     );
     println!(
         "  {:34} {:>12} {:>10} {:>12} {:>10}",

@@ -2,7 +2,8 @@
 //! directory, computed in the background and published as an atomically swapped state.
 //!
 //! Digest (SHA-256, the configured OMS serialization: `files` by default, or `shards`), as the
-//! `model_signing` package computes it; [`manifest`] owns the rules and the hashing. Top-level
+//! `model_signing` package computes it; [`crate::oms`] owns the rules, the hashing and the
+//! signature check, and this module only decides when to run them and publishes the result. Top-level
 //! `.git`, `.gitignore`, `.github`, `.gitattributes` and the signature file `model.sig` are
 //! ignored. A symbolic link or special file below the root is an error.
 //!
@@ -11,76 +12,24 @@
 //! the new digest when hashing finishes. The request path only loads the state.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use notify::{EventKind, RecursiveMode, Watcher};
-
 use crate::digest::Digest;
+use crate::kit::dirwatch::{self, DirWatch, Fingerprint, Hooks};
+use crate::kit::published::Published;
 use crate::telemetry::Metrics;
 
 pub mod config;
-pub mod manifest;
 
-pub use manifest::{
-    compute_manifest, hash_dir, list_files, FileIdentity, HashError, HashOptions, HashStats,
-    Manifest, Serialization, DEFAULT_SHARD_SIZE, IGNORED_TOP_LEVEL,
-};
+// The watcher's settings name the OMS serialization; the rest of OMS is `crate::oms`'s.
+use crate::oms::{hash_dir, HashError, HashOptions, Manifest};
+pub use crate::oms::{Serialization, DEFAULT_SHARD_SIZE};
 
-/// A cheap summary of a directory tree (each path with its size, mtime, ctime, inode) for
-/// change detection. The ctime is there because it cannot be set from user space: an edit in
-/// place that keeps the size and puts the mtime back (`touch -d`) still changes it.
-pub fn dir_fingerprint(root: &Path) -> Vec<(PathBuf, FileIdentity)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    if let Ok(m) = std::fs::metadata(root) {
-        out.push((root.to_path_buf(), FileIdentity::of(&m)));
-        if m.is_file() {
-            // A single file's signature is beside it, outside the watched path.
-            let sig = crate::attestation::signature_path(root);
-            if let Ok(s) = std::fs::symlink_metadata(&sig) {
-                out.push((sig, FileIdentity::of(&s)));
-            }
-        }
-    }
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if let Ok(m) = std::fs::symlink_metadata(&path) {
-                if m.is_dir() {
-                    stack.push(path.clone());
-                }
-                out.push((path, FileIdentity::of(&m)));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Watches a directory tree, sending a unit on every content change (not on reads or
-/// metadata-only changes, which hashing itself would otherwise trigger).
-pub fn watch(path: &Path, tx: Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        let relevant = match ev {
-            Ok(ev) => !matches!(
-                ev.kind,
-                EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))
-            ),
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(path, RecursiveMode::Recursive)?;
-    Ok(watcher)
+/// The fingerprint the watcher compares: the tree, and a single file's signature beside it.
+pub fn dir_fingerprint(root: &Path) -> Fingerprint {
+    dirwatch::fingerprint(root, Some(&crate::oms::signature_path(root)))
 }
 
 // === Artefact state ===
@@ -97,7 +46,7 @@ pub enum ArtefactState {
         files: usize,
         bytes: u64,
         /// The OMS signature in the directory, checked against the pinned signers.
-        signature: crate::attestation::SignatureState,
+        signature: crate::oms::SignatureState,
     },
     /// The directory cannot be hashed (missing, a symlink inside, unreadable).
     Failed { error: String },
@@ -121,35 +70,86 @@ impl ArtefactState {
     }
 }
 
-/// The published artefact state; cheap to read from any thread.
+/// The published artefact state; cheap to read from any thread. Synced once the first hash
+/// has finished (with a digest or an error).
 pub struct ArtefactHandle {
-    state: ArcSwap<ArtefactState>,
-    attempted: AtomicBool,
+    state: Published<ArtefactState>,
 }
 
 impl Default for ArtefactHandle {
     fn default() -> Self {
         ArtefactHandle {
-            state: ArcSwap::from_pointee(ArtefactState::Pending),
-            attempted: AtomicBool::new(false),
+            state: Published::new(ArtefactState::Pending),
         }
     }
 }
 
 impl ArtefactHandle {
+    /// One atomic load.
     pub fn load(&self) -> arc_swap::Guard<Arc<ArtefactState>> {
         self.state.load()
     }
 
     /// Has the first hash finished (with a digest or an error)?
     pub fn is_settled(&self) -> bool {
-        self.attempted.load(Ordering::Acquire)
+        self.state.is_synced()
     }
 
     /// Publishes a state. The watcher does this; public so the handle can be driven
     /// directly by benchmarks and embedders.
     pub fn set(&self, state: ArtefactState) {
-        self.state.store(Arc::new(state));
+        self.state.store(state);
+    }
+
+    fn mark_settled(&self) {
+        self.state.clock().mark_synced();
+    }
+}
+
+// === Artefact metrics ===
+
+/// Artefact states, as label values.
+pub const ARTEFACT_STATES: [&str; 4] = ["pending", "hashing", "ready", "failed"];
+
+/// Publishes a model's artefact state and digest to the metric families `Metrics` registers
+/// (`provgate_artefact_state`, `provgate_artefact_info`); the model's previous digest series
+/// is removed.
+pub struct ArtefactMetrics {
+    model: String,
+    state: prometheus::IntGaugeVec,
+    info: prometheus::IntGaugeVec,
+    /// The digest label this model's `artefact_info` series carries now.
+    digest: std::sync::Mutex<Option<String>>,
+}
+
+impl ArtefactMetrics {
+    pub fn new(metrics: &Metrics, model: &str) -> ArtefactMetrics {
+        ArtefactMetrics {
+            model: model.to_string(),
+            state: metrics.artefact_state.clone(),
+            info: metrics.artefact_info.clone(),
+            digest: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes `state` (the old digest series is removed).
+    pub fn set(&self, state: &ArtefactState) {
+        let model = self.model.as_str();
+        for s in ARTEFACT_STATES {
+            self.state
+                .with_label_values(&[model, s])
+                .set((s == state.label()) as i64);
+        }
+        if let Some(digest) = state.digest() {
+            let digest = digest.to_string();
+            // Only this model's watcher sets it: a poisoned lock still holds a consistent
+            // value (each update is one replace).
+            let mut current = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = current.replace(digest.clone()) {
+                let _ = self.info.remove_label_values(&[model, &old]);
+            }
+            self.info.with_label_values(&[model, &digest]).set(1);
+        }
     }
 }
 
@@ -164,83 +164,96 @@ pub struct ArtefactWatcher {
     pub handle: Arc<ArtefactHandle>,
     pub metrics: Arc<Metrics>,
     /// Pinned OMS signers for `model.sig`.
-    pub signers: Arc<Vec<crate::attestation::Signer>>,
+    pub signers: Arc<Vec<crate::oms::Signer>>,
 }
 
 impl ArtefactWatcher {
-    /// Hashes at start, then on every change, until `stop` is set. Runs on its own thread.
+    /// Hashes at start, then on every change, until `stop` is set (which also abandons a
+    /// hash in progress). Blocks: runs on its own thread (the blocking pool of its service).
     pub fn run(self, stop: Arc<AtomicBool>) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut watcher = None;
-        let mut last = None;
-        // The last manifest computed: its digests stand for files whose identity is unchanged.
-        let mut previous = None;
-        while !stop.load(Ordering::Relaxed) {
-            if watcher.is_none() {
-                // The directory may not exist yet, or may have been replaced: (re)attach.
-                watcher = watch(&self.path, tx.clone()).ok();
-            }
-            let fingerprint = dir_fingerprint(&self.path);
-            if last.as_ref() != Some(&fingerprint) {
-                self.rehash(&fingerprint, &mut previous);
-                last = Some(fingerprint);
-            }
-            match rx.recv_timeout(self.poll_interval) {
-                Ok(()) => {
-                    // Fail closed at once, then let a burst of writes settle before hashing.
-                    if self.handle.load().digest().is_some() {
-                        self.publish(ArtefactState::Hashing);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                    while rx.try_recv().is_ok() {}
-                    last = None;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => watcher = None,
-            }
+        let mut turn = Turn {
+            series: ArtefactMetrics::new(&self.metrics, &self.model),
+            previous: None,
+            stop: stop.clone(),
+            watcher: &self,
+        };
+        DirWatch::new(self.path.clone()).run(&mut turn, &stop);
+    }
+}
+
+/// The watcher's hooks into the directory watch, with what it remembers between hashes.
+struct Turn<'w> {
+    watcher: &'w ArtefactWatcher,
+    series: ArtefactMetrics,
+    /// The last manifest computed: its digests stand for files whose identity is unchanged.
+    previous: Option<Manifest>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Hooks for Turn<'_> {
+    fn fingerprint(&self, path: &Path) -> Fingerprint {
+        dir_fingerprint(path)
+    }
+
+    fn changed(&mut self, fingerprint: &Fingerprint) -> bool {
+        self.rehash(fingerprint);
+        true
+    }
+
+    fn event(&mut self) {
+        // Fail closed at once; the watch lets a burst of writes settle before hashing.
+        if self.watcher.handle.load().digest().is_some() {
+            self.publish(ArtefactState::Hashing);
         }
     }
 
-    fn rehash(&self, before: &[(PathBuf, FileIdentity)], previous: &mut Option<Manifest>) {
+    fn wait(&self) -> Duration {
+        self.watcher.poll_interval
+    }
+}
+
+impl Turn<'_> {
+    fn rehash(&mut self, before: &Fingerprint) {
         let started = Instant::now();
-        if self.handle.load().digest().is_some() {
+        let w = self.watcher;
+        if w.handle.load().digest().is_some() {
             self.publish(ArtefactState::Hashing);
         }
-        let opts = HashOptions::new(self.serialization, self.threads);
-        let result = hash_dir(&self.path, &opts, previous.as_ref());
+        let opts = HashOptions::new(w.serialization, w.threads).cancelled_by(self.stop.clone());
+        let result = hash_dir(&w.path, &opts, self.previous.as_ref());
+        if matches!(result, Err(HashError::Cancelled)) {
+            tracing::info!(model = %w.model, "artefact hashing abandoned: shutting down");
+            return;
+        }
         // A file that changed while it was being read makes the digest meaningless. The
         // manifest is still kept for reuse: each file's identity was taken before it was
         // read, so a file changed since then no longer matches it and is hashed again.
-        let changed = dir_fingerprint(&self.path) != before;
+        let changed = dir_fingerprint(&w.path) != *before;
         if let Ok(m) = &result {
-            *previous = Some(m.clone());
+            self.previous = Some(m.clone());
         }
         if changed || matches!(result, Err(HashError::Changed(_))) {
-            tracing::info!(path = %self.path.display(), "model directory changed while hashing; hashing again");
+            tracing::info!(path = %w.path.display(), "model directory changed while hashing; hashing again");
             return;
         }
         let elapsed = started.elapsed();
-        self.metrics
+        w.metrics
             .artefact_hash_seconds
             .observe(elapsed.as_secs_f64());
         let state = match result {
             Ok(m) => {
                 // The signature is checked against this manifest when it uses the same
                 // serialization, so the files are not read a second time.
-                let signature = crate::attestation::verify_dir_with(
-                    &self.path,
-                    &self.signers,
-                    Some(&m),
-                    self.threads,
-                );
+                let signature =
+                    crate::oms::verify_dir_with(&w.path, &w.signers, Some(&m), w.threads);
                 match &signature {
-                    crate::attestation::SignatureState::Invalid { reason } => {
-                        tracing::warn!(model = %self.model, reason = %reason, "model.sig does not verify")
+                    crate::oms::SignatureState::Invalid { reason } => {
+                        tracing::warn!(model = %w.model, reason = %reason, "model.sig does not verify")
                     }
-                    s => tracing::info!(model = %self.model, signature = s.label(),
+                    s => tracing::info!(model = %w.model, signature = s.label(),
                         signer = s.signer().unwrap_or("-"), "artefact signature checked"),
                 }
-                tracing::info!(model = %self.model, digest = %m.root,
+                tracing::info!(model = %w.model, digest = %m.root,
                     serialization = %m.serialization, files = m.files.len(),
                     bytes = m.total_bytes, hashed_files = m.stats.hashed_files,
                     reused_files = m.stats.reused_files, hashed_bytes = m.stats.hashed_bytes,
@@ -253,8 +266,8 @@ impl ArtefactWatcher {
                 }
             }
             Err(e) => {
-                *previous = None;
-                tracing::error!(model = %self.model, error = %e, "artefact cannot be hashed; requests are blocked");
+                self.previous = None;
+                tracing::error!(model = %w.model, error = %e, "artefact cannot be hashed; requests are blocked");
                 ArtefactState::Failed {
                     error: e.to_string(),
                 }
@@ -262,12 +275,12 @@ impl ArtefactWatcher {
         };
         // One atomic swap: readers see the old state (Hashing) or the new one, never a mix.
         self.publish(state);
-        self.handle.attempted.store(true, Ordering::Release);
+        w.handle.mark_settled();
     }
 
     fn publish(&self, state: ArtefactState) {
-        self.metrics.set_artefact_state(&self.model, &state);
-        self.handle.set(state);
+        self.series.set(&state);
+        self.watcher.handle.set(state);
     }
 }
 

@@ -10,7 +10,6 @@
 pub mod admin;
 pub mod approval;
 pub mod artefact;
-pub mod attestation;
 pub mod audit;
 pub mod base;
 pub mod config;
@@ -18,6 +17,8 @@ pub mod digest;
 pub mod fields;
 pub mod identity;
 pub mod keys;
+pub mod kit;
+pub mod oms;
 pub mod policy;
 pub mod probe;
 pub mod proxy;

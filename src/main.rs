@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, Evidence};
-use provgate::artefact::{HashOptions, Serialization};
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
+use provgate::oms::{HashOptions, Serialization};
 
 #[derive(Parser)]
 #[command(
@@ -122,7 +122,7 @@ impl SerializationArgs {
             (Method::Files, None) => Serialization::Files,
             (Method::Files, Some(_)) => bail!("--shard-size needs --serialization shards"),
             (Method::Shards, size) => Serialization::Shards {
-                shard_size: size.unwrap_or(provgate::artefact::DEFAULT_SHARD_SIZE),
+                shard_size: size.unwrap_or(provgate::oms::DEFAULT_SHARD_SIZE),
             },
         };
         let threads = match self.threads {
@@ -237,7 +237,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             verbose,
             serialization,
         } => {
-            let m = provgate::artefact::hash_dir(&dir, &serialization.options()?, None)?;
+            let m = provgate::oms::hash_dir(&dir, &serialization.options()?, None)?;
             if verbose {
                 for (name, d) in &m.resources {
                     println!("{}  {name}", hex::encode(d));
@@ -254,24 +254,24 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                     .split_once('=')
                     .ok_or_else(|| anyhow!("--signer {s:?}: expected NAME=PUBLIC_KEY.pem"))?;
                 keys.push(
-                    provgate::attestation::Signer::from_pem_file(name, Path::new(path))
+                    provgate::oms::Signer::from_pem_file(name, Path::new(path))
                         .map_err(|e| anyhow!("--signer {s:?}: {e}"))?,
                 );
             }
-            match provgate::attestation::verify_dir(&dir, &keys) {
-                provgate::attestation::SignatureState::Valid { signer } => {
+            match provgate::oms::verify_dir(&dir, &keys) {
+                provgate::oms::SignatureState::Valid { signer } => {
                     println!("{}: valid, signed by {signer}", dir.display());
                     Ok(ExitCode::SUCCESS)
                 }
-                provgate::attestation::SignatureState::Absent => {
+                provgate::oms::SignatureState::Absent => {
                     println!(
                         "{}: no {}",
                         dir.display(),
-                        provgate::attestation::signature_path(&dir).display()
+                        provgate::oms::signature_path(&dir).display()
                     );
                     Ok(ExitCode::FAILURE)
                 }
-                provgate::attestation::SignatureState::Invalid { reason } => {
+                provgate::oms::SignatureState::Invalid { reason } => {
                     println!("{}: invalid: {reason}", dir.display());
                     Ok(ExitCode::FAILURE)
                 }
@@ -365,9 +365,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
     let key = SigningKey::from_pem_file(&a.key)?;
     let digest = match (&a.digest, &a.dir) {
         (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
-        (None, Some(dir)) => {
-            provgate::artefact::hash_dir(dir, &a.serialization.options()?, None)?.root
-        }
+        (None, Some(dir)) => provgate::oms::hash_dir(dir, &a.serialization.options()?, None)?.root,
         (None, None) => bail!("give --digest or --dir"),
     };
     let now = provgate::unix_now();

@@ -18,17 +18,16 @@
 //!
 //! This module does not decide anything; `policy::decide` reads [`ServedHandle::view`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-use arc_swap::ArcSwap;
 
 pub mod config;
 
 pub use self::config::ProbeKind;
 
 use self::config::Probe;
+use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::published::{Freshness, Published};
 use crate::policy::ServerView;
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamProtocol};
@@ -49,6 +48,24 @@ pub enum Served {
 /// Probe states, as label values.
 pub const SERVED_STATES: [&str; 4] = ["pending", "serving", "not_serving", "unreachable"];
 
+/// Counts one probe answer for one model (`provgate_upstream_probes_total`).
+pub fn count_probe(metrics: &Metrics, kind: ProbeKind, result: &Served) {
+    metrics
+        .upstream_probes
+        .with_label_values(&[kind.label(), result.label()])
+        .inc();
+}
+
+/// Publishes a model's probe state (`provgate_upstream_probe_state`).
+pub fn set_probe_state(metrics: &Metrics, model: &str, state: &Served) {
+    for s in SERVED_STATES {
+        metrics
+            .upstream_probe_state
+            .with_label_values(&[model, s])
+            .set((s == state.label()) as i64);
+    }
+}
+
 impl Served {
     pub const fn label(&self) -> &'static str {
         match self {
@@ -62,19 +79,25 @@ impl Served {
 
 /// One model's published probe state; cheap to read from any thread.
 pub struct ServedHandle {
-    state: ArcSwap<Served>,
+    /// Synced after the first probe (from the start when there is no probe).
+    state: Published<Served>,
     /// False when no probe is configured: the view is then `NotProbed`.
     probed: bool,
-    settled: AtomicBool,
 }
 
 impl ServedHandle {
     /// A handle for a model that is probed (`Pending` until the first answer) or not.
     pub fn new(probed: bool) -> ServedHandle {
         ServedHandle {
-            state: ArcSwap::from_pointee(Served::Pending),
+            state: Published::with_clock(
+                Served::Pending,
+                if probed {
+                    Freshness::new()
+                } else {
+                    Freshness::synced()
+                },
+            ),
             probed,
-            settled: AtomicBool::new(!probed),
         }
     }
 
@@ -99,13 +122,12 @@ impl ServedHandle {
 
     /// Has the first probe finished (or is there no probe)?
     pub fn is_settled(&self) -> bool {
-        self.settled.load(Ordering::Acquire)
+        self.state.is_synced()
     }
 
     /// Publishes a state. The prober does this; public for tests and benchmarks.
     pub fn set(&self, state: Served) {
-        self.state.store(Arc::new(state));
-        self.settled.store(true, Ordering::Release);
+        self.state.publish(state);
     }
 }
 
@@ -128,13 +150,14 @@ impl Prober {
         upstream: &Upstream,
         models: Vec<(String, Arc<ServedHandle>)>,
         metrics: Arc<Metrics>,
-    ) -> Result<Prober, String> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .no_proxy()
-            .connect_timeout(probe.timeout.min(upstream.connect_timeout))
-            .timeout(probe.timeout)
-            .pool_max_idle_per_host(1);
+    ) -> Result<Prober, FetchError> {
+        let mut builder = crate::kit::http::builder(&ClientOptions {
+            connect_timeout: probe.timeout.min(upstream.connect_timeout),
+            timeout: probe.timeout,
+            ca_pem: None,
+            user_agent: false,
+        })?
+        .pool_max_idle_per_host(1);
         let base = match upstream.protocol {
             UpstreamProtocol::Http1 => format!("http://{}", upstream.address),
             UpstreamProtocol::H2c => {
@@ -146,7 +169,7 @@ impl Prober {
                 format!("https://{}:{}", upstream.sni, upstream.address.port())
             }
         };
-        let client = builder.build().map_err(|e| e.to_string())?;
+        let client = builder.build().map_err(FetchError::Client)?;
         Ok(Prober {
             probe,
             base,
@@ -156,26 +179,17 @@ impl Prober {
         })
     }
 
-    /// Starts the prober on its own thread (a current-thread runtime), forever.
-    pub fn spawn(self) -> std::io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("provgate-probe".into())
-            .spawn(move || runtime.block_on(self.run()))?;
-        Ok(())
-    }
-
-    async fn run(self) {
+    /// Probes every `interval`, forever (run as a background service, which ends it at
+    /// shutdown).
+    pub async fn run(self) {
         for (model, handle) in &self.models {
-            self.metrics.set_probe_state(model, &handle.load());
+            set_probe_state(&self.metrics, model, &handle.load());
         }
         loop {
             let started = Instant::now();
             let results = self.probe_once().await;
             for ((model, handle), next) in self.models.iter().zip(results) {
-                self.metrics.count_probe(self.probe.kind, &next);
+                count_probe(&self.metrics, self.probe.kind, &next);
                 let previous = handle.load();
                 if **previous != next {
                     match &next {
@@ -191,7 +205,7 @@ impl Prober {
                     }
                 }
                 let next = next_state(&previous, next);
-                self.metrics.set_probe_state(model, &next);
+                set_probe_state(&self.metrics, model, &next);
                 handle.set(next);
             }
             tokio::time::sleep(self.probe.interval.saturating_sub(started.elapsed())).await;

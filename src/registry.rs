@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 // tokio's clock is std's outside a runtime, and can be paused in tests.
 use tokio::time::Instant;
@@ -33,6 +32,8 @@ use tokio::time::Instant;
 use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
 use crate::keys::KeySet;
+use crate::kit::dirwatch::{DirWatch, Fingerprint, Hooks};
+use crate::kit::published::Published;
 use crate::telemetry::Metrics;
 
 /// The revocation list's file name inside the registry directory.
@@ -232,23 +233,22 @@ pub use crate::base::FastHash;
 
 /// The request path's view of the registry.
 pub struct ApprovalStore {
-    snapshot: ArcSwap<Snapshot>,
+    /// The snapshot, with its freshness clock (synced after the first read; restarted by
+    /// every successful read).
+    snapshot: Published<Snapshot>,
     /// Keyed by the served digests (from provgate's own hashing, never from a request), so
     /// a fast seeded hash rather than SipHash.
     cache: moka::sync::Cache<Digest, Option<Arc<RegistryEntry>>, FastHash>,
-    synced: AtomicBool,
     /// The published snapshot's `exhaustive`.
     exhaustive: AtomicBool,
-    /// When the registry was last read successfully, as milliseconds since `epoch`...
-    last_sync: AtomicU64,
-    /// ...and as Unix milliseconds, for `revalidate_after`.
+    /// When the registry was last read successfully, as Unix milliseconds, for
+    /// `revalidate_after`.
     last_sync_unix_ms: AtomicU64,
     /// How long the last good records may be used while the registry cannot be read.
     max_stale: Duration,
     /// How long after a record's `revalidate_after` it may be used while the read that time
     /// started is still in flight.
     revalidate_grace: Duration,
-    epoch: Instant,
     metrics: Arc<Metrics>,
 }
 
@@ -261,15 +261,12 @@ impl ApprovalStore {
         ApprovalStore {
             max_stale,
             revalidate_grace,
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            snapshot: Published::new(Snapshot::default()),
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .build_with_hasher(FastHash::default()),
-            synced: AtomicBool::new(false),
             exhaustive: AtomicBool::new(false),
-            last_sync: AtomicU64::new(0),
             last_sync_unix_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
             metrics,
         }
     }
@@ -319,21 +316,17 @@ impl ApprovalStore {
 
     /// Has the first load finished?
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.snapshot.is_synced()
     }
 
     /// Time since the last successful load.
     pub fn since_last_sync(&self) -> Duration {
-        let at = self.last_sync.load(Ordering::Relaxed);
-        self.epoch
-            .elapsed()
-            .saturating_sub(Duration::from_millis(at))
+        self.snapshot.clock().since_success()
     }
 
     /// Records that the registry was read and found unchanged.
     pub fn confirm(&self) {
-        self.last_sync
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.snapshot.clock().confirm();
         self.last_sync_unix_ms
             .store(crate::unix_now_ms(), Ordering::Relaxed);
     }
@@ -342,7 +335,7 @@ impl ApprovalStore {
     pub fn publish(&self, snapshot: Snapshot) {
         self.replace(snapshot);
         self.confirm();
-        self.synced.store(true, Ordering::Release);
+        self.snapshot.clock().mark_synced();
     }
 
     /// Publishes a snapshot from a read that was not complete (some digests could not be
@@ -359,7 +352,7 @@ impl ApprovalStore {
             .set(snapshot.revoked_ids as i64);
         self.exhaustive
             .store(snapshot.exhaustive, Ordering::Release);
-        self.snapshot.store(Arc::new(snapshot));
+        self.snapshot.store(snapshot);
         self.cache.invalidate_all();
     }
 
@@ -409,43 +402,47 @@ pub struct DirRegistry {
 }
 
 impl DirRegistry {
-    /// Loads once, then reloads on every change until `stop` is set. Runs on its own thread:
-    /// it reads files and verifies signatures, which must stay off the request path.
+    /// Loads once, then reloads on every change until `stop` is set. Blocks: it reads files
+    /// and verifies signatures, which must stay off the request path and the async workers.
     pub fn run(self, stop: Arc<AtomicBool>) {
-        let fetches = FetchMetrics::new(&self.metrics, "dir");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut watcher = None;
-        let mut last_fingerprint = None;
-        while !stop.load(Ordering::Relaxed) {
-            if watcher.is_none() {
-                // Attach (again, after the directory was replaced); rescans cover the gaps.
-                watcher = crate::artefact::watch(&self.dir, tx.clone()).ok();
-            }
-            let fingerprint = crate::artefact::dir_fingerprint(&self.dir);
-            if last_fingerprint.as_ref() != Some(&fingerprint) {
-                if self.reload(&fetches) {
-                    last_fingerprint = Some(fingerprint);
-                }
-            } else if self.dir.is_dir() {
-                fetches.not_modified.inc();
-                self.store.confirm();
-            } else {
-                // Gone (an unmounted volume): fail the next reload, let the records age.
-                last_fingerprint = None;
-            }
-            // Wake on a change event, at the rescan interval, or when a record asks to be
-            // revalidated; then let a burst settle.
-            if rx.recv_timeout(self.next_wait()).is_ok() {
-                std::thread::sleep(Duration::from_millis(50));
-                while rx.try_recv().is_ok() {}
-                last_fingerprint = None;
-                if !self.dir.is_dir() {
-                    watcher = None;
-                }
-            }
+        let mut turn = DirTurn {
+            fetches: FetchMetrics::new(&self.metrics, "dir"),
+            registry: &self,
+        };
+        DirWatch::new(self.dir.clone()).run(&mut turn, &stop);
+    }
+}
+
+/// The directory registry's hooks into the directory watch.
+struct DirTurn<'r> {
+    registry: &'r DirRegistry,
+    fetches: FetchMetrics,
+}
+
+impl Hooks for DirTurn<'_> {
+    fn changed(&mut self, _: &Fingerprint) -> bool {
+        self.registry.reload(&self.fetches)
+    }
+
+    fn unchanged(&mut self) -> bool {
+        if self.registry.dir.is_dir() {
+            self.fetches.not_modified.inc();
+            self.registry.store.confirm();
+            true
+        } else {
+            // Gone (an unmounted volume): fail the next reload, let the records age.
+            false
         }
     }
 
+    /// Wake on a change event, at the rescan interval, or when a record asks to be
+    /// revalidated.
+    fn wait(&self) -> Duration {
+        self.registry.next_wait()
+    }
+}
+
+impl DirRegistry {
     /// Until the next rescan: the refresh interval, or sooner when a record's
     /// `revalidate_after` falls before it.
     fn next_wait(&self) -> Duration {
@@ -498,6 +495,7 @@ pub mod config;
 pub mod http;
 pub mod mlflow;
 pub mod remote;
+pub mod source;
 
 #[cfg(test)]
 mod tests;

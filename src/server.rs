@@ -1,21 +1,26 @@
-//! Wiring: builds the shared state from a validated [`Config`], starts the background
-//! services (one artefact hasher per model, registry watcher, upstream probe, audit writer),
-//! and runs the pingora server
-//! with the proxy and admin listeners. Returns only on a start-up error.
+//! Wiring: builds the shared state from a validated [`Config`], adds the background services
+//! (one artefact watcher per model, the registry watcher or refresher, the issuer key
+//! fetchers, the upstream probe, the workload-token follower) as pingora background services,
+//! so the server's shutdown stops them too, and runs the pingora server with the proxy and
+//! admin listeners. Returns only on a start-up error.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::services::background::GenBackgroundService;
+
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::admin::Admin;
-use crate::artefact::{ArtefactHandle, ArtefactWatcher};
+use crate::artefact::{ArtefactHandle, ArtefactMetrics, ArtefactWatcher};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::config::KeySource;
 use crate::identity::{Issuer, TokenVerifier};
+use crate::kit::http::FetchError;
+use crate::kit::service::{Async, Blocking};
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
 use crate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
@@ -30,12 +35,12 @@ pub mod config;
 pub enum StartError {
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
-    #[error("starting a background thread: {0}")]
-    Thread(std::io::Error),
     #[error("listener TLS: {0}")]
     Tls(String),
     #[error("upstream probe: {0}")]
-    Probe(String),
+    Probe(FetchError),
+    #[error("registry client: {0}")]
+    Registry(FetchError),
 }
 
 /// The pingora server settings provgate runs with (shared with the load benchmark's
@@ -52,16 +57,16 @@ pub fn server_conf(config: &Config) -> ServerConf {
 }
 
 /// Re-reads this workload's identity token and swaps the policy when its `sub` changes.
-/// A token that cannot be read keeps the last identity (and says so).
-fn follow_workload_token(
-    path: &std::path::Path,
+/// A token that cannot be read keeps the last identity (and says so). Runs until the
+/// shutdown drops it.
+async fn follow_workload_token(
+    path: std::path::PathBuf,
     every: std::time::Duration,
-    policy: &arc_swap::ArcSwap<Policy>,
-    stop: &AtomicBool,
+    policy: Arc<arc_swap::ArcSwap<Policy>>,
 ) {
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(every);
-        match crate::identity::token_subject(path) {
+    loop {
+        tokio::time::sleep(every).await;
+        match crate::identity::token_subject(&path) {
             Ok(sub) if sub != policy.load().workload_identity => {
                 tracing::info!(previous = %policy.load().workload_identity, identity = %sub,
                     "workload identity changed with its token");
@@ -81,7 +86,9 @@ fn follow_workload_token(
 pub fn run(config: Config) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let metrics = Arc::new(Metrics::with_mode(config.enforce));
-    let stop = Arc::new(AtomicBool::new(false));
+    // Background services, added to the server once it is bootstrapped.
+    let mut blocking: Vec<GenBackgroundService<Blocking>> = Vec::new();
+    let mut asynchronous: Vec<GenBackgroundService<Async>> = Vec::new();
 
     for issuer in &config.callers.issuers {
         if let KeySource::File(keys) = &issuer.keys {
@@ -105,11 +112,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ));
     let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
 
-    // One watcher thread and one published state per guarded model.
+    // One watcher service and one published state per guarded model.
     let mut models = Vec::with_capacity(config.models.len());
     for m in &config.models {
         let artefact = Arc::new(ArtefactHandle::default());
-        metrics.set_artefact_state(&m.model, &artefact.load());
+        ArtefactMetrics::new(&metrics, &m.model).set(&artefact.load());
         let watcher = ArtefactWatcher {
             model: m.model.clone(),
             path: m.path.clone(),
@@ -120,11 +127,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             metrics: metrics.clone(),
             signers: m.signers.clone(),
         };
-        let s = stop.clone();
-        std::thread::Builder::new()
-            .name("provgate-artefact".into())
-            .spawn(move || watcher.run(s))
-            .map_err(StartError::Thread)?;
+        blocking.push(Blocking::service(
+            &format!("artefact {}", m.model),
+            move |stop| watcher.run(stop),
+        ));
         models.push(ModelGate {
             name: m.model.clone(),
             artefact,
@@ -137,10 +143,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .iter()
             .map(|m| (m.name.clone(), m.served.clone()))
             .collect();
-        Prober::new(probe, &config.upstream, handles, metrics.clone())
-            .map_err(StartError::Probe)?
-            .spawn()
-            .map_err(StartError::Thread)?;
+        let prober = Prober::new(probe, &config.upstream, handles, metrics.clone())
+            .map_err(StartError::Probe)?;
+        asynchronous.push(Async::service("probe", prober.run()));
     }
 
     match &config.registry.source {
@@ -152,11 +157,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 store: approvals.clone(),
                 metrics: metrics.clone(),
             };
-            let s = stop.clone();
-            std::thread::Builder::new()
-                .name("provgate-registry".into())
-                .spawn(move || registry.run(s))
-                .map_err(StartError::Thread)?;
+            blocking.push(Blocking::service("registry", move |stop| {
+                registry.run(stop)
+            }));
         }
         RegistrySource::Remote(remote) => {
             // Every guarded model's digest: each model's records are asked for.
@@ -169,16 +172,18 @@ pub fn run(config: Config) -> Result<(), StartError> {
                         .collect()
                 })
             };
-            crate::registry::remote::spawn(
+            let refresher = crate::registry::remote::refresher(
                 remote,
                 config.approvers.clone(),
                 config.registry.refresh_interval,
                 approvals.clone(),
                 served,
                 metrics.clone(),
-                stop.clone(),
+                // The shutdown drops the refresher; nothing else stops it.
+                Arc::new(AtomicBool::new(false)),
             )
-            .map_err(StartError::Thread)?;
+            .map_err(StartError::Registry)?;
+            asynchronous.push(Async::service("registry", refresher));
         }
     }
 
@@ -206,19 +211,21 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config.callers.token_cache_size,
         metrics.clone(),
     ));
-    crate::identity::jwks::spawn_fetchers(tokens.issuers().cloned().collect(), metrics.clone())
-        .map_err(StartError::Thread)?;
+    if let Some(fetchers) =
+        crate::identity::jwks::fetchers(tokens.issuers().cloned().collect(), metrics.clone())
+    {
+        asynchronous.push(Async::service("issuer keys", fetchers));
+    }
 
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
         workload_identity: config.workload.identity,
         tiers: config.tiers,
     }));
     if let Some((path, every)) = config.workload.token_file {
-        let (policy, stop) = (policy.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("provgate-workload".into())
-            .spawn(move || follow_workload_token(&path, every, &policy, &stop))
-            .map_err(StartError::Thread)?;
+        asynchronous.push(Async::service(
+            "workload identity",
+            follow_workload_token(path, every, policy.clone()),
+        ));
     }
     let admin_models = models
         .iter()
@@ -246,6 +253,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
 
     server.bootstrap();
+    for service in blocking {
+        server.add_service(service);
+    }
+    for service in asynchronous {
+        server.add_service(service);
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gate);
     match &config.listen.tls {

@@ -11,11 +11,6 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use crate::artefact::ArtefactState;
-
 pub mod names {
     pub const REQUESTS_TOTAL: &str = "provgate_requests_total";
     pub const REQUEST_DURATION_SECONDS: &str = "provgate_request_duration_seconds";
@@ -43,9 +38,6 @@ pub mod names {
     pub const UPSTREAM_PROBES_TOTAL: &str = "provgate_upstream_probes_total";
     pub const UPSTREAM_PROBE_STATE: &str = "provgate_upstream_probe_state";
 }
-
-/// Artefact states, as label values.
-pub const ARTEFACT_STATES: [&str; 4] = ["pending", "hashing", "ready", "failed"];
 
 /// All of provgate's metrics, registered in one registry.
 pub struct Metrics {
@@ -82,9 +74,6 @@ pub struct Metrics {
     pub jwks_age: GaugeVec,
     pub upstream_probes: IntCounterVec,
     pub upstream_probe_state: IntGaugeVec,
-    /// The digest label each model's `artefact_info` series carries now (so a new digest
-    /// replaces only that model's series).
-    artefact_info_digest: Mutex<HashMap<String, String>>,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -307,47 +296,6 @@ impl Metrics {
             jwks_age,
             upstream_probes,
             upstream_probe_state,
-            artefact_info_digest: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts one probe answer for one model.
-    pub fn count_probe(&self, kind: crate::probe::ProbeKind, result: &crate::probe::Served) {
-        self.upstream_probes
-            .with_label_values(&[kind.label(), result.label()])
-            .inc();
-    }
-
-    /// Publishes a model's probe state.
-    pub fn set_probe_state(&self, model: &str, state: &crate::probe::Served) {
-        for s in crate::probe::SERVED_STATES {
-            self.upstream_probe_state
-                .with_label_values(&[model, s])
-                .set((s == state.label()) as i64);
-        }
-    }
-
-    /// Publishes the artefact's state and digest (the old digest series is removed).
-    pub fn set_artefact_state(&self, model: &str, state: &ArtefactState) {
-        for s in ARTEFACT_STATES {
-            self.artefact_state
-                .with_label_values(&[model, s])
-                .set((s == state.label()) as i64);
-        }
-        if let Some(digest) = state.digest() {
-            let digest = digest.to_string();
-            // Only this background thread's model changes: a poisoned lock still holds a
-            // consistent map (each update is one insert).
-            let mut current = self
-                .artefact_info_digest
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = current.insert(model.to_string(), digest.clone()) {
-                let _ = self.artefact_info.remove_label_values(&[model, &old]);
-            }
-            self.artefact_info
-                .with_label_values(&[model, &digest])
-                .set(1);
         }
     }
 
@@ -379,38 +327,4 @@ pub fn init_logging(level: &str, json: bool) {
     } else {
         builder.try_init()
     };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_registers_and_encodes() {
-        let m = Metrics::new();
-        m.requests
-            .with_label_values(&["deny", "token_missing", "m", "none"])
-            .inc();
-        m.set_artefact_state(
-            "m",
-            &ArtefactState::Ready {
-                digest: crate::digest::Digest([1; 32]),
-                files: 1,
-                bytes: 1,
-                signature: crate::attestation::SignatureState::Absent,
-            },
-        );
-        let text = String::from_utf8(m.encode()).unwrap();
-        for name in [
-            names::REQUESTS_TOTAL,
-            names::ARTEFACT_INFO,
-            names::ARTEFACT_STATE,
-            names::BUILD_INFO,
-            names::TOKEN_CACHE_REQUESTS_TOTAL,
-        ] {
-            assert!(text.contains(name), "{name} missing from:\n{text}");
-        }
-        assert!(text.contains("provgate_artefact_state{model=\"m\",state=\"ready\"} 1"));
-        assert!(text.contains("provgate_artefact_state{model=\"m\",state=\"hashing\"} 0"));
-    }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::artefact::{Serialization, DEFAULT_SHARD_SIZE};
-use crate::attestation::Signer;
 use crate::fields::Errors;
+use crate::oms::Signer;
 
 // === File structs ===
 

@@ -5,10 +5,11 @@
 //! `trust_data_unavailable` rather than `token_invalid`. A failed first fetch is retried
 //! with a backoff of seconds (1 s doubling to 30 s), not minutes.
 //!
-//! The fetchers run on their own thread and runtime; the request path only reads the
-//! published key set and, for an unknown `kid`, waits on a notification.
+//! The fetchers run as one pingora background service (dropped at shutdown); the request
+//! path only reads the published key set and its freshness clock and, for an unknown `kid`,
+//! waits on a notification.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,9 @@ use tokio::sync::Notify;
 use super::config::RemoteKeys;
 use super::Issuer;
 use crate::keys::KeySet;
+use crate::kit::backoff::Backoff;
+use crate::kit::http::{send, ClientOptions, FetchError};
+use crate::kit::published::Freshness;
 use crate::telemetry::Metrics;
 
 /// Largest JWKS or discovery document accepted.
@@ -27,10 +31,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The live state of a remote key set.
 pub struct RemoteState {
     pub config: RemoteKeys,
-    synced: AtomicBool,
-    /// Milliseconds since `epoch` of the last successful fetch.
-    last_success: AtomicU64,
-    epoch: Instant,
+    /// Synced after the first successful fetch; restarted by each.
+    clock: Freshness,
     /// The request path asks for a refetch.
     refetch: Notify,
     /// A fetch finished (either way).
@@ -43,9 +45,7 @@ impl RemoteState {
     pub fn new(config: RemoteKeys) -> RemoteState {
         RemoteState {
             config,
-            synced: AtomicBool::new(false),
-            last_success: AtomicU64::new(0),
-            epoch: Instant::now(),
+            clock: Freshness::new(),
             refetch: Notify::new(),
             fetched: Notify::new(),
             attempts: AtomicU64::new(0),
@@ -53,16 +53,12 @@ impl RemoteState {
     }
 
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.clock.is_synced()
     }
 
     /// Time since the last successful fetch (None before the first).
     pub fn age(&self) -> Option<Duration> {
-        self.is_synced().then(|| {
-            self.epoch.elapsed().saturating_sub(Duration::from_millis(
-                self.last_success.load(Ordering::Relaxed),
-            ))
-        })
+        self.clock.age()
     }
 
     /// Fetched, and not older than `max_stale`.
@@ -71,9 +67,7 @@ impl RemoteState {
     }
 
     fn mark_success(&self) {
-        self.last_success
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.synced.store(true, Ordering::Release);
+        self.clock.mark_success();
     }
 
     /// Asks for a refetch and waits for the next fetch to finish, at most
@@ -87,48 +81,37 @@ impl RemoteState {
     }
 }
 
-/// Starts one background fetcher per remote issuer on a dedicated thread.
-pub fn spawn_fetchers(issuers: Vec<Arc<Issuer>>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// One fetcher per remote issuer, as one future (run as a background service, which drops
+/// it at shutdown); None when no issuer has remote keys.
+pub fn fetchers(
+    issuers: Vec<Arc<Issuer>>,
+    metrics: Arc<Metrics>,
+) -> Option<impl std::future::Future<Output = ()> + Send> {
     let remote: Vec<Arc<Issuer>> = issuers.into_iter().filter(|i| i.remote.is_some()).collect();
     if remote.is_empty() {
-        return Ok(());
+        return None;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("provgate-keys".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for issuer in remote {
-                    tasks.spawn(run(issuer, metrics.clone()));
-                }
-                while tasks.join_next().await.is_some() {}
-            })
-        })?;
-    Ok(())
+    Some(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for issuer in remote {
+            tasks.spawn(run(issuer, metrics.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    })
 }
 
-fn client(config: &RemoteKeys) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10));
-    if let Some(pem) = &config.ca_pem {
-        for cert in
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
+fn client(config: &RemoteKeys) -> Result<reqwest::Client, FetchError> {
+    crate::kit::http::client(&ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(10),
+        ca_pem: config.ca_pem.as_deref(),
+        user_agent: false,
+    })
 }
 
 /// Keeps one issuer's keys fresh, forever.
 async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
-    // `spawn_fetchers` only starts issuers that have remote state.
+    // `fetchers` only starts issuers that have remote state.
     let Some(remote) = issuer.remote.as_ref() else {
         return;
     };
@@ -145,7 +128,7 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
     let failed = metrics
         .jwks_fetches
         .with_label_values(&[&issuer.issuer, "error"]);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         let started = Instant::now();
         remote.attempts.fetch_add(1, Ordering::Relaxed);
@@ -158,17 +141,15 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
                 issuer.keys.store(Arc::new(keys));
                 remote.mark_success();
                 ok.inc();
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
                 hint.unwrap_or(remote.config.refresh_max)
                     .clamp(remote.config.refresh_min, remote.config.refresh_max)
             }
             Err(e) => {
                 failed.inc();
-                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_s = backoff.as_secs(),
+                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_s = backoff.peek().as_secs(),
                     "issuer key fetch failed; keeping the last good keys until max_stale");
-                let wait = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                wait
+                backoff.fail()
             }
         };
         remote.fetched.notify_waiters();
@@ -191,32 +172,38 @@ async fn fetch(
     client: &reqwest::Client,
     config: &RemoteKeys,
     issuer: &str,
-) -> Result<(KeySet, Option<Duration>), String> {
+) -> Result<(KeySet, Option<Duration>), FetchError> {
     let jwks_url = if config.discovery {
-        let (doc, _) = get(client, &config.url).await?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&doc).map_err(|e| format!("discovery document: {e}"))?;
+        let url = &config.url;
+        let (doc, _) = get(client, url).await?;
+        let doc: serde_json::Value = serde_json::from_slice(&doc)
+            .map_err(|e| FetchError::answer(url, format!("discovery document: {e}")))?;
         if let Some(claimed) = doc.get("issuer").and_then(|i| i.as_str()) {
             if claimed != issuer {
-                return Err(format!(
-                    "discovery document names issuer {claimed:?}, not {issuer:?}"
+                return Err(FetchError::answer(
+                    url,
+                    format!("discovery document names issuer {claimed:?}, not {issuer:?}"),
                 ));
             }
         }
         doc.get("jwks_uri")
             .and_then(|u| u.as_str())
-            .ok_or("discovery document has no jwks_uri")?
+            .ok_or_else(|| FetchError::answer(url, "discovery document has no jwks_uri"))?
             .to_string()
     } else {
         config.url.clone()
     };
     let (body, max_age) = get(client, &jwks_url).await?;
-    let text = std::str::from_utf8(&body).map_err(|_| "JWKS is not UTF-8".to_string())?;
-    let keys = KeySet::from_jwks_json(text, &jwks_url).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(&body).map_err(|_| FetchError::NotUtf8 {
+        url: jwks_url.clone(),
+        what: "JWKS",
+    })?;
+    let keys =
+        KeySet::from_jwks_json(text, &jwks_url).map_err(|e| FetchError::answer(&jwks_url, e))?;
     if keys.keys.is_empty() {
-        return Err(format!(
-            "{jwks_url} holds no usable key ({:?})",
-            keys.skipped
+        return Err(FetchError::answer(
+            &jwks_url,
+            format!("holds no usable key ({:?})", keys.skipped),
         ));
     }
     let spiffe_hint = serde_json::from_str::<serde_json::Value>(text)
@@ -229,31 +216,26 @@ async fn fetch(
 async fn get(
     client: &reqwest::Client,
     url: &str,
-) -> Result<(bytes::Bytes, Option<Duration>), String> {
-    let resp = client
-        .get(url)
-        .header(http::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+) -> Result<(bytes::Bytes, Option<Duration>), FetchError> {
+    let resp = send(
+        client
+            .get(url)
+            .header(http::header::ACCEPT, "application/json"),
+        url,
+    )
+    .await?;
     if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
-    }
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT as u64)
-    {
-        return Err(format!("{url}: document larger than {MAX_DOCUMENT} bytes"));
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: resp.status(),
+        });
     }
     let max_age = resp
         .headers()
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_max_age);
-    let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-    if body.len() > MAX_DOCUMENT {
-        return Err(format!("{url}: document larger than {MAX_DOCUMENT} bytes"));
-    }
+    let body = crate::kit::http::body(resp, MAX_DOCUMENT, "document").await?;
     Ok((body, max_age))
 }
 

@@ -18,8 +18,9 @@
 //! ```
 
 use super::config::{RegistryAuth, RemoteRegistry};
-use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
+use super::source::{authorize, body, Fetched, FetchedRecord, Source};
 use crate::digest::Digest;
+use crate::kit::http::{send, FetchError};
 
 /// An HTTP registry.
 pub struct HttpRegistry {
@@ -43,7 +44,7 @@ impl Source for HttpRegistry {
         "http"
     }
 
-    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, String> {
+    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, FetchError> {
         let digest_text = digest.to_string();
         let mut request = self
             .client
@@ -53,10 +54,7 @@ impl Source for HttpRegistry {
         if let Some(etag) = etag {
             request = request.header(http::header::IF_NONE_MATCH, etag);
         }
-        let resp = authorize(request, &self.auth)?
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", self.url))?;
+        let resp = send(authorize(request, &self.auth)?, &self.url).await?;
         let status = resp.status();
         let etag = resp
             .headers()
@@ -73,11 +71,18 @@ impl Source for HttpRegistry {
                     etag: None,
                 })
             }
-            _ => return Err(format!("{}: HTTP {status}", self.url)),
+            _ => {
+                return Err(FetchError::Status {
+                    url: self.url.clone(),
+                    status,
+                })
+            }
         };
-        let bytes = body(resp).await.map_err(|e| format!("{}: {e}", self.url))?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| format!("{}: the answer is not UTF-8", self.url))?;
+        let bytes = body(resp).await?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| FetchError::NotUtf8 {
+            url: self.url.clone(),
+            what: "the answer",
+        })?;
         Ok(Fetched::Records {
             records: parse_records(text, revoked, &self.url),
             etag,

@@ -11,8 +11,9 @@
 //! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow`.
 
 use super::config::{RegistryAuth, RemoteRegistry};
-use super::remote::{authorize, body, Fetched, FetchedRecord, Source};
+use super::source::{authorize, body, Fetched, FetchedRecord, Source};
 use crate::digest::Digest;
+use crate::kit::http::{send, FetchError};
 
 pub const TAG_DIGEST: &str = "provgate.artefact_digest";
 pub const TAG_APPROVAL: &str = "provgate.approval";
@@ -42,7 +43,7 @@ impl Mlflow {
         &self,
         digest: &Digest,
         page_token: Option<&str>,
-    ) -> Result<SearchPage, String> {
+    ) -> Result<SearchPage, FetchError> {
         let url = format!("{}/api/2.0/mlflow/model-versions/search", self.base);
         // The digest is parsed, so it is `sha256:` and hex: nothing to escape in the filter.
         let filter = format!("tags.`{TAG_DIGEST}` = '{digest}'");
@@ -52,13 +53,18 @@ impl Mlflow {
             query.push(("page_token", token));
         }
         let request = authorize(self.client.get(&url).query(&query), &self.auth)?;
-        let resp = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = send(request, &url).await?;
         let status = resp.status();
-        let bytes = body(resp).await.map_err(|e| format!("{url}: {e}"))?;
+        let bytes = body(resp).await?;
         if !status.is_success() {
-            return Err(format!("{url}: HTTP {status}: {}", snippet(&bytes)));
+            return Err(FetchError::Refused {
+                url,
+                status,
+                body: snippet(&bytes),
+            });
         }
-        serde_json::from_slice(&bytes).map_err(|e| format!("{url}: unexpected answer: {e}"))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| FetchError::answer(&url, format!("unexpected answer: {e}")))
     }
 }
 
@@ -67,7 +73,7 @@ impl Source for Mlflow {
         "mlflow"
     }
 
-    async fn fetch(&self, digest: &Digest, _etag: Option<&str>) -> Result<Fetched, String> {
+    async fn fetch(&self, digest: &Digest, _etag: Option<&str>) -> Result<Fetched, FetchError> {
         let mut records = Vec::new();
         let mut page_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -79,9 +85,12 @@ impl Source for Mlflow {
             }
         }
         if page_token.is_some() {
-            return Err(format!(
-                "more than {} model versions carry {digest}",
-                PAGE_SIZE as usize * MAX_PAGES
+            return Err(FetchError::answer(
+                &self.base,
+                format!(
+                    "more than {} model versions carry {digest}",
+                    PAGE_SIZE as usize * MAX_PAGES
+                ),
             ));
         }
         // The search's order is the server's; make equal answers compare equal.
@@ -169,7 +178,7 @@ pub async fn publish(
     version: &str,
     digest: &Digest,
     jws: &str,
-) -> Result<(), String> {
+) -> Result<(), FetchError> {
     let base = base.trim_end_matches('/');
     let get = format!("{base}/api/2.0/mlflow/model-versions/get");
     let resp = authorize(
@@ -177,31 +186,31 @@ pub async fn publish(
             .get(&get)
             .query(&[("name", model), ("version", version)]),
         auth,
-    )?
-    .send()
-    .await
-    .map_err(|e| format!("{get}: {e}"))?;
+    )?;
+    let resp = send(resp, &get).await?;
     let status = resp.status();
     let bytes = body(resp).await?;
     if !status.is_success() {
-        return Err(format!(
-            "model version {model}/{version}: HTTP {status}: {}",
-            snippet(&bytes)
-        ));
+        return Err(FetchError::Refused {
+            url: format!("{get} (model version {model}/{version})"),
+            status,
+            body: snippet(&bytes),
+        });
     }
     let set = format!("{base}/api/2.0/mlflow/model-versions/set-tag");
     for (key, value) in [(TAG_APPROVAL, jws), (TAG_DIGEST, &digest.to_string())] {
         let payload = serde_json::json!({
             "name": model, "version": version, "key": key, "value": value,
         });
-        let resp = authorize(client.post(&set).json(&payload), auth)?
-            .send()
-            .await
-            .map_err(|e| format!("{set}: {e}"))?;
+        let resp = send(authorize(client.post(&set).json(&payload), auth)?, &set).await?;
         let status = resp.status();
         if !status.is_success() {
             let bytes = body(resp).await.unwrap_or_default();
-            return Err(format!("setting {key}: HTTP {status}: {}", snippet(&bytes)));
+            return Err(FetchError::Refused {
+                url: format!("{set} (setting {key})"),
+                status,
+                body: snippet(&bytes),
+            });
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Remote registries (MLflow, HTTP): asked per served digest, on a background thread.
+//! Remote registries (MLflow, HTTP): asked per served digest, by a background service.
 //!
 //! A round asks the registry for the records of every digest being served. It runs when
 //! provgate starts serving a digest it has not asked about (within [`TICK`] of the artefact
@@ -18,58 +18,22 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{RegistryAuth, RemoteKind, RemoteRegistry};
+use super::config::{RemoteKind, RemoteRegistry};
 use super::http::HttpRegistry;
 use super::mlflow::Mlflow;
+pub use super::source::{authorize, body, Fetched, FetchedRecord, Source, MAX_BODY};
 use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot};
 use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
 use crate::keys::KeySet;
+use crate::kit::backoff::Backoff;
+use crate::kit::http::{ClientOptions, FetchError};
 use crate::telemetry::Metrics;
 
 /// How often the refresher looks for a newly served digest.
 pub const TICK: Duration = Duration::from_millis(50);
 /// The first retry after a failed round; doubled up to `refresh_interval`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// Largest registry answer accepted.
-pub const MAX_BODY: usize = 1 << 20;
-
-/// One record as a registry returned it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchedRecord {
-    /// The compact JWS.
-    pub jws: String,
-    /// The registry marks it revoked.
-    pub revoked: bool,
-    /// Where it came from, for the log (e.g. `model version m/3`).
-    pub origin: String,
-}
-
-/// What one fetch returned.
-#[derive(Debug)]
-pub enum Fetched {
-    /// Unchanged since the answer carrying this ETag (HTTP 304).
-    NotModified,
-    /// The records for the digest (none: the registry has no record for it).
-    Records {
-        records: Vec<FetchedRecord>,
-        etag: Option<String>,
-    },
-}
-
-/// A registry that can be asked for one digest's records.
-pub trait Source: Send + Sync + 'static {
-    /// The `backend` label.
-    fn label(&self) -> &'static str;
-
-    /// Asks for `digest`'s records; `etag` is the last answer's, when it had one.
-    fn fetch(
-        &self,
-        digest: &Digest,
-        etag: Option<&str>,
-    ) -> impl Future<Output = Result<Fetched, String>> + Send;
-}
-
 /// What the refresher remembers of one digest.
 struct Tracked {
     etag: Option<String>,
@@ -100,7 +64,7 @@ impl<S: Source> Refresher<S> {
         let mut last_served: Vec<Digest> = Vec::new();
         let mut next_round = Instant::now();
         let mut last_round_ms = 0;
-        let mut retry = FIRST_RETRY;
+        let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval);
         while !stop.load(Ordering::Relaxed) {
             let mut served = (self.served)();
             served.sort();
@@ -115,12 +79,10 @@ impl<S: Source> Refresher<S> {
                 last_served = served;
                 next_round = Instant::now()
                     + if complete {
-                        retry = FIRST_RETRY;
+                        retry.reset();
                         self.refresh_interval
                     } else {
-                        let wait = retry.min(self.refresh_interval);
-                        retry = (retry * 2).min(self.refresh_interval);
-                        wait
+                        retry.fail()
                     };
             }
             tokio::time::sleep(TICK).await;
@@ -144,7 +106,7 @@ impl<S: Source> Refresher<S> {
             let etag = tracked.get(digest).and_then(|t| t.etag.as_deref());
             let outcome = tokio::time::timeout(self.timeout, self.source.fetch(digest, etag))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+                .unwrap_or_else(|_| Err(FetchError::Timeout(self.timeout)));
             m.duration.observe(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(Fetched::NotModified) if tracked.contains_key(digest) => {
@@ -281,57 +243,13 @@ fn snapshot_of(tracked: &HashMap<Digest, Tracked>) -> Snapshot {
 }
 
 /// The HTTP client the remote backends share: rustls, no proxy, bounded connect time.
-pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .no_proxy()
-        .connect_timeout(config.timeout)
-        .timeout(config.timeout)
-        .user_agent(concat!("provgate/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &config.ca_pem {
-        for cert in
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
-}
-
-/// Adds the configured credentials to a request. The files are read on every call, so a
-/// rotated secret needs no restart; their contents never reach a log line.
-pub fn authorize(
-    request: reqwest::RequestBuilder,
-    auth: &RegistryAuth,
-) -> Result<reqwest::RequestBuilder, String> {
-    let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| format!("{}: {e}", path.display()))
-    };
-    Ok(match auth {
-        RegistryAuth::None => request,
-        RegistryAuth::BearerFile(path) => request.bearer_auth(read(path)?),
-        RegistryAuth::BasicFile(path) => {
-            let text = read(path)?;
-            let (user, password) = text
-                .split_once(':')
-                .ok_or_else(|| format!("{}: expected user:password", path.display()))?;
-            request.basic_auth(user, Some(password))
-        }
+pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, FetchError> {
+    crate::kit::http::client(&ClientOptions {
+        connect_timeout: config.timeout,
+        timeout: config.timeout,
+        ca_pem: config.ca_pem.as_deref(),
+        user_agent: true,
     })
-}
-
-/// Reads a response body, refusing one larger than [`MAX_BODY`].
-pub async fn body(resp: reqwest::Response) -> Result<bytes::Bytes, String> {
-    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(format!("answer larger than {MAX_BODY} bytes"));
-    }
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > MAX_BODY {
-        return Err(format!("answer larger than {MAX_BODY} bytes"));
-    }
-    Ok(body)
 }
 
 /// The configured remote backend.
@@ -348,7 +266,7 @@ impl Source for Backend {
         }
     }
 
-    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, String> {
+    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, FetchError> {
         match self {
             Backend::Mlflow(s) => s.fetch(digest, etag).await,
             Backend::Http(s) => s.fetch(digest, etag).await,
@@ -356,8 +274,9 @@ impl Source for Backend {
     }
 }
 
-/// Starts the refresher for a remote registry on its own thread and runtime.
-pub fn spawn(
+/// The refresher for a remote registry, as one future (run as a background service, which
+/// drops it at shutdown; `stop` ends it between rounds too).
+pub fn refresher(
     config: &RemoteRegistry,
     approvers: KeySet,
     refresh_interval: Duration,
@@ -365,11 +284,8 @@ pub fn spawn(
     served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = client(config).map_err(std::io::Error::other)?;
+) -> Result<impl Future<Output = ()> + Send, FetchError> {
+    let client = client(config)?;
     let source = match config.kind {
         RemoteKind::Mlflow => Backend::Mlflow(Mlflow::new(client, config)),
         RemoteKind::Http => Backend::Http(HttpRegistry::new(client, config)),
@@ -383,10 +299,7 @@ pub fn spawn(
         served,
         metrics,
     };
-    std::thread::Builder::new()
-        .name("provgate-registry".into())
-        .spawn(move || runtime.block_on(refresher.run(stop)))?;
-    Ok(())
+    Ok(refresher.run(stop))
 }
 
 #[cfg(test)]

@@ -483,7 +483,7 @@ async fn a_single_file_model_is_served_with_its_signature_beside_it() {
         public.display()
     );
     let mut claims = fx.claims();
-    claims.artefact.digest = provgate::artefact::compute_manifest(&file, 1).unwrap().root;
+    claims.artefact.digest = provgate::oms::compute_manifest(&file, 1).unwrap().root;
     claims.artefact.signer = Some("release".into());
     fx.approve("rec.jwt", &claims);
     let up = Upstream::start().await;

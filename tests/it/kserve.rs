@@ -247,7 +247,7 @@ async fn a_real_kserve_model_server_is_served_while_approved_and_blocked_once_sw
     )
     .unwrap();
     assert_ne!(
-        provgate::artefact::compute_manifest(&copy, 1).unwrap().root,
+        provgate::oms::compute_manifest(&copy, 1).unwrap().root,
         fx.digest(),
         "the copy differs"
     );

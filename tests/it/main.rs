@@ -13,6 +13,7 @@ mod identity;
 mod interop;
 mod kserve;
 mod layering;
+mod lifecycle;
 mod mtls;
 mod registries;
 mod routing;

@@ -506,7 +506,7 @@ async fn http_registry_is_asked_for_every_guarded_models_digest() {
         c.sub = name.into();
         c.jti = format!("rec-{name}");
         c.version_id = format!("{name}-v1");
-        c.artefact.digest = provgate::artefact::compute_manifest(&dir, 1).unwrap().root;
+        c.artefact.digest = provgate::oms::compute_manifest(&dir, 1).unwrap().root;
         records += &format!("{}\n", provgate::approval::sign(&c, &fx.approver).unwrap());
         sections += &format!(
             "[[artefacts]]\nmodel = \"{name}\"\npath = \"{}\"\n",

@@ -28,7 +28,7 @@ fn model_dir(fx: &Fixture, name: &str, content: &[u8]) -> std::path::PathBuf {
 }
 
 fn digest_of(dir: &std::path::Path) -> provgate::digest::Digest {
-    provgate::artefact::compute_manifest(dir, 1).unwrap().root
+    provgate::oms::compute_manifest(dir, 1).unwrap().root
 }
 
 async fn post(

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::approval::sign;
 use crate::keys::{jwks_document, KeyKind, SigningKey};
+use crate::registry::config::RegistryAuth;
 use crate::registry::tests::claims;
 use crate::registry::Lookup;
 
@@ -49,7 +50,7 @@ impl Source for Script {
         "script"
     }
 
-    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, String> {
+    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, FetchError> {
         self.calls
             .lock()
             .unwrap()
@@ -62,7 +63,7 @@ impl Source for Script {
                 records,
                 etag: etag.map(str::to_string),
             }),
-            Answer::Error => Err("registry down".into()),
+            Answer::Error => Err(FetchError::answer("script", "registry down")),
             Answer::Hang => std::future::pending().await,
         }
     }
@@ -366,12 +367,16 @@ fn credentials_are_read_from_their_files_and_never_echoed() {
         "Basic YWxpY2U6cGE6c3M="
     );
     std::fs::write(&basic, "no-colon-secret").unwrap();
-    let err = header(&RegistryAuth::BasicFile(basic)).unwrap_err();
+    let err = header(&RegistryAuth::BasicFile(basic))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("expected user:password"), "{err}");
     assert!(
         !err.contains("no-colon-secret"),
         "the secret is not echoed: {err}"
     );
-    let err = header(&RegistryAuth::BearerFile(dir.path().join("absent"))).unwrap_err();
+    let err = header(&RegistryAuth::BearerFile(dir.path().join("absent")))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("absent"), "{err}");
 }

@@ -285,7 +285,7 @@ impl Fixture {
     }
 
     pub fn digest(&self) -> provgate::digest::Digest {
-        provgate::artefact::compute_manifest(&self.model_dir(), 1)
+        provgate::oms::compute_manifest(&self.model_dir(), 1)
             .unwrap()
             .root
     }

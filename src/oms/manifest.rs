@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
@@ -228,6 +228,8 @@ pub struct HashOptions {
     pub read_buffer: usize,
     /// See [`RACY_MARGIN`].
     pub racy_margin: Duration,
+    /// Set by the owner to abandon the hash (a shutdown): checked between reads.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl HashOptions {
@@ -237,6 +239,15 @@ impl HashOptions {
             threads,
             read_buffer: DEFAULT_READ_BUFFER,
             racy_margin: RACY_MARGIN,
+            cancel: None,
+        }
+    }
+
+    /// The same options, abandoned when `cancel` is set.
+    pub fn cancelled_by(self, cancel: Arc<AtomicBool>) -> HashOptions {
+        HashOptions {
+            cancel: Some(cancel),
+            ..self
         }
     }
 }
@@ -259,6 +270,8 @@ pub enum HashError {
     Changed(String),
     #[error("a hashing thread panicked")]
     Panicked,
+    #[error("hashing abandoned")]
+    Cancelled,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HashError + '_ {
@@ -481,7 +494,7 @@ pub(crate) fn run_jobs(
                         let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
                         };
-                        match hash_job(files, job, &mut open, &mut buf) {
+                        match hash_job(files, job, &mut open, &mut buf, opts.cancel.as_deref()) {
                             Ok(d) => mine.push((job.slot, d)),
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -521,6 +534,7 @@ fn hash_job(
     job: &Job,
     open: &mut Option<(usize, std::fs::File)>,
     buf: &mut [u8],
+    cancel: Option<&AtomicBool>,
 ) -> Result<[u8; 32], HashError> {
     let f = files.get(job.file).ok_or(HashError::Panicked)?;
     let file = match open {
@@ -534,6 +548,9 @@ fn hash_job(
     let mut hasher = Sha256::new();
     let mut pos = job.start;
     while pos < job.end {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(HashError::Cancelled);
+        }
         let want = usize::try_from(job.end - pos).map_or(buf.len(), |n| n.min(buf.len()));
         match file.read_at(&mut buf[..want], pos) {
             Ok(0) => return Err(changed()),
@@ -568,3 +585,6 @@ pub fn posix(rel: &Path) -> String {
         .collect::<Vec<_>>()
         .join("/")
 }
+
+#[cfg(test)]
+mod tests;

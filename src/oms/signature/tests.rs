@@ -1,5 +1,5 @@
 use super::*;
-use crate::artefact::Serialization;
+use crate::oms::Serialization;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use serde_json::json;

@@ -19,7 +19,7 @@ use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::FromDer;
 
-use crate::artefact::{hash_dir, HashOptions, Manifest, Serialization};
+use super::manifest::{hash_dir, HashOptions, Manifest, Serialization};
 
 /// The signature file's name inside the model directory.
 pub const SIGNATURE_FILE: &str = "model.sig";
@@ -39,13 +39,39 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// Why a signer key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Pem { path: String, source: pem::PemError },
+    #[error("{path}: not a public key: {detail}")]
+    NotPublicKey { path: String, detail: String },
+    #[error("{path}: only EC P-256 and P-384 signer keys are supported (curve {curve:?})")]
+    Curve { path: String, curve: Option<String> },
+}
+
 impl Signer {
     /// Loads an EC P-256 or P-384 public key from a PEM `PUBLIC KEY` block.
-    pub fn from_pem_file(name: &str, path: &Path) -> Result<Signer, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let block = pem::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn from_pem_file(name: &str, path: &Path) -> Result<Signer, SignerError> {
+        let shown = || path.display().to_string();
+        let text = std::fs::read(path).map_err(|source| SignerError::Read {
+            path: shown(),
+            source,
+        })?;
+        let block = pem::parse(&text).map_err(|source| SignerError::Pem {
+            path: shown(),
+            source,
+        })?;
         let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(block.contents())
-            .map_err(|e| format!("{}: not a public key: {e}", path.display()))?;
+            .map_err(|e| SignerError::NotPublicKey {
+                path: shown(),
+                detail: e.to_string(),
+            })?;
         let curve = spki
             .algorithm
             .parameters
@@ -56,10 +82,10 @@ impl Signer {
             Some("1.2.840.10045.3.1.7") => &ECDSA_P256_SHA256_ASN1,
             Some("1.3.132.0.34") => &ECDSA_P384_SHA384_ASN1,
             other => {
-                return Err(format!(
-                    "{}: only EC P-256 and P-384 signer keys are supported (curve {other:?})",
-                    path.display()
-                ))
+                return Err(SignerError::Curve {
+                    path: shown(),
+                    curve: other.map(str::to_string),
+                })
             }
         };
         Ok(Signer {

@@ -1,0 +1,174 @@
+//! A directory watch: notify events for speed, a fingerprint of the tree (each path with its
+//! size, mtime, ctime, inode) for truth, a settle after a burst of events, and a periodic
+//! rescan that covers whatever the events miss (a watch not attached yet, a replaced
+//! directory, a network file system).
+//!
+//! [`DirWatch::run`] is the one loop; what a change means is the [`Hooks`]' business: the
+//! artefact watcher fails closed the moment an event arrives and re-hashes; the directory
+//! registry reloads and wakes early for a record's `revalidate_after`. The loop blocks (it
+//! reads the file system and the hooks hash or verify), so it runs on its own thread and
+//! stops when its stop flag is set, within [`STOP_SLICE`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::oms::FileIdentity;
+
+/// How long a burst of events is left to settle before the tree is looked at again.
+pub const SETTLE: Duration = Duration::from_millis(50);
+/// The longest a wait runs without looking at the stop flag.
+pub const STOP_SLICE: Duration = Duration::from_millis(200);
+
+/// A cheap summary of a tree, sorted by path.
+pub type Fingerprint = Vec<(PathBuf, FileIdentity)>;
+
+/// The fingerprint of `root` (a directory, or a single file) and of `beside`, a file outside
+/// it that belongs to it (a single file's signature), when there is one. The ctime is there
+/// because it cannot be set from user space: an edit in place that keeps the size and puts
+/// the mtime back (`touch -d`) still changes it.
+pub fn fingerprint(root: &Path, beside: Option<&Path>) -> Fingerprint {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    if let Ok(m) = std::fs::metadata(root) {
+        out.push((root.to_path_buf(), FileIdentity::of(&m)));
+        if let Some(extra) = beside.filter(|_| m.is_file()) {
+            if let Ok(s) = std::fs::symlink_metadata(extra) {
+                out.push((extra.to_path_buf(), FileIdentity::of(&s)));
+            }
+        }
+    }
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if m.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push((path, FileIdentity::of(&m)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Watches a tree, sending a unit on every content change (not on reads or metadata-only
+/// changes, which hashing itself would otherwise trigger).
+pub fn watch(path: &Path, tx: Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let relevant = match ev {
+            Ok(ev) => !matches!(
+                ev.kind,
+                EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            ),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(path, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+/// What a watch does on each turn.
+pub trait Hooks {
+    /// The tree now (the default: [`fingerprint`] of the watched path alone).
+    fn fingerprint(&self, path: &Path) -> Fingerprint {
+        fingerprint(path, None)
+    }
+
+    /// The tree differs from the last one handled: act on it. True when handled (the
+    /// fingerprint is remembered); false to try again on the next turn.
+    fn changed(&mut self, fingerprint: &Fingerprint) -> bool;
+
+    /// The tree is as last handled. False forgets the fingerprint, so the next turn acts.
+    fn unchanged(&mut self) -> bool {
+        true
+    }
+
+    /// A change event arrived; called at once, before the settle.
+    fn event(&mut self) {}
+
+    /// How long to wait for an event before looking again.
+    fn wait(&self) -> Duration;
+}
+
+/// A watched path.
+#[derive(Debug, Clone)]
+pub struct DirWatch {
+    pub path: PathBuf,
+    pub settle: Duration,
+}
+
+impl DirWatch {
+    pub fn new(path: PathBuf) -> DirWatch {
+        DirWatch {
+            path,
+            settle: SETTLE,
+        }
+    }
+
+    /// Looks at the tree, then on every event and every [`Hooks::wait`], until `stop` is set.
+    pub fn run(&self, hooks: &mut impl Hooks, stop: &AtomicBool) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = None;
+        let mut last: Option<Fingerprint> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if watcher.is_none() {
+                // The path may not exist yet, or may have been replaced: (re)attach; the
+                // rescans cover the gap.
+                watcher = watch(&self.path, tx.clone()).ok();
+            }
+            let now = hooks.fingerprint(&self.path);
+            if last.as_ref() != Some(&now) {
+                if hooks.changed(&now) {
+                    last = Some(now);
+                }
+            } else if !hooks.unchanged() {
+                last = None;
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match wait(&rx, hooks.wait(), stop) {
+                Ok(()) => {
+                    hooks.event();
+                    // Let a burst of writes settle before looking again.
+                    std::thread::sleep(self.settle);
+                    while rx.try_recv().is_ok() {}
+                    last = None;
+                    if !self.path.exists() {
+                        watcher = None;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => watcher = None,
+            }
+        }
+    }
+}
+
+/// Waits for an event for at most `timeout`, looking at `stop` every [`STOP_SLICE`]; a stop
+/// reads as a timeout.
+fn wait(rx: &Receiver<()>, timeout: Duration, stop: &AtomicBool) -> Result<(), RecvTimeoutError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(STOP_SLICE)) {
+            Err(RecvTimeoutError::Timeout)
+                if !left.is_zero() && left > STOP_SLICE && !stop.load(Ordering::Relaxed) => {}
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

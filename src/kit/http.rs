@@ -1,0 +1,135 @@
+//! The one HTTP client of the background services (registries, issuer keys, the probe):
+//! rustls, no proxy from the environment, bounded connect and total time, an optional CA
+//! bundle, and bodies read with a size bound. Failures are typed ([`FetchError`]) so callers
+//! can tell a transport failure from a refusal or a bad answer; their text is what the logs
+//! print and never becomes a metric label.
+
+use std::time::Duration;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("ca_file: {0}")]
+    Ca(reqwest::Error),
+    #[error("building the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("{path}: {source}")]
+    Credential {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: expected user:password")]
+    CredentialShape(String),
+    #[error("{url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("{url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{url}: HTTP {status}: {body}")]
+    Refused {
+        url: String,
+        status: reqwest::StatusCode,
+        /// The start of the answer's body, for the log.
+        body: String,
+    },
+    #[error("{url}: {what} larger than {limit} bytes")]
+    TooLarge {
+        url: String,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error("{url}: {what} is not UTF-8")]
+    NotUtf8 { url: String, what: &'static str },
+    #[error("{url}: {detail}")]
+    Answer { url: String, detail: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl FetchError {
+    /// A well-formed answer that says something unusable.
+    pub fn answer(url: &str, detail: impl std::fmt::Display) -> FetchError {
+        FetchError::Answer {
+            url: url.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// How a client is built.
+#[derive(Debug, Clone)]
+pub struct ClientOptions<'a> {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Extra trusted roots (PEM bundle), beside the built-in ones.
+    pub ca_pem: Option<&'a [u8]>,
+    /// Send `User-Agent: provgate/VERSION`.
+    pub user_agent: bool,
+}
+
+/// A rustls client that ignores proxy variables, with the given timeouts and roots.
+pub fn client(options: &ClientOptions<'_>) -> Result<reqwest::Client, FetchError> {
+    builder(options)?.build().map_err(FetchError::Client)
+}
+
+/// The builder behind [`client`], for callers that add more (the probe's resolve and h2c).
+pub fn builder(options: &ClientOptions<'_>) -> Result<reqwest::ClientBuilder, FetchError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.timeout);
+    if options.user_agent {
+        builder = builder.user_agent(concat!("provgate/", env!("CARGO_PKG_VERSION")));
+    }
+    if let Some(pem) = options.ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(FetchError::Ca)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
+/// Reads a response body of at most `limit` bytes (`what` names it in the error).
+pub async fn body(
+    resp: reqwest::Response,
+    limit: usize,
+    what: &'static str,
+) -> Result<bytes::Bytes, FetchError> {
+    let url = resp.url().to_string();
+    let too_large = || FetchError::TooLarge {
+        url: url.clone(),
+        what,
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = resp.bytes().await.map_err(|source| FetchError::Transport {
+        url: url.clone(),
+        source,
+    })?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// Sends a request, naming `url` in a transport error.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<reqwest::Response, FetchError> {
+    request
+        .send()
+        .await
+        .map_err(|source| FetchError::Transport {
+            url: url.to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,21 @@
+//! The kit for background work: the few shapes every background service of provgate repeats,
+//! each small and tested on its own.
+//!
+//! - [`dirwatch`]: a directory watch (notify events, a fingerprint of the tree, a settle after
+//!   a burst, a periodic rescan) driving hooks (the artefact watcher fails closed on an event;
+//!   the directory registry wakes early for a record's `revalidate_after`);
+//! - [`published`]: a value published through `arc-swap` with its freshness clock (synced
+//!   flag, last success), read on the request path with one atomic load;
+//! - [`backoff`]: the one retry schedule (doubling to a cap, jitter a parameter);
+//! - [`http`]: the one HTTP client builder (rustls, CA file, timeouts) and bounded body
+//!   reads, with typed fetch errors;
+//! - [`service`]: loops as pingora background services, so a shutdown stops them.
+//!
+//! The kit owns no domain type: it knows nothing of artefacts, records, keys or requests,
+//! and imports nothing from the crate but OMS's file identity (for fingerprints).
+
+pub mod backoff;
+pub mod dirwatch;
+pub mod http;
+pub mod published;
+pub mod service;

@@ -1,0 +1,35 @@
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn the_clock_counts_from_the_last_success() {
+    let p = Published::new(1u32);
+    assert!(!p.is_synced());
+    assert_eq!(p.clock().age(), None);
+    assert!(!p.clock().is_fresh(Duration::from_secs(60)));
+
+    p.publish(2);
+    assert_eq!(**p.load(), 2);
+    assert!(p.is_synced());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(p.clock().age(), Some(Duration::from_secs(10)));
+    assert!(p.clock().is_fresh(Duration::from_secs(10)));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(!p.clock().is_fresh(Duration::from_secs(10)));
+
+    // A store alone does not restart the clock; a confirm does.
+    p.store(3);
+    assert_eq!(*p.load_full(), 3);
+    assert!(!p.clock().is_fresh(Duration::from_secs(10)));
+    p.clock().confirm();
+    assert_eq!(p.clock().age(), Some(Duration::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn synced_without_success_keeps_the_clock_at_its_start() {
+    let f = Freshness::new();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    f.mark_synced();
+    assert!(f.is_synced());
+    assert_eq!(f.since_success(), Duration::from_secs(5));
+    assert!(Freshness::synced().is_synced());
+}

@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod enforcement;
+mod first_run;
 mod identity;
 mod interop;
 mod kserve;

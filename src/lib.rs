@@ -15,6 +15,7 @@ pub mod audit;
 pub mod config;
 pub mod digest;
 pub mod identity;
+pub mod inject;
 pub mod keys;
 pub mod policy;
 pub mod probe;

@@ -26,6 +26,7 @@ impl Script {
     fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
             .status();
     }
 }

@@ -1,6 +1,6 @@
 //! `provgate inject` through the real binary on real-world shaped manifests (`tests/inject/`):
-//! vLLM (Deployment and Service), Triton (StatefulSet), KServe (a bare Pod in a `List`) and
-//! Ollama. Each output must equal its golden file (`tests/inject/NAME.out.yaml`; regenerate
+//! vLLM (Deployment and Service), TGI, Triton (StatefulSet), KServe (a bare Pod in a `List`)
+//! and Ollama. Each output must equal its golden file (`tests/inject/NAME.out.yaml`; regenerate
 //! with `PROVGATE_BLESS=1` and read the diff), pass `kubernetes-validate --strict` (PyPI; the
 //! environment `scripts/setup.sh --ops` makes, named by `PROVGATE_OPS_PYTHON`), and come back
 //! unchanged from a second run. Input it cannot inject safely is refused with the reason.
@@ -121,6 +121,19 @@ fn triton_statefulset_is_rebound_with_http_address() {
             "Service/triton: port 8000 now targets provgate",
             // gRPC is not guarded: said, and closed by the NetworkPolicy.
             "Service/triton: port 8001 does not target the model server's HTTP port",
+        ],
+    );
+}
+
+#[test]
+fn tgi_gets_a_loopback_hostname_and_provgate_takes_the_next_free_port() {
+    golden(
+        "tgi",
+        &["--model", "mistral-7b-instruct"],
+        &[
+            "TGI in container tgi now listens on 127.0.0.1:8080 (--hostname=127.0.0.1)",
+            "proxy port 8081",
+            "Service/tgi-mistral: port 80 now targets provgate",
         ],
     );
 }

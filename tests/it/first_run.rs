@@ -53,22 +53,18 @@ fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or_default()
 }
 
-#[test]
-fn run_sh_starts_a_real_model_server_behind_provgate_and_its_three_commands_work() {
-    if std::env::var_os("PROVGATE_KSERVE_PYTHON").is_none() {
-        panic!("PROVGATE_KSERVE_PYTHON is not set: run the suite with scripts/test.sh");
-    }
+/// Starts run.sh on fresh ports and waits for its three commands; None if it exits first.
+fn start(demo: &Path) -> Option<(Script, Vec<String>, [std::net::SocketAddr; 3])> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let demo = tempfile::tempdir().unwrap();
-    let (port, admin, model) = (free_port(), free_port(), free_port());
+    let ports = [free_port(), free_port(), free_port()];
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("scripts/run.sh"))
         .current_dir(root)
         .env("PROVGATE_BIN", bin())
-        .env("PROVGATE_DEMO_DIR", demo.path())
-        .env("PROVGATE_PORT", port.port().to_string())
-        .env("PROVGATE_ADMIN_PORT", admin.port().to_string())
-        .env("PROVGATE_MODEL_PORT", model.port().to_string())
+        .env("PROVGATE_DEMO_DIR", demo)
+        .env("PROVGATE_PORT", ports[0].port().to_string())
+        .env("PROVGATE_ADMIN_PORT", ports[1].port().to_string())
+        .env("PROVGATE_MODEL_PORT", ports[2].port().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -95,15 +91,32 @@ fn run_sh_starts_a_real_model_server_behind_provgate_and_its_three_commands_work
         let left = Duration::from_secs(300).saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
             Ok(c) => commands.push(c),
-            Err(_) => panic!(
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                eprintln!("run.sh exited before printing its commands; retrying");
+                return None;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
                 "run.sh printed {} of 3 commands in 300 s; logs in {}:\n{}",
                 commands.len(),
-                demo.path().display(),
-                std::fs::read_to_string(demo.path().join("provgate.log")).unwrap_or_default()
+                demo.display(),
+                std::fs::read_to_string(demo.join("provgate.log")).unwrap_or_default()
             ),
         }
     }
     eprintln!("run.sh ready in {:?}", started.elapsed());
+    Some((script, commands, ports))
+}
+
+#[test]
+fn run_sh_starts_a_real_model_server_behind_provgate_and_its_three_commands_work() {
+    if std::env::var_os("PROVGATE_KSERVE_PYTHON").is_none() {
+        panic!("PROVGATE_KSERVE_PYTHON is not set: run the suite with scripts/test.sh");
+    }
+    let demo = tempfile::tempdir().unwrap();
+    // A port taken between free_port() and the bind makes a server exit: try fresh ports.
+    let (mut script, commands, [port, admin, model]) = (0..3)
+        .find_map(|_| start(demo.path()))
+        .expect("run.sh failed three times");
 
     let allowed = run_printed(&commands[0]);
     assert!(status_line(&allowed).contains(" 200"), "allowed: {allowed}");

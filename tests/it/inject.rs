@@ -3,7 +3,9 @@
 //! and Ollama. Each output must equal its golden file (`tests/inject/NAME.out.yaml`; regenerate
 //! with `PROVGATE_BLESS=1` and read the diff), pass `kubernetes-validate --strict` (PyPI; the
 //! environment `scripts/setup.sh --ops` makes, named by `PROVGATE_OPS_PYTHON`), and come back
-//! unchanged from a second run. Input it cannot inject safely is refused with the reason.
+//! unchanged from a second run; the `provgate.toml` it generates passes `provgate run -t` (key
+//! and record paths pointed at real files). Input it cannot inject safely is refused with the
+//! reason.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,43 @@ fn golden(name: &str, args: &[&str], notes: &[&str]) {
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
+
+    // The generated provgate.toml passes `provgate run -t` (key paths pointed at real files).
+    let fx = Fixture::new();
+    let mut configs = 0;
+    for doc in serde_norway::Deserializer::from_str(&yaml) {
+        let v = <serde_norway::Value as serde::Deserialize>::deserialize(doc).unwrap();
+        let items = match v["kind"].as_str() {
+            Some("List") => v["items"].as_sequence().unwrap().clone(),
+            _ => vec![v],
+        };
+        for item in items {
+            let Some(toml) = item["data"]["provgate.toml"].as_str() else {
+                continue;
+            };
+            configs += 1;
+            let local = toml
+                .replace("/etc/provgate/keys", fx.dir.path().to_str().unwrap())
+                .replace(
+                    "/etc/provgate/approvals",
+                    fx.registry_dir().to_str().unwrap(),
+                );
+            let path = dir.path().join(format!("{name}-{configs}.toml"));
+            std::fs::write(&path, local).unwrap();
+            let t = Command::new(bin())
+                .args(["run", "-t", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                t.status.success(),
+                "{name}: generated config rejected: {}{}",
+                String::from_utf8_lossy(&t.stdout),
+                String::from_utf8_lossy(&t.stderr)
+            );
+        }
+    }
+    assert_eq!(configs, 1, "{name}: one generated config");
 
     let again = inject(args, &yaml);
     assert!(again.status.success());

@@ -170,8 +170,9 @@ impl Server {
 pub fn inject(input: &str, opts: &Options) -> Result<Injected, InjectError> {
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(input) {
-        let v = Value::deserialize(doc).map_err(InjectError::Parse)?;
+        let mut v = Value::deserialize(doc).map_err(InjectError::Parse)?;
         if !v.is_null() {
+            octal_modes(&mut v);
             docs.push(v);
         }
     }
@@ -1256,6 +1257,34 @@ fn retarget_service(doc: &mut Value, pods: &[InjectedPod], notes: &mut Vec<Strin
 }
 
 // === small YAML helpers ===
+
+/// Kubernetes reads YAML 1.1, where a file mode written `0644` is octal (420); YAML 1.2, which
+/// serde_norway reads, makes it the string "0644", which Kubernetes would then reject. File
+/// modes (`defaultMode`, and `mode` of projected items) are integers in every Kubernetes API,
+/// so such a string under those keys is turned back into the number it meant.
+fn octal_modes(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let is_mode = matches!(k.as_str(), Some("defaultMode" | "mode"));
+                let octal = match item {
+                    Value::String(s) if is_mode => s
+                        .strip_prefix('0')
+                        .filter(|o| !o.is_empty() && o.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+                        .and_then(|o| u64::from_str_radix(o, 8).ok()),
+                    _ => None,
+                };
+                match octal {
+                    Some(n) => *item = Value::from(n),
+                    None => octal_modes(item),
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(octal_modes),
+        Value::Tagged(t) => octal_modes(&mut t.value),
+        _ => {}
+    }
+}
 
 fn mapping<const N: usize>(entries: [(&str, Value); N]) -> Value {
     Value::Mapping(

@@ -201,3 +201,21 @@ fn the_generated_config_is_a_provgate_config() {
         }
     }
 }
+
+#[test]
+fn yaml_1_1_octal_file_modes_stay_numbers() {
+    let input = deployment(VLLM, "").replace(
+        "        - name: models\n          emptyDir: {}\n",
+        "        - name: models\n          emptyDir: {}\n        - name: cfg\n          configMap: {name: c, defaultMode: 0644, items: [{key: k, path: p, mode: 0400}]}\n        - name: env\n          configMap: {name: \"0644\"}\n",
+    );
+    let out = inject(&input, &opts()).unwrap();
+    let v = first_doc(&out.yaml);
+    let cfg = &v["spec"]["template"]["spec"]["volumes"][1]["configMap"];
+    assert_eq!(cfg["defaultMode"], 420);
+    assert_eq!(cfg["items"][0]["mode"], 256);
+    // Not a mode: a string stays a string.
+    assert_eq!(
+        v["spec"]["template"]["spec"]["volumes"][2]["configMap"]["name"],
+        "0644"
+    );
+}

@@ -35,7 +35,6 @@ use pingora::proxy::ProxyHttp;
 use provgate::approval::{sign, ApprovalClaims, ArtefactRef};
 use provgate::artefact::{ArtefactHandle, ArtefactState};
 use provgate::audit::AuditLog;
-use provgate::config::Routing;
 use provgate::digest::Digest;
 use provgate::identity::{mint_token, Issuer, TokenVerifier};
 use provgate::keys::{jwks_document, KeyKind, KeySet, SigningKey};
@@ -43,7 +42,9 @@ use provgate::policy::{
     decide, ApprovalView, ArtefactView, CallerView, Input, ModelView, Policy, ServerView,
 };
 use provgate::probe::ServedHandle;
-use provgate::proxy::{model_in_body, Gate, HeldBudget, ModelGate, Named, RequestIds};
+use provgate::proxy::routing::config::Routing;
+use provgate::proxy::routing::{model_in_body, Named};
+use provgate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
 use provgate::registry::{ApprovalStore, Snapshot};
 use provgate::telemetry::Metrics;
 
@@ -244,9 +245,9 @@ fn bench(c: &mut Criterion) {
             name: "m".into(),
             artefact,
             served: Arc::new(ServedHandle::new(false)),
-            counters: metrics.request_counters("m", true),
+            counters: RequestCounters::new(&metrics, "m", true),
         }],
-        unrouted: metrics.request_counters("none", true),
+        unrouted: RequestCounters::new(&metrics, "none", true),
         routing: Routing {
             openai_paths: vec!["/v1/chat/completions".into()],
             max_body_bytes: 64 * 1024,
@@ -316,8 +317,8 @@ fn body(c: &mut Criterion) {
 fn headers(c: &mut Criterion) {
     use bytes::{Bytes, BytesMut};
     use pingora::http::ResponseHeader;
-    use provgate::proxy::{edit_request, edit_response, strip_provgate};
-    use provgate::proxy::{HEADER_CALLER, HEADER_REQUEST_ID, HEADER_VERSION_ID};
+    use provgate::proxy::headers::{edit_request, edit_response, strip_provgate};
+    use provgate::proxy::headers::{HEADER_CALLER, HEADER_REQUEST_ID, HEADER_VERSION_ID};
     // The load benchmark's request (wrk) and response (nginx).
     let mut req = RequestHeader::build("GET", b"/v2/models/all-minilm-l6-v2", Some(4)).unwrap();
     for (k, v) in [

@@ -12,6 +12,7 @@ pub mod approval;
 pub mod artefact;
 pub mod attestation;
 pub mod audit;
+pub mod base;
 pub mod config;
 pub mod digest;
 pub mod identity;
@@ -35,18 +36,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Seconds since the Unix epoch, as the JOSE `NumericDate` claims count them.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// The clock, re-exported from [`base`] where it lives.
+pub use base::{unix_now, unix_now_ms};

@@ -2,8 +2,8 @@
 //! workload's identity, caller, request) to Allow or Deny with one reason from a closed enum.
 //!
 //! No I/O, no clock reads, no crypto: every input is already verified and the time is passed
-//! in, so the whole rule set is a table of cases (see `tests.rs`). The mapping of reasons to
-//! HTTP statuses lives here too, in exactly one place.
+//! in, so the whole rule set is a table of cases (see `tests.rs`). How a reason is answered
+//! (HTTP status and JSON body) is the request path's, in one place: `proxy::deny`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,19 +70,6 @@ impl DenyReason {
             DenyReason::ModelRequired => "model_required",
             DenyReason::RequestInvalid => "request_invalid",
             DenyReason::RequestTooLarge => "request_too_large",
-        }
-    }
-
-    /// The HTTP status of a denial: 401 for the caller's credentials, 400/413 for a request
-    /// that does not say (readably) which model it is for, 503 for what the sidecar cannot
-    /// yet (or can no longer) vouch for, 403 for a policy refusal.
-    pub const fn status(self) -> u16 {
-        match self {
-            DenyReason::TokenMissing | DenyReason::TokenInvalid => 401,
-            DenyReason::ModelRequired | DenyReason::RequestInvalid => 400,
-            DenyReason::RequestTooLarge => 413,
-            DenyReason::ArtefactUnverified | DenyReason::TrustDataUnavailable => 503,
-            _ => 403,
         }
     }
 

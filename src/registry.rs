@@ -227,8 +227,8 @@ pub mod freshness {
     }
 }
 
-/// A seeded fast hash for maps whose keys no request chooses.
-pub type FastHash = foldhash::fast::RandomState;
+/// The fast hasher, re-exported from [`crate::base`] where it lives.
+pub use crate::base::FastHash;
 
 /// The request path's view of the registry.
 pub struct ApprovalStore {

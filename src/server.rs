@@ -17,7 +17,7 @@ use crate::config::{Config, KeySource, RegistrySource};
 use crate::identity::{Issuer, TokenVerifier};
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
-use crate::proxy::{Gate, HeldBudget, ModelGate, RequestIds};
+use crate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
 use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
 
@@ -125,7 +125,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             name: m.model.clone(),
             artefact,
             served: Arc::new(ServedHandle::new(config.probe.is_some())),
-            counters: metrics.request_counters(&m.model, config.enforce),
+            counters: RequestCounters::new(&metrics, &m.model, config.enforce),
         });
     }
     if let Some(probe) = config.probe.clone() {
@@ -224,7 +224,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         enforce: config.enforce,
         log_allowed: config.log_allowed,
         models,
-        unrouted: metrics.request_counters("none", config.enforce),
+        unrouted: RequestCounters::new(&metrics, "none", config.enforce),
         routing: config.routing.clone(),
         approvals: approvals.clone(),
         tokens: tokens.clone(),

@@ -1,6 +1,8 @@
 //! Metrics: every name is a constant here, every metric is registered in [`Metrics::new`],
 //! and labels are bounded (decision, reason enum, model, version ID, fixed outcome words).
-//! A token subject, a path or an error string is never a label.
+//! A token subject, a path or an error string is never a label. The request path's counters
+//! take their registered family from here and resolve their series beside the request path
+//! (`proxy::counters`).
 //!
 //! Also sets up structured logging (`tracing`, with pingora's `log` records bridged in).
 
@@ -10,12 +12,9 @@ use prometheus::{
 };
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwap;
+use std::sync::Mutex;
 
 use crate::artefact::ArtefactState;
-use crate::policy::DenyReason;
 
 pub mod names {
     pub const REQUESTS_TOTAL: &str = "provgate_requests_total";
@@ -43,89 +42,6 @@ pub mod names {
     pub const BUILD_INFO: &str = "provgate_build_info";
     pub const UPSTREAM_PROBES_TOTAL: &str = "provgate_upstream_probes_total";
     pub const UPSTREAM_PROBE_STATE: &str = "provgate_upstream_probe_state";
-}
-
-/// What `provgate_requests_total` counts a request as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Allow,
-    /// Denied (enforce) or would have been (dry-run).
-    Deny(DenyReason),
-    /// Failed before it was decided.
-    Error,
-}
-
-/// Pre-resolved `provgate_requests_total` handles, per version ID: the request path does
-/// one lock-free map read and an atomic add, never a label-set hash and registry lookup.
-pub struct RequestCounters {
-    vec: IntCounterVec,
-    model: String,
-    /// `deny` or `would_block`, fixed by the mode.
-    deny_word: &'static str,
-    /// Keyed by signed records' version IDs: a fast seeded hash.
-    by_version: ArcSwap<HashMap<Arc<str>, Arc<VersionCounters>, crate::registry::FastHash>>,
-    /// Serialises the rare insertions (a version seen for the first time).
-    insert: Mutex<()>,
-}
-
-/// The counters of one version: allow, each deny reason, error.
-pub struct VersionCounters {
-    allow: IntCounter,
-    deny: [IntCounter; DenyReason::ALL.len()],
-    error: IntCounter,
-}
-
-impl RequestCounters {
-    fn new(vec: IntCounterVec, model: &str, enforce: bool) -> RequestCounters {
-        RequestCounters {
-            vec,
-            model: model.to_string(),
-            deny_word: if enforce { "deny" } else { "would_block" },
-            by_version: ArcSwap::from_pointee(HashMap::default()),
-            insert: Mutex::new(()),
-        }
-    }
-
-    /// The decision word a denial is counted and audited under.
-    pub fn deny_word(&self) -> &'static str {
-        self.deny_word
-    }
-
-    /// Counts one request.
-    pub fn inc(&self, outcome: Outcome, version: &str) {
-        let counters = match self.by_version.load().get(version) {
-            Some(c) => c.clone(),
-            None => self.resolve(version),
-        };
-        match outcome {
-            Outcome::Allow => counters.allow.inc(),
-            Outcome::Deny(r) => counters.deny[r.index()].inc(),
-            Outcome::Error => counters.error.inc(),
-        }
-    }
-
-    #[cold]
-    fn resolve(&self, version: &str) -> Arc<VersionCounters> {
-        // A poisoned lock only means another thread panicked mid-insert; the map it guards
-        // is swapped whole, so it is still consistent.
-        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = self.by_version.load().get(version) {
-            return c.clone();
-        }
-        let m = self.model.as_str();
-        let counters = Arc::new(VersionCounters {
-            allow: self.vec.with_label_values(&["allow", "none", m, version]),
-            deny: DenyReason::ALL.map(|r| {
-                self.vec
-                    .with_label_values(&[self.deny_word, r.as_str(), m, version])
-            }),
-            error: self.vec.with_label_values(&["error", "none", m, version]),
-        });
-        let mut next = HashMap::clone(&self.by_version.load());
-        next.insert(Arc::from(version), counters.clone());
-        self.by_version.store(Arc::new(next));
-        counters
-    }
 }
 
 /// Artefact states, as label values.
@@ -177,11 +93,6 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 impl Metrics {
-    /// Pre-resolved request counters for this sidecar's model and mode.
-    pub fn request_counters(&self, model: &str, enforce: bool) -> RequestCounters {
-        RequestCounters::new(self.requests.clone(), model, enforce)
-    }
-
     pub fn new() -> Metrics {
         Self::with_mode(true)
     }
@@ -453,36 +364,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-#[cfg(test)]
-#[test]
-fn request_counters_resolve_once_per_version() {
-    let m = Metrics::new();
-    let c = m.request_counters("m", false);
-    c.inc(Outcome::Allow, "v1");
-    c.inc(Outcome::Allow, "v1");
-    c.inc(Outcome::Deny(DenyReason::TokenMissing), "none");
-    c.inc(Outcome::Error, "none");
-    assert_eq!(
-        m.requests
-            .with_label_values(&["allow", "none", "m", "v1"])
-            .get(),
-        2
-    );
-    assert_eq!(
-        m.requests
-            .with_label_values(&["would_block", "token_missing", "m", "none"])
-            .get(),
-        1
-    );
-    assert_eq!(
-        m.requests
-            .with_label_values(&["error", "none", "m", "none"])
-            .get(),
-        1
-    );
-    assert_eq!(c.by_version.load().len(), 2);
 }
 
 /// Installs the global `tracing` subscriber (JSON or text lines on stderr) and bridges the

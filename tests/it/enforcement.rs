@@ -680,3 +680,29 @@ async fn provgate_headers_from_the_model_server_never_reach_the_client() {
         1
     );
 }
+
+/// An allowed request whose model server cannot be reached is answered like a denial, in
+/// JSON with the request ID, and without a `Server` header naming provgate's engine.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_model_server_is_answered_in_json() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    // Nothing listens on this port.
+    let pg = Provgate::start(&fx, free_port()).await;
+    pg.wait_ready().await;
+    let resp = pg.get("/v1/models", Some(&fx.token(CALLER))).await;
+    assert_eq!(resp.status().as_u16(), 502);
+    assert!(
+        resp.headers().get("server").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable");
+    assert_eq!(body["request_id"], id.as_str());
+}

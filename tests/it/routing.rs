@@ -577,3 +577,57 @@ async fn held_bodies_share_a_bounded_budget() {
     assert!(full.len() >= 3, "three bodies went through whole");
     assert!(full.iter().all(|s| s.body == body.as_bytes()));
 }
+
+/// A client still sending a body when provgate refuses it (here a 413 decided from the
+/// Content-Length alone) reads the refusal, not a connection reset: provgate reads and drops
+/// the rest of a moderate body after answering, instead of closing on unread data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_body_still_being_sent_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut fx = Fixture::new();
+    fx.extra = "[routing]\nmax_held_body_bytes = 100000\n".into();
+    fx.approve("rec.jwt", &fx.claims());
+    let (_up, pg) = started(&fx).await;
+    let token = fx.token(CALLER);
+    let total = 500_000;
+    let mut conn = tokio::net::TcpStream::connect(pg.listen).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {total}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![b' '; 1000]).await.unwrap();
+    // provgate answers 413 now; the client, like any that does not wait for 100-continue,
+    // goes on sending its body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..((total - 1000) / 10_000) {
+        conn.write_all(&vec![b' '; 10_000]).await.unwrap();
+    }
+    conn.write_all(&vec![b' '; (total - 1000) % 10_000])
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n")
+                        && String::from_utf8_lossy(&answer).contains("request_too_large")
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("answered within 5 s");
+    assert!(read.is_ok(), "reading the answer failed: {read:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"error\":\"request_too_large\""), "{text}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing provgate needs and a fresh machine lacks:
-#   - cmake (pingora-core builds zlib-ng with it), from Debian's packages;
+#   - cmake (pingora-core builds zlib-ng with it) and curl (scripts/run.sh), from Debian's
+#     packages;
 #   - with --python: a virtual environment holding the independent implementations the
 #     interoperability tests run against (the OpenSSF model_signing tool, PyJWT,
 #     cryptography);
@@ -20,6 +21,8 @@ set -euo pipefail
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# scripts/run.sh waits for its servers with curl, and the commands it prints use it.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The monitoring pack's tests (--ops) run promtool and a real Prometheus server.
 if [ "${1:-}" = "--ops" ]; then
     command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)

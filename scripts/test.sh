@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test provgate has: formatting, lints, unit tests, and the integration tests
 # (real binary, real sockets on 127.0.0.1, the reference model_signing tool and PyJWT, a real
-# MLflow model registry server, a real KServe model server).
+# MLflow model registry server, a real KServe model server, kubernetes-validate, promtool and
+# a real Prometheus server).
 # Installs whatever a fresh machine lacks first. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,10 @@ PROVGATE_MLFLOW="$(scripts/setup.sh --mlflow | tail -n 1)"
 export PROVGATE_MLFLOW
 PROVGATE_KSERVE_PYTHON="$(scripts/setup.sh --kserve | tail -n 1)"
 export PROVGATE_KSERVE_PYTHON
+# kubernetes-validate for `provgate inject`'s golden tests; promtool and prometheus (Debian's
+# package) for the monitoring pack's tests.
+PROVGATE_OPS_PYTHON="$(scripts/setup.sh --ops | tail -n 1)"
+export PROVGATE_OPS_PYTHON
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

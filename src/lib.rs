@@ -16,6 +16,7 @@ pub mod config;
 pub mod digest;
 pub mod fields;
 pub mod identity;
+pub mod inject;
 pub mod keys;
 pub mod kit;
 pub mod oms;

@@ -81,6 +81,10 @@ enum Command {
         #[arg(long = "signer", required = true)]
         signers: Vec<String>,
     },
+    /// Add the provgate sidecar to Kubernetes YAML (Deployment, StatefulSet, Pod, or a List
+    /// of them; several documents), read from a file or standard input, written to standard
+    /// output. What was done goes to standard error.
+    Inject(Box<InjectArgs>),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -92,6 +96,47 @@ enum Command {
 enum AuditCommand {
     /// Check an audit log's hash chain; exit 1 at the first broken or missing line.
     Verify { file: PathBuf },
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// The manifest file; `-` or none: standard input.
+    file: Option<PathBuf>,
+    /// The provgate container image.
+    #[arg(long)]
+    image: String,
+    /// The served model's name (`[artefact] model`) [default: from the server's flags].
+    #[arg(long)]
+    model: Option<String>,
+    /// The model directory inside the model server container [default: from its flags].
+    #[arg(long)]
+    model_path: Option<String>,
+    /// The model server's HTTP port [default: from its flags or the server's default].
+    #[arg(long)]
+    model_port: Option<u16>,
+    /// The model server container [default: the only one, or the one recognised].
+    #[arg(long)]
+    container: Option<String>,
+    /// This deployment's workload identity, which approval records must name
+    /// [default: spiffe://cluster.local/ns/NAMESPACE/sa/SERVICE_ACCOUNT].
+    #[arg(long)]
+    workload_identity: Option<String>,
+    /// Where approval records come from: `configmap` (the provgate-approvals ConfigMap),
+    /// `mlflow=URL` or `http=URL`.
+    #[arg(long, default_value = "configmap")]
+    registry: provgate::inject::Registry,
+    /// provgate's port for callers [default: 8080, or the next port the pod does not use].
+    #[arg(long)]
+    proxy_port: Option<u16>,
+    /// provgate's admin port [default: 9090, or the next free one].
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// The namespace whose pods may scrape the admin port.
+    #[arg(long, default_value = "monitoring")]
+    monitoring_namespace: String,
+    /// The caller token issuer (`iss`), e.g. the API server's.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    caller_issuer: String,
 }
 
 /// How `digest` and `approve --dir` cut a directory into OMS resources; it must be the
@@ -247,6 +292,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { key, jwks, kind } => keygen(&key, &jwks, kind),
+        Command::Inject(args) => inject(*args),
         Command::VerifySignature { dir, signers } => {
             let mut keys = Vec::new();
             for s in &signers {
@@ -521,4 +567,44 @@ fn parse_evidence(s: &str) -> Result<Evidence> {
         bail!("--evidence {s:?}: kind and verdict are required");
     }
     Ok(e)
+}
+
+fn inject(args: InjectArgs) -> Result<ExitCode> {
+    use std::io::{Read, Write};
+    let input = match args.file.as_deref() {
+        None => None,
+        Some(p) if p == Path::new("-") => None,
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?),
+    };
+    let input = match input {
+        Some(text) => text,
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("standard input")?;
+            text
+        }
+    };
+    let opts = provgate::inject::Options {
+        model: args.model,
+        model_path: args.model_path,
+        model_port: args.model_port,
+        container: args.container,
+        workload_identity: args.workload_identity,
+        registry: args.registry,
+        proxy_port: args.proxy_port,
+        admin_port: args.admin_port,
+        monitoring_namespace: args.monitoring_namespace,
+        caller_issuer: args.caller_issuer,
+        ..provgate::inject::Options::new(&args.image)
+    };
+    let out = provgate::inject::inject(&input, &opts)?;
+    for note in &out.notes {
+        eprintln!("provgate inject: {note}");
+    }
+    std::io::stdout()
+        .write_all(out.yaml.as_bytes())
+        .context("standard output")?;
+    Ok(ExitCode::SUCCESS)
 }

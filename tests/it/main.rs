@@ -9,11 +9,14 @@ mod support;
 
 mod cli;
 mod enforcement;
+mod first_run;
 mod identity;
+mod inject;
 mod interop;
 mod kserve;
 mod layering;
 mod lifecycle;
+mod monitoring;
 mod mtls;
 mod registries;
 mod routing;

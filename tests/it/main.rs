@@ -20,3 +20,4 @@ mod monitoring;
 mod mtls;
 mod registries;
 mod routing;
+mod traces;

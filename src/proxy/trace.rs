@@ -1,0 +1,96 @@
+//! The request path's share of tracing (`[tracing]`, off by default): the span starts in
+//! `request_filter` from the client's `traceparent` ([`Gate::trace_start`]), the model
+//! server gets a `traceparent` naming provgate's span (`SpanStart::propagate`, in
+//! `upstream_request_filter`), and `logging` hands the finished span, with the decision's
+//! attributes, to the tracer's queue ([`Gate::trace_end`]).
+//!
+//! With tracing off each phase tests one `Option` and does nothing else: no header read,
+//! no allocation. Batching and export are `trace::export`'s; this room must not wait.
+
+use pingora::http::RequestHeader;
+
+use crate::policy::Decision;
+use crate::proxy::gate::{Gate, RequestCtx};
+use crate::proxy::routing::config::Routing;
+use crate::trace::export::{unix_nanos_now, FinishedSpan};
+
+impl Gate {
+    /// Starts this request's span, when tracing is on.
+    #[inline]
+    pub(crate) fn trace_start(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+        if let Some(tracer) = &self.tracer {
+            ctx.trace = Some(Box::new(tracer.start(&req.headers)));
+        }
+    }
+
+    /// Queues the request's span (a sampled one) with the decision's attributes.
+    pub(crate) fn trace_end(&self, req: &RequestHeader, ctx: &mut RequestCtx, status: u16) {
+        let (Some(tracer), Some(start)) = (&self.tracer, ctx.trace.take()) else {
+            return;
+        };
+        if !start.sampled() {
+            return;
+        }
+        let (decision, reason, record) = match &ctx.decision {
+            Some(Decision::Allow { record }) => ("allow", None, Some(record)),
+            Some(Decision::Deny { reason, record, .. }) => (
+                if self.enforce { "deny" } else { "would_block" },
+                Some(reason.as_str()),
+                record.as_ref(),
+            ),
+            None => ("error", None, None),
+        };
+        tracer.finish(FinishedSpan {
+            start: *start,
+            end_unix_nano: unix_nanos_now(),
+            method: req.method.clone(),
+            route: route(&self.routing, req.uri.path()),
+            status,
+            decision,
+            reason,
+            mode: if self.enforce { "enforce" } else { "dry-run" },
+            model: ctx.model.map(|i| self.models[i].name.clone()),
+            version_id: record.map(|r| r.version_id.clone()),
+            record_id: record.map(|r| r.claims.jti.clone()),
+            request_id: ctx.request_id.clone(),
+        });
+    }
+}
+
+/// The route a path matched, as a template with no request data in it (`http.route`): a
+/// configured OpenAI path or model list, or a KServe / Open Inference Protocol v2 route with
+/// `{model}` and `{version}` in place of the names. `None` for anything else.
+pub fn route(routing: &Routing, path: &str) -> Option<String> {
+    if routing.openai_paths.iter().any(|p| p == path)
+        || routing.models_path.as_deref() == Some(path)
+    {
+        return Some(path.to_string());
+    }
+    const V2_LEAVES: [&str; 4] = ["ready", "infer", "generate", "generate_stream"];
+    match path {
+        "/v2" | "/v2/health/live" | "/v2/health/ready" => return Some(path.to_string()),
+        _ => {}
+    }
+    let rest = path.strip_prefix("/v2/models/")?;
+    let mut parts = rest.split('/');
+    parts.next().filter(|model| !model.is_empty())?;
+    let mut template = String::from("/v2/models/{model}");
+    let mut next = parts.next();
+    if next == Some("versions") {
+        parts.next().filter(|v| !v.is_empty())?;
+        template.push_str("/versions/{version}");
+        next = parts.next();
+    }
+    match next {
+        None => {}
+        Some(leaf) if V2_LEAVES.contains(&leaf) => {
+            template.push('/');
+            template.push_str(leaf);
+        }
+        Some(_) => return None,
+    }
+    parts.next().is_none().then_some(template)
+}
+
+#[cfg(test)]
+mod tests;

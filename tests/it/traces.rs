@@ -38,39 +38,41 @@ impl Receiver {
             while let Ok((stream, _)) = listener.accept().await {
                 let (s, c) = (s.clone(), c.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (s, c) = (s.clone(), c.clone());
-                        async move {
-                            let ok = req.method() == hyper::Method::POST
-                                && req.uri().path() == "/v1/traces";
-                            c.lock().unwrap().push(
-                                req.headers()
-                                    .get("content-type")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_string(),
-                            );
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let doc: serde_json::Value =
-                                serde_json::from_slice(&body).unwrap_or_default();
-                            for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
-                                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                                    for span in ss["spans"].as_array().into_iter().flatten() {
-                                        let mut span = span.clone();
-                                        span["resource"] = rs["resource"].clone();
-                                        s.lock().unwrap().push(span);
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (s, c) = (s.clone(), c.clone());
+                            async move {
+                                let ok = req.method() == hyper::Method::POST
+                                    && req.uri().path() == "/v1/traces";
+                                c.lock().unwrap().push(
+                                    req.headers()
+                                        .get("content-type")
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or_default()
+                                        .to_string(),
+                                );
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let doc: serde_json::Value =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
+                                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                                        for span in ss["spans"].as_array().into_iter().flatten() {
+                                            let mut span = span.clone();
+                                            span["resource"] = rs["resource"].clone();
+                                            s.lock().unwrap().push(span);
+                                        }
                                     }
                                 }
+                                Ok::<_, Infallible>(
+                                    hyper::Response::builder()
+                                        .status(if ok { 200 } else { 404 })
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from_static(b"{}")))
+                                        .unwrap(),
+                                )
                             }
-                            Ok::<_, Infallible>(
-                                hyper::Response::builder()
-                                    .status(if ok { 200 } else { 404 })
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from_static(b"{}")))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
@@ -151,6 +153,7 @@ async fn traced(receiver: &Receiver) -> (Fixture, Upstream, Provgate) {
         "[tracing]\notlp_endpoint = \"http://{}\"\nservice_name = \"provgate-test\"\nflush_interval = \"50ms\"\n",
         receiver.addr
     );
+    fx.approve("rec.jwt", &fx.claims());
     let (up, pg) = started(&fx).await;
     (fx, up, pg)
 }
@@ -301,6 +304,7 @@ async fn a_denied_request_has_its_span_with_the_reason() {
 #[tokio::test]
 async fn without_tracing_trace_headers_pass_untouched() {
     let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
     let (up, pg) = started(&fx).await;
     let malformed = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
     for tp in [CLIENT, malformed] {

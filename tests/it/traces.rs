@@ -323,8 +323,9 @@ async fn without_tracing_trace_headers_pass_untouched() {
         assert_eq!(h["traceparent"], tp);
         assert_eq!(h["tracestate"], "vendor=opaque");
     }
-    assert!(!pg
-        .metrics()
-        .await
-        .contains("provgate_trace_spans_total{result=\"exported\"} 1"));
+    assert_eq!(
+        pg.metric("provgate_trace_spans_total{result=\"exported\"}")
+            .await,
+        0.0
+    );
 }

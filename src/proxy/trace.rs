@@ -23,8 +23,16 @@ impl Gate {
         }
     }
 
-    /// Queues the request's span (a sampled one) with the decision's attributes.
+    /// Queues the request's span (a sampled one) with the decision's attributes. Off, a
+    /// test of the empty `ctx.trace` and no call.
+    #[inline]
     pub(crate) fn trace_end(&self, req: &RequestHeader, ctx: &mut RequestCtx, status: u16) {
+        if ctx.trace.is_some() {
+            self.trace_finish(req, ctx, status);
+        }
+    }
+
+    fn trace_finish(&self, req: &RequestHeader, ctx: &mut RequestCtx, status: u16) {
         let (Some(tracer), Some(start)) = (&self.tracer, ctx.trace.take()) else {
             return;
         };

@@ -1,8 +1,8 @@
 //! Wiring: builds the shared state from a validated [`Config`], adds the background services
 //! (one artefact watcher per model, the registry watcher or refresher, the issuer key
-//! fetchers, the upstream probe, the workload-token follower, the trace exporter) as pingora background services,
-//! so the server's shutdown stops them too, and runs the pingora server with the proxy and
-//! admin listeners. Returns only on a start-up error.
+//! fetchers, the upstream probe, the workload-token follower, the trace exporter) as pingora
+//! background services, so the server's shutdown stops them too, and runs the pingora server
+//! with the proxy and admin listeners. Returns only on a start-up error.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -33,7 +33,7 @@ pub mod headers;
 pub mod models;
 mod record;
 pub mod routing;
-pub mod trace;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Instant;

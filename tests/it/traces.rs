@@ -29,6 +29,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start() -> Receiver {
+        Receiver::answering(200, Duration::ZERO).await
+    }
+
+    /// A receiver that answers `status` after `delay` (a failing or stalled collector).
+    async fn answering(status: u16, delay: Duration) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
@@ -44,6 +49,7 @@ impl Receiver {
                             async move {
                                 let ok = req.method() == hyper::Method::POST
                                     && req.uri().path() == "/v1/traces";
+                                tokio::time::sleep(delay).await;
                                 c.lock().unwrap().push(
                                     req.headers()
                                         .get("content-type")
@@ -65,7 +71,7 @@ impl Receiver {
                                 }
                                 Ok::<_, Infallible>(
                                     hyper::Response::builder()
-                                        .status(if ok { 200 } else { 404 })
+                                        .status(if ok { status } else { 404 })
                                         .header("content-type", "application/json")
                                         .body(Full::new(Bytes::from_static(b"{}")))
                                         .unwrap(),
@@ -148,9 +154,14 @@ fn upstream_traceparent(up: &Upstream) -> (String, String, String) {
 }
 
 async fn traced(receiver: &Receiver) -> (Fixture, Upstream, Provgate) {
+    traced_with(receiver, "").await
+}
+
+/// provgate exporting to `receiver`, with more `[tracing]` keys.
+async fn traced_with(receiver: &Receiver, keys: &str) -> (Fixture, Upstream, Provgate) {
     let mut fx = Fixture::new();
     fx.extra = format!(
-        "[tracing]\notlp_endpoint = \"http://{}\"\nservice_name = \"provgate-test\"\nflush_interval = \"50ms\"\n",
+        "[tracing]\notlp_endpoint = \"http://{}\"\nservice_name = \"provgate-test\"\nflush_interval = \"50ms\"\n{keys}\n",
         receiver.addr
     );
     fx.approve("rec.jwt", &fx.claims());
@@ -328,4 +339,57 @@ async fn without_tracing_trace_headers_pass_untouched() {
             .await,
         0.0
     );
+}
+
+#[tokio::test]
+async fn a_stalled_collector_costs_dropped_spans_not_requests() {
+    // The collector holds each post for 20 s: one span in flight, one queued, the rest
+    // dropped and counted, while requests keep being answered at once.
+    let receiver = Receiver::answering(200, Duration::from_secs(20)).await;
+    let (fx, _up, pg) =
+        traced_with(&receiver, "queue = 1\nbatch_size = 1\ntimeout = \"30s\"").await;
+    let token = fx.token(CALLER);
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        let resp = pg
+            .client
+            .get(pg.url(&format!("/v2/models/{MODEL}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "requests waited on the collector: {:?}",
+        started.elapsed()
+    );
+    let dropped = pg
+        .metric("provgate_trace_spans_total{result=\"dropped\"}")
+        .await;
+    assert!(dropped >= 3.0, "dropped {dropped}\n{}", pg.metrics().await);
+    assert_eq!(
+        pg.metric("provgate_trace_spans_total{result=\"exported\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_refusing_collector_is_counted_as_failed() {
+    let receiver = Receiver::answering(503, Duration::ZERO).await;
+    let (fx, _up, pg) = traced(&receiver).await;
+    let resp = pg
+        .get(&format!("/v2/models/{MODEL}"), Some(&fx.token(CALLER)))
+        .await;
+    assert_eq!(resp.status(), 200);
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.metric("provgate_trace_spans_total{result=\"failed\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(pg.logs().contains("trace export failed"), "{}", pg.logs());
 }

@@ -150,6 +150,13 @@ pub struct UpstreamFile {
     /// background (`[upstream.probe]`).
     #[serde(default)]
     pub probe: Option<ProbeFile>,
+    /// The APIs the model server speaks (route profiles): `openai`, `kserve_v1`,
+    /// `kserve_v2`, `triton`, `ollama`, `vllm`, `tgi`. Only their listed routes are
+    /// forwarded; management routes only when `[[routing.allow]]` opens them. Default
+    /// (a config from before profiles): `["openai", "kserve_v2"]`, the two APIs whose
+    /// model names provgate read before.
+    #[serde(default)]
+    pub api: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +229,14 @@ pub struct ArtefactFile {
     /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
+    /// `model` (the default) or `adapter`: a LoRA adapter requests name like a model,
+    /// served on top of `base`. Its records must pin the base's digest
+    /// (`artefact.base_digest`), and a request naming it needs both records to allow it.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// For an adapter: the configured model it is applied to.
+    #[serde(default)]
+    pub base: Option<String>,
     /// Pinned signers of the model's OMS signature (`DIR/model.sig`, or `FILE.sig` beside a
     /// single-file model); an approval record naming `artefact.signer` requires a valid
     /// signature by the signer of that name.
@@ -616,6 +631,8 @@ pub struct Upstream {
     pub forward_token: bool,
     pub connect_timeout: Duration,
     pub keepalive_pool: usize,
+    /// The route profiles of the APIs the server speaks.
+    pub api: Vec<crate::proxy::routing::profiles::Api>,
 }
 
 #[derive(Debug)]
@@ -660,6 +677,8 @@ pub struct ModelConfig {
     pub serialization: crate::artefact::Serialization,
     pub hash_threads: usize,
     pub signers: std::sync::Arc<Vec<crate::attestation::Signer>>,
+    /// For an adapter: the name of the model it is applied to.
+    pub base: Option<String>,
 }
 
 /// The upstream probe.
@@ -924,7 +943,28 @@ impl FileConfig {
             }
             _ => None,
         };
-        let routing = self.routing.validate(&mut errors);
+        // Route profiles (`[upstream] api`).
+        let api: Vec<crate::proxy::routing::profiles::Api> = match &self.upstream.api {
+            None => vec![
+                crate::proxy::routing::profiles::Api::Openai,
+                crate::proxy::routing::profiles::Api::KserveV2,
+            ],
+            Some(list) => {
+                if list.is_empty() {
+                    errors.push("upstream.api: name at least one API".into());
+                }
+                list.iter()
+                    .filter_map(|a| {
+                        let parsed = crate::proxy::routing::profiles::Api::parse(a);
+                        if parsed.is_none() {
+                            errors.push(format!("upstream.api: {a:?} is not one of \"openai\", \"kserve_v1\", \"kserve_v2\", \"triton\", \"ollama\", \"vllm\", \"tgi\""));
+                        }
+                        parsed
+                    })
+                    .collect()
+            }
+        };
+        let routing = self.routing.validate(&api, &mut errors);
         if refresh_interval.is_zero() {
             errors.push("registry.refresh_interval: must be more than zero".into());
         }
@@ -1016,7 +1056,35 @@ impl FileConfig {
                     a.hash_threads
                 },
                 signers: std::sync::Arc::new(signers),
+                base: match (a.kind.as_deref(), &a.base) {
+                    (None | Some("model"), None) => None,
+                    (Some("adapter"), Some(b)) => Some(b.clone()),
+                    (Some("adapter"), None) => {
+                        errors.push(format!("{key}.base: an adapter names its base model"));
+                        None
+                    }
+                    (None | Some("model"), Some(_)) => {
+                        errors.push(format!(
+                            "{key}.base: only an adapter (kind = \"adapter\") has a base"
+                        ));
+                        None
+                    }
+                    (Some(other), _) => {
+                        errors.push(format!(
+                            "{key}.kind: {other:?} is not one of \"model\", \"adapter\""
+                        ));
+                        None
+                    }
+                },
             });
+        }
+        for (i, m) in models.iter().enumerate() {
+            let Some(base) = &m.base else { continue };
+            if !models.iter().any(|b| &b.model == base && b.base.is_none()) {
+                errors.push(format!(
+                    "artefacts[{i}].base: {base:?} is not a configured model (kind = \"model\")"
+                ));
+            }
         }
         let registry = self.registry.validate(fetch_timeout, &mut errors);
 
@@ -1171,6 +1239,7 @@ impl FileConfig {
                 forward_token: self.upstream.forward_token,
                 connect_timeout,
                 keepalive_pool: self.upstream.keepalive_pool,
+                api,
             },
             enforce: self.mode.enforce,
             workload_identity,

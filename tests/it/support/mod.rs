@@ -302,6 +302,7 @@ impl Fixture {
                 digest: self.digest(),
                 signer: None,
                 ollama_digest: None,
+                base_digest: None,
             },
             lineage: serde_json::json!({"code_revision": "abc123"})
                 .as_object()

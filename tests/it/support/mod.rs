@@ -224,6 +224,8 @@ pub struct Fixture {
     pub model: String,
     /// The `[registry]` section's body; default: the fixture's directory.
     pub registry: Option<String>,
+    /// Extra TOML lines inside `[upstream]` (e.g. `api = ["ollama"]`).
+    pub upstream_extra: String,
 }
 
 impl Fixture {
@@ -242,6 +244,7 @@ impl Fixture {
             protocol: "http1",
             model: MODEL.into(),
             registry: None,
+            upstream_extra: String::new(),
         };
         std::fs::create_dir_all(f.model_dir()).unwrap();
         std::fs::create_dir_all(f.registry_dir()).unwrap();
@@ -356,6 +359,7 @@ address = "{admin}"
 [upstream]
 address = "{upstream}"
 protocol = "{protocol}"
+{upstream_extra}
 [mode]
 enforce = {enforce}
 [workload]
@@ -383,6 +387,7 @@ grace_period = "0s"
 {extra}
 "#,
             protocol = self.protocol,
+            upstream_extra = self.upstream_extra,
             enforce = self.enforce,
             model = self.model_dir().display(),
             model_name = self.model,
@@ -576,6 +581,19 @@ impl Provgate {
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// POSTs an empty JSON object (an inference route that names its model in the path).
+    pub async fn post_to(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body("{}");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

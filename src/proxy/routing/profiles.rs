@@ -414,7 +414,8 @@ pub const OLLAMA: &[Route] = &[
 ];
 
 /// vLLM 0.33 (`register_api_routers`): a LoRA adapter is named in `model`. Dev-mode,
-/// profiler, RL and elastic-EP routes are management.
+/// profiler, RL and elastic-EP routes are management. SageMaker's `/invocations` is not
+/// listed: its `inject_adapter_id` can write an adapter id from outside the body into `model`.
 pub const VLLM: &[Route] = &[
     r(POST, "/v1/chat/completions", Inf, MODEL),
     r(POST, "/v1/completions", Inf, MODEL),
@@ -430,7 +431,6 @@ pub const VLLM: &[Route] = &[
     r(POST, "/rerank", Inf, MODEL),
     r(POST, "/v1/rerank", Inf, MODEL),
     r(POST, "/v2/rerank", Inf, MODEL),
-    r(POST, "/invocations", Inf, MODEL),
     r(POST, "/tokenize", Inf, MODEL),
     r(POST, "/detokenize", Inf, MODEL),
     r(GET, "/v1/models", OPENAI_LIST, Nothing),

@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::profiles::{
-    match_path, parse_method, Api, Class, Field, ListShape, ModelAt, Route, GET, POST,
+    match_path, match_path_at, parse_method, Api, Class, Field, ListShape, ModelAt, Route, GET,
+    POST,
 };
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +105,8 @@ fn default_models_path() -> String {
 pub struct Door {
     pub methods: u8,
     pub path: Cow<'static, str>,
+    /// Where `path`'s first parameter starts (`None`: a literal path), found once.
+    pub brace: Option<usize>,
     pub class: Class,
     pub model: ModelAt,
 }
@@ -159,7 +162,7 @@ impl Routing {
             if d.methods & method == 0 {
                 continue;
             }
-            if let Some(model) = match_path(&d.path, path) {
+            if let Some(model) = match_path_at(&d.path, d.brace, path) {
                 return Found::Door(i, model);
             }
         }
@@ -192,6 +195,7 @@ pub fn compile_doors(
         if methods != 0 {
             doors.push(Door {
                 methods,
+                brace: path.find('{'),
                 path,
                 class,
                 model,

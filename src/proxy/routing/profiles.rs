@@ -182,7 +182,17 @@ pub struct Route {
 /// segment (if the pattern has one). Allocates nothing.
 #[inline]
 pub fn match_path<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
-    let Some(brace) = pattern.find('{') else {
+    match_path_at(pattern, pattern.find('{'), path)
+}
+
+/// As [`match_path`], with the pattern's first `{` found beforehand (`None`: a literal).
+#[inline]
+pub fn match_path_at<'p>(
+    pattern: &str,
+    brace: Option<usize>,
+    path: &'p str,
+) -> Option<Option<&'p str>> {
+    let Some(brace) = brace else {
         return (pattern == path).then_some(None);
     };
     // The literal prefix up to the first parameter must match as it is.

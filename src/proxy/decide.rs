@@ -1,6 +1,8 @@
-//! The decision for one request against the gate: which configured model it is for, that
-//! model's published artefact and probe state, the approval lookup, and `policy::decide()`;
-//! a model list is decided against each model in turn.
+//! The decision for one request against the gate: whether its door is open (a route no
+//! profile lists, or a management route, only through `[[routing.allow]]`), which configured
+//! model it is for, that model's published artefact and probe state, the approval lookup,
+//! and `policy::decide()`; an adapter needs its base's approval and pinned digest too; a
+//! model list or a model-free route is decided against each model in turn.
 //!
 //! Reads published snapshots and caches only (no I/O, no crypto for a token seen before),
 //! and fills the request's context; it must not write a response.

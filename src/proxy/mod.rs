@@ -1,18 +1,21 @@
 //! The request path: one `impl ProxyHttp for Gate`, a screen per phase, each calling into
 //! the rooms beside it.
 //!
-//! 1. `request_filter`: who is calling (`caller`); which model the request names
-//!    (`routing`: a KServe v2 path, or the `model` field of an OpenAI JSON body read by
-//!    `body` up to a small limit before anything goes upstream, or held back whole);
-//!    `decide` (that model's published artefact and probe state, the approval (cached),
-//!    `policy::decide()`). Deny: `deny` writes the JSON denial and the request stops.
+//! 1. `request_filter`: the one canonical target (`target`: ambiguous ones refused, an
+//!    equivalent spelling rewritten so the upstream gets what was decided); who is calling
+//!    (`caller`); which door and which model (`routing`: the route in the `[upstream] api`
+//!    profiles, the model in its path or in the body fields its door lists, read by `body`
+//!    up to a small limit before anything goes upstream, or held back whole); `decide`
+//!    (closed doors and `[[routing.allow]]`; that model's published artefact and probe
+//!    state, the approval (cached), `policy::decide()`; an adapter's base too). Deny: `deny`
+//!    writes the JSON denial and the request stops.
 //! 2. `upstream_peer`: the configured model server.
-//! 3. `upstream_request_filter`: drop any `x-provgate-*` the client sent, add ours, strip the
-//!    caller's token unless configured to forward it (`headers`).
+//! 3. `upstream_request_filter`: drop any `x-provgate-*` the client sent (however spelt),
+//!    add ours, strip the caller's token unless configured to forward it (`headers`).
 //! 4. `request_body_filter`: only a held body (`body`), checked when whole.
 //! 5. `response_filter`: tag the response with the version and request IDs (`headers`).
-//! 6. `response_body_filter`: only for the OpenAI model list, keep the models this caller may
-//!    use (`models`); every other body passes through untouched and unbuffered.
+//! 6. `response_body_filter`: only for a model list, keep the models this caller may use
+//!    (`models`); every other body passes through untouched and unbuffered.
 //! 7. `logging`: the request counters (`counters`) and the audit record (`record`), once per
 //!    request.
 //!

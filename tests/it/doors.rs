@@ -20,6 +20,7 @@ use crate::support::*;
 
 const SHADOW: &str = "shadow-model";
 const OPS: &str = "spiffe://example.org/ns/ops/sa/deployer";
+const BATCH: &str = "spiffe://example.org/ns/batch/sa/job";
 
 // === A decoding stand-in server ===
 
@@ -619,6 +620,8 @@ async fn an_adapter_is_served_only_with_its_own_and_its_bases_approval() {
     a.version_id = "va".into();
     a.artefact.digest = digest_of(&a_dir);
     a.artefact.base_digest = Some(base_digest);
+    // The adapter's record also admits a batch caller the base's record does not.
+    a.callers.push(BATCH.into());
     fx.approve("lora-a.jwt", &a);
     let up = Upstream::start().await;
     let sections = artefact(MODEL, &base_dir, "")
@@ -670,6 +673,19 @@ async fn an_adapter_is_served_only_with_its_own_and_its_bases_approval() {
         reason(chat("lora-b").await).await,
         (403, "artefact_unmanaged".into()),
         "an unapproved adapter on an approved base"
+    );
+    let r = send(
+        &pg,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        &fx.token(BATCH),
+        Some(r#"{"model":"lora-a","messages":[]}"#.into()),
+    )
+    .await;
+    assert_eq!(
+        reason(r).await,
+        (403, "caller_not_allowed".into()),
+        "the adapter's record allows this caller, the base's does not"
     );
     // The base changes and the new base is approved: the adapter's record pins the old one.
     std::fs::write(base_dir.join("model.safetensors"), vec![9u8; 4096]).unwrap();

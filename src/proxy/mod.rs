@@ -99,11 +99,16 @@ impl ProxyHttp for Gate {
         ctx.arrived_ms = crate::base::unix_now_ms();
         // One canonical target, before anything reads it; what is decided is forwarded.
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .map(HeaderValue::as_bytes);
-        let rewrite = match canonical(req.raw_path(), host) {
+        let raw = req.raw_path();
+        // The Host header is read only for an absolute-form target.
+        let host = match raw.first() {
+            Some(b'/') => None,
+            _ => req
+                .headers
+                .get(http::header::HOST)
+                .map(HeaderValue::as_bytes),
+        };
+        let rewrite = match canonical(raw, host) {
             Ok(c) => c.rewritten.then(|| c.to_target()),
             Err(why) => {
                 let decision = Decision::deny(DenyReason::RequestInvalid, why.detail());

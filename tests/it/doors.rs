@@ -384,6 +384,20 @@ async fn the_canonical_target_is_forwarded_and_an_ambiguous_one_refused_with_why
     assert_eq!(status, 200);
     let seen = up.requests();
     assert_eq!(seen.last().unwrap().path, "/v1/embeddings");
+    // An absolute-form target for this host is brought to origin form; for another, refused.
+    let absolute = format!("http://{}/v1/./embeddings", pg.listen);
+    let (status, _) = raw_request(pg.listen, "POST", &absolute, &token, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.requests().last().unwrap().path, "/v1/embeddings");
+    let (status, text) = raw_request(
+        pg.listen,
+        "POST",
+        "http://model-server.internal/v1/embeddings",
+        &token,
+        &body,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
     let (status, text) =
         raw_request(pg.listen, "POST", "/v1/chat%2Fcompletions", &token, &body).await;
     assert_eq!(status, 400, "{text}");
@@ -399,8 +413,8 @@ async fn the_canonical_target_is_forwarded_and_an_ambiguous_one_refused_with_why
     assert_eq!(audit["detail"], "request target has an encoded slash");
     assert_eq!(
         up.requests().len(),
-        1,
-        "the refused request never reached the server"
+        2,
+        "the refused requests never reached the server"
     );
 }
 

@@ -88,4 +88,13 @@ fn a_door_reads_every_field_it_lists() {
         names_in_body(br#"{"model":"m"} trailing"#, &[Field::Model]),
         Named::BodyInvalid
     );
+    assert_eq!(
+        names_in_body(br#"{"model":"a","mod\u0065l":"b"}"#, &[Field::Model]),
+        Named::BodyInvalid,
+        "a key spelt with an escape is the same key"
+    );
+    assert_eq!(
+        names_in_body(br#"{"m\u006fdel":"a"}"#, &[Field::Model]),
+        Named::Model("a".into())
+    );
 }

@@ -11,7 +11,6 @@ use pingora::http::RequestHeader;
 
 use crate::policy::Decision;
 use crate::proxy::gate::{Gate, RequestCtx};
-use crate::proxy::routing::config::Routing;
 use crate::trace::export::{unix_nanos_now, FinishedSpan};
 
 impl Gate {
@@ -41,6 +40,8 @@ impl Gate {
         }
         let (decision, reason, record) = match &ctx.decision {
             Some(Decision::Allow { record }) => ("allow", None, Some(record)),
+            // A route `[[routing.allow]]` opens: allowed with no record, as the audit says.
+            Some(Decision::Opened) => ("allow", None, None),
             Some(Decision::Deny { reason, record, .. }) => (
                 if self.enforce { "deny" } else { "would_block" },
                 Some(reason.as_str()),
@@ -52,7 +53,8 @@ impl Gate {
             start: *start,
             end_unix_nano: unix_nanos_now(),
             method: req.method.clone(),
-            route: route(&self.routing, req.uri.path()),
+            // The door's path pattern (`/v2/models/{m}/infer`): a template, never the path.
+            route: ctx.door.map(|i| self.routing.doors[i].path.to_string()),
             status,
             decision,
             reason,
@@ -64,41 +66,3 @@ impl Gate {
         });
     }
 }
-
-/// The route a path matched, as a template with no request data in it (`http.route`): a
-/// configured OpenAI path or model list, or a KServe / Open Inference Protocol v2 route with
-/// `{model}` and `{version}` in place of the names. `None` for anything else.
-pub fn route(routing: &Routing, path: &str) -> Option<String> {
-    if routing.openai_paths.iter().any(|p| p == path)
-        || routing.models_path.as_deref() == Some(path)
-    {
-        return Some(path.to_string());
-    }
-    const V2_LEAVES: [&str; 4] = ["ready", "infer", "generate", "generate_stream"];
-    match path {
-        "/v2" | "/v2/health/live" | "/v2/health/ready" => return Some(path.to_string()),
-        _ => {}
-    }
-    let rest = path.strip_prefix("/v2/models/")?;
-    let mut parts = rest.split('/');
-    parts.next().filter(|model| !model.is_empty())?;
-    let mut template = String::from("/v2/models/{model}");
-    let mut next = parts.next();
-    if next == Some("versions") {
-        parts.next().filter(|v| !v.is_empty())?;
-        template.push_str("/versions/{version}");
-        next = parts.next();
-    }
-    match next {
-        None => {}
-        Some(leaf) if V2_LEAVES.contains(&leaf) => {
-            template.push('/');
-            template.push_str(leaf);
-        }
-        Some(_) => return None,
-    }
-    parts.next().is_none().then_some(template)
-}
-
-#[cfg(test)]
-mod tests;

@@ -70,7 +70,7 @@ pub struct FinishedSpan {
     pub start: SpanStart,
     pub end_unix_nano: u64,
     pub method: Method,
-    /// The route template (`/v2/models/{model}/infer`) or a configured path.
+    /// The door's path pattern (`/v2/models/{m}/infer`), never the request's path.
     pub route: Option<String>,
     /// The status sent to the client; 0 if none was.
     pub status: u16,

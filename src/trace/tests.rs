@@ -216,7 +216,7 @@ fn finished(tracer: &Tracer) -> FinishedSpan {
         start: tracer.start(&client),
         end_unix_nano: u64::MAX / 2,
         method: http::Method::POST,
-        route: Some("/v2/models/{model}/infer".into()),
+        route: Some("/v2/models/{m}/infer".into()),
         status: 200,
         decision: "allow",
         reason: None,
@@ -277,7 +277,7 @@ fn spans_encode_as_otlp_json() {
         .collect();
     let str_attr = |k: &str| attrs[k]["stringValue"].as_str().unwrap().to_string();
     assert_eq!(str_attr("http.request.method"), "POST");
-    assert_eq!(str_attr("http.route"), "/v2/models/{model}/infer");
+    assert_eq!(str_attr("http.route"), "/v2/models/{m}/infer");
     assert_eq!(attrs["http.response.status_code"]["intValue"], "200");
     assert_eq!(str_attr("provgate.decision"), "allow");
     assert_eq!(str_attr("provgate.model"), "m");

@@ -213,7 +213,7 @@ async fn a_client_trace_reaches_the_model_server_and_the_collector() {
     assert!(start > 0 && end >= start, "{span}");
     let a = attributes(&span);
     assert_eq!(a["http.request.method"], "GET");
-    assert_eq!(a["http.route"], "/v2/models/{model}");
+    assert_eq!(a["http.route"], "/v2/models/{m}");
     assert_eq!(a["http.response.status_code"], "200");
     assert_eq!(a["provgate.decision"], "allow");
     assert_eq!(a["provgate.model"], MODEL);
@@ -289,8 +289,10 @@ async fn a_denied_request_has_its_span_with_the_reason() {
     let before = up.requests().len();
     let resp = pg
         .client
-        .get(pg.url(&format!("/v2/models/{MODEL}/infer")))
+        .post(pg.url(&format!("/v2/models/{MODEL}/infer")))
         .header("traceparent", CLIENT)
+        .header("content-type", "application/json")
+        .body("{}")
         .send()
         .await
         .unwrap();
@@ -308,7 +310,7 @@ async fn a_denied_request_has_its_span_with_the_reason() {
     assert_eq!(a["provgate.decision"], "deny");
     assert_eq!(a["provgate.reason"], "token_missing");
     assert_eq!(a["http.response.status_code"], "401");
-    assert_eq!(a["http.route"], "/v2/models/{model}/infer");
+    assert_eq!(a["http.route"], "/v2/models/{m}/infer");
     assert!(!a.contains_key("provgate.version_id"));
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use crate::audit::config::{AuditConfig, AuditFile};
 use crate::keys::KeySet;
 use crate::policy::TierRule;
 
@@ -404,30 +405,6 @@ pub struct TierFile {
     pub required_evidence: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditFile {
-    /// JSON Lines file; created if missing, appended to, hash chain continued.
-    #[serde(default = "default_audit_path")]
-    pub path: String,
-    /// Also record allowed requests (not only blocked ones).
-    #[serde(default)]
-    pub log_allowed: bool,
-    /// Records queued for the writer before new ones are dropped (and counted).
-    #[serde(default = "default_audit_queue")]
-    pub queue: usize,
-}
-
-impl Default for AuditFile {
-    fn default() -> Self {
-        AuditFile {
-            path: default_audit_path(),
-            log_allowed: false,
-            queue: default_audit_queue(),
-        }
-    }
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
@@ -647,12 +624,6 @@ fn default_algorithms() -> Vec<String> {
         .map(String::from)
         .to_vec()
 }
-fn default_audit_path() -> String {
-    "provgate-audit.jsonl".into()
-}
-fn default_audit_queue() -> usize {
-    65_536
-}
 fn default_level() -> String {
     "info".into()
 }
@@ -814,9 +785,7 @@ pub struct Config {
     pub token_cache_size: u64,
     pub issuers: Vec<Issuer>,
     pub tiers: HashMap<String, TierRule>,
-    pub audit_path: PathBuf,
-    pub log_allowed: bool,
-    pub audit_queue: usize,
+    pub audit: AuditConfig,
     pub threads: usize,
     pub work_stealing: bool,
     pub grace_period: Duration,
@@ -1243,9 +1212,7 @@ impl FileConfig {
                 false
             }
         };
-        if self.audit.queue == 0 {
-            errors.push("audit.queue: must be at least 1".into());
-        }
+        let audit = self.audit.validate(&mut errors);
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -1301,9 +1268,7 @@ impl FileConfig {
                     )
                 })
                 .collect(),
-            audit_path: PathBuf::from(self.audit.path),
-            log_allowed: self.audit.log_allowed,
-            audit_queue: self.audit.queue,
+            audit,
             threads: if self.server.threads == 0 {
                 cores
             } else {

@@ -629,6 +629,7 @@ impl Gate {
                 .unwrap_or_default(),
             status,
             latency_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+            cut: Default::default(),
         });
     }
 }
@@ -695,7 +696,10 @@ impl ProxyHttp for Gate {
             },
             named => named,
         };
-        let decision = self.decide_with(session.req_header(), caller, named, ctx);
+        // With `on_write_failure = "fail_closed"`, an unwritable audit log denies.
+        let decision = self
+            .audit
+            .gate(self.decide_with(session.req_header(), caller, named, ctx));
         self.metrics
             .decision_duration
             .observe(t.elapsed().as_secs_f64());
@@ -796,7 +800,10 @@ impl ProxyHttp for Gate {
         }
         // It names another model, or none readable: decide again on what it names.
         let caller = ctx.caller.clone().ok_or(None);
-        let decision = self.decide_with(session.req_header(), caller, named, ctx);
+        // With `on_write_failure = "fail_closed"`, an unwritable audit log denies.
+        let decision = self
+            .audit
+            .gate(self.decide_with(session.req_header(), caller, named, ctx));
         let deny = decision.reason();
         ctx.decision = Some(decision);
         match deny {

@@ -406,3 +406,39 @@ fn fail_closed_denies_while_the_log_is_unwritable() {
     assert!(text.contains("\"cause\":\"write_failed\""), "{text}");
     assert_eq!(metrics.audit_writable.get(), 1);
 }
+
+#[test]
+fn the_audit_section_reports_every_error_with_its_key() {
+    let file: config::AuditFile = toml::from_str(
+        r#"
+queue = 0
+max_segment_bytes = 10
+max_segment_age = "soon"
+checkpoint_interval = "0s"
+checkpoint_key = "/nonexistent/key.pem"
+on_write_failure = "panic"
+"#,
+    )
+    .unwrap();
+    let mut errors = Vec::new();
+    file.validate(&mut errors);
+    for key in [
+        "audit.queue",
+        "audit.max_segment_bytes",
+        "audit.max_segment_age",
+        "audit.checkpoint_interval",
+        "audit.checkpoint_key",
+        "audit.on_write_failure",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key} not reported: {errors:?}"
+        );
+    }
+    assert!(toml::from_str::<config::AuditFile>("segment_size = 1").is_err());
+    let mut errors = Vec::new();
+    let c = config::AuditFile::default().validate(&mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(c.on_write_failure, WriteFailure::KeepServing);
+    assert_eq!(c.max_segment_age, Duration::from_secs(24 * 3600));
+}

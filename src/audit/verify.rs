@@ -14,6 +14,16 @@ use super::record::{line_hash, Marker, GENESIS, MAX_LINE_BYTES};
 use super::segments;
 use crate::keys::KeySet;
 
+/// The fields of a line the chain check needs; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    seq: Option<u64>,
+    #[serde(borrow)]
+    prev: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// What kind of damage a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
@@ -181,8 +191,8 @@ impl State<'_> {
     }
 
     fn line(&mut self, file: &Path, first_in_file: bool, n: u64, bytes: &[u8]) {
-        let v: serde_json::Value = match serde_json::from_slice(bytes) {
-            Ok(v) => v,
+        let head: Head<'_> = match serde_json::from_slice(bytes) {
+            Ok(h) => h,
             Err(e) => {
                 self.problem(
                     file,
@@ -195,9 +205,7 @@ impl State<'_> {
                 return;
             }
         };
-        let seq = v.get("seq").and_then(|s| s.as_u64());
-        let claimed = v.get("prev").and_then(|p| p.as_str());
-        let (Some(seq), Some(claimed)) = (seq, claimed) else {
+        let (Some(seq), Some(claimed)) = (head.seq, head.prev.as_deref()) else {
             self.problem(
                 file,
                 n,
@@ -208,10 +216,13 @@ impl State<'_> {
             self.expected_seq = None;
             return;
         };
+        let claimed = claimed.to_string();
+        let claimed = claimed.as_str();
         let hash = line_hash(bytes);
-        let marker = v
-            .get("kind")
-            .and_then(|_| serde_json::from_value::<Marker>(v.clone()).ok());
+        let marker = match head.kind {
+            Some(_) => serde_json::from_slice::<Marker>(bytes).ok(),
+            None => None,
+        };
         let mut recorded_break = false;
         match &marker {
             Some(Marker::Segment {

@@ -5,7 +5,7 @@
 # synthetic denials through the real writer (`provgate audit generate`: bounds, chain,
 # 64 MiB segments, checkpoints), then reports each reader's wall time and max RSS (GNU time).
 #
-# Run: benches/audit_query.sh [PROVGATE_BINARY]   (default: target/debug/provgate; build it
+# Run: [SIZES="100 1000"] [READERS="summary;verify"] benches/audit_query.sh [PROVGATE_BINARY]   (default: target/debug/provgate; build it
 # with `cargo build` first). The 1 GB case needs about 1.1 GB of disk under $TMPDIR and a few
 # minutes: run it once, not in CI.
 #
@@ -14,6 +14,8 @@
 set -euo pipefail
 bin="${1:-${CARGO_TARGET_DIR:-target}/debug/provgate}"
 sizes="${SIZES:-100 1000}"
+# Readers to run, separated by ';' (the export is the slowest in a debug build).
+READERS="${READERS:-query --reason approval_expired --format json;query --caller spiffe://example.org/ns/app/sa/c3;summary;export --format ocsf;verify}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -52,12 +54,8 @@ TOML
     printf '\nset: %s records, %s bytes in %s files (generated in %.1f s)\n' \
         "$count" "$bytes" "$(ls "$dir" | wc -l)" "$gen"
     printf '%-44s %10s %12s\n' "reader" "wall s" "max RSS KB"
-    for reader in \
-        "query --reason approval_expired --format json" \
-        "query --caller spiffe://example.org/ns/app/sa/c3" \
-        "summary" \
-        "export --format ocsf" \
-        "verify"; do
+    IFS=';' read -r -a readers <<< "$READERS"
+    for reader in "${readers[@]}"; do
         # shellcheck disable=SC2086
         set -- $reader
         cmd="$1"; shift

@@ -473,13 +473,14 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                 writeln!(out, "{}", provgate::audit::query::TABLE_HEADER)?;
             }
             let mut err = None;
-            provgate::audit::query::scan(&path, &filter, |v, raw, count| {
+            provgate::audit::query::scan(&path, &filter, |_, raw, count| {
                 if err.is_some() {
                     return;
                 }
                 let r = match format {
                     QueryFormat::Table => {
-                        writeln!(out, "{}", provgate::audit::query::table_row(v, count))
+                        let v = provgate::audit::query::tree(raw);
+                        writeln!(out, "{}", provgate::audit::query::table_row(&v, count))
                     }
                     QueryFormat::Json => out.write_all(raw).and_then(|()| out.write_all(b"\n")),
                 };
@@ -514,11 +515,11 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
         } => {
             let filter = filter.filter()?;
             let mut err = None;
-            provgate::audit::query::scan(&path, &filter, |v, _, _| {
+            provgate::audit::query::scan(&path, &filter, |_, raw, _| {
                 if err.is_some() {
                     return;
                 }
-                if let Some(e) = provgate::audit::ocsf::event(v) {
+                if let Some(e) = provgate::audit::ocsf::event(&provgate::audit::query::tree(raw)) {
                     err = writeln!(out, "{e}").err();
                 }
             })

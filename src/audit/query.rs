@@ -4,10 +4,12 @@
 //!
 //! Owns the filter and the counting; it never checks the chain (that is `verify`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::read::for_each_line;
@@ -38,27 +40,54 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
     v.get(name).and_then(Value::as_str)
 }
 
+/// The fields a filter and a summary look at, borrowed from the line (no tree built).
+#[derive(Deserialize, Default)]
+pub struct View<'a> {
+    #[serde(borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub first: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(borrow, default)]
+    pub decision: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub version_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub request_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub caller_sub: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub caller_iss: Option<Cow<'a, str>>,
+}
+
 impl Filter {
     /// Whether a record matches; `Some(count)` (1 for a request, the summary's count for a
     /// summary) when it does. Segment, checkpoint and pruning records never match.
-    pub fn matches(&self, v: &Value) -> Option<u64> {
-        let (time, count) = match field(v, "kind") {
-            None => (field(v, "time")?, 1),
-            Some("summary") => (field(v, "first")?, v.get("count").and_then(Value::as_u64)?),
+    pub fn matches(&self, v: &View<'_>) -> Option<u64> {
+        let (time, count) = match v.kind.as_deref() {
+            None => (v.time.as_deref()?, 1),
+            Some("summary") => (v.first.as_deref()?, v.count?),
             Some(_) => return None,
         };
-        let eq = |want: &Option<String>, got: Option<&str>| {
-            want.as_deref().is_none_or(|w| got == Some(w))
+        let eq = |want: &Option<String>, got: &Option<Cow<'_, str>>| {
+            want.as_deref().is_none_or(|w| got.as_deref() == Some(w))
         };
         let ok = self.since.as_deref().is_none_or(|s| time >= s)
             && self.until.as_deref().is_none_or(|u| time < u)
-            && eq(&self.decision, field(v, "decision"))
-            && eq(&self.reason, field(v, "reason"))
-            && eq(&self.model, field(v, "model"))
-            && eq(&self.version, field(v, "version_id"))
-            && eq(&self.request_id, field(v, "request_id"))
+            && eq(&self.decision, &v.decision)
+            && eq(&self.reason, &v.reason)
+            && eq(&self.model, &v.model)
+            && eq(&self.version, &v.version_id)
+            && eq(&self.request_id, &v.request_id)
             && self.caller.as_deref().is_none_or(|c| {
-                field(v, "caller_sub") == Some(c) || field(v, "caller_iss") == Some(c)
+                v.caller_sub.as_deref() == Some(c) || v.caller_iss.as_deref() == Some(c)
             });
         ok.then_some(count)
     }
@@ -85,15 +114,15 @@ pub fn files_of(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
 }
 
-/// Calls `f(record, raw line, count)` for each matching record, streaming.
+/// Calls `f(view, raw line, count)` for each matching record, streaming.
 pub fn scan(
     path: &Path,
     filter: &Filter,
-    mut f: impl FnMut(&Value, &[u8], u64),
+    mut f: impl FnMut(&View<'_>, &[u8], u64),
 ) -> std::io::Result<()> {
     for file in files_of(path)? {
         for_each_line(&file, |_, bytes| {
-            if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            if let Ok(v) = serde_json::from_slice::<View<'_>>(bytes) {
                 if let Some(count) = filter.matches(&v) {
                     f(&v, bytes, count);
                 }
@@ -102,6 +131,11 @@ pub fn scan(
         })?;
     }
     Ok(())
+}
+
+/// Parses a matched line into a tree (for the table and the export).
+pub fn tree(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
 }
 
 /// One row of the query table.
@@ -148,7 +182,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn add(&mut self, v: &Value, count: u64) {
+    pub fn add(&mut self, v: &View<'_>, count: u64) {
         fn bump(map: &mut HashMap<String, u64>, key: Option<&str>, n: u64) {
             let key = key.unwrap_or("-");
             if map.len() >= MAX_DISTINCT && !map.contains_key(key) {
@@ -158,11 +192,11 @@ impl Summary {
             }
         }
         self.total += count;
-        bump(&mut self.by_decision, field(v, "decision"), count);
-        bump(&mut self.by_reason, field(v, "reason"), count);
-        bump(&mut self.by_model, field(v, "model"), count);
-        bump(&mut self.by_version, field(v, "version_id"), count);
-        bump(&mut self.by_caller, field(v, "caller_sub"), count);
+        bump(&mut self.by_decision, v.decision.as_deref(), count);
+        bump(&mut self.by_reason, v.reason.as_deref(), count);
+        bump(&mut self.by_model, v.model.as_deref(), count);
+        bump(&mut self.by_version, v.version_id.as_deref(), count);
+        bump(&mut self.by_caller, v.caller_sub.as_deref(), count);
     }
 
     /// The summary as text, each dimension by count, largest first.

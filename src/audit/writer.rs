@@ -507,6 +507,13 @@ impl Writer {
                 if self.chain.seq < seq {
                     self.chain.seq = seq;
                     self.durable.seq = seq;
+                    if self.chain_break.is_none() {
+                        self.chain_break = Some(
+                            "the log was not writable and its previous end could not be read back"
+                                .into(),
+                        );
+                        self.needs_marker = true;
+                    }
                 }
                 tracing::info!(path = %self.cfg.path.display(), "audit log writable again");
                 self.metrics.audit_writable.set(1);

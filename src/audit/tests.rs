@@ -442,3 +442,19 @@ on_write_failure = "panic"
     assert_eq!(c.on_write_failure, WriteFailure::KeepServing);
     assert_eq!(c.max_segment_age, Duration::from_secs(24 * 3600));
 }
+
+#[test]
+fn a_log_that_cannot_be_opened_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // The log's directory is a regular file: nothing can be created under it.
+    std::fs::write(dir.path().join("not-a-dir"), b"x").unwrap();
+    let cfg = config(&dir.path().join("not-a-dir/a.jsonl"));
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
+    assert!(log.failing());
+    assert_eq!(metrics.audit_writable.get(), 0);
+    assert_eq!(metrics.audit_write_failures.get(), 1);
+    log.emit(event(1));
+    assert!(log.close(Duration::from_secs(5)));
+    assert_eq!(metrics.audit_summarised.get(), 1);
+}

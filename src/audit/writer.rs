@@ -152,9 +152,6 @@ impl Writer {
         shared: Arc<Shared>,
     ) -> std::io::Result<Writer> {
         let path = cfg.path.clone();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         if let Ok(mut g) = shared.stopped.lock() {
             *g = Some(rx);
@@ -195,9 +192,19 @@ impl Writer {
             delay,
             done: Some(tx),
         };
-        w.attach()?;
+        // A log that cannot be opened does not stop the start either: the writer begins in
+        // the failed state (counted, `provgate_audit_writable` 0, records summarised,
+        // `on_write_failure` applies) and retries every second.
+        let opened = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => std::fs::create_dir_all(parent),
+            None => Ok(()),
+        }
+        .and_then(|()| w.attach());
         w.last_checkpoint_seq = w.chain.seq;
-        w.metrics.audit_writable.set(1);
+        match opened {
+            Ok(()) => w.metrics.audit_writable.set(1),
+            Err(e) => w.failed(e),
+        }
         Ok(w)
     }
 

@@ -458,3 +458,26 @@ fn a_log_that_cannot_be_opened_does_not_stop_the_start() {
     assert!(log.close(Duration::from_secs(5)));
     assert_eq!(metrics.audit_summarised.get(), 1);
 }
+
+/// A log written before segments existed (no segment record) continues, rotates, and
+/// verifies as one chain starting at segment 1.
+#[test]
+fn a_log_from_before_segments_continues_and_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    // The old format: events only, `prev` from GENESIS.
+    let mut prev = GENESIS.to_string();
+    let mut text = String::new();
+    for i in 0..3u64 {
+        let line = encode_line(i + 1, Body::Event(&event(i as u32)), &prev).unwrap();
+        prev = line_hash(line.as_bytes());
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut cfg = config(&path);
+    cfg.max_segment_bytes = 4096;
+    write_with(&cfg, 3..40);
+    assert!(segments::rotated_path(&path, 1).exists());
+    assert_eq!(problems(&path, None), vec![]);
+}

@@ -273,6 +273,10 @@ impl State<'_> {
                         ProblemKind::Reordered,
                         "a segment that does not begin with its segment record".into(),
                     );
+                } else if first_in_file && self.report.records == 0 && claimed == GENESIS {
+                    // A log begun before segments existed: its first file is segment 1.
+                    self.first_segment = Some(1);
+                    self.last_segment = Some(1);
                 }
             }
         }

@@ -335,23 +335,29 @@ impl Writer {
         }
     }
 
-    /// Encodes a line into the batch, the segment's marker (and a pruning note) first.
-    fn append(&mut self, body: Body<'_>) {
-        if self.needs_marker {
-            self.needs_marker = false;
-            let marker = Marker::Segment {
-                segment: self.segment,
-                time: humantime::format_rfc3339_millis(self.segment_started).to_string(),
-                chain_break: self.chain_break.take(),
-            };
-            self.append(Body::Marker(&marker));
-            if let Some(segment) = self.pending_pruned.take() {
-                self.append(Body::Marker(&Marker::Pruned {
-                    time: now_rfc3339(),
-                    segment,
-                }));
-            }
+    /// Writes the segment's first record (and a pruning note) when the segment has none yet.
+    fn ensure_marker(&mut self) {
+        if !self.needs_marker {
+            return;
         }
+        self.needs_marker = false;
+        let marker = Marker::Segment {
+            segment: self.segment,
+            time: humantime::format_rfc3339_millis(self.segment_started).to_string(),
+            chain_break: self.chain_break.take(),
+        };
+        self.append(Body::Marker(&marker));
+        if let Some(segment) = self.pending_pruned.take() {
+            self.append(Body::Marker(&Marker::Pruned {
+                time: now_rfc3339(),
+                segment,
+            }));
+        }
+    }
+
+    /// Encodes a line into the batch, the segment's marker first.
+    fn append(&mut self, body: Body<'_>) {
+        self.ensure_marker();
         let seq = self.chain.seq + 1;
         match encode_line(seq, body, &self.chain.prev) {
             Ok(line) => {
@@ -541,6 +547,8 @@ impl Writer {
         if self.out.is_none() || self.chain.seq == self.last_checkpoint_seq {
             return;
         }
+        // The checkpoint covers the line right before it: a new segment's record goes first.
+        self.ensure_marker();
         self.flush();
         let Some(f) = &self.out else { return };
         if let Err(e) = f.sync_data() {

@@ -9,9 +9,10 @@
 //! - `audit/emit`: the request path's share: bound + a try-send onto the queue (drained by
 //!   the writer thread meanwhile).
 //!
-//! Reference (2026-12-01, 2-core shared machine, quick mode, bench profile): see
-//! BENCHMARKS.md "Audit record cost"; the base (before issue 14) measured the same step as
-//! serialise + hash without bounds.
+//! Reference (2026-12-01, 2-core shared machine at load ~20, quick mode, no LTO):
+//! typical 5.20 us, hostile 43.6 us, emit 2.44 us (the overflow path: the bench outruns the
+//! writer). The base commit's same steps (serialise + hash, no bounds): 4.09 us, 1.24 ms,
+//! 1.27 us; not interleaved, see BENCHMARKS.md "Record encode + chain".
 
 use std::hint::black_box;
 use std::sync::Arc;

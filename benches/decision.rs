@@ -256,7 +256,11 @@ fn bench(c: &mut Criterion) {
         ),
         approvals: store,
         tokens: Arc::new(tokens),
-        audit: AuditLog::open(&audit_dir.path().join("a.jsonl"), 1024, metrics.clone()).unwrap(),
+        audit: AuditLog::open(
+            &provgate::audit::AuditConfig::at(audit_dir.path().join("a.jsonl")),
+            metrics.clone(),
+        )
+        .unwrap(),
         metrics,
         peer: pingora::prelude::HttpPeer::new("127.0.0.1:1", false, String::new()),
         forward_token: false,

@@ -4,7 +4,7 @@
 #     packages;
 #   - with --python: a virtual environment holding the independent implementations the
 #     interoperability tests run against (the OpenSSF model_signing tool, PyJWT,
-#     cryptography);
+#     cryptography) and the OCSF JSON schemas the audit export is validated against;
 #   - with --mlflow: a virtual environment holding a real MLflow server for the registry tests;
 #   - with --kserve: a virtual environment with a real model server for the end-to-end test:
 #     KServe's Python ModelServer, CPU-only onnxruntime and tokenizers, and the model itself
@@ -59,7 +59,7 @@ make_venv() {
 
 case "${1:-}" in
     # The independent implementations the interoperability tests run against.
-    --python) make_venv venv-interop "model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2" ;;
+    --python) make_venv venv-interop "model-signing==1.1.1 pyopenssl==26.4.0 pyjwt==2.15.1 cryptography==50.0.2 ocsf-json-schema==1.2.0 jsonschema==4.26.0" ;;
     # A real MLflow model registry server for the registry tests (about 850 MB).
     --mlflow) make_venv venv-mlflow "mlflow==3.17.2" ;;
     # A real KServe model server and the model it serves (about 665 MB, no torch).

@@ -5,18 +5,18 @@
 //! calls each section, runs the checks that span sections, and reports every error at once,
 //! each with its key path, through [`crate::fields::Errors`].
 //!
-//! Components must not import this module; it imports them. It still holds, until it
-//! moves to its owner, the `[audit]` section.
+//! Components must not import this module; it imports them.
 //!
 //! Relative paths are taken from the working directory provgate runs in.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::artefact::config::{validate_models, ArtefactFile, ModelConfig};
+use crate::audit::config::{AuditConfig, AuditFile};
 use crate::fields::Errors;
 use crate::identity::config::{Callers, CallersFile};
 use crate::keys::KeySet;
@@ -85,37 +85,6 @@ pub struct FileConfig {
     pub tracing: TracingFile,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditFile {
-    /// JSON Lines file; created if missing, appended to, hash chain continued.
-    #[serde(default = "default_audit_path")]
-    pub path: String,
-    /// Also record allowed requests (not only blocked ones).
-    #[serde(default)]
-    pub log_allowed: bool,
-    /// Records queued for the writer before new ones are dropped (and counted).
-    #[serde(default = "default_audit_queue")]
-    pub queue: usize,
-}
-
-impl Default for AuditFile {
-    fn default() -> Self {
-        AuditFile {
-            path: default_audit_path(),
-            log_allowed: false,
-            queue: default_audit_queue(),
-        }
-    }
-}
-
-fn default_audit_path() -> String {
-    "provgate-audit.jsonl".into()
-}
-fn default_audit_queue() -> usize {
-    65_536
-}
-
 // === Validated config ===
 
 /// The validated configuration: one field per section, each the validated value its
@@ -140,9 +109,8 @@ pub struct Config {
     pub approvers: KeySet,
     pub callers: Callers,
     pub tiers: HashMap<String, TierRule>,
-    pub audit_path: PathBuf,
-    pub log_allowed: bool,
-    pub audit_queue: usize,
+    /// `[audit]`.
+    pub audit: AuditConfig,
     /// `[server]`.
     pub server: ServerSettings,
     pub log: LogSettings,
@@ -196,9 +164,12 @@ impl FileConfig {
         let server = self.server.validate(&mut errors);
         let log = self.log.validate(&mut errors);
         let tracing = self.tracing.validate(&mut errors);
-        if self.audit.queue == 0 {
-            errors.push("audit.queue", "must be at least 1");
-        }
+        let audit = {
+            let mut lines = Vec::new();
+            let audit = self.audit.validate(&mut lines);
+            errors.extend(lines);
+            audit
+        };
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors.into_messages()));
@@ -216,9 +187,7 @@ impl FileConfig {
             approvers,
             callers,
             tiers: tier_rules(self.tiers),
-            audit_path: PathBuf::from(self.audit.path),
-            log_allowed: self.audit.log_allowed,
-            audit_queue: self.audit.queue,
+            audit,
             server,
             log,
             tracing,

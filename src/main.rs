@@ -94,8 +94,123 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check an audit log's hash chain; exit 1 at the first broken or missing line.
-    Verify { file: PathBuf },
+    /// Check an audit log (a file with its rotated segments, or a directory of segments):
+    /// the hash chain in order, segment numbering, and with `--key` the signed checkpoints
+    /// (a truncated tail, a rewritten chain, a removed segment). Exit 1 at any broken place,
+    /// the first named first.
+    Verify {
+        path: PathBuf,
+        /// The sidecar's public key set (JWKS, from `provgate keygen --jwks`) that signs its
+        /// checkpoints.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print the records (requests and summaries) that match every filter given.
+    Query {
+        path: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `table` or `json` (the records' own JSON lines).
+        #[arg(long, value_enum, default_value = "table")]
+        format: QueryFormat,
+    },
+    /// Count records by decision, reason, model, version and caller.
+    Summary {
+        path: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the matching records as events for a SIEM, one JSON object per line.
+    Export {
+        path: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+    },
+    /// Write N synthetic denials through the real writer (bounds, chain, rotation,
+    /// checkpoints) into the log that CONFIG's `[audit]` section names: for benchmarks and
+    /// tests of the reading tools. Never run against a production log.
+    #[command(hide = true)]
+    Generate {
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        #[arg(long)]
+        count: u64,
+        /// Cut every fifth record's path to its bound (a 5 KB target).
+        #[arg(long)]
+        long_paths: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum QueryFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// OCSF 1.5.0 API Activity (6003) events with the Security Control profile.
+    Ocsf,
+}
+
+/// Which records `audit query|summary|export` select.
+#[derive(Args)]
+struct FilterArgs {
+    /// From this time (RFC 3339, or a duration ago such as `2h`), inclusive.
+    #[arg(long)]
+    since: Option<String>,
+    /// Until this time (RFC 3339, or a duration ago), exclusive.
+    #[arg(long)]
+    until: Option<String>,
+    /// `allow`, `deny` or `would_block`.
+    #[arg(long)]
+    decision: Option<String>,
+    /// A deny reason code, e.g. `token_missing`.
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// The approved version ID.
+    #[arg(long)]
+    version: Option<String>,
+    /// A caller's `sub` (or its issuer).
+    #[arg(long)]
+    caller: Option<String>,
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<provgate::audit::query::Filter> {
+        let time = |flag: &str, t: Option<String>| -> Result<Option<String>> {
+            let Some(t) = t else { return Ok(None) };
+            let at = match humantime::parse_rfc3339_weak(&t) {
+                Ok(at) => at,
+                Err(_) => {
+                    let ago = humantime::parse_duration(&t).map_err(|_| {
+                        anyhow!("--{flag} {t:?}: expected an RFC 3339 time or a duration ago")
+                    })?;
+                    std::time::SystemTime::now() - ago
+                }
+            };
+            Ok(Some(provgate::audit::query::record_time(at)))
+        };
+        Ok(provgate::audit::query::Filter {
+            since: time("since", self.since)?,
+            until: time("until", self.until)?,
+            decision: self.decision,
+            reason: self.reason,
+            model: self.model,
+            version: self.version,
+            caller: self.caller,
+            request_id: self.request_id,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -342,20 +457,157 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => match provgate::audit::verify_file(&file)
-            .with_context(|| format!("reading {}", file.display()))?
-        {
-            provgate::audit::VerifyOutcome::Intact { lines } => {
-                println!("{}: {lines} records, chain intact", file.display());
-                Ok(ExitCode::SUCCESS)
+        Command::Audit { command } => audit(command),
+    }
+}
+
+fn audit(command: AuditCommand) -> Result<ExitCode> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match command {
+        AuditCommand::Verify { path, key } => {
+            let keys = match &key {
+                Some(k) => Some(provgate::keys::KeySet::from_jwks_file(k)?),
+                None => None,
+            };
+            let reports = provgate::audit::verify::verify(&path, keys.as_ref())
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut ok = true;
+            for r in &reports {
+                if r.intact() {
+                    let tail = match r.tail_checked_at {
+                        Some(n) => format!("; tail checked against the checkpoint at record {n}"),
+                        None => String::new(),
+                    };
+                    let signed = if key.is_some() {
+                        format!("; {} signed checkpoint(s) verified", r.checkpoints_verified)
+                    } else {
+                        String::new()
+                    };
+                    writeln!(
+                        out,
+                        "{}: {} records in {} segment(s), chain intact{tail}{signed}",
+                        r.log.display(),
+                        r.records,
+                        r.segments
+                    )?;
+                } else {
+                    ok = false;
+                    writeln!(
+                        out,
+                        "{}: chain broken ({} problem(s)); first: {}",
+                        r.log.display(),
+                        r.problems.len(),
+                        r.problems[0]
+                    )?;
+                    for p in &r.problems {
+                        writeln!(out, "  {p}")?;
+                    }
+                }
             }
-            provgate::audit::VerifyOutcome::Broken { line, problem } => {
-                println!("{}:{line}: chain broken: {problem}", file.display());
-                Ok(ExitCode::FAILURE)
+            out.flush()?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Query {
+            path,
+            filter,
+            format,
+        } => {
+            let filter = filter.filter()?;
+            if matches!(format, QueryFormat::Table) {
+                writeln!(out, "{}", provgate::audit::query::TABLE_HEADER)?;
             }
-        },
+            let mut err = None;
+            provgate::audit::query::scan(&path, &filter, |_, raw, count| {
+                if err.is_some() {
+                    return;
+                }
+                let r = match format {
+                    QueryFormat::Table => {
+                        let v = provgate::audit::query::tree(raw);
+                        writeln!(out, "{}", provgate::audit::query::table_row(&v, count))
+                    }
+                    QueryFormat::Json => out.write_all(raw).and_then(|()| out.write_all(b"\n")),
+                };
+                err = r.err();
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+            if let Some(e) = err {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
+                }
+            }
+            out.flush().ok();
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Summary { path, filter, json } => {
+            let filter = filter.filter()?;
+            let mut s = provgate::audit::query::Summary::default();
+            provgate::audit::query::scan(&path, &filter, |v, _, count| s.add(v, count))
+                .with_context(|| format!("reading {}", path.display()))?;
+            if json {
+                writeln!(out, "{}", s.to_json())?;
+            } else {
+                write!(out, "{}", s.render())?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export {
+            path,
+            filter,
+            format: ExportFormat::Ocsf,
+        } => {
+            let filter = filter.filter()?;
+            let mut err = None;
+            provgate::audit::query::scan(&path, &filter, |_, raw, _| {
+                if err.is_some() {
+                    return;
+                }
+                if let Some(e) = provgate::audit::ocsf::event(&provgate::audit::query::tree(raw)) {
+                    err = writeln!(out, "{e}").err();
+                }
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Generate {
+            config,
+            count,
+            long_paths,
+        } => {
+            let config = provgate::config::load(&config).map_err(|e| anyhow!("{e}"))?;
+            let metrics = std::sync::Arc::new(provgate::telemetry::Metrics::new());
+            let log = provgate::audit::AuditLog::open(&config.audit, metrics.clone())?;
+            for i in 0..count {
+                log.emit(provgate::audit::record::synthetic(
+                    i,
+                    long_paths && i % 5 == 0,
+                ));
+                // Keep the queue from overflowing: a generator wants records, not summaries.
+                while metrics.audit_written.get() + config.audit.queue as u64 / 2 < i {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            if !log.close(Duration::from_secs(60)) {
+                bail!("the audit writer did not finish");
+            }
+            eprintln!(
+                "{} records written, {} summarised",
+                metrics.audit_written.get(),
+                metrics.audit_summarised.get()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -112,7 +112,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         revalidate_grace,
         metrics.clone(),
     ));
-    let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
+    let audit = AuditLog::open(&config.audit, metrics.clone())?;
+    let audit_at_exit = audit.clone();
 
     // One watcher service and one published state per guarded model.
     let mut models = Vec::with_capacity(config.models.len());
@@ -250,7 +251,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let gate = Gate {
         policy,
         enforce: config.enforce,
-        log_allowed: config.log_allowed,
+        log_allowed: config.audit.log_allowed,
         models,
         unrouted: RequestCounters::new(&metrics, "none", config.enforce),
         routing: config.routing.clone(),
@@ -302,5 +303,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     tracing::info!(listen = %config.listen.address, admin = %config.admin,
         upstream = %config.upstream.address, enforce = config.enforce, "provgate starting");
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Signalled: the audit writer finishes (queued records, summaries, a checkpoint, sync)
+    // before the process exits.
+    if !audit_at_exit.close(Duration::from_secs(5)) {
+        tracing::error!("audit log not closed within 5s");
+    }
+    std::process::exit(0)
 }

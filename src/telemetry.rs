@@ -30,6 +30,13 @@ pub mod names {
     pub const APPROVAL_RECORD_AGE_SECONDS: &str = "provgate_approval_record_age_seconds";
     pub const REGISTRY_SYNC_AGE_SECONDS: &str = "provgate_registry_sync_age_seconds";
     pub const AUDIT_RECORDS_TOTAL: &str = "provgate_audit_records_total";
+    pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "provgate_audit_write_failures_total";
+    pub const AUDIT_WRITABLE: &str = "provgate_audit_writable";
+    pub const AUDIT_ROTATIONS_TOTAL: &str = "provgate_audit_rotations_total";
+    pub const AUDIT_CHECKPOINT_RECORDS: &str = "provgate_audit_checkpoint_records";
+    pub const AUDIT_CHECKPOINT_HEAD: &str = "provgate_audit_checkpoint_head";
+    pub const AUDIT_CHECKPOINT_TIMESTAMP_SECONDS: &str =
+        "provgate_audit_checkpoint_timestamp_seconds";
     pub const READY: &str = "provgate_ready";
     pub const HELD_BODY_BYTES: &str = "provgate_held_body_bytes";
     pub const JWKS_FETCHES_TOTAL: &str = "provgate_jwks_fetches_total";
@@ -67,8 +74,14 @@ pub struct Metrics {
     pub registry_sync_age: Gauge,
     pub approval_record_age: GaugeVec,
     pub audit_written: IntCounter,
-    pub audit_dropped: IntCounter,
+    pub audit_summarised: IntCounter,
     pub audit_failed: IntCounter,
+    pub audit_write_failures: IntCounter,
+    pub audit_writable: IntGauge,
+    pub audit_rotations: IntCounter,
+    pub audit_checkpoint_records: IntGauge,
+    pub audit_checkpoint_head: IntGauge,
+    pub audit_checkpoint_time: Gauge,
     pub ready: IntGauge,
     pub held_body_bytes: IntGauge,
     pub jwks_fetches: IntCounterVec,
@@ -216,7 +229,7 @@ impl Metrics {
         let audit = reg!(IntCounterVec::new(
             Opts::new(
                 AUDIT_RECORDS_TOTAL,
-                "Audit records by result (written, dropped: queue full, failed: write error)."
+                "Audit records by result (written; summarised: counted into a summary record because the queue was full or the log unwritable; failed: not serialisable or the writer gone)."
             ),
             &["result"]
         ));
@@ -226,6 +239,30 @@ impl Metrics {
                 "Request spans by result (exported; dropped: export queue full; failed: the OTLP collector refused or was unreachable)."
             ),
             &["result"]
+        ));
+        let audit_write_failures = reg!(IntCounter::new(
+            AUDIT_WRITE_FAILURES_TOTAL,
+            "Audit log writes that failed (disk full, unwritable)."
+        ));
+        let audit_writable = reg!(IntGauge::new(
+            AUDIT_WRITABLE,
+            "1 while the audit log can be written, 0 while writes fail (alert on 0)."
+        ));
+        let audit_rotations = reg!(IntCounter::new(
+            AUDIT_ROTATIONS_TOTAL,
+            "Audit log segments rotated (by size or age)."
+        ));
+        let audit_checkpoint_records = reg!(IntGauge::new(
+            AUDIT_CHECKPOINT_RECORDS,
+            "The audit chain's count (seq of its last record) at the latest checkpoint."
+        ));
+        let audit_checkpoint_head = reg!(IntGauge::new(
+            AUDIT_CHECKPOINT_HEAD,
+            "The first 48 bits of the audit chain's head hash at the latest checkpoint, as a number."
+        ));
+        let audit_checkpoint_time = reg!(Gauge::new(
+            AUDIT_CHECKPOINT_TIMESTAMP_SECONDS,
+            "Unix time of the latest audit checkpoint."
         ));
         let ready = reg!(IntGauge::new(
             READY,
@@ -286,11 +323,17 @@ impl Metrics {
             registry_records_valid: registry_records.with_label_values(&["valid"]),
             registry_records_invalid: registry_records.with_label_values(&["invalid"]),
             audit_written: audit.with_label_values(&["written"]),
-            audit_dropped: audit.with_label_values(&["dropped"]),
+            audit_summarised: audit.with_label_values(&["summarised"]),
             audit_failed: audit.with_label_values(&["failed"]),
             trace_exported: trace_spans.with_label_values(&["exported"]),
             trace_dropped: trace_spans.with_label_values(&["dropped"]),
             trace_failed: trace_spans.with_label_values(&["failed"]),
+            audit_write_failures,
+            audit_writable,
+            audit_rotations,
+            audit_checkpoint_records,
+            audit_checkpoint_head,
+            audit_checkpoint_time,
             registry,
             requests,
             request_duration,

@@ -1,65 +1,81 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::record::{encode_line, synthetic, Body, Marker};
+use super::segments::{self, Tail};
+use super::verify::{verify, ProblemKind};
 use super::*;
+use crate::keys::{jwks_document, KeyKind, KeySet, SigningKey};
 
 fn event(i: u32) -> AuditEvent {
-    AuditEvent {
-        request_id: format!("req-{i}"),
-        time: "2026-11-26T00:00:00.000Z".into(),
-        decision: "deny",
-        reason: Some("token_missing"),
-        detail: Some("no bearer token"),
-        mode: "enforce",
-        caller_iss: None,
-        caller_sub: None,
-        method: "GET".into(),
-        path: "/v1/models".into(),
-        client: None,
-        model: "m".into(),
-        requested_model: None,
-        served_digest: None,
-        version_id: None,
-        record_id: None,
-        evidence: vec![],
-        status: 401,
-        latency_ms: 0.1,
-    }
+    let mut e = synthetic(u64::from(i), false);
+    e.reason = Some("token_missing");
+    e
 }
 
-fn write_events(path: &Path, range: std::ops::Range<u32>) {
-    let metrics = Arc::new(Metrics::new());
-    let log = AuditLog::open(path, 1024, metrics.clone()).unwrap();
+fn config(path: &Path) -> AuditConfig {
+    AuditConfig::at(path)
+}
+
+/// Writes events through a real writer and closes it (drain, summaries, checkpoint).
+fn write_with(cfg: &AuditConfig, range: std::ops::Range<u32>) -> Arc<crate::telemetry::Metrics> {
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(cfg, metrics.clone()).unwrap();
     let n = range.len() as u64;
     for i in range {
         log.emit(event(i));
+        // A unit test wants records, not summaries: wait when the queue is half full.
+        while metrics.audit_written.get() + (cfg.queue as u64) / 2 < u64::from(i) % n {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while metrics.audit_written.get() < n {
-        assert!(std::time::Instant::now() < deadline, "writer stalled");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    assert!(log.close(Duration::from_secs(10)), "writer did not finish");
+    metrics
+}
+
+fn problems(path: &Path, keys: Option<&KeySet>) -> Vec<(ProblemKind, String)> {
+    verify(path, keys)
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.problems)
+        .map(|p| (p.kind, p.to_string()))
+        .collect()
+}
+
+fn keypair(dir: &Path) -> (Arc<SigningKey>, KeySet) {
+    let (k, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let jwks = jwks_document(std::slice::from_ref(&k.public_jwk));
+    let set = KeySet::from_jwks_json(&jwks, "test").unwrap();
+    std::fs::write(dir.join("sidecar.jwks.json"), jwks).unwrap();
+    (Arc::new(k), set)
 }
 
 #[test]
 fn the_chain_verifies_and_continues_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
-    write_events(&path, 0..5);
-    write_events(&path, 5..8);
-    assert_eq!(
-        verify_file(&path).unwrap(),
-        VerifyOutcome::Intact { lines: 8 }
-    );
+    write_with(&config(&path), 0..5);
+    write_with(&config(&path), 5..8);
+    assert_eq!(problems(&path, None), vec![]);
     let text = std::fs::read_to_string(&path).unwrap();
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["seq"], 1);
     assert_eq!(first["prev"], GENESIS);
-    assert_eq!(first["reason"], "token_missing");
+    assert_eq!(first["kind"], "segment");
+    assert_eq!(first["segment"], 1);
+    let events = text
+        .lines()
+        .filter(|l| l.contains("\"request_id\""))
+        .count();
+    assert_eq!(events, 8);
 }
 
 #[test]
 fn a_deleted_line_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
-    write_events(&path, 0..6);
+    write_with(&config(&path), 0..6);
     let text = std::fs::read_to_string(&path).unwrap();
     let kept: Vec<&str> = text
         .lines()
@@ -68,47 +84,400 @@ fn a_deleted_line_is_found() {
         .map(|(_, l)| l)
         .collect();
     std::fs::write(&path, kept.join("\n") + "\n").unwrap();
-    match verify_file(&path).unwrap() {
-        VerifyOutcome::Broken { line, problem } => {
-            assert_eq!(line, 3);
-            assert!(problem.contains("missing"), "{problem}");
-        }
-        other => panic!("deletion not detected: {other:?}"),
-    }
+    let p = problems(&path, None);
+    assert_eq!(p[0].0, ProblemKind::Missing, "{p:?}");
+    assert!(p[0].1.contains(":3:"), "{p:?}");
 }
 
 #[test]
 fn an_edited_line_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
-    write_events(&path, 0..4);
+    write_with(&config(&path), 0..4);
     let text = std::fs::read_to_string(&path).unwrap();
-    let edited = text.replacen("\"req-1\"", "\"req-X\"", 1);
+    let edited = text.replacen("gen-0000000001", "gen-000000000X", 1);
     std::fs::write(&path, edited).unwrap();
-    assert_eq!(
-        verify_file(&path).unwrap(),
-        VerifyOutcome::Broken {
-            line: 3,
-            problem: "prev does not match the hash of the line before it: that line was edited or removed".into()
-        }
+    let p = problems(&path, None);
+    assert_eq!(p[0].0, ProblemKind::Edited, "{p:?}");
+    assert!(p[0].1.contains(":4:"), "{p:?}");
+}
+
+#[test]
+fn every_request_field_is_cut_to_its_bound_and_marked() {
+    let mut e = event(1);
+    e.path = "\"".repeat(70_000);
+    e.requested_model = Some("\u{7}".repeat(70_000));
+    e.caller_sub = Some("é".repeat(1000));
+    e.method = "M".repeat(100);
+    e.evidence = vec![
+        EvidenceRef {
+            kind: "k".into(),
+            uri: "u".repeat(10_000),
+            digest: "d".into(),
+            verdict: "pass".into(),
+        };
+        20
+    ];
+    e.bound();
+    assert_eq!(e.path.len(), record::bounds::PATH);
+    assert_eq!(e.cut["path"], 70_000);
+    assert_eq!(e.cut["requested_model"], 70_000);
+    assert_eq!(e.cut["caller_sub"], 2000);
+    assert!(e.caller_sub.as_ref().unwrap().len() <= record::bounds::CALLER_SUB);
+    assert_eq!(e.cut["method"], 100);
+    assert_eq!(e.cut["evidence"], 20);
+    assert_eq!(e.evidence.len(), record::bounds::EVIDENCE_ENTRIES);
+    let line = encode_line(1, Body::Event(&e), GENESIS).unwrap();
+    assert!(line.len() <= MAX_LINE_BYTES, "{}", line.len());
+}
+
+/// The worst case the bounds allow (every field at its bound, every byte escaped to six)
+/// stays under the line bound.
+#[test]
+fn the_bounds_hold_the_line_bound_in_the_worst_case() {
+    use record::bounds::*;
+    let worst = |n: usize| "\u{1}".repeat(n);
+    let mut e = event(1);
+    e.request_id = worst(REQUEST_ID);
+    e.method = worst(METHOD);
+    e.path = worst(PATH);
+    e.client = Some(worst(CLIENT));
+    e.model = worst(MODEL);
+    e.requested_model = Some(worst(REQUESTED_MODEL));
+    e.caller_iss = Some(worst(CALLER_ISS));
+    e.caller_sub = Some(worst(CALLER_SUB));
+    e.served_digest = Some(worst(SERVED_DIGEST));
+    e.version_id = Some(worst(VERSION_ID));
+    e.record_id = Some(worst(RECORD_ID));
+    e.evidence = vec![
+        EvidenceRef {
+            kind: worst(EVIDENCE_KIND),
+            uri: worst(EVIDENCE_URI),
+            digest: worst(EVIDENCE_DIGEST),
+            verdict: worst(EVIDENCE_VERDICT),
+        };
+        EVIDENCE_ENTRIES
+    ];
+    for name in [
+        "path",
+        "method",
+        "request_id",
+        "client",
+        "model",
+        "requested_model",
+        "caller_iss",
+        "caller_sub",
+        "served_digest",
+        "version_id",
+        "record_id",
+        "evidence",
+    ] {
+        e.cut.insert(name, usize::MAX);
+    }
+    let line = serde_json::to_string(&e).unwrap();
+    assert!(
+        line.len() + 200 <= MAX_LINE_BYTES,
+        "worst case {} bytes",
+        line.len()
     );
 }
 
 #[test]
-fn a_full_queue_drops_and_counts() {
+fn an_unreadable_last_line_starts_a_new_segment_that_says_so() {
+    for (name, tail) in [
+        ("garbage", b"\x00\xffnot json at all\n".to_vec()),
+        ("cut", b"{\"seq\":7,\"kind\":\"segm".to_vec()),
+        ("long", {
+            let mut v = vec![b'x'; 10 * 1024 * 1024];
+            v.push(b'\n');
+            v
+        }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        write_with(&config(&path), 0..3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&tail);
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            segments::read_tail(&path).unwrap(),
+            Tail::Unreadable(_)
+        ));
+        write_with(&config(&path), 3..5);
+        // The damaged file was set aside as segment 1; the new one starts with the break.
+        assert!(segments::rotated_path(&path, 1).exists(), "{name}");
+        let first = std::fs::read_to_string(&path).unwrap();
+        let first: Marker = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+        match first {
+            Marker::Segment {
+                segment: 2,
+                chain_break: Some(why),
+                ..
+            } => assert!(why.contains("could not be read"), "{name}: {why}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        let p = problems(&path, None);
+        assert_eq!(p[0].0, ProblemKind::Unreadable, "{name}: {p:?}");
+        assert!(
+            p.iter().any(|(k, _)| *k == ProblemKind::ChainBreak),
+            "{name}: {p:?}"
+        );
+    }
+}
+
+#[test]
+fn rotation_keeps_one_chain_and_records_pruning() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let log = AuditLog::open(&dir.path().join("a.jsonl"), 1, metrics.clone()).unwrap();
+    let path = dir.path().join("a.jsonl");
+    let mut cfg = config(&path);
+    cfg.max_segment_bytes = 4096;
+    cfg.keep_segments = 3;
+    write_with(&cfg, 0..400);
+    let rotated = segments::rotated(&path).unwrap();
+    assert_eq!(rotated.len(), 3, "{rotated:?}");
+    assert!(rotated[0].0 > 1);
+    assert_eq!(problems(&path, None), vec![]);
+    assert_eq!(problems(dir.path(), None), vec![]);
+}
+
+#[test]
+fn checkpoints_catch_truncation_rewrites_and_removed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let (key, keys) = keypair(dir.path());
+    let mut cfg = config(&path);
+    cfg.max_segment_bytes = 8192;
+    cfg.keep_segments = 0;
+    cfg.checkpoint_key = Some(key);
+    write_with(&cfg, 0..200);
+    assert_eq!(problems(&path, Some(&keys)), vec![]);
+    let clean = dir.path().join("clean");
+    std::fs::create_dir(&clean).unwrap();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, clean.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let restore = || {
+        for f in std::fs::read_dir(&clean).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    };
+
+    // Truncate the last lines (the shutdown checkpoint among them).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&path, lines[..lines.len() - 3].join("\n") + "\n").unwrap();
+    let p = problems(&path, Some(&keys));
+    assert!(
+        p.iter().any(|(k, _)| *k == ProblemKind::TruncatedTail),
+        "{p:?}"
+    );
+    restore();
+
+    // Rewrite the chain consistently (every prev recomputed): only the signature sees it.
+    let rewritten = rechain(&text.replace("gen-0000000199", "gen-forged0199"));
+    std::fs::write(&path, rewritten).unwrap();
+    let p = problems(&path, Some(&keys));
+    assert!(
+        p.iter().any(|(k, _)| *k == ProblemKind::RewrittenChain),
+        "{p:?}"
+    );
+    restore();
+
+    // Remove a middle segment.
+    std::fs::remove_file(segments::rotated_path(&path, 2)).unwrap();
+    let p = problems(&path, Some(&keys));
+    assert_eq!(p[0].0, ProblemKind::RemovedSegment, "{p:?}");
+    restore();
+    assert_eq!(problems(&path, Some(&keys)), vec![]);
+}
+
+/// Recomputes every `prev` of a file whose lines were edited, as a forger would (its first
+/// line keeps its `prev`).
+fn rechain(text: &str) -> String {
+    let mut out = String::new();
+    let mut prev: Option<String> = None;
+    for l in text.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if let Some(p) = &prev {
+            v["prev"] = serde_json::json!(p);
+        }
+        let mut m = v.as_object().unwrap().clone();
+        let prev_v = m.remove("prev").unwrap();
+        m.insert("prev".into(), prev_v);
+        let line = serde_json::to_string(&m).unwrap();
+        prev = Some(line_hash(line.as_bytes()));
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn a_full_queue_summarises_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let mut cfg = config(&path);
+    cfg.queue = 1;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
     for i in 0..10_000 {
         log.emit(event(i));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while metrics.audit_written.get() + metrics.audit_dropped.get() < 10_000 {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    assert!(log.close(Duration::from_secs(10)));
     assert!(
-        metrics.audit_dropped.get() > 0,
-        "a 1-slot queue must drop under a burst"
+        metrics.audit_summarised.get() > 0,
+        "a 1-slot queue must overflow under a burst"
     );
+    let mut singles = 0;
+    let mut summarised = 0;
+    super::read::for_each_line(&path, |_, l| {
+        let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+        match v["kind"].as_str() {
+            None => singles += 1,
+            Some("summary") => summarised += v["count"].as_u64().unwrap(),
+            _ => {}
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(singles + summarised, 10_000);
+    assert_eq!(problems(&path, None), vec![]);
+}
+
+#[test]
+fn the_streaming_reader_bounds_each_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x");
+    let mut bytes = b"{\"a\":1}\n".to_vec();
+    bytes.extend(vec![b'y'; 3 * MAX_LINE_BYTES]);
+    bytes.extend_from_slice(b"\n{\"b\":2}\n{\"c\"");
+    std::fs::write(&path, bytes).unwrap();
+    let mut seen = Vec::new();
+    super::read::for_each_raw(&path, |n, l| {
+        seen.push(match l {
+            super::read::RawLine::Line { bytes, complete } => {
+                format!("{n}:{}:{complete}", String::from_utf8_lossy(bytes))
+            }
+            super::read::RawLine::TooLong(len) => format!("{n}:long {len}"),
+        });
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            "1:{\"a\":1}:true".to_string(),
+            format!("2:long {}", 3 * MAX_LINE_BYTES),
+            "3:{\"b\":2}:true".into(),
+            "4:{\"c\":false".into(),
+        ]
+    );
+}
+
+#[test]
+fn fail_closed_denies_while_the_log_is_unwritable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+    let mut cfg = config(&path);
+    cfg.on_write_failure = WriteFailure::FailClosed;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
+    log.emit(event(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.failing() {
+        assert!(Instant::now() < deadline, "the failure was not noticed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(metrics.audit_writable.get(), 0);
+    assert!(metrics.audit_write_failures.get() >= 1);
+    // The disk comes back: the log recovers and the lost record is in a summary.
+    std::fs::remove_file(&path).unwrap();
+    while log.failing() {
+        assert!(Instant::now() < deadline, "no recovery");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(log.close(Duration::from_secs(5)));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"cause\":\"write_failed\""), "{text}");
+    assert_eq!(metrics.audit_writable.get(), 1);
+}
+
+#[test]
+fn the_audit_section_reports_every_error_with_its_key() {
+    let file: config::AuditFile = toml::from_str(
+        r#"
+queue = 0
+max_segment_bytes = 10
+max_segment_age = "soon"
+checkpoint_interval = "0s"
+checkpoint_key = "/nonexistent/key.pem"
+on_write_failure = "panic"
+"#,
+    )
+    .unwrap();
+    let mut errors = Vec::new();
+    file.validate(&mut errors);
+    for key in [
+        "audit.queue",
+        "audit.max_segment_bytes",
+        "audit.max_segment_age",
+        "audit.checkpoint_interval",
+        "audit.checkpoint_key",
+        "audit.on_write_failure",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key} not reported: {errors:?}"
+        );
+    }
+    assert!(toml::from_str::<config::AuditFile>("segment_size = 1").is_err());
+    let mut errors = Vec::new();
+    let c = config::AuditFile::default().validate(&mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(c.on_write_failure, WriteFailure::KeepServing);
+    assert_eq!(c.max_segment_age, Duration::from_secs(24 * 3600));
+}
+
+#[test]
+fn a_log_that_cannot_be_opened_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // The log's directory is a regular file: nothing can be created under it.
+    std::fs::write(dir.path().join("not-a-dir"), b"x").unwrap();
+    let cfg = config(&dir.path().join("not-a-dir/a.jsonl"));
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
+    assert!(log.failing());
+    assert_eq!(metrics.audit_writable.get(), 0);
+    assert_eq!(metrics.audit_write_failures.get(), 1);
+    log.emit(event(1));
+    assert!(log.close(Duration::from_secs(5)));
+    assert_eq!(metrics.audit_summarised.get(), 1);
+}
+
+/// A log written before segments existed (no segment record) continues, rotates, and
+/// verifies as one chain starting at segment 1.
+#[test]
+fn a_log_from_before_segments_continues_and_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    // The old format: events only, `prev` from GENESIS.
+    let mut prev = GENESIS.to_string();
+    let mut text = String::new();
+    for i in 0..3u64 {
+        let line = encode_line(i + 1, Body::Event(&event(i as u32)), &prev).unwrap();
+        prev = line_hash(line.as_bytes());
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut cfg = config(&path);
+    cfg.max_segment_bytes = 4096;
+    write_with(&cfg, 3..40);
+    assert!(segments::rotated_path(&path, 1).exists());
+    assert_eq!(problems(&path, None), vec![]);
 }

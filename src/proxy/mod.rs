@@ -168,7 +168,10 @@ impl ProxyHttp for Gate {
             },
             named => named,
         };
-        let decision = self.decide_with(session.req_header(), caller, door, named, ctx);
+        // With `on_write_failure = "fail_closed"`, an unwritable audit log denies.
+        let decision =
+            self.audit
+                .gate(self.decide_with(session.req_header(), caller, door, named, ctx));
         self.metrics
             .decision_duration
             .observe(t.elapsed().as_secs_f64());
@@ -263,7 +266,10 @@ impl ProxyHttp for Gate {
         }
         // It names another model, or none readable: decide again on what it names.
         let caller = ctx.caller.clone().ok_or(None);
-        let decision = self.decide_with(session.req_header(), caller, ctx.door, named, ctx);
+        // With `on_write_failure = "fail_closed"`, an unwritable audit log denies.
+        let decision =
+            self.audit
+                .gate(self.decide_with(session.req_header(), caller, ctx.door, named, ctx));
         let deny = decision.reason();
         ctx.decision = Some(decision);
         match deny {

@@ -67,6 +67,7 @@ impl Gate {
                 .unwrap_or_default(),
             status,
             latency_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+            cut: Default::default(),
         });
     }
 }

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod audit;
 mod cli;
 mod doors;
 mod enforcement;

@@ -47,7 +47,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         "{text}{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
 
     let test = tool("promtool")
         .args(["test", "rules", "provgate-rules.test.yaml"])
@@ -286,7 +286,7 @@ async fn a_real_prometheus_scrapes_provgate_and_every_name_the_pack_uses_exists(
         .await
         .unwrap();
     let loaded = rules["data"]["groups"][0]["rules"].as_array().unwrap();
-    assert_eq!(loaded.len(), 10, "{rules}");
+    assert_eq!(loaded.len(), 12, "{rules}");
     assert!(loaded.iter().all(|r| r["health"] != "err"), "{rules}");
 
     // Every dashboard query is valid PromQL for the real engine.

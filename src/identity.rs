@@ -515,7 +515,8 @@ fn read_unverified(token: &str) -> Result<(jsonwebtoken::Header, String), TokenE
 /// verified: it is the platform's statement of who this pod is, read from a file only the
 /// platform writes; provgate uses it to name itself, never to admit a caller.
 pub fn token_subject(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::kit::file::read_string(path, crate::kit::file::Kind::Credential)
+        .map_err(|e| e.to_string())?;
     let payload = text
         .trim()
         .split('.')

@@ -27,6 +27,8 @@ pub enum KeyError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Read(#[from] crate::kit::file::ReadError),
     #[error("{path} is not a JWKS document: {reason}")]
     Jwks { path: String, reason: String },
     #[error("{path} holds no usable key")]
@@ -99,10 +101,7 @@ impl KeySet {
 
     /// Reads and parses a JWKS file; an empty result is an error.
     pub fn from_jwks_file(path: &Path) -> Result<KeySet, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::kit::file::read_string(path, crate::kit::file::Kind::Keys)?;
         let set = Self::from_jwks_json(&text, &path.display().to_string())?;
         if set.keys.is_empty() {
             return Err(KeyError::Empty {
@@ -242,10 +241,7 @@ impl SigningKey {
 
     /// Loads a PKCS#8 PEM private key (EC P-256, P-384 or Ed25519).
     pub fn from_pem_file(path: &Path) -> Result<SigningKey, KeyError> {
-        let text = std::fs::read(path).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::kit::file::read(path, crate::kit::file::Kind::Keys)?;
         let block =
             pem::parse(&text).map_err(|e| KeyError::Pem(format!("{}: {e}", path.display())))?;
         if block.tag() != "PRIVATE KEY" {

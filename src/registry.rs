@@ -55,6 +55,9 @@ pub struct RegistryEntry {
     pub invalid: Vec<String>,
     /// The earliest `revalidate_after` among `records`.
     pub revalidate_after: Option<u64>,
+    /// The registry revoked the digest as a whole (an HTTP registry's 410, whatever its
+    /// body): nothing in `records` may allow it.
+    pub revoked: bool,
 }
 
 impl RegistryEntry {
@@ -75,6 +78,7 @@ impl RegistryEntry {
             records,
             invalid,
             revalidate_after,
+            revoked: false,
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct Snapshot {
 /// reported, and the rest of the directory still loads.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    #[error("reading the revocation list: {0}")]
+    Revocations(#[from] crate::kit::file::ReadError),
     #[error("reading registry directory {path}: {source}")]
     Dir {
         path: String,
@@ -108,7 +114,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         path: dir.display().to_string(),
         source,
     };
-    let revoked = read_revocations(&dir.join(REVOCATION_FILE)).map_err(io_err)?;
+    let revoked = read_revocations(&dir.join(REVOCATION_FILE))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -129,7 +135,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
     };
     let mut seen_ids = HashSet::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match crate::kit::file::read_string(&file, crate::kit::file::Kind::Record) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(file = %file.display(), error = %e, "approval record unreadable");
@@ -177,16 +183,17 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
     Ok(snapshot)
 }
 
-/// Reads `revoked.txt`; a missing file is an empty list.
-fn read_revocations(path: &Path) -> std::io::Result<HashSet<String>> {
-    match std::fs::read_to_string(path) {
+/// Reads `revoked.txt` (bounded, non-blocking: a FIFO or an oversized list fails the
+/// load, and the last good records age toward `max_stale`); a missing file is an empty list.
+fn read_revocations(path: &Path) -> Result<HashSet<String>, crate::kit::file::ReadError> {
+    match crate::kit::file::read_string(path, crate::kit::file::Kind::Revocations) {
         Ok(text) => Ok(text
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) if e.is_not_found() => Ok(HashSet::new()),
         Err(e) => Err(e),
     }
 }
@@ -367,6 +374,7 @@ pub(crate) struct FetchMetrics {
     pub ok: IntCounter,
     pub not_modified: IntCounter,
     pub not_found: IntCounter,
+    pub revoked: IntCounter,
     pub error: IntCounter,
     pub duration: Histogram,
 }
@@ -382,6 +390,7 @@ impl FetchMetrics {
             ok: counter("ok"),
             not_modified: counter("not_modified"),
             not_found: counter("not_found"),
+            revoked: counter("revoked"),
             error: counter("error"),
             duration: metrics
                 .registry_fetch_duration

@@ -14,7 +14,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::admin::Admin;
-use crate::artefact::{ArtefactHandle, ArtefactMetrics, ArtefactWatcher};
+use crate::artefact::{ArtefactHandle, ArtefactMetrics, ArtefactWatcher, Scrubber};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::config::KeySource;
@@ -131,6 +131,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
             &format!("artefact {}", m.model),
             move |stop| watcher.run(stop),
         ));
+        if let Some(interval) = m.scrub_interval {
+            let scrubber = Scrubber {
+                model: m.model.clone(),
+                path: m.path.clone(),
+                serialization: m.serialization,
+                threads: m.hash_threads,
+                interval,
+                rate: m.scrub_rate,
+                handle: artefact.clone(),
+                metrics: metrics.clone(),
+                signers: m.signers.clone(),
+            };
+            blocking.push(Blocking::service(
+                &format!("scrub {}", m.model),
+                move |stop| scrubber.run(stop),
+            ));
+        }
         models.push(ModelGate {
             name: m.model.clone(),
             artefact,

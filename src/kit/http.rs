@@ -13,11 +13,8 @@ pub enum FetchError {
     Ca(reqwest::Error),
     #[error("building the HTTP client: {0}")]
     Client(reqwest::Error),
-    #[error("{path}: {source}")]
-    Credential {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credential(super::file::ReadError),
     #[error("{0}: expected user:password")]
     CredentialShape(String),
     #[error("{url}: {source}")]
@@ -92,9 +89,12 @@ pub fn builder(options: &ClientOptions<'_>) -> Result<reqwest::ClientBuilder, Fe
     Ok(builder)
 }
 
-/// Reads a response body of at most `limit` bytes (`what` names it in the error).
+/// Reads a response body of at most `limit` bytes (`what` names it in the error), as a
+/// stream: a Content-Length over the bound is refused before a byte is read, and an answer
+/// without one (chunked, or a lying server) is cut off the moment it passes the bound, so an
+/// endless body costs at most `limit` bytes of memory.
 pub async fn body(
-    resp: reqwest::Response,
+    mut resp: reqwest::Response,
     limit: usize,
     what: &'static str,
 ) -> Result<bytes::Bytes, FetchError> {
@@ -107,14 +107,17 @@ pub async fn body(
     if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let body = resp.bytes().await.map_err(|source| FetchError::Transport {
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|source| FetchError::Transport {
         url: url.clone(),
         source,
-    })?;
-    if body.len() > limit {
-        return Err(too_large());
+    })? {
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(out.freeze())
 }
 
 /// Sends a request, naming `url` in a transport error.

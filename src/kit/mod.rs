@@ -7,6 +7,7 @@
 //! - [`published`]: a value published through `arc-swap` with its freshness clock (synced
 //!   flag, last success), read on the request path with one atomic load;
 //! - [`backoff`]: the one retry schedule (doubling to a cap, jitter a parameter);
+//! - [`file`]: the one bounded, non-blocking file read (regular files only, a cap per kind);
 //! - [`http`]: the one HTTP client builder (rustls, CA file, timeouts) and bounded body
 //!   reads, with typed fetch errors;
 //! - [`service`]: loops as pingora background services, so a shutdown stops them.
@@ -16,6 +17,7 @@
 
 pub mod backoff;
 pub mod dirwatch;
+pub mod file;
 pub mod http;
 pub mod published;
 pub mod service;

@@ -118,21 +118,31 @@ impl<S: Source> Refresher<S> {
                     tracing::warn!(backend = self.source.label(), %digest,
                         "registry answered 304 to a request without an ETag");
                 }
-                Ok(Fetched::Records { records, etag }) => {
-                    if records.is_empty() {
+                Ok(fetched @ (Fetched::Records { .. } | Fetched::Revoked { .. })) => {
+                    let (records, etag, revoked) = match fetched {
+                        Fetched::Records { records, etag } => (records, etag, false),
+                        Fetched::Revoked { records } => (records, None, true),
+                        Fetched::NotModified => (Vec::new(), None, false),
+                    };
+                    if revoked {
+                        m.revoked.inc();
+                    } else if records.is_empty() {
                         m.not_found.inc();
                     } else {
                         m.ok.inc();
                     }
                     let previous = tracked.remove(digest);
                     let (entry, verified, same) = match previous {
-                        Some(p) if p.fetched == records => (p.entry, p.verified, true),
+                        Some(p) if p.fetched == records && p.entry.revoked == revoked => {
+                            (p.entry, p.verified, true)
+                        }
                         previous => {
-                            let (entry, verified) = self.verify(
+                            let (mut entry, verified) = self.verify(
                                 digest,
                                 &records,
                                 previous.map(|p| p.verified).unwrap_or_default(),
                             );
+                            entry.revoked = revoked;
                             (Arc::new(entry), verified, false)
                         }
                     };
@@ -141,6 +151,7 @@ impl<S: Source> Refresher<S> {
                         tracing::info!(backend = self.source.label(), %digest,
                             valid = entry.records.len(), invalid = entry.invalid.len(),
                             revoked = entry.records.iter().filter(|c| c.revoked).count(),
+                            digest_revoked = entry.revoked,
                             "registry records changed");
                     }
                     tracked.insert(

@@ -26,7 +26,7 @@ pub mod config;
 pub use self::config::ProbeKind;
 
 use self::config::Probe;
-use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::http::{ClientOptions, FetchError, Transport};
 use crate::kit::published::{Freshness, Published};
 use crate::policy::ServerView;
 use crate::telemetry::Metrics;
@@ -156,6 +156,12 @@ impl Prober {
             timeout: probe.timeout,
             ca_pem: None,
             user_agent: false,
+            // The model server's own scheme (the upstream's protocol); a redirect still never
+            // leaves HTTPS nor the server.
+            transport: Transport {
+                allow_plaintext: upstream.protocol != UpstreamProtocol::Https,
+                same_origin_redirects: true,
+            },
         })?
         .pool_max_idle_per_host(1);
         let base = match upstream.protocol {

@@ -27,7 +27,7 @@ use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
 use crate::keys::KeySet;
 use crate::kit::backoff::Backoff;
-use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::http::{ClientOptions, FetchError, Transport};
 use crate::telemetry::Metrics;
 
 /// How often the refresher looks for a newly served digest.
@@ -260,6 +260,10 @@ pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, FetchError> {
         timeout: config.timeout,
         ca_pem: config.ca_pem.as_deref(),
         user_agent: true,
+        transport: Transport {
+            allow_plaintext: config.allow_plaintext,
+            same_origin_redirects: false,
+        },
     })
 }
 

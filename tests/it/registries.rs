@@ -34,7 +34,7 @@ async fn shared_mlflow() -> Option<&'static MlflowServer> {
 
 fn remote_registry(kind: &str, url: &str, max_stale: &str, extra: &str) -> String {
     format!(
-        "kind = \"{kind}\"\nurl = \"{url}\"\nrefresh_interval = \"{}ms\"\ntimeout = \"{}ms\"\nmax_stale = \"{max_stale}\"\n{extra}",
+        "kind = \"{kind}\"\nurl = \"{url}\"\nallow_plaintext = true\nrefresh_interval = \"{}ms\"\ntimeout = \"{}ms\"\nmax_stale = \"{max_stale}\"\n{extra}",
         REFRESH.as_millis(),
         FETCH_TIMEOUT.as_millis()
     )

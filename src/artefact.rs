@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crate::digest::Digest;
 use crate::kit::dirwatch::{self, DirWatch, Fingerprint, Hooks};
 use crate::kit::published::Published;
+use crate::kit::watchdog::Heartbeat;
 use crate::telemetry::Metrics;
 
 pub mod config;
@@ -176,6 +177,8 @@ pub struct ArtefactWatcher {
     pub metrics: Arc<Metrics>,
     /// Pinned OMS signers for `model.sig`.
     pub signers: Arc<Vec<crate::oms::Signer>>,
+    /// Beaten between looks and between reads ([`crate::kit::watchdog`]).
+    pub heartbeat: Option<Arc<Heartbeat>>,
 }
 
 impl ArtefactWatcher {
@@ -188,7 +191,9 @@ impl ArtefactWatcher {
             stop: stop.clone(),
             watcher: &self,
         };
-        DirWatch::new(self.path.clone()).run(&mut turn, &stop);
+        DirWatch::new(self.path.clone())
+            .beating(self.heartbeat.clone())
+            .run(&mut turn, &stop);
     }
 }
 
@@ -234,7 +239,9 @@ impl Turn<'_> {
             // A scrub found content that the remembered digests do not describe.
             self.previous = None;
         }
-        let opts = HashOptions::new(w.serialization, w.threads).cancelled_by(self.stop.clone());
+        let opts = HashOptions::new(w.serialization, w.threads)
+            .cancelled_by(self.stop.clone())
+            .beating(w.heartbeat.clone());
         let result = hash_dir(&w.path, &opts, self.previous.as_ref());
         if matches!(result, Err(HashError::Cancelled)) {
             tracing::info!(model = %w.model, "artefact hashing abandoned: shutting down");
@@ -340,6 +347,8 @@ pub struct Scrubber {
     pub handle: Arc<ArtefactHandle>,
     pub metrics: Arc<Metrics>,
     pub signers: Arc<Vec<crate::oms::Signer>>,
+    /// Beaten while waiting and between reads.
+    pub heartbeat: Option<Arc<Heartbeat>>,
 }
 
 impl Scrubber {
@@ -350,6 +359,9 @@ impl Scrubber {
             while Instant::now() < until {
                 if stop.load(Ordering::Relaxed) {
                     return;
+                }
+                if let Some(h) = &self.heartbeat {
+                    h.beat();
                 }
                 std::thread::sleep(dirwatch::STOP_SLICE.min(self.interval));
             }
@@ -381,7 +393,8 @@ impl Scrubber {
         let before = dir_fingerprint(&self.path);
         let opts = HashOptions::new(self.serialization, self.threads)
             .cancelled_by(stop.clone())
-            .rate_limited(self.rate);
+            .rate_limited(self.rate)
+            .beating(self.heartbeat.clone());
         let result = hash_dir(&self.path, &opts, None);
         let manifest = match result {
             Err(HashError::Cancelled) => return ScrubOutcome::Stopped,

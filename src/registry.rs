@@ -108,6 +108,52 @@ pub enum RegistryError {
     },
 }
 
+// === Rejection log ===
+
+/// The log of one round's rejected records: the first is logged in full, the rest are
+/// counted and summarised in one line when the round ends ([`RejectLog::finish`]), so a
+/// registry full of garbage costs two log lines per round, not one per record.
+#[derive(Debug)]
+pub struct RejectLog {
+    backend: &'static str,
+    rejected: usize,
+}
+
+impl RejectLog {
+    pub fn new(backend: &'static str) -> RejectLog {
+        RejectLog {
+            backend,
+            rejected: 0,
+        }
+    }
+
+    /// One record rejected: `origin` names it (a file, a model version), `error` says why.
+    pub fn reject(&mut self, origin: &dyn std::fmt::Display, error: &dyn std::fmt::Display) {
+        self.rejected += 1;
+        if self.rejected == 1 {
+            tracing::warn!(backend = self.backend, origin = %origin, error = %error,
+                "approval record rejected");
+        }
+    }
+
+    /// Records rejected so far.
+    pub fn count(&self) -> usize {
+        self.rejected
+    }
+
+    /// Ends the round: one line for the records not logged one by one.
+    pub fn finish(self) {
+        if self.rejected > 1 {
+            tracing::warn!(
+                backend = self.backend,
+                rejected = self.rejected,
+                not_logged = self.rejected - 1,
+                "approval records rejected in this round (the first is logged above)"
+            );
+        }
+    }
+}
+
 /// Loads a registry directory into a snapshot, verifying each record against `approvers`.
 pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryError> {
     let io_err = |source| RegistryError::Dir {
@@ -134,11 +180,12 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         ..Snapshot::default()
     };
     let mut seen_ids = HashSet::new();
+    let mut rejects = RejectLog::new("dir");
     for file in files {
         let text = match crate::kit::file::read_string(&file, crate::kit::file::Kind::Record) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "approval record unreadable");
+                rejects.reject(&file.display(), &e);
                 snapshot.invalid_records += 1;
                 continue;
             }
@@ -161,7 +208,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                 snapshot.valid_records += 1;
             }
             Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "approval record rejected");
+                rejects.reject(&file.display(), &e);
                 snapshot.invalid_records += 1;
                 // Report the failure against the digest it claims, so a bad signature on the
                 // served digest reads as `approval_invalid`, not `artefact_unmanaged`.
@@ -175,6 +222,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
             }
         }
     }
+    rejects.finish();
     for (digest, (records, invalid)) in building {
         snapshot
             .by_digest
@@ -408,6 +456,8 @@ pub struct DirRegistry {
     pub refresh_interval: Duration,
     pub store: Arc<ApprovalStore>,
     pub metrics: Arc<Metrics>,
+    /// Beaten between looks ([`crate::kit::watchdog`]).
+    pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
 impl DirRegistry {
@@ -418,7 +468,9 @@ impl DirRegistry {
             fetches: FetchMetrics::new(&self.metrics, "dir"),
             registry: &self,
         };
-        DirWatch::new(self.dir.clone()).run(&mut turn, &stop);
+        DirWatch::new(self.dir.clone())
+            .beating(self.heartbeat.clone())
+            .run(&mut turn, &stop);
     }
 }
 

@@ -4,7 +4,6 @@
 //! so the server's shutdown stops them too, and runs the pingora server with the proxy and
 //! admin listeners. Returns only on a start-up error.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use crate::identity::config::KeySource;
 use crate::identity::{Issuer, TokenVerifier};
 use crate::kit::http::FetchError;
 use crate::kit::service::{Async, Blocking};
+use crate::kit::watchdog::Watchdog;
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
 use crate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
@@ -42,6 +42,12 @@ pub enum StartError {
     #[error("registry client: {0}")]
     Registry(FetchError),
 }
+
+/// How long a background service may go without a heartbeat before `/readyz` reports it
+/// stalled (twice that and `/healthz` fails). Hashing beats after every read buffer and the
+/// watches beat every fraction of a second, so only a read or an open that hangs (a dead
+/// network file system) comes near it.
+pub const STALL_BOUND: Duration = Duration::from_secs(60);
 
 /// The pingora server settings provgate runs with (shared with the load benchmark's
 /// pass-through proxy, so the two differ only in the checks).
@@ -111,6 +117,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics.clone(),
     ));
     let audit = AuditLog::open(&config.audit_path, config.audit_queue, metrics.clone())?;
+    // Every background service that must keep moving beats a heartbeat.
+    let watchdog = Arc::new(Watchdog::new());
 
     // One watcher service and one published state per guarded model.
     let mut models = Vec::with_capacity(config.models.len());
@@ -126,6 +134,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             handle: artefact.clone(),
             metrics: metrics.clone(),
             signers: m.signers.clone(),
+            heartbeat: Some(watchdog.register(format!("artefact {}", m.model), STALL_BOUND)),
         };
         blocking.push(Blocking::service(
             &format!("artefact {}", m.model),
@@ -142,6 +151,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 handle: artefact.clone(),
                 metrics: metrics.clone(),
                 signers: m.signers.clone(),
+                heartbeat: Some(watchdog.register(format!("scrub {}", m.model), STALL_BOUND)),
             };
             blocking.push(Blocking::service(
                 &format!("scrub {}", m.model),
@@ -173,6 +183,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 refresh_interval: config.registry.refresh_interval,
                 store: approvals.clone(),
                 metrics: metrics.clone(),
+                heartbeat: Some(watchdog.register("registry", STALL_BOUND)),
             };
             blocking.push(Blocking::service("registry", move |stop| {
                 registry.run(stop)
@@ -196,8 +207,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 approvals.clone(),
                 served,
                 metrics.clone(),
-                // The shutdown drops the refresher; nothing else stops it.
-                Arc::new(AtomicBool::new(false)),
+                // A round asks for every model's digest in turn, each within the timeout.
+                Some(watchdog.register(
+                    "registry",
+                    STALL_BOUND + remote.timeout * (models.len() as u32 + 1),
+                )),
             )
             .map_err(StartError::Registry)?;
             asynchronous.push(Async::service("registry", refresher));
@@ -295,6 +309,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             metrics,
             approvals,
             tokens,
+            watchdog,
         },
     );
     admin.add_tcp(&config.admin.to_string());

@@ -205,7 +205,7 @@ impl Metrics {
         let registry_fetches = reg!(IntCounterVec::new(
             Opts::new(
                 REGISTRY_FETCHES_TOTAL,
-                "Registry reads by backend (dir, mlflow, http) and result (ok, not_modified, not_found, error)."
+                "Registry reads by backend (dir, mlflow, http) and result (ok, not_modified, not_found, revoked: an HTTP 410, error)."
             ),
             &["backend", "result"]
         ));

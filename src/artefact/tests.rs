@@ -31,6 +31,7 @@ fn the_watcher_publishes_and_follows_changes() {
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -69,6 +70,7 @@ fn the_watcher_follows_an_edit_in_place_under_shards() {
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -156,6 +158,7 @@ fn a_stop_abandons_a_hash_in_progress() {
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -184,6 +187,7 @@ fn scrubber(dir: &std::path::Path, handle: &Arc<ArtefactHandle>, rate: u64) -> S
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`file`]: the one bounded, non-blocking file read (regular files only, a cap per kind);
 //! - [`http`]: the one HTTP client builder (rustls, CA file, timeouts) and bounded body
 //!   reads, with typed fetch errors;
-//! - [`service`]: loops as pingora background services, so a shutdown stops them.
+//! - [`service`]: loops as pingora background services, so a shutdown stops them;
+//! - [`watchdog`]: a heartbeat per background service, so a stuck one is seen.
 //!
 //! The kit owns no domain type: it knows nothing of artefacts, records, keys or requests,
 //! and imports nothing from the crate but OMS's file identity (for fingerprints).
@@ -21,3 +22,4 @@ pub mod file;
 pub mod http;
 pub mod published;
 pub mod service;
+pub mod watchdog;

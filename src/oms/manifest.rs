@@ -233,6 +233,8 @@ pub struct HashOptions {
     /// At most this many bytes per second over all threads (a scrub's CPU budget); None
     /// reads as fast as the disk and the threads allow.
     pub rate: Option<u64>,
+    /// Beaten after every read ([`crate::kit::watchdog`]): a read that hangs shows.
+    pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
 impl HashOptions {
@@ -244,7 +246,13 @@ impl HashOptions {
             racy_margin: RACY_MARGIN,
             cancel: None,
             rate: None,
+            heartbeat: None,
         }
+    }
+
+    /// The same options, beating `heartbeat` after every read.
+    pub fn beating(self, heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>) -> HashOptions {
+        HashOptions { heartbeat, ..self }
     }
 
     /// The same options, reading at most `bytes_per_second` over all threads.
@@ -509,6 +517,7 @@ pub(crate) fn run_jobs(
                         let pace = Pace {
                             cancel: opts.cancel.as_deref(),
                             rate: opts.rate.map(|r| (r / threads as u64).max(1)),
+                            heartbeat: opts.heartbeat.as_deref(),
                         };
                         match hash_job(files, job, &mut open, &mut buf, &pace) {
                             Ok(d) => mine.push((job.slot, d)),
@@ -620,12 +629,17 @@ pub(crate) struct Pace<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Bytes per second for this thread.
     pub rate: Option<u64>,
+    /// Beaten after every read and every pause.
+    pub heartbeat: Option<&'a crate::kit::watchdog::Heartbeat>,
 }
 
 impl Pace<'_> {
     /// Sleeps until `done` bytes read since `started` are within the rate, looking at the
     /// stop flag at least every 100 ms.
     fn wait(&self, started: std::time::Instant, done: u64) -> Result<(), HashError> {
+        if let Some(h) = self.heartbeat {
+            h.beat();
+        }
         let Some(rate) = self.rate else {
             return Ok(());
         };
@@ -639,6 +653,9 @@ impl Pace<'_> {
                 return Err(HashError::Cancelled);
             }
             std::thread::sleep(ahead.min(Duration::from_millis(100)));
+            if let Some(h) = self.heartbeat {
+                h.beat();
+            }
         }
     }
 }

@@ -104,11 +104,16 @@ impl Source for HttpRegistry {
     }
 }
 
-/// One record per non-blank line.
+/// Records read from one answer at most; the rest of the lines are ignored (a digest has a
+/// handful of records; a flood of lines costs neither CPU nor log beyond this).
+pub const MAX_RECORDS: usize = 256;
+
+/// One record per non-blank line, at most [`MAX_RECORDS`].
 fn parse_records(text: &str, revoked: bool, url: &str) -> Vec<FetchedRecord> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
+        .take(MAX_RECORDS)
         .enumerate()
         .map(|(i, jws)| FetchedRecord {
             jws: jws.to_string(),
@@ -130,5 +135,7 @@ mod tests {
         assert_eq!(r[1].origin, "u record 2");
         assert!(parse_records("x.y.z", true, "u")[0].revoked);
         assert!(parse_records("\n \n", false, "u").is_empty());
+        let flood = "garbage\n".repeat(250_000);
+        assert_eq!(parse_records(&flood, false, "u").len(), MAX_RECORDS);
     }
 }

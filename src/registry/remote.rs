@@ -54,6 +54,8 @@ pub struct Refresher<S: Source> {
     /// The digests being served now (read every [`TICK`]).
     pub served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
     pub metrics: Arc<Metrics>,
+    /// Beaten every [`TICK`] ([`crate::kit::watchdog`]).
+    pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
 impl<S: Source> Refresher<S> {
@@ -66,6 +68,9 @@ impl<S: Source> Refresher<S> {
         let mut last_round_ms = 0;
         let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval);
         while !stop.load(Ordering::Relaxed) {
+            if let Some(h) = &self.heartbeat {
+                h.beat();
+            }
             let mut served = (self.served)();
             served.sort();
             served.dedup();
@@ -196,6 +201,7 @@ impl<S: Source> Refresher<S> {
         let mut verified = HashMap::new();
         let mut records = Vec::new();
         let mut invalid = Vec::new();
+        let mut rejects = super::RejectLog::new(self.source.label());
         for f in fetched {
             let record = match known.remove(&f.jws) {
                 Some(r) => Ok(r),
@@ -217,17 +223,20 @@ impl<S: Source> Refresher<S> {
                         "{}: the record is for {}, not the digest it is filed under",
                         f.origin, r.claims.artefact.digest
                     );
-                    tracing::warn!(backend = self.source.label(), %digest, error = %why,
-                        "approval record rejected");
+                    rejects.reject(&f.origin, &why);
                     invalid.push(why);
                 }
                 Err(e) => {
-                    tracing::warn!(backend = self.source.label(), %digest, origin = %f.origin,
-                        error = %e, "approval record rejected");
+                    rejects.reject(&f.origin, &e);
                     invalid.push(format!("{}: {e}", f.origin));
                 }
             }
         }
+        if rejects.count() > 0 {
+            tracing::debug!(backend = self.source.label(), %digest, rejected = rejects.count(),
+                "records rejected for the digest");
+        }
+        rejects.finish();
         (RegistryEntry::new(records, invalid), verified)
     }
 }
@@ -290,7 +299,7 @@ impl Source for Backend {
 }
 
 /// The refresher for a remote registry, as one future (run as a background service, which
-/// drops it at shutdown; `stop` ends it between rounds too).
+/// drops it at shutdown).
 pub fn refresher(
     config: &RemoteRegistry,
     approvers: KeySet,
@@ -298,7 +307,7 @@ pub fn refresher(
     store: Arc<ApprovalStore>,
     served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 ) -> Result<impl Future<Output = ()> + Send, FetchError> {
     let client = client(config)?;
     let source = match config.kind {
@@ -313,8 +322,10 @@ pub fn refresher(
         store,
         served,
         metrics,
+        heartbeat,
     };
-    Ok(refresher.run(stop))
+    // The shutdown drops the future; nothing else stops it.
+    Ok(refresher.run(Arc::new(AtomicBool::new(false))))
 }
 
 #[cfg(test)]

@@ -424,6 +424,7 @@ fn a_file_removed_while_hashed_is_abandoned_not_read_to_its_end() {
     let pace = Pace {
         cancel: None,
         rate: None,
+        heartbeat: None,
     };
     let started = std::time::Instant::now();
     let r = hash_job(&listed, &job, &mut open, &mut buf, &pace);

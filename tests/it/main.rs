@@ -10,6 +10,7 @@ mod support;
 mod cli;
 mod enforcement;
 mod first_run;
+mod hostile;
 mod identity;
 mod inject;
 mod interop;

@@ -20,7 +20,7 @@ pub enum FetchError {
     Credential(super::file::ReadError),
     #[error("{0}: expected user:password")]
     CredentialShape(String),
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", chain(source))]
     Transport { url: String, source: reqwest::Error },
     #[error("{url}: HTTP {status}")]
     Status {
@@ -48,6 +48,22 @@ pub enum FetchError {
     Timeout(Duration),
     #[error("{url}: plaintext HTTP refused (HTTPS only; allow_plaintext = true is for loopback test set-ups)")]
     Plaintext { url: String },
+}
+
+/// An error with its causes, `: `-separated (reqwest's own text leaves out why a redirect
+/// or a connection failed).
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl FetchError {

@@ -340,7 +340,7 @@ async fn http_registry_serves_with_etags_and_auth_then_revokes_and_withdraws() {
         &format!("token_file = \"{}\"", fx.path("registry.token").display()),
     ));
     let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
-    registry.answer(200, &format!("{record}\n"), Some("\"r1\""));
+    registry.answer(200, format!("{record}\n"), Some("\"r1\""));
 
     let pg = Provgate::start(&fx, upstream.addr).await;
     pg.wait_ready().await;

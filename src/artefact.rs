@@ -124,14 +124,12 @@ impl ArtefactHandle {
 pub const ARTEFACT_STATES: [&str; 4] = ["pending", "hashing", "ready", "failed"];
 
 /// Publishes a model's artefact state and digest to the metric families `Metrics` registers
-/// (`provgate_artefact_state`, `provgate_artefact_info`); the model's previous digest series
-/// is removed.
+/// (`provgate_artefact_state`, `provgate_artefact_info`); the model's other digest series are
+/// removed, whoever set them (the watcher or the scrub).
 pub struct ArtefactMetrics {
     model: String,
     state: prometheus::IntGaugeVec,
     info: prometheus::IntGaugeVec,
-    /// The digest label this model's `artefact_info` series carries now.
-    digest: std::sync::Mutex<Option<String>>,
 }
 
 impl ArtefactMetrics {
@@ -140,7 +138,6 @@ impl ArtefactMetrics {
             model: model.to_string(),
             state: metrics.artefact_state.clone(),
             info: metrics.artefact_info.clone(),
-            digest: std::sync::Mutex::new(None),
         }
     }
 
@@ -154,11 +151,26 @@ impl ArtefactMetrics {
         }
         if let Some(digest) = state.digest() {
             let digest = digest.to_string();
-            // Only this model's watcher sets it: a poisoned lock still holds a consistent
-            // value (each update is one replace).
-            let mut current = self.digest.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = current.replace(digest.clone()) {
-                let _ = self.info.remove_label_values(&[model, &old]);
+            // Every other digest series of this model goes, whoever set it (the watcher or
+            // the scrub): one `artefact_info` series per model.
+            let stale: Vec<String> = prometheus::core::Collector::collect(&self.info)
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .filter_map(|m| {
+                    let label = |name: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map(|l| l.value().to_string())
+                    };
+                    (label("model").as_deref() == Some(model))
+                        .then(|| label("digest"))
+                        .flatten()
+                        .filter(|d| *d != digest)
+                })
+                .collect();
+            for old in &stale {
+                let _ = self.info.remove_label_values(&[model, old.as_str()]);
             }
             self.info.with_label_values(&[model, &digest]).set(1);
         }

@@ -225,6 +225,17 @@ fn a_scrub_finds_content_changed_behind_the_published_digest() {
         .with_label_values(&["m", "mismatch"])
         .get();
     assert_eq!(scrubs, 1);
+    // One digest series for the model: the scrub's finding, not the approved digest too.
+    let m = &s.metrics;
+    ArtefactMetrics::new(m, "m").set(&ready(approved));
+    ArtefactMetrics::new(m, "m").set(&ready(found));
+    let text = String::from_utf8(m.encode()).unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("provgate_artefact_info{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(series[0].contains(&found.to_string()), "{series:?}");
 }
 
 #[test]

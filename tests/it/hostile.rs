@@ -2,7 +2,8 @@
 //! mapping are caught by the scrub within its documented bound; a FIFO, a character device
 //! or a sparse giant where provgate reads (a record, `model.sig`) never wedges it nor grows
 //! its memory, and revocations written meanwhile still block; a flood of garbage records
-//! costs a few log lines per round, and a file name cannot forge a log line.
+//! costs a few log lines per round, and a file name cannot forge a log line; an issuer's key
+//! set is capped at load (64 keys, RSA at most 4096 bits).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -290,4 +291,31 @@ async fn a_sparse_giant_record_costs_no_memory_and_a_flood_costs_two_log_lines()
         rejected <= reloads,
         "one line per round, not per record:\n{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_key_set_is_capped_at_load() {
+    use base64::Engine as _;
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    // The issuer's real key, then 70 more, one of them an RSA key of 8192 bits.
+    let mut keys = vec![serde_json::to_value(&fx.issuer.public_jwk).unwrap()];
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![0xc5u8; 1024]);
+    keys.push(serde_json::json!({"kty": "RSA", "n": n, "e": "AQAB", "kid": "huge"}));
+    for i in 0..69 {
+        let mut k = keys[0].clone();
+        k["kid"] = format!("extra-{i}").into();
+        keys.push(k);
+    }
+    std::fs::write(
+        fx.path("issuer.jwks.json"),
+        serde_json::json!({ "keys": keys }).to_string(),
+    )
+    .unwrap();
+    let (_up, pg) = started(&fx).await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    let logs = pg.logs();
+    assert!(logs.contains("RSA key of 8192 bits"), "{logs}");
+    assert!(logs.contains("more than 64 keys in one set"), "{logs}");
 }

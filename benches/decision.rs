@@ -262,6 +262,7 @@ fn bench(c: &mut Criterion) {
         forward_token: false,
         caller_auth: provgate::identity::config::CallerAuth::Token,
         request_ids: RequestIds::default(),
+        tracer: None,
         held_bytes: Arc::new(HeldBudget::new(
             64 << 20,
             prometheus::IntGauge::new("held", "held").unwrap(),

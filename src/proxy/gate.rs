@@ -26,6 +26,7 @@ use crate::proxy::routing::config::Routing;
 use crate::proxy::routing::profiles::ListShape;
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
+use crate::trace::export::{SpanStart, Tracer};
 use crate::upstream::{Upstream, UpstreamProtocol};
 
 /// One guarded model: everything the request path reads for it.
@@ -64,6 +65,8 @@ pub struct Gate {
     pub request_ids: RequestIds,
     /// Request bytes held back right now across all requests (`max_held_total_bytes`).
     pub held_bytes: Arc<HeldBudget>,
+    /// `[tracing]`: `None` (the default) and the request path does no trace work.
+    pub tracer: Option<Tracer>,
 }
 
 /// Per-request context, filled in phase order.
@@ -93,6 +96,8 @@ pub struct RequestCtx {
     /// The held body's check denied the request after the upstream was contacted (it has
     /// the headers, none of the body): `fail_to_proxy` answers with this.
     pub late_denial: Option<DenyReason>,
+    /// This request's span, when tracing is on (boxed: one word in the context when off).
+    pub trace: Option<Box<SpanStart>>,
 }
 
 impl Gate {

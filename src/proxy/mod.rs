@@ -19,6 +19,9 @@
 //! 7. `logging`: the request counters (`counters`) and the audit record (`record`), once per
 //!    request.
 //!
+//! With `[tracing]` on, `trace` starts a span in 1, names it in the model server's
+//! `traceparent` in 3 and queues it for export in 7.
+//!
 //! The shared state and the per-request context are in `gate`. Nothing here waits on
 //! anything but the upstream: no file, registry or key I/O, and no signature check for a
 //! token seen before.
@@ -34,6 +37,7 @@ pub mod models;
 mod record;
 pub mod routing;
 pub mod target;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,6 +90,7 @@ impl ProxyHttp for Gate {
             listing_body: None,
             held_body: None,
             late_denial: None,
+            trace: None,
         }
     }
 
@@ -97,6 +102,7 @@ impl ProxyHttp for Gate {
         // pingora makes the context right before this filter: its start times the decision.
         let mut t = ctx.started;
         ctx.arrived_ms = crate::base::unix_now_ms();
+        self.trace_start(session.req_header(), ctx);
         // One canonical target, before anything reads it; what is decided is forwarded.
         let req = session.req_header();
         let raw = req.raw_path();
@@ -200,6 +206,7 @@ impl ProxyHttp for Gate {
         let version = ctx.decision.as_ref().and_then(allowed_record);
         let caller = ctx.caller.as_ref().and_then(|c| c.sub_header.as_ref());
         let listing = ctx.listing.is_some();
+        let trace = ctx.trace.as_deref();
         edit_request(upstream_request, |h| {
             strip_provgate(h);
             if !forward_token {
@@ -216,6 +223,9 @@ impl ProxyHttp for Gate {
             }
             if let Some(sub) = caller {
                 h.try_insert(HEADER_CALLER, sub.clone())?;
+            }
+            if let Some(span) = trace {
+                span.propagate(h)?;
             }
             Ok(())
         })
@@ -410,6 +420,7 @@ impl ProxyHttp for Gate {
             Outcome::Deny(_) => self.audit(session, ctx, status, counters.deny_word()),
             _ => {}
         }
+        self.trace_end(session.req_header(), ctx, status);
     }
 }
 

@@ -22,3 +22,4 @@ mod monitoring;
 mod mtls;
 mod registries;
 mod routing;
+mod traces;

@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (the first artefact hash and registry load have finished). Kept apart from the
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers and no
+//! background service has been stuck for twice its bound) and `/readyz` (the first
+//! artefact hash and registry load have finished, and no background service is stalled). Kept apart from the
 //! proxy listener so metrics are never exposed to callers.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::artefact::ArtefactHandle;
 use crate::identity::TokenVerifier;
+use crate::kit::watchdog::Watchdog;
 use crate::probe::{Served, ServedHandle};
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
@@ -21,6 +23,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub approvals: Arc<ApprovalStore>,
     pub tokens: Arc<TokenVerifier>,
+    /// The background services' heartbeats.
+    pub watchdog: Arc<Watchdog>,
 }
 
 impl Admin {
@@ -38,11 +42,32 @@ impl Admin {
             .all(|(_, a, s)| a.is_settled() && s.is_settled() && answered(a))
             && self.approvals.is_synced()
             && self.tokens.all_synced()
+            && self.watchdog.stalled().is_empty()
+    }
+
+    /// `/healthz`: the process answers, and no background service has been silent for
+    /// twice its bound (a sidecar that can no longer make progress is restarted).
+    fn health(&self) -> Response<Vec<u8>> {
+        if self.watchdog.any_dead() {
+            let body = serde_json::json!({"healthy": false, "stalled": self.watchdog.stalled()});
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                body.to_string().into_bytes(),
+            );
+        }
+        respond(StatusCode::OK, "text/plain", b"ok\n".to_vec())
     }
 
     /// Gauges that are cheapest to compute when scraped.
     fn refresh_gauges(&self) {
         self.metrics.ready.set(self.is_ready() as i64);
+        for beat in self.watchdog.all() {
+            self.metrics
+                .background_stalled
+                .with_label_values(&[beat.name()])
+                .set(beat.is_stalled() as i64);
+        }
         self.metrics
             .registry_sync_age
             .set(self.approvals.since_last_sync().as_secs_f64());
@@ -106,7 +131,7 @@ impl ServeHttp for Admin {
                     self.metrics.encode(),
                 )
             }
-            "/healthz" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/healthz" => self.health(),
             "/readyz" => {
                 let ready = self.is_ready();
                 let models: serde_json::Map<String, serde_json::Value> = self
@@ -131,6 +156,7 @@ impl ServeHttp for Admin {
                     "models": models,
                     "registry_synced": self.approvals.is_synced(),
                     "issuer_keys_synced": self.tokens.all_synced(),
+                    "stalled": self.watchdog.stalled(),
                 });
                 respond(
                     if ready {

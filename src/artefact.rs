@@ -10,15 +10,23 @@
 //! The watcher marks the artefact unverified the moment a change is seen (fail closed),
 //! re-hashes only the files whose identity (size, mtime, ctime, inode) changed, and publishes
 //! the new digest when hashing finishes. The request path only loads the state.
+//!
+//! Metadata can lie: a write through a shared memory mapping changes content with no change
+//! of size, times or an event. The [`Scrubber`] therefore reads every served file again every
+//! `scrub_interval`, at most `scrub_rate` bytes per second, without taking the artefact out
+//! of service; a digest that differs from the published one is published in its place (so
+//! requests are blocked like after any change), and the watcher stops trusting the digests
+//! it remembered.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
 use crate::kit::dirwatch::{self, DirWatch, Fingerprint, Hooks};
 use crate::kit::published::Published;
+use crate::kit::watchdog::Heartbeat;
 use crate::telemetry::Metrics;
 
 pub mod config;
@@ -74,12 +82,16 @@ impl ArtefactState {
 /// has finished (with a digest or an error).
 pub struct ArtefactHandle {
     state: Published<ArtefactState>,
+    /// Set by a scrub that found content the remembered digests do not describe: the
+    /// watcher's next hash reads every file again.
+    distrust: AtomicBool,
 }
 
 impl Default for ArtefactHandle {
     fn default() -> Self {
         ArtefactHandle {
             state: Published::new(ArtefactState::Pending),
+            distrust: AtomicBool::new(false),
         }
     }
 }
@@ -112,14 +124,12 @@ impl ArtefactHandle {
 pub const ARTEFACT_STATES: [&str; 4] = ["pending", "hashing", "ready", "failed"];
 
 /// Publishes a model's artefact state and digest to the metric families `Metrics` registers
-/// (`provgate_artefact_state`, `provgate_artefact_info`); the model's previous digest series
-/// is removed.
+/// (`provgate_artefact_state`, `provgate_artefact_info`); the model's other digest series are
+/// removed, whoever set them (the watcher or the scrub).
 pub struct ArtefactMetrics {
     model: String,
     state: prometheus::IntGaugeVec,
     info: prometheus::IntGaugeVec,
-    /// The digest label this model's `artefact_info` series carries now.
-    digest: std::sync::Mutex<Option<String>>,
 }
 
 impl ArtefactMetrics {
@@ -128,7 +138,6 @@ impl ArtefactMetrics {
             model: model.to_string(),
             state: metrics.artefact_state.clone(),
             info: metrics.artefact_info.clone(),
-            digest: std::sync::Mutex::new(None),
         }
     }
 
@@ -142,11 +151,26 @@ impl ArtefactMetrics {
         }
         if let Some(digest) = state.digest() {
             let digest = digest.to_string();
-            // Only this model's watcher sets it: a poisoned lock still holds a consistent
-            // value (each update is one replace).
-            let mut current = self.digest.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = current.replace(digest.clone()) {
-                let _ = self.info.remove_label_values(&[model, &old]);
+            // Every other digest series of this model goes, whoever set it (the watcher or
+            // the scrub): one `artefact_info` series per model.
+            let stale: Vec<String> = prometheus::core::Collector::collect(&self.info)
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .filter_map(|m| {
+                    let label = |name: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map(|l| l.value().to_string())
+                    };
+                    (label("model").as_deref() == Some(model))
+                        .then(|| label("digest"))
+                        .flatten()
+                        .filter(|d| *d != digest)
+                })
+                .collect();
+            for old in &stale {
+                let _ = self.info.remove_label_values(&[model, old.as_str()]);
             }
             self.info.with_label_values(&[model, &digest]).set(1);
         }
@@ -165,6 +189,8 @@ pub struct ArtefactWatcher {
     pub metrics: Arc<Metrics>,
     /// Pinned OMS signers for `model.sig`.
     pub signers: Arc<Vec<crate::oms::Signer>>,
+    /// Beaten between looks and between reads ([`crate::kit::watchdog`]).
+    pub heartbeat: Option<Arc<Heartbeat>>,
 }
 
 impl ArtefactWatcher {
@@ -177,7 +203,9 @@ impl ArtefactWatcher {
             stop: stop.clone(),
             watcher: &self,
         };
-        DirWatch::new(self.path.clone()).run(&mut turn, &stop);
+        DirWatch::new(self.path.clone())
+            .beating(self.heartbeat.clone())
+            .run(&mut turn, &stop);
     }
 }
 
@@ -219,7 +247,13 @@ impl Turn<'_> {
         if w.handle.load().digest().is_some() {
             self.publish(ArtefactState::Hashing);
         }
-        let opts = HashOptions::new(w.serialization, w.threads).cancelled_by(self.stop.clone());
+        if w.handle.distrust.swap(false, Ordering::Relaxed) {
+            // A scrub found content that the remembered digests do not describe.
+            self.previous = None;
+        }
+        let opts = HashOptions::new(w.serialization, w.threads)
+            .cancelled_by(self.stop.clone())
+            .beating(w.heartbeat.clone());
         let result = hash_dir(&w.path, &opts, self.previous.as_ref());
         if matches!(result, Err(HashError::Cancelled)) {
             tracing::info!(model = %w.model, "artefact hashing abandoned: shutting down");
@@ -281,6 +315,136 @@ impl Turn<'_> {
     fn publish(&self, state: ArtefactState) {
         self.series.set(&state);
         self.watcher.handle.set(state);
+    }
+}
+
+// === Scrub ===
+
+/// What one scrub found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScrubOutcome {
+    /// The content's digest is the published one.
+    Ok,
+    /// The content changed without a metadata change; the real digest is now published.
+    Mismatch,
+    /// Nothing to compare (not hashed yet, or a change raced the scrub: the watcher has it).
+    Skipped,
+    /// The files could not be read; the watcher's next look decides.
+    Failed,
+    /// Shutting down.
+    Stopped,
+}
+
+impl ScrubOutcome {
+    /// The `result` label of `provgate_artefact_scrubs_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ScrubOutcome::Ok => "ok",
+            ScrubOutcome::Mismatch => "mismatch",
+            ScrubOutcome::Skipped | ScrubOutcome::Stopped => "skipped",
+            ScrubOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// The periodic full re-verification of one model directory.
+pub struct Scrubber {
+    pub model: String,
+    pub path: PathBuf,
+    pub serialization: Serialization,
+    pub threads: usize,
+    pub interval: Duration,
+    /// Bytes per second over all threads.
+    pub rate: u64,
+    pub handle: Arc<ArtefactHandle>,
+    pub metrics: Arc<Metrics>,
+    pub signers: Arc<Vec<crate::oms::Signer>>,
+    /// Beaten while waiting and between reads.
+    pub heartbeat: Option<Arc<Heartbeat>>,
+}
+
+impl Scrubber {
+    /// Scrubs every `interval` until `stop` is set. Blocks: runs on the blocking pool.
+    pub fn run(self, stop: Arc<AtomicBool>) {
+        loop {
+            let until = Instant::now() + self.interval;
+            while Instant::now() < until {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(h) = &self.heartbeat {
+                    h.beat();
+                }
+                std::thread::sleep(dirwatch::STOP_SLICE.min(self.interval));
+            }
+            if self.scrub_once(&stop) == ScrubOutcome::Stopped {
+                return;
+            }
+        }
+    }
+
+    /// Reads and hashes every served file now (at the configured rate) and compares the
+    /// digest with the published one.
+    pub fn scrub_once(&self, stop: &Arc<AtomicBool>) -> ScrubOutcome {
+        let outcome = self.compare(stop);
+        if outcome != ScrubOutcome::Stopped {
+            self.metrics
+                .artefact_scrubs
+                .with_label_values(&[self.model.as_str(), outcome.label()])
+                .inc();
+        }
+        outcome
+    }
+
+    fn compare(&self, stop: &Arc<AtomicBool>) -> ScrubOutcome {
+        let current = self.handle.state.load_full();
+        let Some(published) = current.digest().copied() else {
+            return ScrubOutcome::Skipped;
+        };
+        let started = Instant::now();
+        let before = dir_fingerprint(&self.path);
+        let opts = HashOptions::new(self.serialization, self.threads)
+            .cancelled_by(stop.clone())
+            .rate_limited(self.rate)
+            .beating(self.heartbeat.clone());
+        let result = hash_dir(&self.path, &opts, None);
+        let manifest = match result {
+            Err(HashError::Cancelled) => return ScrubOutcome::Stopped,
+            Err(HashError::Changed(_)) => return ScrubOutcome::Skipped,
+            _ if dir_fingerprint(&self.path) != before => return ScrubOutcome::Skipped,
+            Err(e) => {
+                tracing::warn!(model = %self.model, error = %e, "artefact scrub could not read the files");
+                return ScrubOutcome::Failed;
+            }
+            Ok(m) => m,
+        };
+        if manifest.root == published {
+            tracing::debug!(model = %self.model, bytes = manifest.total_bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64, "artefact scrub: content unchanged");
+            return ScrubOutcome::Ok;
+        }
+        let signature =
+            crate::oms::verify_dir_with(&self.path, &self.signers, Some(&manifest), self.threads);
+        let state = ArtefactState::Ready {
+            digest: manifest.root,
+            files: manifest.files.len(),
+            bytes: manifest.total_bytes,
+            signature,
+        };
+        // Published only over the state the scrub compared with: a change the watcher
+        // published meanwhile wins.
+        if !self.handle.state.store_if(&current, state.clone()) {
+            return ScrubOutcome::Skipped;
+        }
+        self.handle.distrust.store(true, Ordering::Relaxed);
+        let _ = self
+            .metrics
+            .artefact_info
+            .remove_label_values(&[self.model.as_str(), &published.to_string()]);
+        ArtefactMetrics::new(&self.metrics, &self.model).set(&state);
+        tracing::error!(model = %self.model, published = %published, found = %manifest.root,
+            "artefact content changed without a metadata change (found by the scrub); requests are checked against the new digest");
+        ScrubOutcome::Mismatch
     }
 }
 

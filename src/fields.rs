@@ -1,14 +1,15 @@
 //! Configuration field parsers shared by every section, and [`Errors`], the collector that
 //! lets each section report every problem at once, each prefixed with its key path
-//! (`registry.url: ...`). A leaf: it imports nothing from the crate, so each component's
-//! `config` file can use it without reaching back into [`crate::config`].
+//! (`registry.url: ...`). Almost a leaf: it imports nothing from the crate but the kit's
+//! bounded file reader, so each component's `config` file can use it without reaching back
+//! into [`crate::config`].
 //!
 //! It owns no section and no validated type; the messages it writes are the ones a user
 //! reads from `provgate run -t`, so they change only together with the tests asserting them.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Every problem found so far, each one line starting with its key path.
@@ -64,6 +65,18 @@ impl Errors {
         })
     }
 
+    /// A byte size (`1048576`, `64KiB`, `256MiB`, `1GiB`; `K`/`M`/`G` are powers of 1024
+    /// too); one MiB after an error.
+    pub fn bytes(&mut self, key: &str, value: &str) -> u64 {
+        parse_bytes(value).unwrap_or_else(|| {
+            self.push(
+                key,
+                format_args!("{value:?} is not a byte size; write e.g. \"256MiB\" or \"1GiB\""),
+            );
+            1 << 20
+        })
+    }
+
     /// One of a closed set of words: `options` pairs each word with its value. An unknown
     /// word is reported as `"x" is not one of "a", "b"` and gives `None`.
     pub fn choice<T: Copy>(&mut self, key: &str, value: &str, options: &[(&str, T)]) -> Option<T> {
@@ -102,18 +115,38 @@ impl Errors {
 
     /// A file that must be readable now (a credential re-read later by its owner).
     pub fn readable_file(&mut self, key: &str, path: &str) -> PathBuf {
-        if let Err(e) = std::fs::read(path) {
-            self.push(key, format_args!("{path}: {e}"));
+        if let Err(e) = crate::kit::file::read(Path::new(path), crate::kit::file::Kind::Credential)
+        {
+            self.push(key, e);
         }
         PathBuf::from(path)
     }
 
     /// A file read once, at load (e.g. a PEM CA bundle); `None` after an error.
     pub fn read_file(&mut self, key: &str, path: &str) -> Option<Vec<u8>> {
-        std::fs::read(path)
-            .map_err(|e| self.push(key, format_args!("{path}: {e}")))
+        crate::kit::file::read(Path::new(path), crate::kit::file::Kind::Keys)
+            .map_err(|e| self.push(key, e))
             .ok()
     }
+}
+
+/// A byte size: digits, then optionally `K`, `KiB`, `M`, `MiB`, `G` or `GiB` (all powers of
+/// 1024) or `B`.
+pub fn parse_bytes(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// A human duration (`5s`, `1h`, `250ms`).

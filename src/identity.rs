@@ -93,28 +93,45 @@ impl TokenError {
     }
 }
 
+/// Checks a SPIFFE ID (`spiffe://TRUST_DOMAIN/PATH`), of `trust_domain` when given, and
+/// returns its trust domain. The one validation for token callers (`sub`) and certificate
+/// callers (the URI SAN): the path is not empty, and no segment is empty, `.` or `..`; no
+/// query, fragment, port or user part.
+pub fn spiffe_id<'a>(id: &'a str, trust_domain: Option<&str>) -> Result<&'a str, &'static str> {
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or("sub is not a SPIFFE ID")?;
+    let (domain, path) = rest
+        .split_once('/')
+        .ok_or("sub is not a valid SPIFFE ID path")?;
+    if trust_domain.is_some_and(|td| td != domain) {
+        return Err("sub is not a SPIFFE ID of the trust domain");
+    }
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if !domain_ok {
+        return Err("sub is not a SPIFFE ID of a valid trust domain");
+    }
+    if path.is_empty()
+        || path.contains(['?', '#', '%'])
+        || path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("sub is not a valid SPIFFE ID path");
+    }
+    Ok(domain)
+}
+
 impl Profile {
     fn check(&self, claims: &Claims) -> Result<(), TokenError> {
         match self {
             Profile::Oidc => Ok(()),
-            Profile::Spiffe { trust_domain } => {
-                let path = claims
-                    .sub
-                    .strip_prefix("spiffe://")
-                    .and_then(|rest| rest.strip_prefix(trust_domain.as_str()))
-                    .and_then(|rest| rest.strip_prefix('/'))
-                    .ok_or(TokenError::Claims(
-                        "sub is not a SPIFFE ID of the trust domain",
-                    ))?;
-                if path.is_empty()
-                    || path
-                        .split('/')
-                        .any(|s| s.is_empty() || s == "." || s == "..")
-                {
-                    return Err(TokenError::Claims("sub is not a valid SPIFFE ID path"));
-                }
-                Ok(())
-            }
+            Profile::Spiffe { trust_domain } => spiffe_id(&claims.sub, Some(trust_domain))
+                .map(|_| ())
+                .map_err(TokenError::Claims),
             Profile::Kubernetes => {
                 let mut parts = claims.sub.splitn(4, ':');
                 let (Some("system"), Some("serviceaccount"), Some(ns), Some(name)) =
@@ -515,7 +532,8 @@ fn read_unverified(token: &str) -> Result<(jsonwebtoken::Header, String), TokenE
 /// verified: it is the platform's statement of who this pod is, read from a file only the
 /// platform writes; provgate uses it to name itself, never to admit a caller.
 pub fn token_subject(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::kit::file::read_string(path, crate::kit::file::Kind::Credential)
+        .map_err(|e| e.to_string())?;
     let payload = text
         .trim()
         .split('.')

@@ -27,6 +27,8 @@ pub enum KeyError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Read(#[from] crate::kit::file::ReadError),
     #[error("{path} is not a JWKS document: {reason}")]
     Jwks { path: String, reason: String },
     #[error("{path} holds no usable key")]
@@ -36,6 +38,15 @@ pub enum KeyError {
     #[error("key generation failed")]
     Generate,
 }
+
+/// Keys tried for one JWS: those of its `kid`, or without a `kid` the first keys of its
+/// algorithm. A token signed by a later key must name its `kid`.
+pub const MAX_KEYS_TRIED: usize = 4;
+/// Keys kept from one JWKS document (per issuer, per approver set); the rest are skipped.
+pub const MAX_KEYS_PER_SET: usize = 64;
+/// The largest RSA modulus accepted, in bits: a larger key costs more per check and buys no
+/// security a verifier needs.
+pub const MAX_RSA_BITS: usize = 4096;
 
 /// One verification key from a JWKS, with the algorithms it may verify.
 #[derive(Clone)]
@@ -80,7 +91,13 @@ impl KeySet {
                 reason: "no \"keys\" array".to_string(),
             })?;
         let mut set = KeySet::default();
-        for (i, entry) in entries.iter().enumerate() {
+        if entries.len() > MAX_KEYS_PER_SET {
+            set.skipped.push(format!(
+                "keys {MAX_KEYS_PER_SET}..{}: more than {MAX_KEYS_PER_SET} keys in one set",
+                entries.len()
+            ));
+        }
+        for (i, entry) in entries.iter().take(MAX_KEYS_PER_SET).enumerate() {
             if entry.get("d").is_some() {
                 set.skipped
                     .push(format!("key {i}: private key material in a public key set"));
@@ -99,10 +116,7 @@ impl KeySet {
 
     /// Reads and parses a JWKS file; an empty result is an error.
     pub fn from_jwks_file(path: &Path) -> Result<KeySet, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::kit::file::read_string(path, crate::kit::file::Kind::Keys)?;
         let set = Self::from_jwks_json(&text, &path.display().to_string())?;
         if set.keys.is_empty() {
             return Err(KeyError::Empty {
@@ -113,19 +127,23 @@ impl KeySet {
     }
 
     /// The keys that may verify a JWS with this header: the one named by `kid` when given,
-    /// otherwise every key whose algorithms include `alg`.
+    /// otherwise the keys whose algorithms include `alg`; at most [`MAX_KEYS_TRIED`] either
+    /// way, so a forged token costs at most that many signature checks.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&'a str>,
         alg: Algorithm,
     ) -> impl Iterator<Item = &'a VerifyingKey> + 'a {
-        self.keys.iter().filter(move |k| {
-            k.algorithms.contains(&alg)
-                && match kid {
-                    Some(kid) => k.kid.as_deref() == Some(kid),
-                    None => true,
-                }
-        })
+        self.keys
+            .iter()
+            .filter(move |k| {
+                k.algorithms.contains(&alg)
+                    && match kid {
+                        Some(kid) => k.kid.as_deref() == Some(kid),
+                        None => true,
+                    }
+            })
+            .take(MAX_KEYS_TRIED)
     }
 }
 
@@ -143,14 +161,22 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
             EllipticCurve::P384 => vec![Algorithm::ES384],
             _ => return Err("unsupported EC curve".to_string()),
         },
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(p) => {
+            let bits = rsa_bits(&p.n).ok_or_else(|| "RSA modulus is not base64url".to_string())?;
+            if bits > MAX_RSA_BITS {
+                return Err(format!(
+                    "RSA key of {bits} bits; at most {MAX_RSA_BITS} are accepted"
+                ));
+            }
+            vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ]
+        }
         AlgorithmParameters::OctetKeyPair(p) => match p.curve {
             EllipticCurve::Ed25519 => vec![Algorithm::EdDSA],
             _ => return Err("unsupported OKP curve".to_string()),
@@ -179,6 +205,16 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
         algorithms,
         key,
     })
+}
+
+/// The size in bits of an RSA modulus given as base64url (JWK `n`).
+fn rsa_bits(n: &str) -> Option<usize> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(n.trim_end_matches('='))
+        .ok()?;
+    let first = bytes.iter().position(|b| *b != 0)?;
+    Some((bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize)
 }
 
 fn key_algorithm_to_jws(a: KeyAlgorithm) -> Option<Algorithm> {
@@ -242,10 +278,7 @@ impl SigningKey {
 
     /// Loads a PKCS#8 PEM private key (EC P-256, P-384 or Ed25519).
     pub fn from_pem_file(path: &Path) -> Result<SigningKey, KeyError> {
-        let text = std::fs::read(path).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = crate::kit::file::read(path, crate::kit::file::Kind::Keys)?;
         let block =
             pem::parse(&text).map_err(|e| KeyError::Pem(format!("{}: {e}", path.display())))?;
         if block.tag() != "PRIVATE KEY" {

@@ -790,6 +790,9 @@ fn publish_mlflow(
         auth,
         ca_pem: None,
         timeout: Duration::from_secs(30),
+        // The operator typed this URL on the command line to write to it; the sidecar's
+        // reads need `allow_plaintext = true` for an http:// registry.
+        allow_plaintext: true,
     };
     let client = provgate::registry::remote::client(&config).map_err(|e| anyhow!(e))?;
     tokio::runtime::Builder::new_current_thread()

@@ -307,6 +307,13 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
         }
         ApprovalView::Entry(Some(e)) => e,
     };
+    if entry.revoked {
+        return Decision::Deny {
+            reason: DenyReason::ApprovalRevoked,
+            detail: "the registry revoked the served digest",
+            record: entry.records.first().map(|c| c.record.clone()),
+        };
+    }
     if entry.records.is_empty() {
         return if entry.invalid.is_empty() {
             Decision::deny(

@@ -26,7 +26,7 @@ pub mod config;
 pub use self::config::ProbeKind;
 
 use self::config::Probe;
-use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::http::{ClientOptions, FetchError, Transport};
 use crate::kit::published::{Freshness, Published};
 use crate::policy::ServerView;
 use crate::telemetry::Metrics;
@@ -156,6 +156,12 @@ impl Prober {
             timeout: probe.timeout,
             ca_pem: None,
             user_agent: false,
+            // The model server's own scheme (the upstream's protocol); a redirect still never
+            // leaves HTTPS nor the server.
+            transport: Transport {
+                allow_plaintext: upstream.protocol != UpstreamProtocol::Https,
+                same_origin_redirects: true,
+            },
         })?
         .pool_max_idle_per_host(1);
         let base = match upstream.protocol {
@@ -250,7 +256,7 @@ impl Prober {
         }
         match self.client.get(url).send().await {
             Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Served::NotServing,
-            Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+            Ok(r) if r.status().is_success() => match read_json(r).await {
                 Ok(v) if v.get("name").and_then(|n| n.as_str()) == Some(model) => Served::Serving {
                     ollama_digest: None,
                 },
@@ -271,8 +277,19 @@ impl Prober {
         if !r.status().is_success() {
             return None;
         }
-        r.json().await.ok()
+        read_json(r).await.ok()
     }
+}
+
+/// Largest probe answer read (a model list of a large multi-model server fits easily); a
+/// Content-Length over it is refused before reading, a body without one is cut off there.
+pub const MAX_PROBE_BODY: usize = 4 << 20;
+
+/// A JSON probe answer, read through the bounded stream of [`crate::kit::http::body`].
+async fn read_json(r: reqwest::Response) -> Result<serde_json::Value, FetchError> {
+    let url = r.url().to_string();
+    let bytes = crate::kit::http::body(r, MAX_PROBE_BODY, "probe answer").await?;
+    serde_json::from_slice(&bytes).map_err(|e| FetchError::answer(&url, e))
 }
 
 /// `GET /v1/models`: is the model in `data[].id`? (A body without `data` is unreachable.)

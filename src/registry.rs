@@ -55,6 +55,9 @@ pub struct RegistryEntry {
     pub invalid: Vec<String>,
     /// The earliest `revalidate_after` among `records`.
     pub revalidate_after: Option<u64>,
+    /// The registry revoked the digest as a whole (an HTTP registry's 410, whatever its
+    /// body): nothing in `records` may allow it.
+    pub revoked: bool,
 }
 
 impl RegistryEntry {
@@ -75,6 +78,7 @@ impl RegistryEntry {
             records,
             invalid,
             revalidate_after,
+            revoked: false,
         }
     }
 }
@@ -95,11 +99,59 @@ pub struct Snapshot {
 /// reported, and the rest of the directory still loads.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    #[error("reading the revocation list: {0}")]
+    Revocations(#[from] crate::kit::file::ReadError),
     #[error("reading registry directory {path}: {source}")]
     Dir {
         path: String,
         source: std::io::Error,
     },
+}
+
+// === Rejection log ===
+
+/// The log of one round's rejected records: the first is logged in full, the rest are
+/// counted and summarised in one line when the round ends ([`RejectLog::finish`]), so a
+/// registry full of garbage costs two log lines per round, not one per record.
+#[derive(Debug)]
+pub struct RejectLog {
+    backend: &'static str,
+    rejected: usize,
+}
+
+impl RejectLog {
+    pub fn new(backend: &'static str) -> RejectLog {
+        RejectLog {
+            backend,
+            rejected: 0,
+        }
+    }
+
+    /// One record rejected: `origin` names it (a file, a model version), `error` says why.
+    pub fn reject(&mut self, origin: &dyn std::fmt::Display, error: &dyn std::fmt::Display) {
+        self.rejected += 1;
+        if self.rejected == 1 {
+            tracing::warn!(backend = self.backend, origin = %origin, error = %error,
+                "approval record rejected");
+        }
+    }
+
+    /// Records rejected so far.
+    pub fn count(&self) -> usize {
+        self.rejected
+    }
+
+    /// Ends the round: one line for the records not logged one by one.
+    pub fn finish(self) {
+        if self.rejected > 1 {
+            tracing::warn!(
+                backend = self.backend,
+                rejected = self.rejected,
+                not_logged = self.rejected - 1,
+                "approval records rejected in this round (the first is logged above)"
+            );
+        }
+    }
 }
 
 /// Loads a registry directory into a snapshot, verifying each record against `approvers`.
@@ -108,7 +160,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         path: dir.display().to_string(),
         source,
     };
-    let revoked = read_revocations(&dir.join(REVOCATION_FILE)).map_err(io_err)?;
+    let revoked = read_revocations(&dir.join(REVOCATION_FILE))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -128,11 +180,12 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         ..Snapshot::default()
     };
     let mut seen_ids = HashSet::new();
+    let mut rejects = RejectLog::new("dir");
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match crate::kit::file::read_string(&file, crate::kit::file::Kind::Record) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "approval record unreadable");
+                rejects.reject(&file.display(), &e);
                 snapshot.invalid_records += 1;
                 continue;
             }
@@ -155,7 +208,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                 snapshot.valid_records += 1;
             }
             Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "approval record rejected");
+                rejects.reject(&file.display(), &e);
                 snapshot.invalid_records += 1;
                 // Report the failure against the digest it claims, so a bad signature on the
                 // served digest reads as `approval_invalid`, not `artefact_unmanaged`.
@@ -169,6 +222,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
             }
         }
     }
+    rejects.finish();
     for (digest, (records, invalid)) in building {
         snapshot
             .by_digest
@@ -177,16 +231,17 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
     Ok(snapshot)
 }
 
-/// Reads `revoked.txt`; a missing file is an empty list.
-fn read_revocations(path: &Path) -> std::io::Result<HashSet<String>> {
-    match std::fs::read_to_string(path) {
+/// Reads `revoked.txt` (bounded, non-blocking: a FIFO or an oversized list fails the
+/// load, and the last good records age toward `max_stale`); a missing file is an empty list.
+fn read_revocations(path: &Path) -> Result<HashSet<String>, crate::kit::file::ReadError> {
+    match crate::kit::file::read_string(path, crate::kit::file::Kind::Revocations) {
         Ok(text) => Ok(text
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) if e.is_not_found() => Ok(HashSet::new()),
         Err(e) => Err(e),
     }
 }
@@ -367,6 +422,7 @@ pub(crate) struct FetchMetrics {
     pub ok: IntCounter,
     pub not_modified: IntCounter,
     pub not_found: IntCounter,
+    pub revoked: IntCounter,
     pub error: IntCounter,
     pub duration: Histogram,
 }
@@ -382,6 +438,7 @@ impl FetchMetrics {
             ok: counter("ok"),
             not_modified: counter("not_modified"),
             not_found: counter("not_found"),
+            revoked: counter("revoked"),
             error: counter("error"),
             duration: metrics
                 .registry_fetch_duration
@@ -399,6 +456,8 @@ pub struct DirRegistry {
     pub refresh_interval: Duration,
     pub store: Arc<ApprovalStore>,
     pub metrics: Arc<Metrics>,
+    /// Beaten between looks ([`crate::kit::watchdog`]).
+    pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
 impl DirRegistry {
@@ -409,7 +468,9 @@ impl DirRegistry {
             fetches: FetchMetrics::new(&self.metrics, "dir"),
             registry: &self,
         };
-        DirWatch::new(self.dir.clone()).run(&mut turn, &stop);
+        DirWatch::new(self.dir.clone())
+            .beating(self.heartbeat.clone())
+            .run(&mut turn, &stop);
     }
 }
 

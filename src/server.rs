@@ -4,7 +4,6 @@
 //! background services, so the server's shutdown stops them too, and runs the pingora server
 //! with the proxy and admin listeners. Returns only on a start-up error.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +13,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::admin::Admin;
-use crate::artefact::{ArtefactHandle, ArtefactMetrics, ArtefactWatcher};
+use crate::artefact::{ArtefactHandle, ArtefactMetrics, ArtefactWatcher, Scrubber};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::config::KeySource;
 use crate::identity::{Issuer, TokenVerifier};
 use crate::kit::http::FetchError;
 use crate::kit::service::{Async, Blocking};
+use crate::kit::watchdog::Watchdog;
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
 use crate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
@@ -44,6 +44,12 @@ pub enum StartError {
     #[error("trace exporter: {0}")]
     Tracing(FetchError),
 }
+
+/// How long a background service may go without a heartbeat before `/readyz` reports it
+/// stalled (twice that and `/healthz` fails). Hashing beats after every read buffer and the
+/// watches beat every fraction of a second, so only a read or an open that hangs (a dead
+/// network file system) comes near it.
+pub const STALL_BOUND: Duration = Duration::from_secs(60);
 
 /// The pingora server settings provgate runs with (shared with the load benchmark's
 /// pass-through proxy, so the two differ only in the checks).
@@ -114,6 +120,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     ));
     let audit = AuditLog::open(&config.audit, metrics.clone())?;
     let audit_at_exit = audit.clone();
+    // Every background service that must keep moving beats a heartbeat.
+    let watchdog = Arc::new(Watchdog::new());
 
     // One watcher service and one published state per guarded model.
     let mut models = Vec::with_capacity(config.models.len());
@@ -129,11 +137,30 @@ pub fn run(config: Config) -> Result<(), StartError> {
             handle: artefact.clone(),
             metrics: metrics.clone(),
             signers: m.signers.clone(),
+            heartbeat: Some(watchdog.register(format!("artefact {}", m.model), STALL_BOUND)),
         };
         blocking.push(Blocking::service(
             &format!("artefact {}", m.model),
             move |stop| watcher.run(stop),
         ));
+        if let Some(interval) = m.scrub_interval {
+            let scrubber = Scrubber {
+                model: m.model.clone(),
+                path: m.path.clone(),
+                serialization: m.serialization,
+                threads: m.hash_threads,
+                interval,
+                rate: m.scrub_rate,
+                handle: artefact.clone(),
+                metrics: metrics.clone(),
+                signers: m.signers.clone(),
+                heartbeat: Some(watchdog.register(format!("scrub {}", m.model), STALL_BOUND)),
+            };
+            blocking.push(Blocking::service(
+                &format!("scrub {}", m.model),
+                move |stop| scrubber.run(stop),
+            ));
+        }
         models.push(ModelGate {
             name: m.model.clone(),
             artefact,
@@ -163,6 +190,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 refresh_interval: config.registry.refresh_interval,
                 store: approvals.clone(),
                 metrics: metrics.clone(),
+                heartbeat: Some(watchdog.register("registry", STALL_BOUND)),
             };
             blocking.push(Blocking::service("registry", move |stop| {
                 registry.run(stop)
@@ -186,8 +214,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 approvals.clone(),
                 served,
                 metrics.clone(),
-                // The shutdown drops the refresher; nothing else stops it.
-                Arc::new(AtomicBool::new(false)),
+                // A round asks for every model's digest in turn, each within the timeout.
+                Some(watchdog.register(
+                    "registry",
+                    STALL_BOUND + remote.timeout * (models.len() as u32 + 1),
+                )),
             )
             .map_err(StartError::Registry)?;
             asynchronous.push(Async::service("registry", refresher));
@@ -296,6 +327,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             metrics,
             approvals,
             tokens,
+            watchdog,
         },
     );
     admin.add_tcp(&config.admin.to_string());

@@ -11,6 +11,8 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub mod logline;
+
 pub mod names {
     pub const REQUESTS_TOTAL: &str = "provgate_requests_total";
     pub const REQUEST_DURATION_SECONDS: &str = "provgate_request_duration_seconds";
@@ -21,6 +23,8 @@ pub mod names {
     pub const ARTEFACT_STATE: &str = "provgate_artefact_state";
     pub const ARTEFACT_INFO: &str = "provgate_artefact_info";
     pub const ARTEFACT_HASH_DURATION_SECONDS: &str = "provgate_artefact_hash_duration_seconds";
+    pub const ARTEFACT_SCRUBS_TOTAL: &str = "provgate_artefact_scrubs_total";
+    pub const BACKGROUND_STALLED: &str = "provgate_background_stalled";
     pub const APPROVAL_EXPIRY_TIMESTAMP_SECONDS: &str =
         "provgate_approval_expiry_timestamp_seconds";
     pub const REGISTRY_RECORDS: &str = "provgate_registry_records";
@@ -65,6 +69,10 @@ pub struct Metrics {
     pub artefact_state: IntGaugeVec,
     pub artefact_info: IntGaugeVec,
     pub artefact_hash_seconds: Histogram,
+    /// Periodic full re-verifications, by model and result (ok, mismatch, skipped, failed).
+    pub artefact_scrubs: IntCounterVec,
+    /// 1 for a background service whose heartbeat is older than its bound.
+    pub background_stalled: IntGaugeVec,
     pub approval_expiry: GaugeVec,
     pub registry_records_valid: IntGauge,
     pub registry_records_invalid: IntGauge,
@@ -180,6 +188,20 @@ impl Metrics {
             )
             .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0])
         ));
+        let artefact_scrubs = reg!(IntCounterVec::new(
+            Opts::new(
+                ARTEFACT_SCRUBS_TOTAL,
+                "Full re-verifications of the served files by model and result (ok, mismatch: content changed without a metadata change, skipped: a change raced the scrub, failed)."
+            ),
+            &["model", "result"]
+        ));
+        let background_stalled = reg!(IntGaugeVec::new(
+            Opts::new(
+                BACKGROUND_STALLED,
+                "1 for a background service (artefact, registry, keys, probe) that has made no progress within its bound."
+            ),
+            &["service"]
+        ));
         let approval_expiry = reg!(GaugeVec::new(
             Opts::new(
                 APPROVAL_EXPIRY_TIMESTAMP_SECONDS,
@@ -201,7 +223,7 @@ impl Metrics {
         let registry_fetches = reg!(IntCounterVec::new(
             Opts::new(
                 REGISTRY_FETCHES_TOTAL,
-                "Registry reads by backend (dir, mlflow, http) and result (ok, not_modified, not_found, error)."
+                "Registry reads by backend (dir, mlflow, http) and result (ok, not_modified, not_found, revoked: an HTTP 410, error)."
             ),
             &["backend", "result"]
         ));
@@ -342,6 +364,8 @@ impl Metrics {
             artefact_state,
             artefact_info,
             artefact_hash_seconds,
+            artefact_scrubs,
+            background_stalled,
             approval_expiry,
             registry_revoked_ids,
             registry_fetches,
@@ -383,6 +407,7 @@ pub fn init_logging(level: &str, json: bool) {
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
-        builder.try_init()
+        // Field values escaped: nothing from outside can start a new line.
+        builder.fmt_fields(logline::EscapedFields).try_init()
     };
 }

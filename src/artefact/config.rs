@@ -53,6 +53,17 @@ pub struct ArtefactFile {
     /// signature by the signer of that name.
     #[serde(default)]
     pub signers: Vec<SignerFile>,
+    /// How often every served file is read and hashed again in full (a scrub), whatever
+    /// the file system says: a write through a shared memory mapping can change the content
+    /// without changing size, times or raising an event. "0s" turns the scrub off. The
+    /// detection bound for such writes is `scrub_interval` plus one scrub
+    /// (model bytes / `scrub_rate`); README "Scrub".
+    #[serde(default = "default_scrub_interval")]
+    pub scrub_interval: String,
+    /// The scrub's read budget in bytes per second (e.g. "256MiB"): its CPU cost is about
+    /// this divided by one core's SHA-256 speed (about 1.35 GiB/s), spread over time.
+    #[serde(default = "default_scrub_rate")]
+    pub scrub_rate: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +77,12 @@ pub struct SignerFile {
 
 fn default_poll() -> String {
     "1s".into()
+}
+fn default_scrub_interval() -> String {
+    "1h".into()
+}
+fn default_scrub_rate() -> String {
+    "256MiB".into()
 }
 fn default_serialization() -> String {
     "files".into()
@@ -87,6 +104,10 @@ pub struct ModelConfig {
     pub serialization: Serialization,
     pub hash_threads: usize,
     pub signers: Arc<Vec<Signer>>,
+    /// Time between two full re-verifications; None: no scrub.
+    pub scrub_interval: Option<Duration>,
+    /// The scrub's budget, bytes per second.
+    pub scrub_rate: u64,
     /// For an adapter: the name of the model it is applied to.
     pub base: Option<String>,
 }
@@ -149,6 +170,12 @@ impl ArtefactFile {
     /// Checks one model's section, found at `key`.
     fn validate(&self, key: &str, cores: usize, errors: &mut Errors) -> ModelConfig {
         let poll_interval = errors.duration(&format!("{key}.poll_interval"), &self.poll_interval);
+        let scrub_interval =
+            errors.duration(&format!("{key}.scrub_interval"), &self.scrub_interval);
+        let scrub_rate = errors.bytes(&format!("{key}.scrub_rate"), &self.scrub_rate);
+        if scrub_rate == 0 {
+            errors.push(format_args!("{key}.scrub_rate"), "must be more than zero");
+        }
         errors.more_than_zero(&format!("{key}.poll_interval"), poll_interval);
         errors.nonempty(&format!("{key}.model"), &self.model);
         errors.nonempty(&format!("{key}.path"), &self.path);
@@ -197,6 +224,8 @@ impl ArtefactFile {
                 self.hash_threads
             },
             signers: Arc::new(signers),
+            scrub_interval: (!scrub_interval.is_zero()).then_some(scrub_interval),
+            scrub_rate,
             base: match (self.kind.as_deref(), &self.base) {
                 (None | Some("model"), None) => None,
                 (Some("adapter"), Some(b)) => Some(b.clone()),

@@ -31,6 +31,7 @@ fn the_watcher_publishes_and_follows_changes() {
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -69,6 +70,7 @@ fn the_watcher_follows_an_edit_in_place_under_shards() {
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -156,6 +158,7 @@ fn a_stop_abandons_a_hash_in_progress() {
         handle: handle.clone(),
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
+        heartbeat: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -171,4 +174,118 @@ fn a_stop_abandons_a_hash_in_progress() {
     // Neither a digest nor a failure: the hash was abandoned, not finished.
     assert!(matches!(**handle.load(), ArtefactState::Pending));
     assert!(!handle.is_settled());
+}
+
+fn scrubber(dir: &std::path::Path, handle: &Arc<ArtefactHandle>, rate: u64) -> Scrubber {
+    Scrubber {
+        model: "m".into(),
+        path: dir.to_path_buf(),
+        serialization: Serialization::Files,
+        threads: 1,
+        interval: Duration::from_secs(3600),
+        rate,
+        handle: handle.clone(),
+        metrics: Arc::new(Metrics::new()),
+        signers: Arc::new(Vec::new()),
+        heartbeat: None,
+    }
+}
+
+fn ready(digest: Digest) -> ArtefactState {
+    ArtefactState::Ready {
+        digest,
+        files: 1,
+        bytes: 7,
+        signature: crate::oms::SignatureState::Absent,
+    }
+}
+
+#[test]
+fn a_scrub_finds_content_changed_behind_the_published_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w"), b"weights").unwrap();
+    let approved = compute_manifest(dir.path(), 1).unwrap().root;
+    let handle = Arc::new(ArtefactHandle::default());
+    handle.set(ready(approved));
+    let s = scrubber(dir.path(), &handle, 1 << 30);
+    let stop = Arc::new(AtomicBool::new(false));
+    assert_eq!(s.scrub_once(&stop), ScrubOutcome::Ok);
+    assert_eq!(handle.load().digest(), Some(&approved));
+
+    // Same size; the watcher is not running, so only the scrub can see it.
+    std::fs::write(dir.path().join("w"), b"WEIGHTS").unwrap();
+    assert_eq!(s.scrub_once(&stop), ScrubOutcome::Mismatch);
+    let found = compute_manifest(dir.path(), 1).unwrap().root;
+    assert_eq!(handle.load().digest(), Some(&found));
+    assert_ne!(found, approved);
+    assert!(handle.distrust.load(Ordering::Relaxed));
+    let scrubs = s
+        .metrics
+        .artefact_scrubs
+        .with_label_values(&["m", "mismatch"])
+        .get();
+    assert_eq!(scrubs, 1);
+    // One digest series for the model: the scrub's finding, not the approved digest too.
+    let m = &s.metrics;
+    ArtefactMetrics::new(m, "m").set(&ready(approved));
+    ArtefactMetrics::new(m, "m").set(&ready(found));
+    let text = String::from_utf8(m.encode()).unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("provgate_artefact_info{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(series[0].contains(&found.to_string()), "{series:?}");
+}
+
+#[test]
+fn a_scrub_never_overwrites_what_the_watcher_published_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w"), b"weights").unwrap();
+    let handle = Arc::new(ArtefactHandle::default());
+    let current = {
+        handle.set(ready(Digest([1; 32])));
+        handle.state.load_full()
+    };
+    handle.set(ArtefactState::Hashing);
+    assert!(!handle.state.store_if(&current, ready(Digest([2; 32]))));
+    assert!(handle.load().digest().is_none());
+    // Nothing published: nothing to compare with.
+    let s = scrubber(dir.path(), &handle, 1 << 30);
+    assert_eq!(
+        s.scrub_once(&Arc::new(AtomicBool::new(false))),
+        ScrubOutcome::Skipped
+    );
+}
+
+#[test]
+fn a_scrub_keeps_to_its_rate_and_stops_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("w"), vec![0u8; 4 << 20]).unwrap();
+    let handle = Arc::new(ArtefactHandle::default());
+    handle.set(ready(compute_manifest(dir.path(), 1).unwrap().root));
+    // 4 MiB at 8 MiB/s: about half a second.
+    let s = scrubber(dir.path(), &handle, 8 << 20);
+    let t = Instant::now();
+    assert_eq!(
+        s.scrub_once(&Arc::new(AtomicBool::new(false))),
+        ScrubOutcome::Ok
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    // At 1 MiB/s it would take 4 s; a stop ends it within a slice.
+    let slow = scrubber(dir.path(), &handle, 1 << 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = Instant::now();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        flag.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(slow.scrub_once(&stop), ScrubOutcome::Stopped);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    stopper.join().unwrap();
 }

@@ -185,6 +185,25 @@ fn an_issuer_names_exactly_one_key_source() {
     let bad = remote.replace("https://issuer.example.org/.well-known", "ftp://x");
     let err = FileConfig::parse(&bad).unwrap().validate().unwrap_err();
     assert!(err.0.iter().any(|e| e.contains("discovery_url")), "{err}");
+
+    // Plaintext keys only when asked for, per issuer.
+    let plain = remote.replace("https://issuer.example.org", "http://127.0.0.1:9");
+    let err = FileConfig::parse(&plain).unwrap().validate().unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.contains("discovery_url") && e.contains("plaintext HTTP")),
+        "{err}"
+    );
+    let allowed = plain.replace(
+        "max_stale = \"2m\"",
+        "max_stale = \"2m\"\nallow_plaintext = true",
+    );
+    let c = FileConfig::parse(&allowed).unwrap().validate().unwrap();
+    match &c.callers.issuers[0].keys {
+        KeySource::Remote(r) => assert!(r.allow_plaintext),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -296,7 +315,7 @@ fn remote_registries_validate_their_own_keys() {
     let with_registry = |body: &str| good(dir.path()).replace(&dir_section, body);
 
     let ok = format!(
-        "kind = \"mlflow\"\nurl = \"http://127.0.0.1:5000/\"\ntoken_file = \"{}\"\nrefresh_interval = \"2s\"",
+        "kind = \"mlflow\"\nurl = \"http://127.0.0.1:5000/\"\nallow_plaintext = true\ntoken_file = \"{}\"\nrefresh_interval = \"2s\"",
         token.display()
     );
     let c = FileConfig::parse(&with_registry(&ok))
@@ -324,9 +343,13 @@ fn remote_registries_validate_their_own_keys() {
 
     for (body, needle) in [
         ("kind = \"http\"", "registry.url: required"),
+        (
+            "kind = \"http\"\nurl = \"http://registry.example.org\"",
+            "registry.url: \"http://registry.example.org\" is plaintext HTTP",
+        ),
         ("kind = \"http\"\nurl = \"ftp://x\"", "registry.url"),
         (
-            "kind = \"http\"\nurl = \"http://x/?a=b\"",
+            "kind = \"http\"\nurl = \"http://x/?a=b\"\nallow_plaintext = true",
             "without a query",
         ),
         ("kind = \"http\"\nurl = \"not a url\"", "registry.url"),

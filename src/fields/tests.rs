@@ -68,3 +68,16 @@ fn missing_files_are_reported_with_their_path() {
         m[1]
     );
 }
+
+#[test]
+fn byte_sizes_parse_with_binary_units() {
+    assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+    assert_eq!(parse_bytes("64KiB"), Some(64 << 10));
+    assert_eq!(parse_bytes("256MiB"), Some(256 << 20));
+    assert_eq!(parse_bytes("2G"), Some(2 << 30));
+    assert_eq!(parse_bytes("5 MB"), None);
+    assert_eq!(parse_bytes("MiB"), None);
+    let mut e = Errors::new();
+    assert_eq!(e.bytes("k", "lots"), 1 << 20);
+    assert_eq!(e.into_messages().len(), 1);
+}

@@ -59,6 +59,11 @@ pub struct IssuerFile {
     /// PEM CA bundle trusted for the URLs above, besides the built-in web roots.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Allow `http://` for the URLs above and a discovery document's `jwks_uri`: keys
+    /// fetched in plaintext can be swapped on the way, so for loopback test set-ups only.
+    /// Redirects never leave HTTPS nor the origin either way.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Bounds on the refresh period the server's hints ask for (Cache-Control max-age,
     /// SPIFFE `spiffe_refresh_hint`); without a hint, `refresh_max`.
     #[serde(default = "default_refresh_min")]
@@ -176,6 +181,8 @@ pub struct RemoteKeys {
     pub discovery: bool,
     /// Extra trusted CA certificates, PEM.
     pub ca_pem: Option<Vec<u8>>,
+    /// `http://` allowed (`allow_plaintext = true`).
+    pub allow_plaintext: bool,
     pub refresh_min: Duration,
     pub refresh_max: Duration,
     pub max_stale: Duration,
@@ -350,6 +357,13 @@ impl IssuerFile {
                         format_args!("{key}.{field}"),
                         format_args!("{url:?} is not an http(s) URL"),
                     );
+                } else if url.starts_with("http://") && !self.allow_plaintext {
+                    errors.push(
+                        format_args!("{key}.{field}"),
+                        format_args!(
+                            "{url:?} is plaintext HTTP; use https, or set allow_plaintext = true (loopback test set-ups only)"
+                        ),
+                    );
                 }
                 let ca_pem = self
                     .ca_file
@@ -368,6 +382,7 @@ impl IssuerFile {
                     url: url.clone(),
                     discovery,
                     ca_pem,
+                    allow_plaintext: self.allow_plaintext,
                     refresh_min: d("refresh_min", &self.refresh_min),
                     refresh_max: d("refresh_max", &self.refresh_max),
                     max_stale: d("max_stale", &self.max_stale),

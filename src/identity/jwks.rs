@@ -19,7 +19,7 @@ use super::config::RemoteKeys;
 use super::Issuer;
 use crate::keys::KeySet;
 use crate::kit::backoff::Backoff;
-use crate::kit::http::{send, ClientOptions, FetchError};
+use crate::kit::http::{send, ClientOptions, FetchError, Transport};
 use crate::kit::published::Freshness;
 use crate::telemetry::Metrics;
 
@@ -106,7 +106,17 @@ fn client(config: &RemoteKeys) -> Result<reqwest::Client, FetchError> {
         timeout: Duration::from_secs(10),
         ca_pem: config.ca_pem.as_deref(),
         user_agent: false,
+        // Key material: HTTPS only, and a redirect never leaves the origin.
+        transport: transport(config),
     })
+}
+
+/// The transport rules for an issuer's documents.
+fn transport(config: &RemoteKeys) -> Transport {
+    Transport {
+        allow_plaintext: config.allow_plaintext,
+        same_origin_redirects: true,
+    }
 }
 
 /// Keeps one issuer's keys fresh, forever.
@@ -193,6 +203,8 @@ async fn fetch(
     } else {
         config.url.clone()
     };
+    // A discovery document must not send the keys fetch to plaintext.
+    transport(config).check(&jwks_url)?;
     let (body, max_age) = get(client, &jwks_url).await?;
     let text = std::str::from_utf8(&body).map_err(|_| FetchError::NotUtf8 {
         url: jwks_url.clone(),

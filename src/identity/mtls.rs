@@ -20,8 +20,9 @@ pub const CERTIFICATE_ISSUER: &str = "x509-svid";
 /// A connection's verified certificate identity, stored in pingora's TLS digest.
 pub struct CertCaller(pub Arc<Caller>);
 
-/// The SPIFFE ID of a DER certificate: its only URI SAN, which must be a `spiffe://` URI.
-/// None when there is no SAN, several URI SANs, or a non-SPIFFE URI.
+/// The SPIFFE ID of a DER certificate: its only URI SAN, which must be a valid SPIFFE ID
+/// ([`super::spiffe_id`], as for token callers). None when there is no SAN, several URI
+/// SANs, a non-SPIFFE URI or an invalid one (`..` segments, an empty segment, a query).
 pub fn spiffe_id(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
@@ -30,9 +31,11 @@ pub fn spiffe_id(der: &[u8]) -> Option<String> {
         _ => None,
     });
     let uri = uris.next()?;
-    if uris.next().is_some() || !uri.starts_with("spiffe://") {
+    if uris.next().is_some() {
         return None;
     }
+    // The same validation as a token caller's SPIFFE `sub` (no `..` segments and the like).
+    super::spiffe_id(uri, None).ok()?;
     Some(uri.to_string())
 }
 
@@ -127,6 +130,18 @@ mod tests {
             None
         );
         assert_eq!(spiffe_id(&cert(vec![uri("https://example.org/x")])), None);
+        // Validated like a token caller's sub.
+        for bad in [
+            "spiffe://example.org/ns/../admin",
+            "spiffe://example.org/ns//x",
+            "spiffe://example.org/./x",
+            "spiffe://example.org",
+            "spiffe://example.org/",
+            "spiffe://Example.org/x",
+            "spiffe://example.org/x?y",
+        ] {
+            assert_eq!(spiffe_id(&cert(vec![uri(bad)])), None, "{bad}");
+        }
         assert_eq!(spiffe_id(&cert(vec![])), None);
         assert_eq!(spiffe_id(b"not a certificate"), None);
     }

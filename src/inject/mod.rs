@@ -100,8 +100,17 @@ pub enum Registry {
 impl std::str::FromStr for Registry {
     type Err = String;
 
-    /// `configmap`, `mlflow=URL` or `http=URL`.
+    /// `configmap`, `mlflow=URL` or `http=URL`; the URL must be `https://` (provgate reads
+    /// registries over HTTPS only; `allow_plaintext` is for loopback test set-ups, never
+    /// for a cluster service).
     fn from_str(s: &str) -> Result<Registry, String> {
+        if let Some((_, url)) = s.split_once('=') {
+            if !url.starts_with("https://") {
+                return Err(format!(
+                    "registry {s:?}: the URL must be https:// (registries are read over HTTPS only)"
+                ));
+            }
+        }
         match s.split_once('=') {
             None if s == "configmap" => Ok(Registry::ConfigMap),
             Some(("mlflow", url)) if !url.is_empty() => Ok(Registry::Mlflow(url.into())),

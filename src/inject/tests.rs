@@ -166,9 +166,12 @@ fn a_second_run_changes_nothing() {
 fn registry_option_parses() {
     assert_eq!("configmap".parse(), Ok(Registry::ConfigMap));
     assert_eq!(
-        "mlflow=http://m:5000".parse(),
-        Ok(Registry::Mlflow("http://m:5000".into()))
+        "mlflow=https://m:5000".parse(),
+        Ok(Registry::Mlflow("https://m:5000".into()))
     );
+    // Registries are read over HTTPS only.
+    let e = "mlflow=http://m:5000".parse::<Registry>().unwrap_err();
+    assert!(e.contains("must be https://"), "{e}");
     assert_eq!(
         "http=https://r".parse(),
         Ok(Registry::Http("https://r".into()))

@@ -106,6 +106,8 @@ pub trait Hooks {
 pub struct DirWatch {
     pub path: PathBuf,
     pub settle: Duration,
+    /// Beaten on every look and every [`STOP_SLICE`] of waiting ([`super::watchdog`]).
+    pub heartbeat: Option<std::sync::Arc<super::watchdog::Heartbeat>>,
 }
 
 impl DirWatch {
@@ -113,6 +115,21 @@ impl DirWatch {
         DirWatch {
             path,
             settle: SETTLE,
+            heartbeat: None,
+        }
+    }
+
+    /// The same watch, beating `heartbeat` as it goes.
+    pub fn beating(
+        self,
+        heartbeat: Option<std::sync::Arc<super::watchdog::Heartbeat>>,
+    ) -> DirWatch {
+        DirWatch { heartbeat, ..self }
+    }
+
+    fn beat(&self) {
+        if let Some(h) = &self.heartbeat {
+            h.beat();
         }
     }
 
@@ -122,6 +139,7 @@ impl DirWatch {
         let mut watcher = None;
         let mut last: Option<Fingerprint> = None;
         while !stop.load(Ordering::Relaxed) {
+            self.beat();
             if watcher.is_none() {
                 // The path may not exist yet, or may have been replaced: (re)attach; the
                 // rescans cover the gap.
@@ -138,7 +156,7 @@ impl DirWatch {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            match wait(&rx, hooks.wait(), stop) {
+            match wait(&rx, hooks.wait(), stop, &|| self.beat()) {
                 Ok(()) => {
                     hooks.event();
                     // Let a burst of writes settle before looking again.
@@ -158,9 +176,15 @@ impl DirWatch {
 
 /// Waits for an event for at most `timeout`, looking at `stop` every [`STOP_SLICE`]; a stop
 /// reads as a timeout.
-fn wait(rx: &Receiver<()>, timeout: Duration, stop: &AtomicBool) -> Result<(), RecvTimeoutError> {
+fn wait(
+    rx: &Receiver<()>,
+    timeout: Duration,
+    stop: &AtomicBool,
+    beat: &dyn Fn(),
+) -> Result<(), RecvTimeoutError> {
     let deadline = Instant::now() + timeout;
     loop {
+        beat();
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(STOP_SLICE)) {
             Err(RecvTimeoutError::Timeout)

@@ -7,15 +7,19 @@
 //! - [`published`]: a value published through `arc-swap` with its freshness clock (synced
 //!   flag, last success), read on the request path with one atomic load;
 //! - [`backoff`]: the one retry schedule (doubling to a cap, jitter a parameter);
+//! - [`file`]: the one bounded, non-blocking file read (regular files only, a cap per kind);
 //! - [`http`]: the one HTTP client builder (rustls, CA file, timeouts) and bounded body
 //!   reads, with typed fetch errors;
-//! - [`service`]: loops as pingora background services, so a shutdown stops them.
+//! - [`service`]: loops as pingora background services, so a shutdown stops them;
+//! - [`watchdog`]: a heartbeat per background service, so a stuck one is seen.
 //!
 //! The kit owns no domain type: it knows nothing of artefacts, records, keys or requests,
 //! and imports nothing from the crate but OMS's file identity (for fingerprints).
 
 pub mod backoff;
 pub mod dirwatch;
+pub mod file;
 pub mod http;
 pub mod published;
 pub mod service;
+pub mod watchdog;

@@ -126,6 +126,14 @@ impl<T> Published<T> {
         self.value.store(Arc::new(value));
     }
 
+    /// Replaces the value only if it is still `current` (the same `Arc`); true when it was.
+    /// For a second writer (a scrub) that must not overwrite what the first published
+    /// meanwhile.
+    pub fn store_if(&self, current: &Arc<T>, value: T) -> bool {
+        let previous = self.value.compare_and_swap(current, Arc::new(value));
+        Arc::ptr_eq(&previous, current)
+    }
+
     /// Replaces the value and records a successful round.
     pub fn publish(&self, value: T) {
         self.store(value);

@@ -230,6 +230,11 @@ pub struct HashOptions {
     pub racy_margin: Duration,
     /// Set by the owner to abandon the hash (a shutdown): checked between reads.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// At most this many bytes per second over all threads (a scrub's CPU budget); None
+    /// reads as fast as the disk and the threads allow.
+    pub rate: Option<u64>,
+    /// Beaten after every read ([`crate::kit::watchdog`]): a read that hangs shows.
+    pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
 impl HashOptions {
@@ -240,6 +245,21 @@ impl HashOptions {
             read_buffer: DEFAULT_READ_BUFFER,
             racy_margin: RACY_MARGIN,
             cancel: None,
+            rate: None,
+            heartbeat: None,
+        }
+    }
+
+    /// The same options, beating `heartbeat` after every read.
+    pub fn beating(self, heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>) -> HashOptions {
+        HashOptions { heartbeat, ..self }
+    }
+
+    /// The same options, reading at most `bytes_per_second` over all threads.
+    pub fn rate_limited(self, bytes_per_second: u64) -> HashOptions {
+        HashOptions {
+            rate: Some(bytes_per_second.max(1)),
+            ..self
         }
     }
 
@@ -494,7 +514,12 @@ pub(crate) fn run_jobs(
                         let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
                         };
-                        match hash_job(files, job, &mut open, &mut buf, opts.cancel.as_deref()) {
+                        let pace = Pace {
+                            cancel: opts.cancel.as_deref(),
+                            rate: opts.rate.map(|r| (r / threads as u64).max(1)),
+                            heartbeat: opts.heartbeat.as_deref(),
+                        };
+                        match hash_job(files, job, &mut open, &mut buf, &pace) {
                             Ok(d) => mine.push((job.slot, d)),
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -534,22 +559,41 @@ fn hash_job(
     job: &Job,
     open: &mut Option<(usize, std::fs::File)>,
     buf: &mut [u8],
-    cancel: Option<&AtomicBool>,
+    pace: &Pace<'_>,
 ) -> Result<[u8; 32], HashError> {
+    let cancel = pace.cancel;
+    let started = std::time::Instant::now();
     let f = files.get(job.file).ok_or(HashError::Panicked)?;
     let file = match open {
         Some((i, file)) if *i == job.file => file,
         _ => {
-            let file = std::fs::File::open(&f.abs).map_err(io_err(&f.abs))?;
+            // Without blocking, and only a regular file: a FIFO or device swapped in for the
+            // listed file since the listing is refused at once, never waited on.
+            let (file, meta) = crate::kit::file::open_regular(&f.abs).map_err(|e| match e {
+                crate::kit::file::ReadError::Io { source, .. } => io_err(&f.abs)(source),
+                _ => HashError::Changed(f.abs.display().to_string()),
+            })?;
+            if FileIdentity::of(&meta) != f.identity {
+                return Err(HashError::Changed(f.abs.display().to_string()));
+            }
             &open.insert((job.file, file)).1
         }
     };
     let changed = || HashError::Changed(f.abs.display().to_string());
     let mut hasher = Sha256::new();
     let mut pos = job.start;
+    let mut since_check = 0u64;
     while pos < job.end {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(HashError::Cancelled);
+        }
+        // A pass no longer needed is abandoned: every RECHECK_BYTES, the file must still be
+        // the listed one, unchanged, and still at its path (not removed or renamed over).
+        if since_check >= RECHECK_BYTES {
+            since_check = 0;
+            if still_listed(file, f).is_err() {
+                return Err(changed());
+            }
         }
         let want = usize::try_from(job.end - pos).map_or(buf.len(), |n| n.min(buf.len()));
         match file.read_at(&mut buf[..want], pos) {
@@ -557,6 +601,8 @@ fn hash_job(
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 pos += n as u64;
+                since_check += n as u64;
+                pace.wait(started, pos - job.start)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(&f.abs)(e)),
@@ -576,6 +622,61 @@ fn hash_job(
         return Err(changed());
     }
     Ok(hasher.finalize().into())
+}
+
+/// How a hashing thread paces itself: the stop flag it looks at, and its share of the rate.
+pub(crate) struct Pace<'a> {
+    pub cancel: Option<&'a AtomicBool>,
+    /// Bytes per second for this thread.
+    pub rate: Option<u64>,
+    /// Beaten after every read and every pause.
+    pub heartbeat: Option<&'a crate::kit::watchdog::Heartbeat>,
+}
+
+impl Pace<'_> {
+    /// Sleeps until `done` bytes read since `started` are within the rate, looking at the
+    /// stop flag at least every 100 ms.
+    fn wait(&self, started: std::time::Instant, done: u64) -> Result<(), HashError> {
+        if let Some(h) = self.heartbeat {
+            h.beat();
+        }
+        let Some(rate) = self.rate else {
+            return Ok(());
+        };
+        let due = Duration::from_secs_f64(done as f64 / rate as f64);
+        loop {
+            let ahead = due.saturating_sub(started.elapsed());
+            if ahead.is_zero() {
+                return Ok(());
+            }
+            if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(HashError::Cancelled);
+            }
+            std::thread::sleep(ahead.min(Duration::from_millis(100)));
+            if let Some(h) = self.heartbeat {
+                h.beat();
+            }
+        }
+    }
+}
+
+/// How many bytes a hashing thread reads between two checks that its file is still the
+/// listed one ([`still_listed`]): two `stat` calls per 64 MiB, so a file removed or
+/// replaced while hashed is abandoned within a fraction of a second, not hashed to its end.
+pub const RECHECK_BYTES: u64 = 64 << 20;
+
+/// Whether the open `file` is still `f` as listed: same identity, still linked, and still
+/// the file at its path.
+fn still_listed(file: &std::fs::File, f: &ListedFile) -> Result<(), ()> {
+    let meta = file.metadata().map_err(|_| ())?;
+    if meta.nlink() == 0 || FileIdentity::of(&meta) != f.identity {
+        return Err(());
+    }
+    let at_path = std::fs::symlink_metadata(&f.abs).map_err(|_| ())?;
+    if (at_path.dev(), at_path.ino()) != (f.identity.dev, f.identity.inode) {
+        return Err(());
+    }
+    Ok(())
 }
 
 /// A relative path in POSIX spelling.

@@ -42,11 +42,8 @@ impl std::fmt::Debug for Signer {
 /// Why a signer key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::kit::file::ReadError),
     #[error("{path}: {source}")]
     Pem { path: String, source: pem::PemError },
     #[error("{path}: not a public key: {detail}")]
@@ -59,10 +56,7 @@ impl Signer {
     /// Loads an EC P-256 or P-384 public key from a PEM `PUBLIC KEY` block.
     pub fn from_pem_file(name: &str, path: &Path) -> Result<Signer, SignerError> {
         let shown = || path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| SignerError::Read {
-            path: shown(),
-            source,
-        })?;
+        let text = crate::kit::file::read(path, crate::kit::file::Kind::Keys)?;
         let block = pem::parse(&text).map_err(|source| SignerError::Pem {
             path: shown(),
             source,
@@ -153,10 +147,11 @@ pub fn verify_dir_with(
     threads: usize,
 ) -> SignatureState {
     let path = signature_path(dir);
-    let bytes = match std::fs::read(&path) {
+    // Bounded and non-blocking: a FIFO, a device or a sparse giant is an invalid signature.
+    let bytes = match crate::kit::file::read(&path, crate::kit::file::Kind::Signature) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return SignatureState::Absent,
-        Err(e) => return invalid(format!("{}: {e}", path.display())),
+        Err(e) if e.is_not_found() => return SignatureState::Absent,
+        Err(e) => return invalid(e.to_string()),
     };
     match verify_bundle(dir, &bytes, signers, served, threads) {
         Ok(signer) => SignatureState::Valid { signer },

@@ -67,6 +67,7 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
             .collect(),
         invalid: vec![],
         revalidate_after: None,
+        revoked: false,
     }
 }
 
@@ -162,9 +163,31 @@ fn decision_table() {
                 records: vec![],
                 invalid: vec!["bad signature".into()],
                 revalidate_after: None,
+                revoked: false,
             });
             c.want = Err(ApprovalInvalid)
         }),
+        with(
+            base("the registry revoked the digest, no record readable"),
+            |c| {
+                c.entry = Some(RegistryEntry {
+                    records: vec![],
+                    invalid: vec![],
+                    revalidate_after: None,
+                    revoked: true,
+                });
+                c.want = Err(ApprovalRevoked)
+            },
+        ),
+        with(
+            base("the registry revoked the digest of a valid record"),
+            |c| {
+                let mut e = c.entry.take().expect("the base case has a valid record");
+                e.revoked = true;
+                c.entry = Some(e);
+                c.want = Err(ApprovalRevoked)
+            },
+        ),
         with(base("revoked"), |c| {
             c.entry = Some(entry_of(vec![(claims(), true)]));
             c.want = Err(ApprovalRevoked)

@@ -37,6 +37,11 @@ pub struct RegistryFile {
     /// `mlflow`, `http`: extra trusted CA certificates (PEM) for an `https` URL.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// `mlflow`, `http`: allow an `http://` URL. Records are signed, but a plaintext
+    /// registry can withhold revocations unseen: for loopback test set-ups only. Redirects
+    /// never leave HTTPS either way.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// How often the records are fetched (`dir`: rescanned, besides inotify events).
     #[serde(default = "default_refresh", alias = "rescan_interval")]
     pub refresh_interval: String,
@@ -113,6 +118,8 @@ pub struct RemoteRegistry {
     /// Extra trusted CA certificates, PEM.
     pub ca_pem: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// `http://` allowed (`allow_plaintext = true`).
+    pub allow_plaintext: bool,
 }
 
 // === impl RegistryFile ===
@@ -192,6 +199,15 @@ impl RegistryFile {
                 String::new()
             }
             Some(url) => match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" && !self.allow_plaintext => {
+                    errors.push(
+                        "registry.url",
+                        format_args!(
+                            "{url:?} is plaintext HTTP; use https, or set allow_plaintext = true (loopback test set-ups only)"
+                        ),
+                    );
+                    String::new()
+                }
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => {
                     url.trim_end_matches('/').to_string()
                 }
@@ -234,6 +250,7 @@ impl RegistryFile {
             auth,
             ca_pem,
             timeout,
+            allow_plaintext: self.allow_plaintext,
         })
     }
 }

@@ -11,8 +11,9 @@
 //!      header lets the next ask cost a 304
 //! 304  unchanged since the ETag sent
 //! 404  no record for this digest
-//! 410  the digest's records are revoked; the body carries them as for 200 (an empty 410
-//!      reads as 404)
+//! 410  the digest is revoked, whatever the body says: the body may carry its records as
+//!      for 200 (for the audit log); an empty, oversized or non-UTF-8 body is still a
+//!      revocation, never an error that would keep the last good records in use
 //! any other status, or no answer within `timeout`: an error; the last good records stay in
 //!      use until `max_stale`
 //! ```
@@ -63,7 +64,20 @@ impl Source for HttpRegistry {
             .map(str::to_string);
         let revoked = match status.as_u16() {
             200 => false,
-            410 => true,
+            410 => {
+                // Revoked whatever the body: reading it is only for the record IDs.
+                let records = match body(resp).await {
+                    Ok(bytes) => std::str::from_utf8(&bytes)
+                        .map(|text| parse_records(text, true, &self.url))
+                        .unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(url = %self.url, error = %e,
+                            "registry answered 410 with an unreadable body; the digest is revoked");
+                        Vec::new()
+                    }
+                };
+                return Ok(Fetched::Revoked { records });
+            }
             304 => return Ok(Fetched::NotModified),
             404 => {
                 return Ok(Fetched::Records {
@@ -90,11 +104,16 @@ impl Source for HttpRegistry {
     }
 }
 
-/// One record per non-blank line.
+/// Records read from one answer at most; the rest of the lines are ignored (a digest has a
+/// handful of records; a flood of lines costs neither CPU nor log beyond this).
+pub const MAX_RECORDS: usize = 256;
+
+/// One record per non-blank line, at most [`MAX_RECORDS`].
 fn parse_records(text: &str, revoked: bool, url: &str) -> Vec<FetchedRecord> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
+        .take(MAX_RECORDS)
         .enumerate()
         .map(|(i, jws)| FetchedRecord {
             jws: jws.to_string(),

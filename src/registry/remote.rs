@@ -27,7 +27,7 @@ use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
 use crate::keys::KeySet;
 use crate::kit::backoff::Backoff;
-use crate::kit::http::{ClientOptions, FetchError};
+use crate::kit::http::{ClientOptions, FetchError, Transport};
 use crate::telemetry::Metrics;
 
 /// How often the refresher looks for a newly served digest.
@@ -54,6 +54,8 @@ pub struct Refresher<S: Source> {
     /// The digests being served now (read every [`TICK`]).
     pub served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
     pub metrics: Arc<Metrics>,
+    /// Beaten every [`TICK`] ([`crate::kit::watchdog`]).
+    pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
 impl<S: Source> Refresher<S> {
@@ -66,6 +68,9 @@ impl<S: Source> Refresher<S> {
         let mut last_round_ms = 0;
         let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval);
         while !stop.load(Ordering::Relaxed) {
+            if let Some(h) = &self.heartbeat {
+                h.beat();
+            }
             let mut served = (self.served)();
             served.sort();
             served.dedup();
@@ -118,21 +123,31 @@ impl<S: Source> Refresher<S> {
                     tracing::warn!(backend = self.source.label(), %digest,
                         "registry answered 304 to a request without an ETag");
                 }
-                Ok(Fetched::Records { records, etag }) => {
-                    if records.is_empty() {
+                Ok(fetched @ (Fetched::Records { .. } | Fetched::Revoked { .. })) => {
+                    let (records, etag, revoked) = match fetched {
+                        Fetched::Records { records, etag } => (records, etag, false),
+                        Fetched::Revoked { records } => (records, None, true),
+                        Fetched::NotModified => (Vec::new(), None, false),
+                    };
+                    if revoked {
+                        m.revoked.inc();
+                    } else if records.is_empty() {
                         m.not_found.inc();
                     } else {
                         m.ok.inc();
                     }
                     let previous = tracked.remove(digest);
                     let (entry, verified, same) = match previous {
-                        Some(p) if p.fetched == records => (p.entry, p.verified, true),
+                        Some(p) if p.fetched == records && p.entry.revoked == revoked => {
+                            (p.entry, p.verified, true)
+                        }
                         previous => {
-                            let (entry, verified) = self.verify(
+                            let (mut entry, verified) = self.verify(
                                 digest,
                                 &records,
                                 previous.map(|p| p.verified).unwrap_or_default(),
                             );
+                            entry.revoked = revoked;
                             (Arc::new(entry), verified, false)
                         }
                     };
@@ -141,6 +156,7 @@ impl<S: Source> Refresher<S> {
                         tracing::info!(backend = self.source.label(), %digest,
                             valid = entry.records.len(), invalid = entry.invalid.len(),
                             revoked = entry.records.iter().filter(|c| c.revoked).count(),
+                            digest_revoked = entry.revoked,
                             "registry records changed");
                     }
                     tracked.insert(
@@ -185,6 +201,7 @@ impl<S: Source> Refresher<S> {
         let mut verified = HashMap::new();
         let mut records = Vec::new();
         let mut invalid = Vec::new();
+        let mut rejects = super::RejectLog::new(self.source.label());
         for f in fetched {
             let record = match known.remove(&f.jws) {
                 Some(r) => Ok(r),
@@ -206,17 +223,20 @@ impl<S: Source> Refresher<S> {
                         "{}: the record is for {}, not the digest it is filed under",
                         f.origin, r.claims.artefact.digest
                     );
-                    tracing::warn!(backend = self.source.label(), %digest, error = %why,
-                        "approval record rejected");
+                    rejects.reject(&f.origin, &why);
                     invalid.push(why);
                 }
                 Err(e) => {
-                    tracing::warn!(backend = self.source.label(), %digest, origin = %f.origin,
-                        error = %e, "approval record rejected");
+                    rejects.reject(&f.origin, &e);
                     invalid.push(format!("{}: {e}", f.origin));
                 }
             }
         }
+        if rejects.count() > 0 {
+            tracing::debug!(backend = self.source.label(), %digest, rejected = rejects.count(),
+                "records rejected for the digest");
+        }
+        rejects.finish();
         (RegistryEntry::new(records, invalid), verified)
     }
 }
@@ -249,6 +269,10 @@ pub fn client(config: &RemoteRegistry) -> Result<reqwest::Client, FetchError> {
         timeout: config.timeout,
         ca_pem: config.ca_pem.as_deref(),
         user_agent: true,
+        transport: Transport {
+            allow_plaintext: config.allow_plaintext,
+            same_origin_redirects: false,
+        },
     })
 }
 
@@ -275,7 +299,7 @@ impl Source for Backend {
 }
 
 /// The refresher for a remote registry, as one future (run as a background service, which
-/// drops it at shutdown; `stop` ends it between rounds too).
+/// drops it at shutdown).
 pub fn refresher(
     config: &RemoteRegistry,
     approvers: KeySet,
@@ -283,7 +307,7 @@ pub fn refresher(
     store: Arc<ApprovalStore>,
     served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 ) -> Result<impl Future<Output = ()> + Send, FetchError> {
     let client = client(config)?;
     let source = match config.kind {
@@ -298,8 +322,10 @@ pub fn refresher(
         store,
         served,
         metrics,
+        heartbeat,
     };
-    Ok(refresher.run(stop))
+    // The shutdown drops the future; nothing else stops it.
+    Ok(refresher.run(Arc::new(AtomicBool::new(false))))
 }
 
 #[cfg(test)]

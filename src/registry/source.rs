@@ -33,6 +33,9 @@ pub enum Fetched {
         records: Vec<FetchedRecord>,
         etag: Option<String>,
     },
+    /// The registry revoked the digest as a whole (an HTTP 410), whatever else its answer
+    /// said or failed to say; `records` are those its body carried, when it could be read.
+    Revoked { records: Vec<FetchedRecord> },
 }
 
 /// A registry that can be asked for one digest's records.
@@ -55,12 +58,9 @@ pub fn authorize(
     auth: &RegistryAuth,
 ) -> Result<reqwest::RequestBuilder, FetchError> {
     let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path)
+        crate::kit::file::read_string(path, crate::kit::file::Kind::Credential)
             .map(|s| s.trim().to_string())
-            .map_err(|source| FetchError::Credential {
-                path: path.display().to_string(),
-                source,
-            })
+            .map_err(FetchError::Credential)
     };
     Ok(match auth {
         RegistryAuth::None => request,

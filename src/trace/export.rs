@@ -110,6 +110,12 @@ impl Tracer {
             timeout: config.timeout,
             ca_pem: None,
             user_agent: true,
+            // Spans out, not trust data in: the endpoint's scheme decides (a collector agent
+            // on loopback is plain HTTP); a redirect still never leaves HTTPS nor the origin.
+            transport: crate::kit::http::Transport {
+                allow_plaintext: true,
+                same_origin_redirects: true,
+            },
         })?;
         let threshold = match config.sample_ratio {
             r if r >= 1.0 => Some(u64::MAX),

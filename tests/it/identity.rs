@@ -21,6 +21,8 @@ struct HttpsIssuer {
     jwks: Arc<Mutex<String>>,
     up: Arc<AtomicBool>,
     fetches: Arc<AtomicU64>,
+    /// Where discovery's `jwks_uri` and `/moved` (a 302) point, when set; else `/keys`.
+    elsewhere: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,20 +70,22 @@ impl HttpsIssuer {
         let jwks = Arc::new(Mutex::new(Self::document(keys)));
         let up = Arc::new(AtomicBool::new(up));
         let fetches = Arc::new(AtomicU64::new(0));
-        let (j, u, f) = (jwks.clone(), up.clone(), fetches.clone());
+        let elsewhere: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let (j, u, f, e) = (jwks.clone(), up.clone(), fetches.clone(), elsewhere.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     break;
                 };
-                let (acceptor, j, u, f) = (acceptor.clone(), j.clone(), u.clone(), f.clone());
+                let (acceptor, j, u, f, e) =
+                    (acceptor.clone(), j.clone(), u.clone(), f.clone(), e.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (j, u, f) = (j.clone(), u.clone(), f.clone());
+                            let (j, u, f, e) = (j.clone(), u.clone(), f.clone(), e.clone());
                             async move {
                                 let resp = |status: u16, body: String| {
                                     hyper::Response::builder()
@@ -94,15 +98,21 @@ impl HttpsIssuer {
                                 if !u.load(Ordering::SeqCst) {
                                     return Ok::<_, Infallible>(resp(503, "{}".into()));
                                 }
+                                let elsewhere = e.lock().unwrap().clone();
                                 Ok(match req.uri().path() {
                                     "/.well-known/openid-configuration" => resp(
                                         200,
                                         serde_json::json!({
                                             "issuer": ISSUER,
-                                            "jwks_uri": format!("https://{addr}/keys"),
+                                            "jwks_uri": elsewhere.unwrap_or(format!("https://{addr}/keys")),
                                         })
                                         .to_string(),
                                     ),
+                                    "/moved" => hyper::Response::builder()
+                                        .status(302)
+                                        .header("location", elsewhere.unwrap_or_default())
+                                        .body(Full::new(Bytes::new()))
+                                        .unwrap(),
                                     "/keys" => {
                                         f.fetch_add(1, Ordering::SeqCst);
                                         resp(200, j.lock().unwrap().clone())
@@ -124,6 +134,7 @@ impl HttpsIssuer {
             jwks,
             up,
             fetches,
+            elsewhere,
             task,
         }
     }
@@ -386,4 +397,87 @@ async fn the_workload_identity_follows_its_rotating_token() {
     write_identity(WORKLOAD);
     pg.until_answer(&caller, 200, None, Duration::from_secs(3))
         .await;
+}
+
+/// A plaintext JWKS server on 127.0.0.1 serving `body` (what an attacker on the path would
+/// serve); counts its fetches.
+async fn plaintext_jwks(body: String) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetched = Arc::new(AtomicU64::new(0));
+    let count = fetched.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = body.clone();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    (addr, fetched)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_never_come_over_plaintext_from_discovery_or_a_redirect() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let upstream = Upstream::start().await;
+    let token = fx.token(CALLER);
+    // The issuer's real keys, served in plaintext: only the transport is wrong.
+    let (plain, plain_fetches) = plaintext_jwks(HttpsIssuer::document(&[&fx.issuer])).await;
+
+    // 1. A discovery document (over HTTPS) naming an http:// jwks_uri.
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    *issuer.elsewhere.lock().unwrap() = Some(format!("http://{plain}/keys"));
+    let pg = start(&fx, &issuer, upstream.addr, "").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
+    assert_eq!(
+        (status, error.as_str()),
+        (503, "trust_data_unavailable"),
+        "{}",
+        pg.logs()
+    );
+    assert!(
+        pg.logs().contains("plaintext HTTP refused"),
+        "{}",
+        pg.logs()
+    );
+    drop(pg);
+
+    // 2. An HTTPS JWKS URL that redirects to http://.
+    let (listen, admin) = (free_port(), free_port());
+    let jwks_line = format!("jwks_file = \"{}\"", fx.path("issuer.jwks.json").display());
+    let config = fx.config(listen, admin, upstream.addr).replace(
+        &jwks_line,
+        &format!(
+            "jwks_url = \"https://{}/moved\"\nca_file = \"{}\"",
+            issuer.addr,
+            issuer.ca_file.display()
+        ),
+    );
+    let pg = Provgate::spawn(fx.dir.path(), "moved", &config, listen, admin, None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
+    assert_eq!(
+        (status, error.as_str()),
+        (503, "trust_data_unavailable"),
+        "{}",
+        pg.logs()
+    );
+    assert!(pg.logs().contains("leaves HTTPS"), "{}", pg.logs());
+    assert_eq!(
+        plain_fetches.load(Ordering::SeqCst),
+        0,
+        "no plaintext key fetch was made"
+    );
 }

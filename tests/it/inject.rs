@@ -181,7 +181,7 @@ fn tgi_gets_a_loopback_hostname_and_provgate_takes_the_next_free_port() {
 fn kserve_pod_in_a_list_is_injected_and_the_missing_bind_flag_is_reported() {
     golden(
         "kserve",
-        &["--registry", "mlflow=http://mlflow.mlops.svc:5000"],
+        &["--registry", "mlflow=https://mlflow.mlops.svc:5000"],
         &[
             "NOT rebound to loopback (KServe's model server has no bind-address flag)",
             // KServe's port is 8080, so provgate takes the next one.

@@ -12,6 +12,7 @@ mod cli;
 mod doors;
 mod enforcement;
 mod first_run;
+mod hostile;
 mod identity;
 mod inject;
 mod interop;

@@ -34,7 +34,7 @@ async fn shared_mlflow() -> Option<&'static MlflowServer> {
 
 fn remote_registry(kind: &str, url: &str, max_stale: &str, extra: &str) -> String {
     format!(
-        "kind = \"{kind}\"\nurl = \"{url}\"\nrefresh_interval = \"{}ms\"\ntimeout = \"{}ms\"\nmax_stale = \"{max_stale}\"\n{extra}",
+        "kind = \"{kind}\"\nurl = \"{url}\"\nallow_plaintext = true\nrefresh_interval = \"{}ms\"\ntimeout = \"{}ms\"\nmax_stale = \"{max_stale}\"\n{extra}",
         REFRESH.as_millis(),
         FETCH_TIMEOUT.as_millis()
     )
@@ -214,7 +214,7 @@ async fn mlflow_outage_is_trusted_until_max_stale_then_fails_closed_and_recovers
 #[derive(Clone)]
 struct Answer {
     status: u16,
-    body: String,
+    body: Vec<u8>,
     etag: Option<String>,
 }
 
@@ -260,10 +260,10 @@ impl HttpRegistry {
         HttpRegistry { addr, state, task }
     }
 
-    fn answer(&self, status: u16, body: &str, etag: Option<&str>) {
+    fn answer(&self, status: u16, body: impl AsRef<[u8]>, etag: Option<&str>) {
         self.state.lock().unwrap().answer = Some(Answer {
             status,
-            body: body.to_string(),
+            body: body.as_ref().to_vec(),
             etag: etag.map(str::to_string),
         });
     }
@@ -284,7 +284,7 @@ fn serve_registry(
     state: &Mutex<RegistryState>,
 ) -> hyper::Response<Full<Bytes>> {
     let mut state = state.lock().unwrap();
-    let reply = |status: u16, body: String, etag: Option<&str>| {
+    let reply = |status: u16, body: Vec<u8>, etag: Option<&str>| {
         let mut b = hyper::Response::builder()
             .status(status)
             .header("content-type", "application/jose");
@@ -299,7 +299,7 @@ fn serve_registry(
         .and_then(|v| v.to_str().ok())
         == Some(format!("Bearer {}", state.token).as_str());
     if !authorized {
-        return reply(401, String::new(), None);
+        return reply(401, Vec::new(), None);
     }
     let digest = req
         .uri()
@@ -307,7 +307,7 @@ fn serve_registry(
         .and_then(|q| q.strip_prefix("digest="))
         .map(|d| d.replace("%3A", ":"));
     if req.uri().path() != "/approvals" || digest.is_none() {
-        return reply(400, String::new(), None);
+        return reply(400, Vec::new(), None);
     }
     let inm = req
         .headers()
@@ -315,14 +315,14 @@ fn serve_registry(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let Some(answer) = state.answer.clone() else {
-        return reply(404, String::new(), None);
+        return reply(404, Vec::new(), None);
     };
     let not_modified = answer.etag.is_some() && inm == answer.etag;
     state
         .asked
         .push((digest.unwrap_or_default(), inm, not_modified));
     if not_modified {
-        return reply(304, String::new(), answer.etag.as_deref());
+        return reply(304, Vec::new(), answer.etag.as_deref());
     }
     reply(answer.status, answer.body, answer.etag.as_deref())
 }
@@ -340,7 +340,7 @@ async fn http_registry_serves_with_etags_and_auth_then_revokes_and_withdraws() {
         &format!("token_file = \"{}\"", fx.path("registry.token").display()),
     ));
     let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
-    registry.answer(200, &format!("{record}\n"), Some("\"r1\""));
+    registry.answer(200, format!("{record}\n"), Some("\"r1\""));
 
     let pg = Provgate::start(&fx, upstream.addr).await;
     pg.wait_ready().await;
@@ -538,5 +538,49 @@ async fn http_registry_is_asked_for_every_guarded_models_digest() {
         asked.len(),
         2,
         "each model's digest is asked for: {asked:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_410_revokes_whatever_its_body() {
+    let upstream = Upstream::start().await;
+    let registry = HttpRegistry::start("t").await;
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path("registry.token"), "t").unwrap();
+    fx.registry = Some(remote_registry(
+        "http",
+        &format!("http://{}", registry.addr),
+        "1h",
+        &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+    ));
+    let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    registry.answer(200, &record, None);
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+
+    // Each unreadable 410 (not UTF-8, over the 1 MiB cap, empty) blocks within one refresh,
+    // not after max_stale (1 h here) as a fetch error would.
+    let over_cap = vec![b'a'; 2 << 20];
+    let cases: [(&str, &[u8]); 3] = [
+        ("not UTF-8", b"\xff\xfe\xfd"),
+        ("over the cap", &over_cap),
+        ("empty", b""),
+    ];
+    for (what, body) in cases {
+        registry.answer(200, &record, None);
+        time_to_answer(&pg, &token, 200, None).await;
+        let revoked_at = Instant::now();
+        registry.answer(410, body, None);
+        time_to_answer(&pg, &token, 403, Some("approval_revoked")).await;
+        let took = revoked_at.elapsed();
+        println!("410 {what}: blocked after {} ms", took.as_millis());
+        assert!(took <= REFRESH + FETCH_TIMEOUT, "{what}: {took:?}");
+    }
+    assert!(
+        pg.metric("provgate_registry_fetches_total{backend=\"http\",result=\"revoked\"}")
+            .await
+            >= 3.0
     );
 }

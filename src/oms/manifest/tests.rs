@@ -381,3 +381,58 @@ fn a_cancelled_hash_stops_with_an_error_not_a_digest() {
         compute_manifest(dir.path(), 1).unwrap().root
     );
 }
+
+#[test]
+fn a_fifo_swapped_in_after_listing_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w");
+    std::fs::write(&w, vec![1u8; 5000]).unwrap();
+    let o = opts(Serialization::Files, 1);
+    let listed = list_files(dir.path()).unwrap();
+    let p = plan(&listed, &o, None);
+    std::fs::remove_file(&w).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&w)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let r = run_jobs(&listed, &p.jobs, &o);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(matches!(r, Err(HashError::Changed(_))), "{r:?}");
+}
+
+#[test]
+fn a_file_removed_while_hashed_is_abandoned_not_read_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w");
+    // Sparse: 1 GiB that costs no disk.
+    std::fs::File::create(&w).unwrap().set_len(1 << 30).unwrap();
+    let listed = list_files(dir.path()).unwrap();
+    let job = Job {
+        file: 0,
+        start: 0,
+        end: 1 << 30,
+        slot: 0,
+        last: true,
+    };
+    // Opened (as by a hashing thread that has started), then removed.
+    let (file, _) = crate::kit::file::open_regular(&w).unwrap();
+    let mut open = Some((0, file));
+    std::fs::remove_file(&w).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let pace = Pace {
+        cancel: None,
+        rate: None,
+        heartbeat: None,
+    };
+    let started = std::time::Instant::now();
+    let r = hash_job(&listed, &job, &mut open, &mut buf, &pace);
+    assert!(matches!(r, Err(HashError::Changed(_))), "{r:?}");
+    // Abandoned after about RECHECK_BYTES, not 1 GiB (which takes seconds here).
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -8,4 +8,6 @@ fn records_are_one_per_line() {
     assert_eq!(r[1].origin, "u record 2");
     assert!(parse_records("x.y.z", true, "u")[0].revoked);
     assert!(parse_records("\n \n", false, "u").is_empty());
+    let flood = "garbage\n".repeat(250_000);
+    assert_eq!(parse_records(&flood, false, "u").len(), MAX_RECORDS);
 }

@@ -100,6 +100,7 @@ impl Rig {
                 Box::new(move || served.lock().unwrap().clone())
             },
             metrics: metrics.clone(),
+            heartbeat: None,
         };
         tokio::spawn(refresher.run(stop.clone()));
         Rig {

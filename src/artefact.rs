@@ -10,9 +10,16 @@
 //! The watcher marks the artefact unverified the moment a change is seen (fail closed),
 //! re-hashes only the files whose identity (size, mtime, ctime, inode) changed, and publishes
 //! the new digest when hashing finishes. The request path only loads the state.
+//!
+//! While it hashes (the first hash after start, a re-hash after a change, and a signature
+//! check that must hash again under the signature's serialization), the hashing threads count
+//! bytes and files into the handle's [`HashProgress`], which `/readyz` and the
+//! `provgate_artefact_hash_bytes` gauge read; while the directory is hashed, a log line every
+//! [`PROGRESS_LOG_EVERY`] says how far it is and at what throughput.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +31,7 @@ use crate::telemetry::Metrics;
 pub mod config;
 
 // The watcher's settings name the OMS serialization; the rest of OMS is `crate::oms`'s.
-use crate::oms::{hash_dir, HashError, HashOptions, Manifest};
+use crate::oms::{hash_dir, HashError, HashOptions, HashProgress, Manifest};
 pub use crate::oms::{Serialization, DEFAULT_SHARD_SIZE};
 
 /// The fingerprint the watcher compares: the tree, and a single file's signature beside it.
@@ -74,12 +81,15 @@ impl ArtefactState {
 /// has finished (with a digest or an error).
 pub struct ArtefactHandle {
     state: Published<ArtefactState>,
+    /// How far the hash in progress (or the last one) has got.
+    progress: Arc<HashProgress>,
 }
 
 impl Default for ArtefactHandle {
     fn default() -> Self {
         ArtefactHandle {
             state: Published::new(ArtefactState::Pending),
+            progress: Arc::default(),
         }
     }
 }
@@ -88,6 +98,12 @@ impl ArtefactHandle {
     /// One atomic load.
     pub fn load(&self) -> arc_swap::Guard<Arc<ArtefactState>> {
         self.state.load()
+    }
+
+    /// The counters the watcher's hashes fill: bytes and files read of the total, and
+    /// whether a hash is running. Relaxed atomic loads; cheap to read at any time.
+    pub fn progress(&self) -> &Arc<HashProgress> {
+        &self.progress
     }
 
     /// Has the first hash finished (with a digest or an error)?
@@ -150,6 +166,32 @@ impl ArtefactMetrics {
             }
             self.info.with_label_values(&[model, &digest]).set(1);
         }
+    }
+}
+
+/// How often the watcher logs how far a hash in progress has got.
+pub const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs `progress` every `every` until `done` is dropped or sent to (the hash finished).
+fn log_progress(model: &str, progress: &HashProgress, every: Duration, done: mpsc::Receiver<()>) {
+    let started = Instant::now();
+    while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(every) {
+        let p = progress.snapshot();
+        let elapsed = started.elapsed();
+        let rate = p.throughput(elapsed);
+        let left = p.bytes_total.saturating_sub(p.bytes_done) as f64;
+        tracing::info!(
+            model = %model,
+            bytes_done = p.bytes_done,
+            bytes_total = p.bytes_total,
+            files_done = p.files_done,
+            files_total = p.files_total,
+            percent = (p.fraction() * 1000.0).round() / 10.0,
+            mib_per_s = (rate / f64::from(1 << 20) * 10.0).round() / 10.0,
+            eta_s = if rate > 0.0 { (left / rate).ceil() as u64 } else { 0 },
+            elapsed_s = elapsed.as_secs(),
+            "artefact hashing in progress"
+        );
     }
 }
 
@@ -219,8 +261,20 @@ impl Turn<'_> {
         if w.handle.load().digest().is_some() {
             self.publish(ArtefactState::Hashing);
         }
-        let opts = HashOptions::new(w.serialization, w.threads).cancelled_by(self.stop.clone());
-        let result = hash_dir(&w.path, &opts, self.previous.as_ref());
+        let progress = w.handle.progress();
+        let opts = HashOptions::new(w.serialization, w.threads)
+            .cancelled_by(self.stop.clone())
+            .reporting_to(progress.clone());
+        let previous = self.previous.as_ref();
+        let result = std::thread::scope(|s| {
+            let (done, finished) = mpsc::channel();
+            let model = w.model.as_str();
+            s.spawn(move || log_progress(model, progress, PROGRESS_LOG_EVERY, finished));
+            let result = hash_dir(&w.path, &opts, previous);
+            // Wakes the logger at once (it may be waiting out its interval).
+            let _ = done.send(());
+            result
+        });
         if matches!(result, Err(HashError::Cancelled)) {
             tracing::info!(model = %w.model, "artefact hashing abandoned: shutting down");
             return;
@@ -244,8 +298,7 @@ impl Turn<'_> {
             Ok(m) => {
                 // The signature is checked against this manifest when it uses the same
                 // serialization, so the files are not read a second time.
-                let signature =
-                    crate::oms::verify_dir_with(&w.path, &w.signers, Some(&m), w.threads);
+                let signature = crate::oms::verify_dir_with(&w.path, &w.signers, Some(&m), &opts);
                 match &signature {
                     crate::oms::SignatureState::Invalid { reason } => {
                         tracing::warn!(model = %w.model, reason = %reason, "model.sig does not verify")

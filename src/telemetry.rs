@@ -21,6 +21,7 @@ pub mod names {
     pub const ARTEFACT_STATE: &str = "provgate_artefact_state";
     pub const ARTEFACT_INFO: &str = "provgate_artefact_info";
     pub const ARTEFACT_HASH_DURATION_SECONDS: &str = "provgate_artefact_hash_duration_seconds";
+    pub const ARTEFACT_HASH_BYTES: &str = "provgate_artefact_hash_bytes";
     pub const APPROVAL_EXPIRY_TIMESTAMP_SECONDS: &str =
         "provgate_approval_expiry_timestamp_seconds";
     pub const REGISTRY_RECORDS: &str = "provgate_registry_records";
@@ -57,6 +58,8 @@ pub struct Metrics {
     pub artefact_state: IntGaugeVec,
     pub artefact_info: IntGaugeVec,
     pub artefact_hash_seconds: Histogram,
+    /// Per model, `kind` = `done` | `total`: bytes of the hash in progress (or the last one).
+    pub artefact_hash_bytes: IntGaugeVec,
     pub approval_expiry: GaugeVec,
     pub registry_records_valid: IntGauge,
     pub registry_records_invalid: IntGauge,
@@ -161,6 +164,13 @@ impl Metrics {
                 "Time to hash the model directory."
             )
             .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0])
+        ));
+        let artefact_hash_bytes = reg!(IntGaugeVec::new(
+            Opts::new(
+                ARTEFACT_HASH_BYTES,
+                "Bytes of the model directory's current (or last) hash: read so far (kind=done) and to read (kind=total); files whose digests were reused are in neither."
+            ),
+            &["model", "kind"]
         ));
         let approval_expiry = reg!(GaugeVec::new(
             Opts::new(
@@ -284,6 +294,7 @@ impl Metrics {
             artefact_state,
             artefact_info,
             artefact_hash_seconds,
+            artefact_hash_bytes,
             approval_expiry,
             registry_revoked_ids,
             registry_fetches,

@@ -461,10 +461,17 @@ fn hash_dir_inner(
     let listed_at = SystemTime::now();
     let files = list_files(root)?;
     let plan = plan(&files, opts, previous);
+    let mut hashed = vec![false; files.len()];
+    for j in &plan.jobs {
+        hashed[j.file] = true;
+    }
+    let stats = HashStats {
+        hashed_files: hashed.iter().filter(|h| **h).count(),
+        reused_files: plan.reused_files,
+        hashed_bytes: plan.jobs.iter().map(|j| j.end - j.start).sum(),
+    };
     if let Some(p) = opts.progress.as_deref() {
-        let to_read = files.len() - plan.reused_files;
-        let bytes = plan.jobs.iter().map(|j| j.end - j.start).sum();
-        p.start(to_read as u64, bytes);
+        p.start(stats.hashed_files as u64, stats.hashed_bytes);
     }
     let mut digests = plan.known;
     for (slot, d) in run_jobs(&files, &plan.jobs, opts)? {
@@ -478,15 +485,6 @@ fn hash_dir_inner(
         root_hasher.update(d);
         resources.push((name, d));
     }
-    let mut hashed = vec![false; files.len()];
-    for j in &plan.jobs {
-        hashed[j.file] = true;
-    }
-    let stats = HashStats {
-        hashed_files: hashed.iter().filter(|h| **h).count(),
-        reused_files: plan.reused_files,
-        hashed_bytes: plan.jobs.iter().map(|j| j.end - j.start).sum(),
-    };
     Ok(Manifest {
         root: Digest(root_hasher.finalize().into()),
         serialization: opts.serialization,

@@ -15,7 +15,7 @@
 //! check that must hash again under the signature's serialization), the hashing threads count
 //! bytes and files into the handle's [`HashProgress`], which `/readyz` and the
 //! `provgate_artefact_hash_bytes` gauge read; while the directory is hashed, a log line every
-//! [`PROGRESS_LOG_EVERY`] says how far it is and at what throughput.
+//! `progress_log_interval` says how far it is and at what throughput.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -169,9 +169,6 @@ impl ArtefactMetrics {
     }
 }
 
-/// How often the watcher logs how far a hash in progress has got.
-pub const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
-
 /// Logs `progress` every `every` until `done` is dropped or sent to (the hash finished).
 fn log_progress(model: &str, progress: &HashProgress, every: Duration, done: mpsc::Receiver<()>) {
     let started = Instant::now();
@@ -203,6 +200,8 @@ pub struct ArtefactWatcher {
     /// The OMS serialization of the served digest.
     pub serialization: Serialization,
     pub threads: usize,
+    /// While hashing, how often to log how far it is.
+    pub progress_log_every: Duration,
     pub handle: Arc<ArtefactHandle>,
     pub metrics: Arc<Metrics>,
     /// Pinned OMS signers for `model.sig`.
@@ -269,7 +268,7 @@ impl Turn<'_> {
         let result = std::thread::scope(|s| {
             let (done, finished) = mpsc::channel();
             let model = w.model.as_str();
-            s.spawn(move || log_progress(model, progress, PROGRESS_LOG_EVERY, finished));
+            s.spawn(move || log_progress(model, progress, w.progress_log_every, finished));
             let result = hash_dir(&w.path, &opts, previous);
             // Wakes the logger at once (it may be waiting out its interval).
             let _ = done.send(());

@@ -40,6 +40,10 @@ pub struct ArtefactFile {
     /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
+    /// While a hash runs, how often to log how far it is (bytes and files done of the total,
+    /// throughput, time left).
+    #[serde(default = "default_progress_log_interval")]
+    pub progress_log_interval: String,
     /// Pinned signers of the model's OMS signature (`DIR/model.sig`, or `FILE.sig` beside a
     /// single-file model); an approval record naming `artefact.signer` requires a valid
     /// signature by the signer of that name.
@@ -58,6 +62,9 @@ pub struct SignerFile {
 
 fn default_poll() -> String {
     "1s".into()
+}
+fn default_progress_log_interval() -> String {
+    "5s".into()
 }
 fn default_serialization() -> String {
     "files".into()
@@ -78,6 +85,7 @@ pub struct ModelConfig {
     /// The OMS serialization of the served digest.
     pub serialization: Serialization,
     pub hash_threads: usize,
+    pub progress_log_interval: Duration,
     pub signers: Arc<Vec<Signer>>,
 }
 
@@ -131,6 +139,9 @@ impl ArtefactFile {
     fn validate(&self, key: &str, cores: usize, errors: &mut Errors) -> ModelConfig {
         let poll_interval = errors.duration(&format!("{key}.poll_interval"), &self.poll_interval);
         errors.more_than_zero(&format!("{key}.poll_interval"), poll_interval);
+        let progress_key = format!("{key}.progress_log_interval");
+        let progress_log_interval = errors.duration(&progress_key, &self.progress_log_interval);
+        errors.more_than_zero(&progress_key, progress_log_interval);
         errors.nonempty(&format!("{key}.model"), &self.model);
         errors.nonempty(&format!("{key}.path"), &self.path);
         let mut signers = Vec::new();
@@ -177,6 +188,7 @@ impl ArtefactFile {
             } else {
                 self.hash_threads
             },
+            progress_log_interval,
             signers: Arc::new(signers),
         }
     }

@@ -18,5 +18,6 @@ mod layering;
 mod lifecycle;
 mod monitoring;
 mod mtls;
+mod progress;
 mod registries;
 mod routing;

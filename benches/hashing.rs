@@ -20,7 +20,9 @@
 //!
 //! Reference run (2026-11-27 01:03 UTC, quiet, 2-core AMD EPYC VM with SHA-NI): raw 1.668
 //! GiB/s; 1 thread 1.478 (0.89x, best round 0.90x); 2 threads 2.667 (1.60x, best 1.74x).
-//! Details and other runs in BENCHMARKS.md.
+//! Progress counting (issue 20) on a loaded machine (2026-12-01, CPU pressure 97%): with vs
+//! without, medians in the same rounds, 0.95-1.06x, within the run-to-run noise (see
+//! BENCHMARKS.md "Progress counting"). Details and other runs in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::path::Path;

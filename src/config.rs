@@ -28,6 +28,7 @@ use crate::registry::config::{RegistryConfig, RegistryFile};
 use crate::server::config::{
     AdminFile, Listen, ListenFile, LogFile, LogSettings, ServerFile, ServerSettings,
 };
+use crate::trace::config::{Tracing, TracingFile};
 use crate::upstream::{Upstream, UpstreamFile};
 
 // === File structs ===
@@ -79,6 +80,9 @@ pub struct FileConfig {
     /// Process logs.
     #[serde(default)]
     pub log: LogFile,
+    /// Request traces (W3C `traceparent`, OTLP spans); off unless `otlp_endpoint` is given.
+    #[serde(default)]
+    pub tracing: TracingFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +146,8 @@ pub struct Config {
     /// `[server]`.
     pub server: ServerSettings,
     pub log: LogSettings,
+    /// `[tracing]`; `None`: tracing off.
+    pub tracing: Option<Tracing>,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -179,7 +185,7 @@ impl FileConfig {
         let models = validate_models(self.artefact.as_ref(), &self.artefacts, &mut errors);
         let routing = {
             let mut lines = Vec::new();
-            let routing = self.routing.validate(&mut lines);
+            let routing = self.routing.validate(&upstream.api, &mut lines);
             errors.extend(lines);
             routing
         };
@@ -189,6 +195,7 @@ impl FileConfig {
         let callers = self.callers.validate(&mut errors);
         let server = self.server.validate(&mut errors);
         let log = self.log.validate(&mut errors);
+        let tracing = self.tracing.validate(&mut errors);
         if self.audit.queue == 0 {
             errors.push("audit.queue", "must be at least 1");
         }
@@ -214,6 +221,7 @@ impl FileConfig {
             audit_queue: self.audit.queue,
             server,
             log,
+            tracing,
         })
     }
 }

@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 /// The global allocator. A work-stealing runtime frees memory on other threads than the one

@@ -1,8 +1,8 @@
 //! Wiring: builds the shared state from a validated [`Config`], adds the background services
 //! (one artefact watcher per model, the registry watcher or refresher, the issuer key
-//! fetchers, the upstream probe, the workload-token follower) as pingora background services,
-//! so the server's shutdown stops them too, and runs the pingora server with the proxy and
-//! admin listeners. Returns only on a start-up error.
+//! fetchers, the upstream probe, the workload-token follower, the trace exporter) as pingora
+//! background services, so the server's shutdown stops them too, and runs the pingora server
+//! with the proxy and admin listeners. Returns only on a start-up error.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub enum StartError {
     Probe(FetchError),
     #[error("registry client: {0}")]
     Registry(FetchError),
+    #[error("trace exporter: {0}")]
+    Tracing(FetchError),
 }
 
 /// The pingora server settings provgate runs with (shared with the load benchmark's
@@ -137,6 +139,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             artefact,
             served: Arc::new(ServedHandle::new(config.probe.is_some())),
             counters: RequestCounters::new(&metrics, &m.model, config.enforce),
+            base: m
+                .base
+                .as_ref()
+                .and_then(|b| config.models.iter().position(|x| &x.model == b)),
         });
     }
     if let Some(probe) = config.probe.clone() {
@@ -228,6 +234,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
             follow_workload_token(path, every, policy.clone()),
         ));
     }
+    // Tracing: the exporter drains the tracer's queue as a background service.
+    let tracer = match &config.tracing {
+        Some(tracing) => {
+            let (tracer, exporter) = crate::trace::export::Tracer::new(tracing, &metrics)
+                .map_err(StartError::Tracing)?;
+            asynchronous.push(Async::service("trace exporter", exporter.run()));
+            Some(tracer)
+        }
+        None => None,
+    };
     let admin_models = models
         .iter()
         .map(|m| (m.name.clone(), m.artefact.clone(), m.served.clone()))
@@ -251,6 +267,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             config.routing.max_held_total_bytes,
             metrics.held_body_bytes.clone(),
         )),
+        tracer,
     };
 
     server.bootstrap();

@@ -38,6 +38,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "provgate_build_info";
     pub const UPSTREAM_PROBES_TOTAL: &str = "provgate_upstream_probes_total";
     pub const UPSTREAM_PROBE_STATE: &str = "provgate_upstream_probe_state";
+    pub const TRACE_SPANS_TOTAL: &str = "provgate_trace_spans_total";
 }
 
 /// All of provgate's metrics, registered in one registry.
@@ -77,6 +78,10 @@ pub struct Metrics {
     pub jwks_age: GaugeVec,
     pub upstream_probes: IntCounterVec,
     pub upstream_probe_state: IntGaugeVec,
+    /// `provgate_trace_spans_total` by result: exported, dropped (queue full), failed.
+    pub trace_exported: IntCounter,
+    pub trace_dropped: IntCounter,
+    pub trace_failed: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -225,6 +230,13 @@ impl Metrics {
             ),
             &["result"]
         ));
+        let trace_spans = reg!(IntCounterVec::new(
+            Opts::new(
+                TRACE_SPANS_TOTAL,
+                "Request spans by result (exported; dropped: export queue full; failed: the OTLP collector refused or was unreachable)."
+            ),
+            &["result"]
+        ));
         let ready = reg!(IntGauge::new(
             READY,
             "1 when the sidecar has finished its first sync."
@@ -286,6 +298,9 @@ impl Metrics {
             audit_written: audit.with_label_values(&["written"]),
             audit_dropped: audit.with_label_values(&["dropped"]),
             audit_failed: audit.with_label_values(&["failed"]),
+            trace_exported: trace_spans.with_label_values(&["exported"]),
+            trace_dropped: trace_spans.with_label_values(&["dropped"]),
+            trace_failed: trace_spans.with_label_values(&["failed"]),
             registry,
             requests,
             request_duration,

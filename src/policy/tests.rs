@@ -39,6 +39,7 @@ fn claims() -> ApprovalClaims {
             digest: digest(),
             signer: None,
             ollama_digest: None,
+            base_digest: None,
         },
         lineage: Default::default(),
         evidence: vec![],
@@ -385,6 +386,7 @@ fn decision_table() {
         };
         let got = match decide(&policy(), &input) {
             Decision::Allow { record } => Ok(record.claims.version_id.clone()),
+            Decision::Opened => Ok("opened".into()),
             Decision::Deny { reason, .. } => Err(reason),
         };
         assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
@@ -419,7 +421,8 @@ fn reasons_have_stable_names_and_indices() {
             "trust_data_unavailable",
             "model_required",
             "request_invalid",
-            "request_too_large"
+            "request_too_large",
+            "route_not_allowed"
         ]
     );
     for (i, r) in DenyReason::ALL.iter().enumerate() {

@@ -23,8 +23,10 @@ use crate::proxy::body::{HeldBody, HeldBudget};
 use crate::proxy::counters::RequestCounters;
 use crate::proxy::headers::RequestIds;
 use crate::proxy::routing::config::Routing;
+use crate::proxy::routing::profiles::ListShape;
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
+use crate::trace::export::{SpanStart, Tracer};
 use crate::upstream::{Upstream, UpstreamProtocol};
 
 /// One guarded model: everything the request path reads for it.
@@ -36,6 +38,8 @@ pub struct ModelGate {
     pub served: Arc<ServedHandle>,
     /// `provgate_requests_total` handles for this model.
     pub counters: RequestCounters,
+    /// For an adapter: the index of its base model in `Gate::models`.
+    pub base: Option<usize>,
 }
 
 /// The sidecar's shared state: everything the request path reads.
@@ -61,6 +65,8 @@ pub struct Gate {
     pub request_ids: RequestIds,
     /// Request bytes held back right now across all requests (`max_held_total_bytes`).
     pub held_bytes: Arc<HeldBudget>,
+    /// `[tracing]`: `None` (the default) and the request path does no trace work.
+    pub tracer: Option<Tracer>,
 }
 
 /// Per-request context, filled in phase order.
@@ -78,6 +84,10 @@ pub struct RequestCtx {
     pub decision: Option<Decision>,
     /// A model list request: the models this caller may use (bit `i` = `Gate::models[i]`).
     pub listing: Option<u64>,
+    /// How that list answers.
+    pub listing_shape: ListShape,
+    /// The door (index in `Routing::doors`) the request goes through, when listed.
+    pub door: Option<usize>,
     /// The upstream's model list, collected for filtering (`None`: pass bodies through).
     pub listing_body: Option<BytesMut>,
     /// A body too large to read before the decision, held back by `request_body_filter`
@@ -86,9 +96,29 @@ pub struct RequestCtx {
     /// The held body's check denied the request after the upstream was contacted (it has
     /// the headers, none of the body): `fail_to_proxy` answers with this.
     pub late_denial: Option<DenyReason>,
+    /// This request's span, when tracing is on (boxed: one word in the context when off).
+    pub trace: Option<Box<SpanStart>>,
 }
 
 impl Gate {
+    /// The model a request that names none is for: the only configured model that is not
+    /// an adapter (the server's default), if there is exactly one.
+    #[inline]
+    pub fn default_model(&self) -> Option<usize> {
+        if self.models.len() == 1 {
+            return Some(0);
+        }
+        let mut bases = self
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.base.is_none());
+        match (bases.next(), bases.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
     /// Builds the upstream peer once; each request clones it.
     pub fn upstream_peer_for(upstream: &Upstream) -> HttpPeer {
         let tls = upstream.protocol == UpstreamProtocol::Https;

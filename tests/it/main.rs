@@ -8,6 +8,7 @@
 mod support;
 
 mod cli;
+mod doors;
 mod enforcement;
 mod first_run;
 mod identity;
@@ -21,3 +22,4 @@ mod mtls;
 mod progress;
 mod registries;
 mod routing;
+mod traces;

@@ -8,6 +8,10 @@
 //! - `shards/{1,2}_threads`: provgate hashing the file on one and two threads;
 //! - `files/1_thread`: the same file under `files` (one sequential SHA-256).
 //!
+//! provgate's cases count their progress into a `HashProgress`, as the sidecar and the
+//! command line on a terminal do (issue 20); the summary also has the 1- and 2-thread cases
+//! without it, interleaved, so that the cost of the counting is read off one run.
+//!
 //! Then a summary measured interleaved (every case once per round, so that load from
 //! elsewhere hits them alike): median and best-round GiB/s and the ratios to raw, for raw,
 //! provgate on 1 and 2 threads, raw sha2 on two cores (this machine's own 2-core ceiling),
@@ -16,21 +20,29 @@
 //!
 //! Reference run (2026-11-27 01:03 UTC, quiet, 2-core AMD EPYC VM with SHA-NI): raw 1.668
 //! GiB/s; 1 thread 1.478 (0.89x, best round 0.90x); 2 threads 2.667 (1.60x, best 1.74x).
-//! Details and other runs in BENCHMARKS.md.
+//! Progress counting (issue 20) on a loaded machine (2026-12-01, CPU pressure 97%): with vs
+//! without, medians in the same rounds, 0.95-1.06x, within the run-to-run noise (see
+//! BENCHMARKS.md "Progress counting"). Details and other runs in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use provgate::oms::{hash_dir, HashOptions, Serialization};
+use provgate::oms::{hash_dir, HashOptions, HashProgress, Serialization};
 use sha2::{Digest as _, Sha256};
 
 const FILE_BYTES: usize = 256 << 20;
 const SHARD_SIZE: u64 = 16 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// Shards of `SHARD_SIZE` on `threads` threads, counting progress as provgate does.
 fn shards(threads: usize) -> HashOptions {
+    silent_shards(threads).reporting_to(std::sync::Arc::new(HashProgress::default()))
+}
+
+/// The same without progress counting.
+fn silent_shards(threads: usize) -> HashOptions {
     HashOptions::new(
         Serialization::Shards {
             shard_size: SHARD_SIZE,
@@ -62,7 +74,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| hash(&file, &shards(threads)))
         });
     }
-    let files = HashOptions::new(Serialization::Files, 1);
+    let files = HashOptions::new(Serialization::Files, 1)
+        .reporting_to(std::sync::Arc::new(HashProgress::default()));
     g.bench_function("files/1_thread", |b| b.iter(|| hash(&file, &files)));
     g.finish();
 
@@ -73,8 +86,13 @@ fn bench(c: &mut Criterion) {
 /// ratios to raw, by the median round and by the best round (the one least disturbed by
 /// other work on the machine).
 fn summary(data: &[u8], file: &Path) {
-    const ROUNDS: usize = 25;
+    // HASHING_ROUNDS=N for a quicker (noisier) summary.
+    let rounds: usize = std::env::var("HASHING_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(25);
     let (one, two) = (shards(1), shards(2));
+    let (silent_one, silent_two) = (silent_shards(1), silent_shards(2));
     let reads = |kib: usize| {
         let mut o = shards(1);
         o.read_buffer = kib << 10;
@@ -113,6 +131,14 @@ fn summary(data: &[u8], file: &Path) {
             Box::new(|| hash(file, &two)),
         ),
         (
+            "provgate shards, 1 thread, no progress".into(),
+            Box::new(|| hash(file, &silent_one)),
+        ),
+        (
+            "provgate shards, 2 threads, no progress".into(),
+            Box::new(|| hash(file, &silent_two)),
+        ),
+        (
             "(raw sha2, two halves, 2 cores)".into(),
             Box::new(raw_two_cores),
         ),
@@ -135,7 +161,7 @@ fn summary(data: &[u8], file: &Path) {
         t.elapsed().as_secs_f64()
     };
     let mut secs = vec![Vec::new(); cases.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (i, (_, f)) in cases.iter().enumerate() {
             secs[i].push(time(f.as_ref()));
         }
@@ -149,20 +175,20 @@ fn summary(data: &[u8], file: &Path) {
         })
         .collect();
     println!(
-        "\nsummary: {ROUNDS} interleaved rounds; {} MiB file in the page cache, {} MiB shards, \
+        "\nsummary: {rounds} interleaved rounds; {} MiB file in the page cache, {} MiB shards, \
          {} KiB reads unless named",
         FILE_BYTES >> 20,
         SHARD_SIZE >> 20,
         provgate::oms::manifest::DEFAULT_READ_BUFFER >> 10
     );
     println!(
-        "  {:34} {:>12} {:>10} {:>12} {:>10}",
+        "  {:40} {:>12} {:>10} {:>12} {:>10}",
         "", "median", "vs raw", "best", "vs raw"
     );
     let (raw_median, raw_best) = stats[0];
     for ((label, _), (median, best)) in cases.iter().zip(&stats) {
         println!(
-            "  {label:34} {median:6.3} GiB/s {:>9.2}x {best:6.3} GiB/s {:>9.2}x",
+            "  {label:40} {median:6.3} GiB/s {:>9.2}x {best:6.3} GiB/s {:>9.2}x",
             median / raw_median,
             best / raw_best
         );

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers and no
 //! background service has been stuck for twice its bound) and `/readyz` (the first
-//! artefact hash and registry load have finished, and no background service is stalled). Kept apart from the
+//! artefact hash and registry load have finished, and no background service is stalled; per
+//! model, how far the hash in progress, or the last one, has got). Kept apart from the
 //! proxy listener so metrics are never exposed to callers.
 
 use std::sync::Arc;
@@ -81,6 +82,17 @@ impl Admin {
         }
         self.metrics.approval_expiry.reset();
         self.metrics.approval_record_age.reset();
+        for (model, artefact, _) in &self.models {
+            let p = artefact.progress().snapshot();
+            let gauge = |kind: &str, v: u64| {
+                self.metrics
+                    .artefact_hash_bytes
+                    .with_label_values(&[model.as_str(), kind])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            };
+            gauge("done", p.bytes_done);
+            gauge("total", p.bytes_total);
+        }
         let now = crate::unix_now();
         for (model, artefact, _) in &self.models {
             let state = artefact.load();
@@ -143,9 +155,21 @@ impl ServeHttp for Admin {
                         } else {
                             s.load().label()
                         };
+                        let p = a.progress().snapshot();
+                        let hash = serde_json::json!({
+                            "active": p.active,
+                            "bytes_done": p.bytes_done,
+                            "bytes_total": p.bytes_total,
+                            "files_done": p.files_done,
+                            "files_total": p.files_total,
+                        });
                         (
                             name.clone(),
-                            serde_json::json!({"artefact": a.load().label(), "probe": probe}),
+                            serde_json::json!({
+                                "artefact": a.load().label(),
+                                "probe": probe,
+                                "hash": hash,
+                            }),
                         )
                     })
                     .collect();

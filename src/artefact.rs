@@ -18,8 +18,16 @@
 //! requests are blocked like after any change), and the watcher stops trusting the digests
 //! it remembered.
 
+//!
+//! While it hashes (the first hash after start, a re-hash after a change, and a signature
+//! check that must hash again under the signature's serialization), the hashing threads count
+//! bytes and files into the handle's [`HashProgress`], which `/readyz` and the
+//! `provgate_artefact_hash_bytes` gauge read; while the directory is hashed, a log line every
+//! `progress_log_interval` says how far it is and at what throughput.
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +40,7 @@ use crate::telemetry::Metrics;
 pub mod config;
 
 // The watcher's settings name the OMS serialization; the rest of OMS is `crate::oms`'s.
-use crate::oms::{hash_dir, HashError, HashOptions, Manifest};
+use crate::oms::{hash_dir, HashError, HashOptions, HashProgress, Manifest};
 pub use crate::oms::{Serialization, DEFAULT_SHARD_SIZE};
 
 /// The fingerprint the watcher compares: the tree, and a single file's signature beside it.
@@ -85,6 +93,8 @@ pub struct ArtefactHandle {
     /// Set by a scrub that found content the remembered digests do not describe: the
     /// watcher's next hash reads every file again.
     distrust: AtomicBool,
+    /// How far the hash in progress (or the last one) has got.
+    progress: Arc<HashProgress>,
 }
 
 impl Default for ArtefactHandle {
@@ -92,6 +102,7 @@ impl Default for ArtefactHandle {
         ArtefactHandle {
             state: Published::new(ArtefactState::Pending),
             distrust: AtomicBool::new(false),
+            progress: Arc::default(),
         }
     }
 }
@@ -100,6 +111,12 @@ impl ArtefactHandle {
     /// One atomic load.
     pub fn load(&self) -> arc_swap::Guard<Arc<ArtefactState>> {
         self.state.load()
+    }
+
+    /// The counters the watcher's hashes fill: bytes and files read of the total, and
+    /// whether a hash is running. Relaxed atomic loads; cheap to read at any time.
+    pub fn progress(&self) -> &Arc<HashProgress> {
+        &self.progress
     }
 
     /// Has the first hash finished (with a digest or an error)?
@@ -177,6 +194,29 @@ impl ArtefactMetrics {
     }
 }
 
+/// Logs `progress` every `every` until `done` is dropped or sent to (the hash finished).
+fn log_progress(model: &str, progress: &HashProgress, every: Duration, done: mpsc::Receiver<()>) {
+    let started = Instant::now();
+    while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(every) {
+        let p = progress.snapshot();
+        let elapsed = started.elapsed();
+        let rate = p.throughput(elapsed);
+        let left = p.bytes_total.saturating_sub(p.bytes_done) as f64;
+        tracing::info!(
+            model = %model,
+            bytes_done = p.bytes_done,
+            bytes_total = p.bytes_total,
+            files_done = p.files_done,
+            files_total = p.files_total,
+            percent = (p.fraction() * 1000.0).round() / 10.0,
+            mib_per_s = (rate / f64::from(1 << 20) * 10.0).round() / 10.0,
+            eta_s = if rate > 0.0 { (left / rate).ceil() as u64 } else { 0 },
+            elapsed_s = elapsed.as_secs(),
+            "artefact hashing in progress"
+        );
+    }
+}
+
 /// The background hasher for one model directory.
 pub struct ArtefactWatcher {
     pub model: String,
@@ -185,6 +225,8 @@ pub struct ArtefactWatcher {
     /// The OMS serialization of the served digest.
     pub serialization: Serialization,
     pub threads: usize,
+    /// While hashing, how often to log how far it is.
+    pub progress_log_every: Duration,
     pub handle: Arc<ArtefactHandle>,
     pub metrics: Arc<Metrics>,
     /// Pinned OMS signers for `model.sig`.
@@ -251,10 +293,21 @@ impl Turn<'_> {
             // A scrub found content that the remembered digests do not describe.
             self.previous = None;
         }
+        let progress = w.handle.progress();
         let opts = HashOptions::new(w.serialization, w.threads)
             .cancelled_by(self.stop.clone())
-            .beating(w.heartbeat.clone());
-        let result = hash_dir(&w.path, &opts, self.previous.as_ref());
+            .beating(w.heartbeat.clone())
+            .reporting_to(progress.clone());
+        let previous = self.previous.as_ref();
+        let result = std::thread::scope(|s| {
+            let (done, finished) = mpsc::channel();
+            let model = w.model.as_str();
+            s.spawn(move || log_progress(model, progress, w.progress_log_every, finished));
+            let result = hash_dir(&w.path, &opts, previous);
+            // Wakes the logger at once (it may be waiting out its interval).
+            let _ = done.send(());
+            result
+        });
         if matches!(result, Err(HashError::Cancelled)) {
             tracing::info!(model = %w.model, "artefact hashing abandoned: shutting down");
             return;
@@ -278,8 +331,7 @@ impl Turn<'_> {
             Ok(m) => {
                 // The signature is checked against this manifest when it uses the same
                 // serialization, so the files are not read a second time.
-                let signature =
-                    crate::oms::verify_dir_with(&w.path, &w.signers, Some(&m), w.threads);
+                let signature = crate::oms::verify_dir_with(&w.path, &w.signers, Some(&m), &opts);
                 match &signature {
                     crate::oms::SignatureState::Invalid { reason } => {
                         tracing::warn!(model = %w.model, reason = %reason, "model.sig does not verify")
@@ -423,8 +475,12 @@ impl Scrubber {
                 elapsed_ms = started.elapsed().as_millis() as u64, "artefact scrub: content unchanged");
             return ScrubOutcome::Ok;
         }
-        let signature =
-            crate::oms::verify_dir_with(&self.path, &self.signers, Some(&manifest), self.threads);
+        let signature = crate::oms::verify_dir_with(
+            &self.path,
+            &self.signers,
+            Some(&manifest),
+            &HashOptions::new(self.serialization, self.threads).cancelled_by(stop.clone()),
+        );
         let state = ArtefactState::Ready {
             digest: manifest.root,
             files: manifest.files.len(),

@@ -1,11 +1,17 @@
 //! The provgate command line: run the sidecar, and the tools a pipeline or a newcomer needs
 //! around it (digest a model, make keys, sign an approval, mint a demo token, verify an
 //! audit log).
+//!
+//! The commands that hash a model directory (`digest`, `approve --dir`, `verify-signature`)
+//! draw a progress bar on standard error when it is a terminal (not with `--quiet`);
+//! standard output carries only their result.
 
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -13,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, Evidence};
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
-use provgate::oms::{HashOptions, Serialization};
+use provgate::oms::{HashOptions, HashProgress, Serialization};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +51,8 @@ enum Command {
         verbose: bool,
         #[command(flatten)]
         serialization: SerializationArgs,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Make a signing key pair: a PKCS#8 PEM private key and its public key added to a JWKS.
     Keygen {
@@ -80,6 +88,11 @@ enum Command {
         /// A pinned signer, as `NAME=PUBLIC_KEY.pem` (EC P-256 or P-384; repeat).
         #[arg(long = "signer", required = true)]
         signers: Vec<String>,
+        /// Hashing threads [default: one per core].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        threads: Option<u64>,
+        #[command(flatten)]
+        progress: ProgressArgs,
     },
     /// Add the provgate sidecar to Kubernetes YAML (Deployment, StatefulSet, Pod, or a List
     /// of them; several documents), read from a file or standard input, written to standard
@@ -270,6 +283,59 @@ struct SerializationArgs {
     threads: Option<u64>,
 }
 
+/// Whether a command that hashes shows its progress.
+#[derive(Args)]
+struct ProgressArgs {
+    /// No progress bar (one is drawn on standard error only when it is a terminal).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl ProgressArgs {
+    /// Runs `hash` with `opts`, reporting to a progress bar on standard error when it is a
+    /// terminal and `--quiet` was not given; the bar is left showing the final count.
+    fn run<T>(&self, opts: HashOptions, hash: impl FnOnce(&HashOptions) -> T) -> T {
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return hash(&opts);
+        }
+        let progress = Arc::new(HashProgress::default());
+        let opts = opts.reporting_to(progress.clone());
+        let (done, finished) = mpsc::channel::<()>();
+        let bar = std::thread::spawn(move || draw_progress(&progress, &finished));
+        let out = hash(&opts);
+        drop(done);
+        // The drawing thread only draws; if it panicked the hash's result still stands.
+        let _ = bar.join();
+        out
+    }
+}
+
+/// Draws `progress` as a bar on standard error, ten times a second, until `finished`
+/// disconnects.
+fn draw_progress(progress: &HashProgress, finished: &mpsc::Receiver<()>) {
+    let style = indicatif::ProgressStyle::with_template(
+        "hashing [{bar:30}] {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+            .with_style(style);
+    let update = || {
+        let p = progress.snapshot();
+        bar.set_length(p.bytes_total);
+        bar.set_position(p.bytes_done);
+        bar.set_message(format!("files {}/{}", p.files_done, p.files_total));
+    };
+    while let Err(mpsc::RecvTimeoutError::Timeout) =
+        finished.recv_timeout(Duration::from_millis(100))
+    {
+        update();
+    }
+    update();
+    bar.finish();
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Method {
     Files,
@@ -359,6 +425,8 @@ struct ApproveArgs {
     /// again (`revalidate_after`).
     #[arg(long, value_parser = humantime::parse_duration)]
     revalidate_after: Option<Duration>,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// Write the record here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -400,8 +468,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             dir,
             verbose,
             serialization,
+            progress,
         } => {
-            let m = provgate::oms::hash_dir(&dir, &serialization.options()?, None)?;
+            let m = progress.run(serialization.options()?, |opts| {
+                provgate::oms::hash_dir(&dir, opts, None)
+            })?;
             if verbose {
                 for (name, d) in &m.resources {
                     println!("{}  {name}", hex::encode(d));
@@ -412,7 +483,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Keygen { key, jwks, kind } => keygen(&key, &jwks, kind),
         Command::Inject(args) => inject(*args),
-        Command::VerifySignature { dir, signers } => {
+        Command::VerifySignature {
+            dir,
+            signers,
+            threads,
+            progress,
+        } => {
             let mut keys = Vec::new();
             for s in &signers {
                 let (name, path) = s
@@ -423,7 +499,16 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                         .map_err(|e| anyhow!("--signer {s:?}: {e}"))?,
                 );
             }
-            match provgate::oms::verify_dir(&dir, &keys) {
+            let threads = match threads {
+                Some(t) => usize::try_from(t).unwrap_or(usize::MAX),
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            // The signature names its serialization; verification hashes with it.
+            let opts = HashOptions::new(Serialization::Files, threads);
+            let state = progress.run(opts, |opts| {
+                provgate::oms::verify_dir_with(&dir, &keys, None, opts)
+            });
+            match state {
                 provgate::oms::SignatureState::Valid { signer } => {
                     println!("{}: valid, signed by {signer}", dir.display());
                     Ok(ExitCode::SUCCESS)
@@ -667,7 +752,13 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
     let key = SigningKey::from_pem_file(&a.key)?;
     let digest = match (&a.digest, &a.dir) {
         (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
-        (None, Some(dir)) => provgate::oms::hash_dir(dir, &a.serialization.options()?, None)?.root,
+        (None, Some(dir)) => {
+            a.progress
+                .run(a.serialization.options()?, |opts| {
+                    provgate::oms::hash_dir(dir, opts, None)
+                })?
+                .root
+        }
         (None, None) => bail!("give --digest or --dir"),
     };
     let now = provgate::unix_now();

@@ -134,6 +134,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             poll_interval: m.poll_interval,
             serialization: m.serialization,
             threads: m.hash_threads,
+            progress_log_every: m.progress_log_interval,
             handle: artefact.clone(),
             metrics: metrics.clone(),
             signers: m.signers.clone(),

@@ -25,6 +25,7 @@ pub mod names {
     pub const ARTEFACT_HASH_DURATION_SECONDS: &str = "provgate_artefact_hash_duration_seconds";
     pub const ARTEFACT_SCRUBS_TOTAL: &str = "provgate_artefact_scrubs_total";
     pub const BACKGROUND_STALLED: &str = "provgate_background_stalled";
+    pub const ARTEFACT_HASH_BYTES: &str = "provgate_artefact_hash_bytes";
     pub const APPROVAL_EXPIRY_TIMESTAMP_SECONDS: &str =
         "provgate_approval_expiry_timestamp_seconds";
     pub const REGISTRY_RECORDS: &str = "provgate_registry_records";
@@ -73,6 +74,8 @@ pub struct Metrics {
     pub artefact_scrubs: IntCounterVec,
     /// 1 for a background service whose heartbeat is older than its bound.
     pub background_stalled: IntGaugeVec,
+    /// Per model, `kind` = `done` | `total`: bytes of the hash in progress (or the last one).
+    pub artefact_hash_bytes: IntGaugeVec,
     pub approval_expiry: GaugeVec,
     pub registry_records_valid: IntGauge,
     pub registry_records_invalid: IntGauge,
@@ -201,6 +204,13 @@ impl Metrics {
                 "1 for a background service (artefact, registry, keys, probe) that has made no progress within its bound."
             ),
             &["service"]
+        ));
+        let artefact_hash_bytes = reg!(IntGaugeVec::new(
+            Opts::new(
+                ARTEFACT_HASH_BYTES,
+                "Bytes of the model directory's current (or last) hash: read so far (kind=done) and to read (kind=total); files whose digests were reused are in neither."
+            ),
+            &["model", "kind"]
         ));
         let approval_expiry = reg!(GaugeVec::new(
             Opts::new(
@@ -366,6 +376,7 @@ impl Metrics {
             artefact_hash_seconds,
             artefact_scrubs,
             background_stalled,
+            artefact_hash_bytes,
             approval_expiry,
             registry_revoked_ids,
             registry_fetches,

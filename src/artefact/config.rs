@@ -40,6 +40,10 @@ pub struct ArtefactFile {
     /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
+    /// While a hash runs, how often to log how far it is (bytes and files done of the total,
+    /// throughput, time left).
+    #[serde(default = "default_progress_log_interval")]
+    pub progress_log_interval: String,
     /// `model` (the default) or `adapter`: a LoRA adapter requests name like a model,
     /// served on top of `base`. Its records must pin the base's digest
     /// (`artefact.base_digest`), and a request naming it needs both records to allow it.
@@ -84,6 +88,9 @@ fn default_scrub_interval() -> String {
 fn default_scrub_rate() -> String {
     "256MiB".into()
 }
+fn default_progress_log_interval() -> String {
+    "5s".into()
+}
 fn default_serialization() -> String {
     "files".into()
 }
@@ -103,6 +110,7 @@ pub struct ModelConfig {
     /// The OMS serialization of the served digest.
     pub serialization: Serialization,
     pub hash_threads: usize,
+    pub progress_log_interval: Duration,
     pub signers: Arc<Vec<Signer>>,
     /// Time between two full re-verifications; None: no scrub.
     pub scrub_interval: Option<Duration>,
@@ -177,6 +185,9 @@ impl ArtefactFile {
             errors.push(format_args!("{key}.scrub_rate"), "must be more than zero");
         }
         errors.more_than_zero(&format!("{key}.poll_interval"), poll_interval);
+        let progress_key = format!("{key}.progress_log_interval");
+        let progress_log_interval = errors.duration(&progress_key, &self.progress_log_interval);
+        errors.more_than_zero(&progress_key, progress_log_interval);
         errors.nonempty(&format!("{key}.model"), &self.model);
         errors.nonempty(&format!("{key}.path"), &self.path);
         let mut signers = Vec::new();
@@ -223,6 +234,7 @@ impl ArtefactFile {
             } else {
                 self.hash_threads
             },
+            progress_log_interval,
             signers: Arc::new(signers),
             scrub_interval: (!scrub_interval.is_zero()).then_some(scrub_interval),
             scrub_rate,

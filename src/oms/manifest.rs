@@ -15,18 +15,22 @@
 //! Hashing is a work queue of (file, offset, length) jobs, longest first, taken by up to
 //! `threads` threads, each reading with `pread` into its own reusable buffer. Under `files` a
 //! file is one job (SHA-256 is sequential); under `shards` one large file spreads over every
-//! thread. This module reads files and nothing else: publishing is the watcher's business.
+//! thread. Each read adds its length to the optional [`HashProgress`] the caller passed
+//! (one relaxed atomic add per read). This module reads files and nothing else: publishing and
+//! drawing progress are the watcher's and the command line's business.
 
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
+
+use super::progress::HashProgress;
 
 /// Paths directly under the root that the OMS tooling leaves out of a manifest by default.
 pub const IGNORED_TOP_LEVEL: [&str; 5] = [
@@ -235,6 +239,8 @@ pub struct HashOptions {
     pub rate: Option<u64>,
     /// Beaten after every read ([`crate::kit::watchdog`]): a read that hangs shows.
     pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
+    /// Counters the hash fills as it reads, for the owner to show (see [`HashProgress`]).
+    pub progress: Option<Arc<HashProgress>>,
 }
 
 impl HashOptions {
@@ -247,12 +253,21 @@ impl HashOptions {
             cancel: None,
             rate: None,
             heartbeat: None,
+            progress: None,
         }
     }
 
     /// The same options, beating `heartbeat` after every read.
     pub fn beating(self, heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>) -> HashOptions {
         HashOptions { heartbeat, ..self }
+    }
+
+    /// The same options, reporting to `progress` as they read.
+    pub fn reporting_to(self, progress: Arc<HashProgress>) -> HashOptions {
+        HashOptions {
+            progress: Some(progress),
+            ..self
+        }
     }
 
     /// The same options, reading at most `bytes_per_second` over all threads.
@@ -439,8 +454,25 @@ pub fn compute_manifest(root: &Path, threads: usize) -> Result<Manifest, HashErr
 }
 
 /// Computes the manifest of a model directory, hashing only the files that `previous` does
-/// not already cover with an unchanged identity.
+/// not already cover with an unchanged identity. `opts.progress`, if any, is started when
+/// the directory is listed and ended when this returns, whatever the outcome.
 pub fn hash_dir(
+    root: &Path,
+    opts: &HashOptions,
+    previous: Option<&Manifest>,
+) -> Result<Manifest, HashError> {
+    let progress = opts.progress.as_deref();
+    if let Some(p) = progress {
+        p.begin();
+    }
+    let result = hash_dir_inner(root, opts, previous);
+    if let Some(p) = progress {
+        p.end();
+    }
+    result
+}
+
+fn hash_dir_inner(
     root: &Path,
     opts: &HashOptions,
     previous: Option<&Manifest>,
@@ -449,6 +481,18 @@ pub fn hash_dir(
     let listed_at = SystemTime::now();
     let files = list_files(root)?;
     let plan = plan(&files, opts, previous);
+    let mut hashed = vec![false; files.len()];
+    for j in &plan.jobs {
+        hashed[j.file] = true;
+    }
+    let stats = HashStats {
+        hashed_files: hashed.iter().filter(|h| **h).count(),
+        reused_files: plan.reused_files,
+        hashed_bytes: plan.jobs.iter().map(|j| j.end - j.start).sum(),
+    };
+    if let Some(p) = opts.progress.as_deref() {
+        p.start(stats.hashed_files as u64, stats.hashed_bytes);
+    }
     let mut digests = plan.known;
     for (slot, d) in run_jobs(&files, &plan.jobs, opts)? {
         digests[slot] = Some(d);
@@ -461,15 +505,6 @@ pub fn hash_dir(
         root_hasher.update(d);
         resources.push((name, d));
     }
-    let mut hashed = vec![false; files.len()];
-    for j in &plan.jobs {
-        hashed[j.file] = true;
-    }
-    let stats = HashStats {
-        hashed_files: hashed.iter().filter(|h| **h).count(),
-        reused_files: plan.reused_files,
-        hashed_bytes: plan.jobs.iter().map(|j| j.end - j.start).sum(),
-    };
     Ok(Manifest {
         root: Digest(root_hasher.finalize().into()),
         serialization: opts.serialization,
@@ -500,6 +535,19 @@ pub(crate) fn run_jobs(
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
+    let progress = opts.progress.as_deref();
+    // Jobs left per file, so that a file counts as done when its last range is read (under
+    // `shards` its ranges finish on different threads, in any order).
+    let mut left: Vec<AtomicU32> = Vec::new();
+    if progress.is_some() {
+        left = files.iter().map(|_| AtomicU32::new(0)).collect();
+        for j in jobs {
+            if let Some(n) = left.get_mut(j.file) {
+                *n.get_mut() = n.get_mut().saturating_add(1);
+            }
+        }
+    }
+    let left = &left;
     let first_error = Mutex::new(None);
     let threads = opts.threads.clamp(1, jobs.len());
     let buffer = opts.read_buffer.max(1);
@@ -518,9 +566,20 @@ pub(crate) fn run_jobs(
                             cancel: opts.cancel.as_deref(),
                             rate: opts.rate.map(|r| (r / threads as u64).max(1)),
                             heartbeat: opts.heartbeat.as_deref(),
+                            progress,
                         };
                         match hash_job(files, job, &mut open, &mut buf, &pace) {
-                            Ok(d) => mine.push((job.slot, d)),
+                            Ok(d) => {
+                                mine.push((job.slot, d));
+                                if let Some(p) = progress {
+                                    let was = left
+                                        .get(job.file)
+                                        .map(|n| n.fetch_sub(1, Ordering::Relaxed));
+                                    if was == Some(1) {
+                                        p.add_file();
+                                    }
+                                }
+                            }
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
                                 if let Ok(mut slot) = first_error.lock() {
@@ -562,6 +621,7 @@ fn hash_job(
     pace: &Pace<'_>,
 ) -> Result<[u8; 32], HashError> {
     let cancel = pace.cancel;
+    let progress = pace.progress;
     let started = std::time::Instant::now();
     let f = files.get(job.file).ok_or(HashError::Panicked)?;
     let file = match open {
@@ -603,6 +663,9 @@ fn hash_job(
                 pos += n as u64;
                 since_check += n as u64;
                 pace.wait(started, pos - job.start)?;
+                if let Some(p) = progress {
+                    p.add_bytes(n as u64);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(&f.abs)(e)),
@@ -631,6 +694,8 @@ pub(crate) struct Pace<'a> {
     pub rate: Option<u64>,
     /// Beaten after every read and every pause.
     pub heartbeat: Option<&'a crate::kit::watchdog::Heartbeat>,
+    /// Counts every byte read (one relaxed atomic add per read).
+    pub progress: Option<&'a HashProgress>,
 }
 
 impl Pace<'_> {

@@ -10,12 +10,14 @@
 //! not import either (nor anything above `digest`).
 
 pub mod manifest;
+pub mod progress;
 pub mod signature;
 
 pub use manifest::{
     compute_manifest, hash_dir, list_files, FileIdentity, HashError, HashOptions, HashStats,
     Manifest, Serialization, DEFAULT_SHARD_SIZE, IGNORED_TOP_LEVEL,
 };
+pub use progress::{HashProgress, ProgressSnapshot};
 pub use signature::{
     signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SignerError,
     SIGNATURE_FILE,

@@ -122,7 +122,12 @@ impl SignatureState {
 /// hashing the directory on one thread per core.
 pub fn verify_dir(dir: &Path, signers: &[Signer]) -> SignatureState {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    verify_dir_with(dir, signers, None, threads)
+    verify_dir_with(
+        dir,
+        signers,
+        None,
+        &HashOptions::new(Serialization::Files, threads),
+    )
 }
 
 /// Where a model's OMS signature is: `DIR/model.sig` for a directory, `FILE.sig` beside a
@@ -139,12 +144,12 @@ pub fn signature_path(model: &Path) -> PathBuf {
 
 /// Verifies the model's signature ([`signature_path`]), checking its resources against `served` (the manifest of `dir`
 /// just computed) when the signature's serialization is the same, else hashing `dir` with
-/// the signature's serialization on `threads` threads.
+/// the signature's serialization and the rest of `hashing` (threads, cancel, progress).
 pub fn verify_dir_with(
     dir: &Path,
     signers: &[Signer],
     served: Option<&Manifest>,
-    threads: usize,
+    hashing: &HashOptions,
 ) -> SignatureState {
     let path = signature_path(dir);
     // Bounded and non-blocking: a FIFO, a device or a sparse giant is an invalid signature.
@@ -153,7 +158,7 @@ pub fn verify_dir_with(
         Err(e) if e.is_not_found() => return SignatureState::Absent,
         Err(e) => return invalid(e.to_string()),
     };
-    match verify_bundle(dir, &bytes, signers, served, threads) {
+    match verify_bundle(dir, &bytes, signers, served, hashing) {
         Ok(signer) => SignatureState::Valid { signer },
         Err(reason) => invalid(reason),
     }
@@ -168,7 +173,7 @@ fn verify_bundle(
     bundle: &[u8],
     signers: &[Signer],
     served: Option<&Manifest>,
-    threads: usize,
+    hashing: &HashOptions,
 ) -> Result<String, String> {
     let bundle: serde_json::Value =
         serde_json::from_slice(bundle).map_err(|e| format!("model.sig is not JSON: {e}"))?;
@@ -278,8 +283,11 @@ fn verify_bundle(
     let manifest = match served {
         Some(m) if m.serialization == serialization => m,
         _ => {
-            hashed = hash_dir(dir, &HashOptions::new(serialization, threads), None)
-                .map_err(|e| e.to_string())?;
+            let opts = HashOptions {
+                serialization,
+                ..hashing.clone()
+            };
+            hashed = hash_dir(dir, &opts, None).map_err(|e| e.to_string())?;
             &hashed
         }
     };

@@ -21,6 +21,7 @@ mod layering;
 mod lifecycle;
 mod monitoring;
 mod mtls;
+mod progress;
 mod registries;
 mod routing;
 mod traces;

@@ -425,6 +425,7 @@ fn a_file_removed_while_hashed_is_abandoned_not_read_to_its_end() {
         cancel: None,
         rate: None,
         heartbeat: None,
+        progress: None,
     };
     let started = std::time::Instant::now();
     let r = hash_job(&listed, &job, &mut open, &mut buf, &pace);
@@ -435,4 +436,61 @@ fn a_file_removed_while_hashed_is_abandoned_not_read_to_its_end() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn progress_counts_every_byte_and_file_read_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), vec![1u8; 5000]).unwrap();
+    std::fs::write(dir.path().join("b"), vec![2u8; 3000]).unwrap();
+    // An empty file has no shard: nothing to read, so it is in neither count.
+    std::fs::write(dir.path().join("empty"), b"").unwrap();
+    let progress = Arc::new(HashProgress::default());
+    let mut o = opts(shards(1000), 3).reporting_to(progress.clone());
+    o.read_buffer = 256;
+    o.racy_margin = Duration::ZERO;
+    let first = hash_dir(dir.path(), &o, None).unwrap();
+    let want = crate::oms::ProgressSnapshot {
+        bytes_done: 8000,
+        bytes_total: 8000,
+        files_done: 2,
+        files_total: 2,
+        active: false,
+    };
+    assert_eq!(progress.snapshot(), want);
+    assert_eq!(
+        first.root,
+        hash_dir(dir.path(), &opts(shards(1000), 1), None)
+            .unwrap()
+            .root
+    );
+
+    // A re-hash counts only the file it reads again; the reused ones are not in the total.
+    next_tick();
+    std::fs::write(dir.path().join("b"), vec![3u8; 2500]).unwrap();
+    let second = hash_dir(dir.path(), &o, Some(&first)).unwrap();
+    assert_eq!(second.stats.hashed_files, 1);
+    let want = crate::oms::ProgressSnapshot {
+        bytes_done: 2500,
+        bytes_total: 2500,
+        files_done: 1,
+        files_total: 1,
+        active: false,
+    };
+    assert_eq!(progress.snapshot(), want);
+
+    // Under `files` the empty file is a resource read (of zero bytes) and counts.
+    let o = opts(Serialization::Files, 2).reporting_to(progress.clone());
+    hash_dir(dir.path(), &o, None).unwrap();
+    let p = progress.snapshot();
+    assert_eq!((p.files_done, p.files_total), (3, 3));
+    assert_eq!((p.bytes_done, p.bytes_total), (7500, 7500));
+}
+
+#[test]
+fn progress_ends_inactive_when_the_hash_fails() {
+    let progress = Arc::new(HashProgress::default());
+    let o = opts(Serialization::Files, 1).reporting_to(progress.clone());
+    assert!(hash_dir(Path::new("/nonexistent/provgate-progress"), &o, None).is_err());
+    assert!(!progress.snapshot().active);
 }

@@ -65,14 +65,17 @@ fn the_served_manifest_is_reused_only_for_the_same_serialization() {
     let valid = SignatureState::Valid {
         signer: "release".into(),
     };
-    assert_eq!(verify_dir_with(p, &signers, Some(&served), 2), valid);
+    assert_eq!(
+        verify_dir_with(p, &signers, Some(&served), &files2()),
+        valid
+    );
     assert_eq!(verify_dir(p, &signers), valid);
 
     // A served manifest that disagrees with the signature is what gets checked: the files
     // are not read again.
     let mut doctored = served.clone();
     doctored.resources[3].1[0] ^= 1;
-    match verify_dir_with(p, &signers, Some(&doctored), 2) {
+    match verify_dir_with(p, &signers, Some(&doctored), &files2()) {
         SignatureState::Invalid { reason } => {
             assert!(reason.contains("weights:2000:3000 differs"), "{reason}")
         }
@@ -86,6 +89,13 @@ fn the_served_manifest_is_reused_only_for_the_same_serialization() {
     ] {
         let mut doctored = other;
         doctored.resources[0].1[0] ^= 1;
-        assert_eq!(verify_dir_with(p, &signers, Some(&doctored), 2), valid);
+        assert_eq!(
+            verify_dir_with(p, &signers, Some(&doctored), &files2()),
+            valid
+        );
     }
+}
+
+fn files2() -> HashOptions {
+    HashOptions::new(Serialization::Files, 2)
 }

@@ -9,12 +9,14 @@
 //! - [`backoff`]: the one retry schedule (doubling to a cap, jitter a parameter);
 //! - [`http`]: the one HTTP client builder (rustls, CA file, timeouts) and bounded body
 //!   reads, with typed fetch errors;
-//! - [`service`]: loops as pingora background services, so a shutdown stops them.
+//! - [`service`]: loops as pingora background services, so a shutdown stops them;
+//! - [`conn`]: one client connection's header and idle deadline.
 //!
 //! The kit owns no domain type: it knows nothing of artefacts, records, keys or requests,
 //! and imports nothing from the crate but OMS's file identity (for fingerprints).
 
 pub mod backoff;
+pub mod conn;
 pub mod dirwatch;
 pub mod http;
 pub mod published;

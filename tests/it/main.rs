@@ -8,6 +8,7 @@
 mod support;
 
 mod cli;
+mod connections;
 mod enforcement;
 mod first_run;
 mod identity;

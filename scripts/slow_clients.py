@@ -11,7 +11,6 @@ memory (VmRSS of PID).
 Standard library only. The numbers of the last run are in BENCHMARKS.md.
 """
 import argparse
-import select
 import socket
 import time
 
@@ -57,18 +56,16 @@ def main():
         # Drop the ones provgate closed (readable with EOF) or answered (503 on a limit).
         alive = []
         for s in conns:
-            r, _, _ = select.select([s], [], [], 0)
-            if r:
-                try:
-                    data = s.recv(4096)
-                except OSError:
-                    data = b""
-                if not data or data.startswith(b"HTTP/1.1 503"):
-                    if data:
-                        refused += 1
-                    s.close()
-                    continue
-            alive.append(s)
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                alive.append(s)
+                continue
+            except OSError:
+                data = b""
+            if data.startswith(b"HTTP/1.1 503"):
+                refused += 1
+            s.close()
         conns = alive
         if time.monotonic() >= next_send:
             line += 1

@@ -2,8 +2,8 @@
 //! `jwks_uri`), refreshed in the background at the server's cache hints within configured
 //! bounds, refetched on an unknown `kid` at most once per `refetch_interval`, and kept after a
 //! failed refresh until `max_stale`, after which the issuer's callers get
-//! `trust_data_unavailable` rather than `token_invalid`. A failed first fetch is retried
-//! with a backoff of seconds (1 s doubling to 30 s), not minutes.
+//! `trust_data_unavailable` rather than `token_invalid`. A failed fetch is retried with a
+//! backoff of seconds (1 s doubling to 30 s), never longer than a quarter of `max_stale`.
 //!
 //! The fetchers run as one pingora background service (dropped at shutdown); the request
 //! path only reads the published key set and its freshness clock and, for an unknown `kid`,
@@ -165,9 +165,13 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
             }
             Err(e) => {
                 failed.inc();
-                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_s = backoff.peek().as_secs(),
+                // At least four tries within max_stale: an issuer that flaps, or comes back
+                // before the last good keys go stale, is caught before they do (a plain
+                // doubling backoff could sleep past max_stale while the issuer is up).
+                let retry = backoff.fail().min(remote.config.max_stale / 4);
+                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_ms = retry.as_millis() as u64,
                     "issuer key fetch failed; keeping the last good keys until max_stale");
-                backoff.fail()
+                retry
             }
         };
         remote.finished.send_replace(number);

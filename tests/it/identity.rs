@@ -473,6 +473,75 @@ async fn an_unknown_kid_burst_costs_one_refetch() {
     assert_eq!(resp.status(), 200, "{}", pg.logs());
 }
 
+/// Issue 16 item 4: the JWKS endpoint flapping (down 700 ms, up 500 ms, for 6 s; CI-sized,
+/// the issue asks for every few seconds for minutes) costs no request while each outage is
+/// shorter than `max_stale`; a longer outage then gives `trust_data_unavailable`, and the
+/// issuer's return clears it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_jwks_endpoint_costs_no_request_within_max_stale() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    let up = Upstream::start().await;
+    let pg = start(
+        &fx,
+        &issuer,
+        up.addr,
+        "refresh_min = \"200ms\"\nrefresh_max = \"200ms\"\nmax_stale = \"2s\"",
+    )
+    .await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let flapping = {
+        let up = issuer.up.clone();
+        tokio::spawn(async move {
+            for i in 0..10 {
+                // Down 700 ms, up 500 ms: never in step with a retry schedule.
+                up.store(i % 2 == 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 700 } else { 500 })).await;
+            }
+            up.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut answers = std::collections::BTreeMap::new();
+    while !flapping.is_finished() {
+        let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
+        *answers.entry((status, error)).or_insert(0u32) += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = pg.metrics().await;
+    let failed = m
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "provgate_jwks_fetches_total{{issuer=\"{ISSUER}\",result=\"error\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!("answers while the issuer flapped: {answers:?}; failed fetches {failed}");
+    assert!(
+        failed >= 3.0,
+        "the issuer did not flap: {failed} failed fetches"
+    );
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers.contains_key(&(200, String::new())), "{answers:?}");
+
+    // A real outage, longer than max_stale, then the issuer is back.
+    issuer.up.store(false, Ordering::SeqCst);
+    pg.until_answer(
+        &token,
+        503,
+        Some("trust_data_unavailable"),
+        Duration::from_secs(6),
+    )
+    .await;
+    issuer.up.store(true, Ordering::SeqCst);
+    pg.until_answer(&token, 200, None, Duration::from_secs(10))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_workload_identity_follows_its_rotating_token() {
     let fx = Fixture::new();

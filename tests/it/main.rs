@@ -10,6 +10,7 @@ mod support;
 mod cli;
 mod connections;
 mod enforcement;
+mod faults;
 mod first_run;
 mod identity;
 mod inject;

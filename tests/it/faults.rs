@@ -1,0 +1,230 @@
+//! Fault injection through the real binary (issue 16 item 4): `kill -9` during audited
+//! traffic and a restart (the chain resumes), a torn last audit line, the audit disk full
+//! (a tiny tmpfs; needs root and `mount`, skipped otherwise), the model directory removed
+//! and restored. The issuer's JWKS endpoint flapping is in `identity` (beside its HTTPS
+//! issuer); an upstream that never answers is in `enforcement` (`read_timeout`, 504 JSON).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Runs `provgate audit verify FILE`: (success, stdout + stderr).
+fn verify(path: &Path) -> (bool, String) {
+    let out = run_cli(&["audit", "verify", path.to_str().unwrap()], None);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Sends `n` requests, `c` at a time, ignoring failures (the process may be killed).
+async fn traffic(pg: &Provgate, token: &str, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (c, url, t) = (pg.client.clone(), pg.url("/v1/models"), token.to_string());
+        tasks.spawn(async move {
+            let _ = c.get(url).bearer_auth(t).send().await;
+        });
+        if tasks.len() >= 16 {
+            tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn audit_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_audited_traffic_then_restart_resumes_the_chain() {
+    let mut fx = Fixture::new();
+    fx.log_allowed = true;
+    fx.approve("rec.jwt", &fx.claims());
+    let (up, mut pg) = started(&fx).await;
+    let token = fx.token(CALLER);
+    // Kill -9 while requests are in flight.
+    let load = {
+        let (c, url, t) = (pg.client.clone(), pg.url("/v1/models"), token.clone());
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                if c.get(&url).bearer_auth(&t).send().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    pg.child.kill().unwrap();
+    pg.child.wait().unwrap();
+    let _ = load.await;
+    let before = audit_lines(&fx.audit_path());
+    assert!(before > 0, "no audit line written before the kill");
+    let (ok, out) = verify(&fx.audit_path());
+    assert!(ok, "chain broken by kill -9: {out}");
+
+    drop(pg);
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    traffic(&pg, &token, 50).await;
+    pg.eventually(Duration::from_secs(5), || async {
+        audit_lines(&fx.audit_path()) >= before + 50
+    })
+    .await;
+    let (ok, out) = verify(&fx.audit_path());
+    assert!(ok, "chain does not resume after a restart: {out}");
+    eprintln!("{before} lines before kill -9, chain intact after restart: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "fails today: the audit writer appends after a torn last line, merging the next record into it; src/audit is being rebuilt (issue 14)"]
+async fn a_torn_last_audit_line_is_handled_on_restart() {
+    let mut fx = Fixture::new();
+    fx.log_allowed = true;
+    fx.approve("rec.jwt", &fx.claims());
+    let (up, pg) = started(&fx).await;
+    let token = fx.token(CALLER);
+    traffic(&pg, &token, 20).await;
+    pg.eventually(Duration::from_secs(5), || async {
+        audit_lines(&fx.audit_path()) >= 20
+    })
+    .await;
+    drop(pg); // SIGKILL
+              // What a crash in the middle of a write leaves: half a line, no newline.
+    let text = std::fs::read_to_string(fx.audit_path()).unwrap();
+    let last = text.trim_end().lines().last().unwrap().to_string();
+    let mut torn = text.clone();
+    torn.push_str(&last[..last.len() / 2]);
+    std::fs::write(fx.audit_path(), torn).unwrap();
+
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    traffic(&pg, &token, 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = std::fs::read_to_string(fx.audit_path()).unwrap();
+    // Every record written after the restart is a whole JSON line of its own.
+    let new_lines: Vec<&str> = after[text.len()..].lines().collect();
+    assert!(new_lines.len() >= 20, "{}", pg.logs());
+    let whole = new_lines
+        .iter()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    assert!(
+        whole >= 20,
+        "records after a torn line are merged into it:\n{}",
+        &after[text.len()..text.len() + 400.min(after.len() - text.len())]
+    );
+    // And `audit verify` says where the tear is rather than passing silently.
+    let (ok, out) = verify(&fx.audit_path());
+    eprintln!("verify after a torn line: ok={ok} {out}");
+}
+
+/// The audit disk fills up: requests are still answered (the audit is not on the request
+/// path), failures are counted, and once space is back records are written again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_audit_disk_keeps_serving_and_counts_failures() {
+    let mnt = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+
+    let mut fx = Fixture::new();
+    fx.log_allowed = true;
+    fx.approve("rec.jwt", &fx.claims());
+    let audit = mnt.path().join("audit.jsonl");
+    let up = Upstream::start().await;
+    let config_audit = format!("path = \"{}\"", fx.audit_path().display());
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx
+        .config(listen, admin, up.addr)
+        .replace(&config_audit, &format!("path = \"{}\"", audit.display()));
+    let pg = Provgate::spawn(fx.dir.path(), "fullaudit", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    traffic(&pg, &token, 10).await;
+    // Fill the disk.
+    let filler = mnt.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]);
+    let mut answered = 0;
+    for _ in 0..300 {
+        if pg.get("/v1/models", Some(&token)).await.status() == 200 {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 300, "requests fail while the audit disk is full");
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.metric("provgate_audit_records_total{result=\"failed\"}")
+            .await
+            > 0.0
+    })
+    .await;
+    // Space comes back: records are written again.
+    std::fs::remove_file(&filler).unwrap();
+    let written = pg
+        .metric("provgate_audit_records_total{result=\"written\"}")
+        .await;
+    traffic(&pg, &token, 20).await;
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.metric("provgate_audit_records_total{result=\"written\"}")
+            .await
+            >= written + 20.0
+    })
+    .await;
+    let (ok, out) = verify(&audit);
+    eprintln!("verify after a full disk: ok={ok} {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_directory_removed_and_restored() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let (_up, pg) = started(&fx).await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    // Unmounted: the directory goes away (moved aside, as an unmount leaves an empty or
+    // missing mount point).
+    let aside = fx.path("model-aside");
+    std::fs::rename(fx.model_dir(), &aside).unwrap();
+    let blocked = pg
+        .eventually(Duration::from_secs(5), || async {
+            pg.get("/v1/models", Some(&token)).await.status() != 200
+        })
+        .await;
+    let r = pg.get("/v1/models", Some(&token)).await;
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    eprintln!("model directory gone: blocked after {blocked:?} with {status} {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("artefact_")),
+        "{status} {body}"
+    );
+    // Remounted: the same bytes are approved again, without a restart.
+    std::fs::rename(&aside, fx.model_dir()).unwrap();
+    let back = pg
+        .until_answer(&token, 200, None, Duration::from_secs(10))
+        .await;
+    eprintln!("model directory restored: allowed again after {back:?}");
+}

@@ -84,7 +84,8 @@ pub struct ServerFile {
     #[serde(default)]
     pub header_timeout: Option<String>,
     /// How long a kept-alive client connection may take, after a response, to send the next
-    /// request's headers. Default 60s.
+    /// request's headers. Default 60s. (pingora's own keep-alive read timeout, 60 s without
+    /// a byte, still applies.)
     #[serde(default)]
     pub idle_timeout: Option<String>,
     /// Client connections open at once on the proxy listener; more are answered 503 and

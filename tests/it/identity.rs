@@ -487,7 +487,7 @@ async fn a_flapping_jwks_endpoint_costs_no_request_within_max_stale() {
         &fx,
         &issuer,
         up.addr,
-        "refresh_min = \"200ms\"\nrefresh_max = \"200ms\"\nmax_stale = \"2s\"",
+        "refresh_min = \"200ms\"\nrefresh_max = \"200ms\"\nmax_stale = \"3s\"",
     )
     .await;
     pg.wait_ready().await;

@@ -540,3 +540,57 @@ async fn http_registry_is_asked_for_every_guarded_models_digest() {
         "each model's digest is asked for: {asked:?}"
     );
 }
+
+/// Issue 16 item 4: the HTTP registry flapping (errors for 700 ms, answers for 500 ms, for
+/// 6 s; CI-sized) costs no request while each outage is shorter than `max_stale`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
+    let upstream = Upstream::start().await;
+    let registry = Arc::new(HttpRegistry::start("t").await);
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path("registry.token"), "t").unwrap();
+    fx.registry = Some(remote_registry(
+        "http",
+        &format!("http://{}", registry.addr),
+        "3s",
+        &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+    ));
+    let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    registry.answer(200, &record, None);
+    let pg = Provgate::start(&fx, upstream.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let flapping = {
+        let (registry, record) = (registry.clone(), record.clone());
+        tokio::spawn(async move {
+            for i in 0..10 {
+                if i % 2 == 0 {
+                    registry.answer(500, "", None);
+                } else {
+                    registry.answer(200, &record, None);
+                }
+                tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 700 } else { 500 })).await;
+            }
+            registry.answer(200, &record, None);
+        })
+    };
+    let mut answers = std::collections::BTreeMap::new();
+    while !flapping.is_finished() {
+        let status = pg.get("/v1/models", Some(&token)).await.status().as_u16();
+        *answers.entry(status).or_insert(0u32) += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let errors = pg
+        .metric("provgate_registry_fetches_total{backend=\"http\",result=\"error\"}")
+        .await;
+    eprintln!("answers while the registry flapped: {answers:?}; failed fetches {errors}");
+    assert!(
+        errors >= 3.0,
+        "the registry did not flap: {errors} failed fetches"
+    );
+    assert_eq!(
+        answers.keys().collect::<Vec<_>>(),
+        vec![&200],
+        "{answers:?}"
+    );
+}

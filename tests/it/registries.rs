@@ -543,9 +543,10 @@ async fn http_registry_is_asked_for_every_guarded_models_digest() {
 
 /// Issue 16 item 4: the HTTP registry flapping (errors for 700 ms, answers for 500 ms, for
 /// 6 s; CI-sized) costs no request while each outage is shorter than `max_stale`. Before the
-/// retries were jittered, a 1 s retry period against this 1.2 s cycle met three outages in a
-/// row and 19 of 114 requests got `trust_data_unavailable` with the registry up half the
-/// time.
+/// retries were jittered, a 1 s retry period against this 1.2 s cycle could meet three
+/// outages in a row: with `max_stale = 3s`, 19 of 114 requests got `trust_data_unavailable`
+/// with the registry up half the time (whether it happens depends on the phase: this test,
+/// at 4 s for a margin, is a guard, not a proof of the fix).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
     let upstream = Upstream::start().await;

@@ -487,7 +487,7 @@ async fn a_flapping_jwks_endpoint_costs_no_request_within_max_stale() {
         &fx,
         &issuer,
         up.addr,
-        "refresh_min = \"200ms\"\nrefresh_max = \"200ms\"\nmax_stale = \"3s\"",
+        "refresh_min = \"200ms\"\nrefresh_max = \"200ms\"\nmax_stale = \"4s\"",
     )
     .await;
     pg.wait_ready().await;
@@ -534,7 +534,7 @@ async fn a_flapping_jwks_endpoint_costs_no_request_within_max_stale() {
         &token,
         503,
         Some("trust_data_unavailable"),
-        Duration::from_secs(6),
+        Duration::from_secs(9),
     )
     .await;
     issuer.up.store(true, Ordering::SeqCst);

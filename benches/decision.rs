@@ -111,6 +111,7 @@ fn bench(c: &mut Criterion) {
                 jsonwebtoken::Algorithm::PS256,
             ],
             key: jsonwebtoken::DecodingKey::from_rsa_der(pair.public_key().as_ref()),
+            thumbprint: "rsa".into(),
         };
         let rsa = TokenVerifier::new(
             vec![Issuer::with_keys(

@@ -163,6 +163,9 @@ pub struct Issuer {
     pub algorithms: Vec<Algorithm>,
     pub profile: Profile,
     pub keys: ArcSwap<KeySet>,
+    /// Bumped after each change of `keys`, so a cached token knows when to re-check that
+    /// the key that verified it is still there (see [`Verified`]).
+    pub generation: AtomicU64,
     /// Set when the keys are fetched over the network (see [`jwks`]).
     pub remote: Option<jwks::RemoteState>,
 }
@@ -181,7 +184,50 @@ impl Issuer {
             algorithms,
             profile: Profile::Oidc,
             keys: ArcSwap::from_pointee(keys),
+            generation: AtomicU64::new(0),
             remote: None,
+        }
+    }
+
+    /// Publishes a new key set. The generation is bumped after the store, so a reader that
+    /// sees the new generation also sees the new keys.
+    pub fn replace_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A verified token as the caches hold it: the caller, the issuer, the key that verified it
+/// and the issuer's key generation it was last checked against. When the issuer's keys
+/// change, the next hit checks (by thumbprint, no crypto) that the key is still in the set
+/// and re-stamps the generation, or drops the token: a token outlives neither its `exp`
+/// nor its key.
+pub struct Verified {
+    caller: Arc<Caller>,
+    issuer: Arc<Issuer>,
+    thumbprint: String,
+    generation: AtomicU64,
+}
+
+impl Verified {
+    /// Still vouched for by the issuer's current keys? Two atomic loads while the keys are
+    /// unchanged.
+    fn key_current(&self) -> bool {
+        let current = self.issuer.generation.load(Ordering::Acquire);
+        if current == self.generation.load(Ordering::Relaxed) {
+            return true;
+        }
+        // `current` was read before the keys: if they change again, the next hit looks again.
+        if self
+            .issuer
+            .keys
+            .load()
+            .contains_thumbprint(&self.thumbprint)
+        {
+            self.generation.store(current, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
     }
 }
@@ -202,13 +248,13 @@ struct Recent {
     next: usize,
 }
 
-/// (verifier ID, token, caller).
-type RecentToken = (u64, Box<[u8]>, Arc<Caller>);
+/// (verifier ID, token, verified caller).
+type RecentToken = (u64, Box<[u8]>, Arc<Verified>);
 
 impl Recent {
     /// The caller for `token`, compared in constant time (a cached token is a credential:
     /// the comparison must not reveal how much of a guess matched).
-    fn get(&self, verifier: u64, token: &[u8]) -> Option<&Arc<Caller>> {
+    fn get(&self, verifier: u64, token: &[u8]) -> Option<&Arc<Verified>> {
         self.entries.iter().flatten().find_map(|(v, t, caller)| {
             (*v == verifier
                 && t.len() == token.len()
@@ -217,7 +263,7 @@ impl Recent {
         })
     }
 
-    fn insert(&mut self, verifier: u64, token: &[u8], caller: Arc<Caller>) {
+    fn insert(&mut self, verifier: u64, token: &[u8], caller: Arc<Verified>) {
         self.entries[self.next] = Some((verifier, token.into(), caller));
         self.next = (self.next + 1) % RECENT_PER_THREAD;
     }
@@ -247,7 +293,7 @@ pub struct TokenVerifier {
     /// The configured issuers: a fixed map, so a fast seeded hash.
     issuers: HashMap<String, Arc<Issuer>, crate::registry::FastHash>,
     leeway: u64,
-    cache: moka::sync::Cache<[u8; 32], Arc<Caller>>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
     /// Tokens that failed for good, so a replayed bad token costs no signature check.
     rejected: moka::sync::Cache<[u8; 32], TokenError>,
     /// Any issuer with remote keys (whose freshness cached tokens must respect)?
@@ -260,14 +306,14 @@ struct UntilExp {
     leeway: u64,
 }
 
-impl moka::Expiry<[u8; 32], Arc<Caller>> for UntilExp {
+impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<Caller>,
+        value: &Arc<Verified>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        let left = (value.exp + self.leeway).saturating_sub(crate::unix_now());
+        let left = (value.caller.exp + self.leeway).saturating_sub(crate::unix_now());
         Some(Duration::from_secs(left))
     }
 }
@@ -312,7 +358,7 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
         let recent = RECENT.with(|r| r.borrow().get(self.id, token.as_bytes()).cloned());
         let outcome = match recent {
-            Some(caller) => self.cached(caller, now),
+            Some(verified) => self.cached(&verified, now),
             None => None,
         };
         if let Some(outcome) = outcome {
@@ -322,33 +368,44 @@ impl TokenVerifier {
         RECENT.with(|r| {
             let mut r = r.borrow_mut();
             match &outcome {
-                Ok(caller) => r.insert(self.id, token.as_bytes(), caller.clone()),
+                Ok(verified) => r.insert(self.id, token.as_bytes(), verified.clone()),
                 Err(_) => r.remove(self.id, token.as_bytes()),
             }
         });
-        outcome
+        outcome.map(|v| v.caller.clone())
     }
 
-    /// A cached caller's answer: Some(outcome) while it still holds, None once it expired.
-    fn cached(&self, caller: Arc<Caller>, now: u64) -> Option<Result<Arc<Caller>, TokenError>> {
+    /// A cached token's answer: Some(outcome) while it still holds, None once it expired or
+    /// its key left the issuer's key set (then it is verified afresh).
+    fn cached(
+        &self,
+        verified: &Arc<Verified>,
+        now: u64,
+    ) -> Option<Result<Arc<Caller>, TokenError>> {
         // Keys past their staleness bound vouch for nothing, cached or not.
-        if self.has_remote && !self.issuer_fresh(&caller.iss) {
+        if self.has_remote
+            && verified
+                .issuer
+                .remote
+                .as_ref()
+                .is_some_and(|r| !r.is_fresh())
+        {
             return Some(Err(TokenError::KeysUnavailable));
         }
         // The cache expires entries at `exp`, but eviction is lazy: check again.
-        if now < caller.exp + self.leeway {
+        if now < verified.caller.exp + self.leeway && verified.key_current() {
             self.metrics.token_cache_hits.inc();
-            return Some(Ok(caller));
+            return Some(Ok(verified.caller.clone()));
         }
         None
     }
 
     /// [`verify`](Self::verify) behind the shared cache only.
-    fn verify_shared(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
+    fn verify_shared(&self, token: &str, now: u64) -> Result<Arc<Verified>, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(caller) = self.cache.get(&key) {
-            if let Some(outcome) = self.cached(caller, now) {
-                return outcome;
+        if let Some(verified) = self.cache.get(&key) {
+            if let Some(outcome) = self.cached(&verified, now) {
+                return outcome.map(|_| verified);
             }
             self.cache.invalidate(&key);
         }
@@ -357,15 +414,15 @@ impl TokenVerifier {
             return Err(err);
         }
         self.metrics.token_cache_misses.inc();
-        match self.verify_uncached(token, now) {
-            Ok(caller) => {
+        match self.verify_full(token, now) {
+            Ok(verified) => {
                 self.metrics
                     .token_verifications
                     .with_label_values(&["ok"])
                     .inc();
-                let caller = Arc::new(caller);
-                self.cache.insert(key, caller.clone());
-                Ok(caller)
+                let verified = Arc::new(verified);
+                self.cache.insert(key, verified.clone());
+                Ok(verified)
             }
             Err(e) => {
                 self.metrics
@@ -400,13 +457,6 @@ impl TokenVerifier {
         self.verify(token, crate::unix_now())
     }
 
-    fn issuer_fresh(&self, iss: &str) -> bool {
-        self.issuers
-            .get(iss)
-            .and_then(|i| i.remote.as_ref())
-            .is_none_or(|r| r.is_fresh())
-    }
-
     /// Have all remote issuers' keys been fetched at least once?
     pub fn all_synced(&self) -> bool {
         self.issuers
@@ -421,6 +471,12 @@ impl TokenVerifier {
 
     /// Full verification, no cache.
     pub fn verify_uncached(&self, token: &str, now: u64) -> Result<Caller, TokenError> {
+        self.verify_full(token, now)
+            .map(|v| Arc::unwrap_or_clone(v.caller))
+    }
+
+    /// Full verification, no cache, remembering which key verified the token.
+    fn verify_full(&self, token: &str, now: u64) -> Result<Verified, TokenError> {
         let (header, iss) = read_unverified(token)?;
         let issuer = self.issuers.get(&iss).ok_or(TokenError::UnknownIssuer)?;
         if let Some(remote) = &issuer.remote {
@@ -438,11 +494,15 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
 
+        // Read before the keys: a change after this makes the next cache hit look again.
+        let generation = issuer.generation.load(Ordering::Acquire);
         let keys = issuer.keys.load();
         let mut result = Err(TokenError::UnknownKey);
+        let mut thumbprint = "";
         for k in keys.candidates(header.kid.as_deref(), header.alg) {
             result =
                 jsonwebtoken::decode::<Claims>(token, &k.key, &validation).map_err(map_jwt_error);
+            thumbprint = &k.thumbprint;
             if !matches!(result, Err(TokenError::Signature)) {
                 break;
             }
@@ -456,11 +516,16 @@ impl TokenVerifier {
         if now >= claims.exp + self.leeway {
             return Err(TokenError::Expired);
         }
-        Ok(Caller {
-            sub_header: http::HeaderValue::from_str(&claims.sub).ok(),
-            iss: Arc::from(claims.iss),
-            sub: Arc::from(claims.sub),
-            exp: claims.exp,
+        Ok(Verified {
+            caller: Arc::new(Caller {
+                sub_header: http::HeaderValue::from_str(&claims.sub).ok(),
+                iss: Arc::from(claims.iss),
+                sub: Arc::from(claims.sub),
+                exp: claims.exp,
+            }),
+            issuer: issuer.clone(),
+            thumbprint: thumbprint.to_string(),
+            generation: AtomicU64::new(generation),
         })
     }
 }

@@ -54,6 +54,9 @@ pub struct VerifyingKey {
     pub kid: Option<String>,
     pub algorithms: Vec<Algorithm>,
     pub key: DecodingKey,
+    /// RFC 7638 SHA-256 thumbprint of the public key: which key verified a cached token,
+    /// checked against a later key set without any crypto.
+    pub thumbprint: String,
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for VerifyingKey {
         f.debug_struct("VerifyingKey")
             .field("kid", &self.kid)
             .field("algorithms", &self.algorithms)
+            .field("thumbprint", &self.thumbprint)
             .finish()
     }
 }
@@ -145,6 +149,11 @@ impl KeySet {
             })
             .take(MAX_KEYS_TRIED)
     }
+
+    /// Is the key with this thumbprint in the set? (A string comparison per key: no crypto.)
+    pub fn contains_thumbprint(&self, thumbprint: &str) -> bool {
+        self.keys.iter().any(|k| k.thumbprint == thumbprint)
+    }
 }
 
 /// The JWS algorithms a JWK may verify: fixed by its type and curve, narrowed by its `alg`.
@@ -200,10 +209,14 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
         }
     };
     let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let thumbprint = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| format!("key thumbprint: {e}"))?;
     Ok(VerifyingKey {
         kid: jwk.common.key_id.clone(),
         algorithms,
         key,
+        thumbprint,
     })
 }
 

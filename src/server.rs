@@ -29,6 +29,7 @@ use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
 
 pub mod config;
+pub mod limits;
 
 /// Errors starting the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -310,7 +311,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
         server.add_service(service);
     }
 
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gate);
+    // pingora's HTTP application behind provgate's connection limits and header deadlines.
+    let guarded = limits::Guarded {
+        inner: Arc::new(pingora::proxy::http_proxy(&server.configuration, gate)),
+        counts: limits::Counts::new(limits::Limits {
+            header_timeout: config.server.header_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
+            max_connections_per_client: config.server.max_connections_per_client,
+        }),
+        metrics: metrics.clone(),
+    };
+    let mut proxy =
+        pingora::services::listening::Service::new("provgate proxy".to_string(), guarded);
     match &config.listen.tls {
         Some(tls) => {
             let settings = crate::identity::mtls::tls_settings(tls, config.listen.caller_auth)

@@ -44,6 +44,9 @@ pub mod names {
         "provgate_audit_checkpoint_timestamp_seconds";
     pub const READY: &str = "provgate_ready";
     pub const HELD_BODY_BYTES: &str = "provgate_held_body_bytes";
+    pub const CONNECTIONS_OPEN: &str = "provgate_connections_open";
+    pub const CONNECTIONS_REFUSED_TOTAL: &str = "provgate_connections_refused_total";
+    pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "provgate_connections_timed_out_total";
     pub const JWKS_FETCHES_TOTAL: &str = "provgate_jwks_fetches_total";
     pub const JWKS_AGE_SECONDS: &str = "provgate_jwks_age_seconds";
     pub const BUILD_INFO: &str = "provgate_build_info";
@@ -95,6 +98,12 @@ pub struct Metrics {
     pub audit_checkpoint_time: Gauge,
     pub ready: IntGauge,
     pub held_body_bytes: IntGauge,
+    /// Client connections open on the proxy listener.
+    pub connections_open: IntGauge,
+    /// Connections closed at once by a limit (`total`, `client`).
+    pub connections_refused: IntCounterVec,
+    /// Connections cut waiting for a request's headers (`headers`, `idle`).
+    pub connections_timed_out: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
     pub jwks_age: GaugeVec,
     pub upstream_probes: IntCounterVec,
@@ -304,6 +313,24 @@ impl Metrics {
             HELD_BODY_BYTES,
             "Request body bytes reserved right now by bodies held back until their model is checked."
         ));
+        let connections_open = reg!(IntGauge::new(
+            CONNECTIONS_OPEN,
+            "Client connections open on the proxy listener."
+        ));
+        let connections_refused = reg!(IntCounterVec::new(
+            Opts::new(
+                CONNECTIONS_REFUSED_TOTAL,
+                "Client connections refused by a limit (total, client)."
+            ),
+            &["limit"]
+        ));
+        let connections_timed_out = reg!(IntCounterVec::new(
+            Opts::new(
+                CONNECTIONS_TIMED_OUT_TOTAL,
+                "Client connections closed waiting for request headers (headers: the first request's, idle: the next one's)."
+            ),
+            &["wait"]
+        ));
         let jwks_fetches = reg!(IntCounterVec::new(
             Opts::new(
                 JWKS_FETCHES_TOTAL,
@@ -385,6 +412,9 @@ impl Metrics {
             approval_record_age,
             ready,
             held_body_bytes,
+            connections_open,
+            connections_refused,
+            connections_timed_out,
             jwks_fetches,
             jwks_age,
             upstream_probes,

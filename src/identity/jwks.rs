@@ -2,23 +2,24 @@
 //! `jwks_uri`), refreshed in the background at the server's cache hints within configured
 //! bounds, refetched on an unknown `kid` at most once per `refetch_interval`, and kept after a
 //! failed refresh until `max_stale`, after which the issuer's callers get
-//! `trust_data_unavailable` rather than `token_invalid`. A failed first fetch is retried
-//! with a backoff of seconds (1 s doubling to 30 s), not minutes.
+//! `trust_data_unavailable` rather than `token_invalid`. A failed fetch is retried with a
+//! jittered backoff of seconds (up to 1 s doubling to 30 s), never longer than a quarter of
+//! `max_stale`.
 //!
 //! The fetchers run as one pingora background service (dropped at shutdown); the request
 //! path only reads the published key set and its freshness clock and, for an unknown `kid`,
 //! waits on a notification.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::config::RemoteKeys;
 use super::Issuer;
 use crate::keys::KeySet;
-use crate::kit::backoff::Backoff;
+use crate::kit::backoff::{Backoff, Jitter};
 use crate::kit::http::{send, ClientOptions, FetchError, Transport};
 use crate::kit::published::Freshness;
 use crate::telemetry::Metrics;
@@ -33,12 +34,16 @@ pub struct RemoteState {
     pub config: RemoteKeys,
     /// Synced after the first successful fetch; restarted by each.
     clock: Freshness,
-    /// The request path asks for a refetch.
+    /// The request path asks for a refetch: `wanted` says a fetch that starts from now on
+    /// is owed, `refetch` wakes the fetcher. A fetch clears `wanted` as it starts, so asks
+    /// that it covers leave nothing behind (one fetch per unknown-`kid` burst, not two).
+    wanted: AtomicBool,
     refetch: Notify,
-    /// A fetch finished (either way).
-    fetched: Notify,
-    /// Fetches attempted, for tests and metrics.
+    /// Fetches started (the attempt count, for tests and metrics).
     pub attempts: AtomicU64,
+    /// Fetches finished (either way), by start number: a waiter waits for the first fetch
+    /// that started after it asked.
+    finished: watch::Sender<u64>,
 }
 
 impl RemoteState {
@@ -46,9 +51,10 @@ impl RemoteState {
         RemoteState {
             config,
             clock: Freshness::new(),
+            wanted: AtomicBool::new(false),
             refetch: Notify::new(),
-            fetched: Notify::new(),
             attempts: AtomicU64::new(0),
+            finished: watch::Sender::new(0),
         }
     }
 
@@ -70,14 +76,27 @@ impl RemoteState {
         self.clock.mark_success();
     }
 
-    /// Asks for a refetch and waits for the next fetch to finish, at most
-    /// `unknown_kid_wait`.
+    /// Asks for a refetch and waits, at most `unknown_kid_wait`, for the first fetch that
+    /// starts after the ask to finish (a fetch already in flight may predate the new key).
     pub async fn wait_for_refetch(&self) {
-        let fetched = self.fetched.notified();
-        tokio::pin!(fetched);
-        fetched.as_mut().enable();
+        let mut finished = self.finished.subscribe();
+        // Read the start count before raising `wanted`: the fetcher clears `wanted` before
+        // counting a start, so either that fetch is counted after this read (and covers
+        // us) or `wanted` stays raised and a later fetch does.
+        let want = self.attempts.load(Ordering::SeqCst) + 1;
+        self.wanted.store(true, Ordering::SeqCst);
         self.refetch.notify_one();
-        let _ = tokio::time::timeout(self.config.unknown_kid_wait, fetched).await;
+        let _ = tokio::time::timeout(
+            self.config.unknown_kid_wait,
+            finished.wait_for(|done| *done >= want),
+        )
+        .await;
+    }
+
+    /// Called by the fetcher as a fetch starts: every ask so far is covered by it.
+    fn start_fetch(&self) -> u64 {
+        self.wanted.store(false, Ordering::SeqCst);
+        self.attempts.fetch_add(1, Ordering::SeqCst) + 1
     }
 }
 
@@ -138,17 +157,19 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
     let failed = metrics
         .jwks_fetches
         .with_label_values(&[&issuer.issuer, "error"]);
-    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    // Jittered, so a periodic outage cannot keep meeting every retry (and sidecars that
+    // fail together do not retry together).
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(Jitter::Full);
     loop {
         let started = Instant::now();
-        remote.attempts.fetch_add(1, Ordering::Relaxed);
+        let number = remote.start_fetch();
         let next = match fetch(&client, &remote.config, &issuer.issuer).await {
             Ok((keys, hint)) => {
                 tracing::info!(issuer = %issuer.issuer, keys = keys.keys.len(), "issuer keys fetched");
                 for skipped in &keys.skipped {
                     tracing::warn!(issuer = %issuer.issuer, key = %skipped, "issuer key skipped");
                 }
-                issuer.keys.store(Arc::new(keys));
+                issuer.replace_keys(keys);
                 remote.mark_success();
                 ok.inc();
                 backoff.reset();
@@ -157,19 +178,31 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
             }
             Err(e) => {
                 failed.inc();
-                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_s = backoff.peek().as_secs(),
+                // At least four tries within max_stale: an issuer that flaps, or comes back
+                // before the last good keys go stale, is caught before they do (a plain
+                // doubling backoff could sleep past max_stale while the issuer is up).
+                let retry = backoff.fail().min(remote.config.max_stale / 4);
+                tracing::warn!(issuer = %issuer.issuer, error = %e, retry_in_ms = retry.as_millis() as u64,
                     "issuer key fetch failed; keeping the last good keys until max_stale");
-                backoff.fail()
+                retry
             }
         };
-        remote.fetched.notify_waiters();
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            _ = remote.refetch.notified() => {
-                // An unknown kid asked: at most one fetch per refetch_interval.
-                let since = started.elapsed();
-                if since < remote.config.refetch_interval {
-                    tokio::time::sleep(remote.config.refetch_interval - since).await;
+        remote.finished.send_replace(number);
+        let due = tokio::time::Instant::now() + next;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break,
+                _ = remote.refetch.notified() => {
+                    if !remote.wanted.load(Ordering::SeqCst) {
+                        // A wake-up left by asks the last fetch already covered.
+                        continue;
+                    }
+                    // An unknown kid asked: at most one fetch per refetch_interval.
+                    let since = started.elapsed();
+                    if since < remote.config.refetch_interval {
+                        tokio::time::sleep(remote.config.refetch_interval - since).await;
+                    }
+                    break;
                 }
             }
         }

@@ -298,3 +298,46 @@ fn kubernetes_profile_checks_sub_against_the_kubernetes_claim() {
         Err(TokenError::Claims("kubernetes.io claim is missing"))
     );
 }
+
+fn key_set(keys: &[&SigningKey]) -> KeySet {
+    let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk.clone()).collect();
+    KeySet::from_jwks_json(&jwks_document(&jwks), "t").unwrap()
+}
+
+/// Issue 16: a cached token is re-judged when its issuer's keys change: kept (re-stamped,
+/// no new signature check) while its key is still there, refused once it is gone, through
+/// the per-thread tokens and the shared cache alike.
+#[test]
+fn a_cached_token_follows_its_key_out_of_the_key_set() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (next, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let v = verifier(&key);
+    let issuer = v.issuers().next().unwrap().clone();
+    let now = crate::unix_now();
+    let t = token(&key, claims(now));
+    v.verify(&t, now).unwrap();
+    let misses = v.metrics.token_cache_misses.get();
+
+    // A new set that keeps the key: still a cache hit, and re-stamped.
+    issuer.replace_keys(key_set(&[&key, &next]));
+    v.verify(&t, now).unwrap();
+    v.verify(&t, now).unwrap();
+    assert_eq!(
+        v.metrics.token_cache_misses.get(),
+        misses,
+        "no new verification"
+    );
+
+    // The key is gone: refused, from this thread's tokens and from the shared cache.
+    issuer.replace_keys(key_set(&[&next]));
+    assert_eq!(v.verify(&t, now), Err(TokenError::UnknownKey));
+    assert!(RECENT.with(|r| r.borrow().get(v.id, t.as_bytes()).is_none()));
+    assert_eq!(v.verify(&t, now), Err(TokenError::UnknownKey));
+    // Another thread (no per-thread token) reaches the shared cache: refused too.
+    let refused = std::thread::scope(|s| s.spawn(|| v.verify(&t, now)).join().unwrap());
+    assert_eq!(refused, Err(TokenError::UnknownKey));
+
+    // The key comes back (a rollback of the rotation): the token verifies again.
+    issuer.replace_keys(key_set(&[&key]));
+    assert!(v.verify(&t, now).is_ok());
+}

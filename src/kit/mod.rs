@@ -12,11 +12,13 @@
 //!   reads, with typed fetch errors;
 //! - [`service`]: loops as pingora background services, so a shutdown stops them;
 //! - [`watchdog`]: a heartbeat per background service, so a stuck one is seen.
+//! - [`conn`]: one client connection's header and idle deadline.
 //!
 //! The kit owns no domain type: it knows nothing of artefacts, records, keys or requests,
 //! and imports nothing from the crate but OMS's file identity (for fingerprints).
 
 pub mod backoff;
+pub mod conn;
 pub mod dirwatch;
 pub mod file;
 pub mod http;

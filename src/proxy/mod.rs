@@ -99,6 +99,8 @@ impl ProxyHttp for Gate {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        // The request's headers are in: its connection's header deadline stops here.
+        crate::kit::conn::request_started();
         // pingora makes the context right before this filter: its start times the decision.
         let mut t = ctx.started;
         ctx.arrived_ms = crate::base::unix_now_ms();
@@ -393,6 +395,8 @@ impl ProxyHttp for Gate {
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
+        // The response is done: the connection's idle deadline starts.
+        crate::kit::conn::request_finished();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let (outcome, version, duration) = match &ctx.decision {
             Some(Decision::Allow { record }) => (

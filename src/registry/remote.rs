@@ -26,7 +26,7 @@ use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot};
 use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
 use crate::keys::KeySet;
-use crate::kit::backoff::Backoff;
+use crate::kit::backoff::{Backoff, Jitter};
 use crate::kit::http::{ClientOptions, FetchError, Transport};
 use crate::telemetry::Metrics;
 
@@ -66,7 +66,9 @@ impl<S: Source> Refresher<S> {
         let mut last_served: Vec<Digest> = Vec::new();
         let mut next_round = Instant::now();
         let mut last_round_ms = 0;
-        let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval);
+        // Jittered, so a periodic outage cannot keep meeting every retry (and sidecars that
+        // fail together do not retry together).
+        let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval).with_jitter(Jitter::Full);
         while !stop.load(Ordering::Relaxed) {
             if let Some(h) = &self.heartbeat {
                 h.beat();

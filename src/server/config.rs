@@ -78,6 +78,23 @@ pub struct ServerFile {
     /// run one independent runtime per thread.
     #[serde(default)]
     pub work_stealing: Option<bool>,
+    /// How long a new client connection may take to send its first request's headers,
+    /// counted from the accept (a client that trickles header lines is cut off). Default
+    /// 10s.
+    #[serde(default)]
+    pub header_timeout: Option<String>,
+    /// How long a kept-alive client connection may take, after a response, to send the next
+    /// request's headers. Default 60s. (pingora's own keep-alive read timeout, 60 s without
+    /// a byte, still applies.)
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Client connections open at once on the proxy listener; more are answered 503 and
+    /// closed. Default 4096 (about 40 KB each while waiting for headers).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one source IP address. Default 1024.
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +149,10 @@ pub struct ServerSettings {
     pub threads: usize,
     pub work_stealing: bool,
     pub grace_period: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
 }
 
 /// The validated `[log]` section.
@@ -175,7 +196,36 @@ impl ServerFile {
             .as_deref()
             .map(|g| errors.duration("server.grace_period", g))
             .unwrap_or(Duration::from_secs(5));
+        let mut positive = |name: &str, value: Option<&str>, default: Duration| {
+            let d = value.map_or(default, |v| errors.duration(name, v));
+            if d.is_zero() {
+                errors.push(name, "must be more than zero");
+            }
+            d
+        };
+        let header_timeout = positive(
+            "server.header_timeout",
+            self.header_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        let idle_timeout = positive(
+            "server.idle_timeout",
+            self.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        );
+        let max_connections = self.max_connections.unwrap_or(4096);
+        let max_connections_per_client = self.max_connections_per_client.unwrap_or(1024);
+        if max_connections == 0 {
+            errors.push("server.max_connections", "must be at least 1");
+        }
+        if max_connections_per_client == 0 {
+            errors.push("server.max_connections_per_client", "must be at least 1");
+        }
         ServerSettings {
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            max_connections_per_client,
             threads: if self.threads == 0 {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             } else {

@@ -9,8 +9,10 @@ mod support;
 
 mod audit;
 mod cli;
+mod connections;
 mod doors;
 mod enforcement;
+mod faults;
 mod first_run;
 mod hostile;
 mod identity;

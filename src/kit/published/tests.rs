@@ -33,3 +33,18 @@ async fn synced_without_success_keeps_the_clock_at_its_start() {
     assert_eq!(f.since_success(), Duration::from_secs(5));
     assert!(Freshness::synced().is_synced());
 }
+
+/// Issue 16: staleness bounds (registry, issuer keys, artefact, probe) run on the monotonic
+/// clock, so a wall clock stepped forward or back moves none of them. The wall clock cannot
+/// be stepped in a test (no faketime here); instead, tokio's paused monotonic clock is moved
+/// by ten seconds while the wall clock is not, and the freshness follows the former.
+#[tokio::test(start_paused = true)]
+async fn staleness_follows_the_monotonic_clock_not_the_wall_clock() {
+    let f = Freshness::new();
+    f.mark_success();
+    let wall = std::time::SystemTime::now();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let wall_moved = wall.elapsed().unwrap_or_default();
+    assert!(wall_moved < Duration::from_secs(1), "{wall_moved:?}");
+    assert_eq!(f.since_success(), Duration::from_secs(10));
+}

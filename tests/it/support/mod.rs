@@ -33,6 +33,8 @@ pub struct Seen {
     pub version: hyper::Version,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// When the request's headers reached the upstream.
+    pub at: Instant,
 }
 
 /// A model server stand-in: `/sse` streams two events, the second only after
@@ -131,6 +133,7 @@ async fn respond(
     release: Arc<tokio::sync::Notify>,
     models: Arc<Mutex<Vec<(String, String)>>>,
 ) -> hyper::Response<BoxBody<Bytes, Infallible>> {
+    let at = Instant::now();
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -144,6 +147,7 @@ async fn respond(
         version: req.version(),
         headers: req.headers().clone(),
         body,
+        at,
     });
     let served = models.lock().unwrap().clone();
     match req.uri().path() {

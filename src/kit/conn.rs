@@ -1,0 +1,142 @@
+//! The deadline of one client connection while provgate waits for a request's headers: from
+//! the accept until the first request's headers are in (`header_timeout`), and from the end
+//! of each response until the next request's headers are in (`idle_timeout`, keep-alive).
+//! While a request is being served there is no deadline here (the upstream's timeouts and
+//! pingora's per-read timeouts apply).
+//!
+//! The connection's task holds a [`Phase`] in a task-local; the request path marks a request
+//! as started ([`request_started`], once its headers are parsed) and finished
+//! ([`request_finished`]); the connection's owner races the connection against
+//! [`Phase::expired`]. Outside such a task (an HTTP/2 stream, a unit test) the marks do
+//! nothing. Owns no socket and knows nothing of requests beyond those two marks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// No deadline (a request is being served).
+const NONE: u64 = u64::MAX;
+
+/// Which wait a connection was cut in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The first request's headers, from the accept.
+    Headers,
+    /// The next request's headers on a kept-alive connection.
+    Idle,
+}
+
+impl Wait {
+    /// A bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Wait::Headers => "headers",
+            Wait::Idle => "idle",
+        }
+    }
+}
+
+/// One connection's deadline.
+pub struct Phase {
+    base: Instant,
+    idle_timeout: Duration,
+    /// Milliseconds after `base`, or [`NONE`].
+    deadline_ms: AtomicU64,
+    /// Requests started on this connection (0: still the first request's headers).
+    requests: AtomicU64,
+    changed: Notify,
+}
+
+tokio::task_local! {
+    static PHASE: Arc<Phase>;
+}
+
+impl Phase {
+    /// A connection accepted now: its first request's headers are due within
+    /// `header_timeout`.
+    pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Phase> {
+        Arc::new(Phase {
+            base: Instant::now(),
+            idle_timeout,
+            deadline_ms: AtomicU64::new(millis(header_timeout)),
+            requests: AtomicU64::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Runs `fut` (the connection) with this phase reachable by [`request_started`] and
+    /// [`request_finished`].
+    pub async fn scope<F: std::future::Future>(self: &Arc<Self>, fut: F) -> F::Output {
+        PHASE.scope(self.clone(), fut).await
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadline_ms.load(Ordering::Acquire) {
+            NONE => None,
+            ms => Some(self.base + Duration::from_millis(ms)),
+        }
+    }
+
+    fn set(&self, deadline_ms: u64) {
+        self.deadline_ms.store(deadline_ms, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    fn started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.set(NONE);
+    }
+
+    fn finished(&self) {
+        let due = self.base.elapsed() + self.idle_timeout;
+        self.set(millis(due));
+    }
+
+    /// Resolves when the connection has waited past its deadline, saying for what.
+    pub async fn expired(&self) -> Wait {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.deadline() {
+                None => changed.await,
+                Some(due) if Instant::now() >= due => {
+                    return if self.requests.load(Ordering::Relaxed) == 0 {
+                        Wait::Headers
+                    } else {
+                        Wait::Idle
+                    };
+                }
+                Some(due) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = changed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds, saturating below [`NONE`].
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(NONE - 1)
+        .min(NONE - 1)
+}
+
+/// A request's headers are in: no deadline while it is served.
+pub fn request_started() {
+    let _ = PHASE.try_with(|p| p.started());
+}
+
+/// A response is done: the next request's headers are due within the idle timeout.
+pub fn request_finished() {
+    let _ = PHASE.try_with(|p| p.finished());
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn headers_are_due_within_the_header_timeout() {
+    let phase = Phase::new(Duration::from_secs(10), Duration::from_secs(60));
+    let t = Instant::now();
+    assert_eq!(phase.expired().await, Wait::Headers);
+    assert_eq!(t.elapsed(), Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_progress_has_no_deadline_and_idle_follows_it() {
+    let phase = Phase::new(Duration::from_secs(10), Duration::from_secs(60));
+    let p = phase.clone();
+    let conn = phase.scope(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        request_started();
+        // Served for far longer than either timeout.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        request_finished();
+        // Then idle forever.
+        std::future::pending::<()>().await;
+    });
+    let t = Instant::now();
+    let wait = tokio::select! {
+        _ = conn => unreachable!("the connection never ends by itself"),
+        w = p.expired() => w,
+    };
+    assert_eq!(wait, Wait::Idle);
+    assert_eq!(t.elapsed(), Duration::from_secs(5 + 600 + 60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn marks_outside_a_connection_do_nothing() {
+    request_started();
+    request_finished();
+}

@@ -205,6 +205,7 @@ fn bench(c: &mut Criterion) {
     let policy = Policy {
         workload_identity: WORKLOAD.into(),
         tiers: HashMap::new(),
+        bare_issuers: vec![Arc::from(ISS)],
     };
     let caller = tokens.verify(&t, now).unwrap();
     let entry = store.lookup(&served).unwrap();

@@ -53,8 +53,9 @@ pub struct ApprovalClaims {
     pub tier: String,
     /// Workload identities allowed to serve the artefact (exact, or a trailing `*`).
     pub workloads: Vec<String>,
-    /// Caller identities allowed to call it (exact, or a trailing `*`).
-    pub callers: Vec<String>,
+    /// Caller identities allowed to call it: a bare pattern (exact, or a trailing `*`), or
+    /// an issuer-qualified one `{"iss": ISSUER, "sub": PATTERN}`. See [`CallerPattern`].
+    pub callers: Vec<CallerPattern>,
     /// After this time the registry must be asked again before the record is trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revalidate_after: Option<u64>,
@@ -233,6 +234,15 @@ fn check_shape(c: &ApprovalClaims) -> Result<(), ApprovalError> {
             "iss, sub, jti, version_id and tier must be non-empty".to_string(),
         ));
     }
+    for p in &c.callers {
+        if let CallerPattern::Qualified { iss, sub } = p {
+            if empty(iss) || empty(sub) {
+                return Err(ApprovalError::Payload(
+                    "a qualified caller needs a non-empty iss and sub".to_string(),
+                ));
+            }
+        }
+    }
     if let Some(d) = &c.artefact.ollama_digest {
         let hex = d.strip_prefix("sha256:").unwrap_or(d);
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -261,10 +271,70 @@ pub fn sign(
 
 /// Does `identity` match one of `patterns` (exact, or a prefix ending in `*`)?
 pub fn identity_matches(patterns: &[String], identity: &str) -> bool {
-    patterns.iter().any(|p| match p.strip_suffix('*') {
+    patterns.iter().any(|p| pattern_matches(p, identity))
+}
+
+/// Does `identity` match `pattern` (exact, or a prefix ending in `*`)?
+#[inline]
+pub fn pattern_matches(pattern: &str, identity: &str) -> bool {
+    match pattern.strip_suffix('*') {
         Some(prefix) => identity.starts_with(prefix),
-        None => p == identity,
-    })
+        None => pattern == identity,
+    }
+}
+
+/// One entry of a record's `callers`.
+///
+/// In JSON, either a string (a *bare* pattern) or an object `{"iss": ISSUER, "sub": PATTERN}`
+/// (an *issuer-qualified* pattern). A qualified pattern matches a caller whose token's `iss`
+/// is exactly `ISSUER` (certificate callers have `iss` `x509-svid`) and whose `sub` matches
+/// `PATTERN`. A bare pattern matches only callers of an issuer configured without
+/// `qualified = true` (`[[callers.issuers]]`), so a token from an issuer whose names could
+/// collide with another's never matches a pattern not written for it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum CallerPattern {
+    Bare(String),
+    Qualified { iss: String, sub: String },
+}
+
+impl CallerPattern {
+    /// Does this pattern admit `sub` vouched for by `iss`? `bare_ok`: whether bare patterns
+    /// apply to `iss` (the policy's decision, made once per request).
+    #[inline]
+    pub fn matches(&self, iss: &str, sub: &str, bare_ok: bool) -> bool {
+        match self {
+            CallerPattern::Bare(p) => bare_ok && pattern_matches(p, sub),
+            CallerPattern::Qualified { iss: want, sub: p } => {
+                want == iss && pattern_matches(p, sub)
+            }
+        }
+    }
+
+    /// Parses the CLI form: `ISSUER#PATTERN` is qualified (split at the first `#`; `#`
+    /// cannot occur in an OIDC issuer URL), anything else is a bare pattern.
+    pub fn parse_cli(s: &str, qualified: bool) -> Option<CallerPattern> {
+        if !qualified {
+            return Some(CallerPattern::Bare(s.to_string()));
+        }
+        let (iss, sub) = s.split_once('#')?;
+        (!iss.is_empty() && !sub.is_empty()).then(|| CallerPattern::Qualified {
+            iss: iss.to_string(),
+            sub: sub.to_string(),
+        })
+    }
+}
+
+impl From<&str> for CallerPattern {
+    fn from(s: &str) -> Self {
+        CallerPattern::Bare(s.to_string())
+    }
+}
+
+impl From<String> for CallerPattern {
+    fn from(s: String) -> Self {
+        CallerPattern::Bare(s)
+    }
 }
 
 #[cfg(test)]

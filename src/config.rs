@@ -187,6 +187,22 @@ impl FileConfig {
         let workload = self.workload.validate(&mut errors);
         let approvers = self.trust.validate(&mut errors);
         let callers = self.callers.validate(&mut errors);
+        if listen.caller_auth == crate::identity::config::CallerAuth::TokenOrCertificate {
+            // A client certificate's SPIFFE ID is a bare-matched caller (`x509-svid`): no
+            // bare-matched token issuer may assert SPIFFE IDs too.
+            for (i, issuer) in callers.issuers.iter().enumerate() {
+                if !issuer.qualified && issuer.profile.asserts_spiffe_ids() {
+                    errors.push(
+                        format_args!("callers.issuers[{i}].qualified"),
+                        format_args!(
+                            "issuer {:?} could assert the SPIFFE IDs client certificates \
+                             carry (caller_auth = \"token_or_certificate\"): set qualified = true",
+                            issuer.issuer
+                        ),
+                    );
+                }
+            }
+        }
         let server = self.server.validate(&mut errors);
         let log = self.log.validate(&mut errors);
         if self.audit.queue == 0 {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, Evidence};
+use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, CallerPattern, Evidence};
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
 use provgate::oms::{HashOptions, Serialization};
 
@@ -212,9 +212,14 @@ struct ApproveArgs {
     /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
     #[arg(long = "workload", required = true)]
     workloads: Vec<String>,
-    /// Caller identities allowed to call it (repeat; a trailing `*` matches a prefix).
-    #[arg(long = "caller", required = true)]
+    /// Caller identities allowed to call it (repeat; a trailing `*` matches a prefix). A bare
+    /// pattern matches callers of issuers configured without `qualified = true`.
+    #[arg(long = "caller", required_unless_present = "qualified_callers")]
     callers: Vec<String>,
+    /// Issuer-qualified callers, as `ISSUER#PATTERN` (repeat): callers whose token `iss` is
+    /// exactly ISSUER (`x509-svid` for client certificates) and whose `sub` matches PATTERN.
+    #[arg(long = "qualified-caller")]
+    qualified_callers: Vec<String>,
     #[arg(long, default_value = "internal")]
     tier: String,
     /// Validity from now.
@@ -446,6 +451,13 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             hex::encode(b)
         }
     };
+    let mut callers: Vec<CallerPattern> = a.callers.into_iter().map(CallerPattern::from).collect();
+    for q in &a.qualified_callers {
+        callers.push(
+            CallerPattern::parse_cli(q, true)
+                .ok_or_else(|| anyhow!("--qualified-caller {q:?}: expected ISSUER#PATTERN"))?,
+        );
+    }
     let claims = ApprovalClaims {
         iss: a.iss,
         sub: a.model,
@@ -464,7 +476,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         approvals,
         tier: a.tier,
         workloads: a.workloads,
-        callers: a.callers,
+        callers,
         revalidate_after: a.revalidate_after.map(|d| now + d.as_secs()),
     };
     if let Some(d) = &claims.artefact.ollama_digest {

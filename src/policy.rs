@@ -179,6 +179,19 @@ pub struct Policy {
     /// This deployment's workload identity; must be in a record's `workloads`.
     pub workload_identity: String,
     pub tiers: HashMap<String, TierRule>,
+    /// The issuers (token `iss`, or `x509-svid` for certificate callers) whose callers a
+    /// bare caller pattern matches: every issuer not configured `qualified = true`.
+    /// Configuration guarantees these issuers cannot assert the same names; a caller of
+    /// any other issuer matches only patterns qualified with its `iss`.
+    pub bare_issuers: Vec<Arc<str>>,
+}
+
+impl Policy {
+    /// Do bare caller patterns apply to callers vouched for by `iss`?
+    #[inline]
+    pub fn bare_ok(&self, iss: &str) -> bool {
+        self.bare_issuers.iter().any(|i| &**i == iss)
+    }
 }
 
 /// The decision.
@@ -409,7 +422,12 @@ fn check_record(
             ));
         }
     }
-    if !identity_matches(&claims.callers, &caller.sub) {
+    let bare_ok = policy.bare_ok(&caller.iss);
+    if !claims
+        .callers
+        .iter()
+        .any(|p| p.matches(&caller.iss, &caller.sub, bare_ok))
+    {
         return Err((
             DenyReason::CallerNotAllowed,
             "caller is not in the record's callers",

@@ -187,6 +187,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }
 
+    let bare_issuers =
+        crate::policy::config::bare_issuers(&config.callers.issuers, config.listen.caller_auth);
     let tokens = Arc::new(TokenVerifier::new(
         config
             .callers
@@ -220,6 +222,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
         workload_identity: config.workload.identity,
         tiers: config.tiers,
+        bare_issuers,
     }));
     if let Some((path, every)) = config.workload.token_file {
         asynchronous.push(Async::service(

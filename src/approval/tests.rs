@@ -208,3 +208,47 @@ fn the_ollama_digest_is_optional_and_checked_for_shape() {
         );
     }
 }
+
+#[test]
+fn callers_are_bare_strings_or_issuer_qualified_objects() {
+    let parsed: Vec<CallerPattern> = serde_json::from_str(
+        r#"["spiffe://a/*", {"iss": "https://k8s-a", "sub": "system:serviceaccount:app:*"}]"#,
+    )
+    .unwrap();
+    assert_eq!(parsed[0], CallerPattern::Bare("spiffe://a/*".into()));
+    let q = &parsed[1];
+    assert!(q.matches("https://k8s-a", "system:serviceaccount:app:search", false));
+    assert!(!q.matches("https://k8s-b", "system:serviceaccount:app:search", true));
+    assert!(!parsed[0].matches("https://x", "spiffe://a/b", false));
+    assert!(parsed[0].matches("https://x", "spiffe://a/b", true));
+    // An object with anything else is not a pattern.
+    assert!(serde_json::from_str::<CallerPattern>(r#"{"iss": "i", "sub": "s", "x": 1}"#).is_err());
+    assert!(serde_json::from_str::<CallerPattern>(r#"{"sub": "s"}"#).is_err());
+    // Round trip keeps the shapes.
+    assert_eq!(
+        serde_json::to_string(&parsed).unwrap(),
+        r#"["spiffe://a/*",{"iss":"https://k8s-a","sub":"system:serviceaccount:app:*"}]"#
+    );
+    assert_eq!(
+        CallerPattern::parse_cli("https://k8s-a#system:serviceaccount:app:*", true),
+        Some(parsed[1].clone())
+    );
+    assert_eq!(CallerPattern::parse_cli("no-hash", true), None);
+}
+
+#[test]
+fn a_qualified_caller_with_an_empty_issuer_is_malformed() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let approvers =
+        KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();
+    let mut c = claims();
+    c.callers = vec![CallerPattern::Qualified {
+        iss: " ".into(),
+        sub: "x".into(),
+    }];
+    let jws = sign(&c, &key).unwrap();
+    assert!(matches!(
+        verify(&jws, &approvers),
+        Err(ApprovalError::Payload(_))
+    ));
+}

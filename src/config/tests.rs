@@ -453,3 +453,75 @@ fn each_section_reports_its_errors_in_file_order_with_the_messages_users_know() 
         ]
     );
 }
+
+/// A second `[[callers.issuers]]` block (same key file as the first).
+fn second_issuer(dir: &Path, extra: &str) -> String {
+    let text = good(dir);
+    let issuer_file = dir.join("issuer.jwks.json");
+    text.replace(
+        "[tiers.customer-facing]",
+        &format!(
+            "[[callers.issuers]]\nissuer = \"https://b.example.org\"\njwks_file = \"{}\"\naudiences = [\"provgate\"]\n{extra}\n[tiers.customer-facing]",
+            issuer_file.display()
+        ),
+    )
+}
+
+fn qualification_errors(text: &str) -> Vec<String> {
+    match FileConfig::parse(text).unwrap().validate() {
+        Ok(_) => vec![],
+        Err(e) => {
+            e.0.into_iter()
+                .filter(|l| l.contains(".qualified"))
+                .collect()
+        }
+    }
+}
+
+#[test]
+fn issuers_that_could_assert_the_same_callers_must_be_qualified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two OIDC issuers: either could mint the other's caller names.
+    let both = qualification_errors(&second_issuer(d, ""));
+    assert_eq!(both.len(), 1, "{both:?}");
+    assert!(
+        both[0].starts_with("callers.issuers[1].qualified"),
+        "{both:?}"
+    );
+    // Qualifying either one is enough.
+    assert!(qualification_errors(&second_issuer(d, "qualified = true")).is_empty());
+    let first_qualified = second_issuer(d, "").replacen(
+        "audiences = [\"provgate\"]",
+        "audiences = [\"provgate\"]\nqualified = true",
+        1,
+    );
+    assert!(qualification_errors(&first_qualified).is_empty());
+    // Two Kubernetes clusters share namespace and account names.
+    let k8s = second_issuer(d, "profile = \"kubernetes\"").replacen(
+        "audiences = [\"provgate\"]",
+        "audiences = [\"provgate\"]\nprofile = \"kubernetes\"",
+        1,
+    );
+    assert_eq!(qualification_errors(&k8s).len(), 1);
+    // SPIFFE issuers of distinct trust domains, and SPIFFE beside Kubernetes, are disjoint.
+    let spiffe = |td: &str| format!("profile = \"spiffe\"\ntrust_domain = \"{td}\"");
+    let two_domains = second_issuer(d, &spiffe("b.org")).replacen(
+        "audiences = [\"provgate\"]",
+        &format!("audiences = [\"provgate\"]\n{}", spiffe("a.org")),
+        1,
+    );
+    assert!(qualification_errors(&two_domains).is_empty());
+    let same_domain = second_issuer(d, &spiffe("a.org")).replacen(
+        "audiences = [\"provgate\"]",
+        &format!("audiences = [\"provgate\"]\n{}", spiffe("A.org")),
+        1,
+    );
+    assert_eq!(qualification_errors(&same_domain).len(), 1);
+    let mixed = second_issuer(d, &spiffe("b.org")).replacen(
+        "audiences = [\"provgate\"]",
+        "audiences = [\"provgate\"]\nprofile = \"kubernetes\"",
+        1,
+    );
+    assert!(qualification_errors(&mixed).is_empty());
+}

@@ -6,11 +6,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::fields::Errors;
+use crate::identity::config::{CallerAuth, Issuer};
+use crate::identity::mtls::CERTIFICATE_ISSUER;
 use crate::keys::KeySet;
 use crate::policy::TierRule;
 
@@ -135,4 +138,20 @@ pub fn tier_rules(tiers: HashMap<String, TierFile>) -> HashMap<String, TierRule>
             )
         })
         .collect()
+}
+
+/// The issuers whose callers bare caller patterns match ([`crate::policy::Policy::bare_issuers`]):
+/// every token issuer not configured `qualified = true`, and the certificate issuer
+/// (`x509-svid`) when client certificates identify callers. The configuration's validation
+/// has made sure no two of them can assert the same name.
+pub fn bare_issuers(issuers: &[Issuer], caller_auth: CallerAuth) -> Vec<Arc<str>> {
+    let mut bare: Vec<Arc<str>> = issuers
+        .iter()
+        .filter(|i| !i.qualified)
+        .map(|i| Arc::from(i.issuer.as_str()))
+        .collect();
+    if caller_auth != CallerAuth::Token {
+        bare.push(Arc::from(CERTIFICATE_ISSUER));
+    }
+    bare
 }

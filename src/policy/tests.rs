@@ -1,12 +1,16 @@
 //! The decision as a table: each row builds one situation and names the expected outcome.
 
 use super::*;
-use crate::approval::{ApprovalClaims, ArtefactRef, Evidence};
+use crate::approval::{ApprovalClaims, ArtefactRef, CallerPattern, Evidence};
 use crate::registry::Candidate;
 
 const NOW: u64 = 1_800_000_000;
 const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
 const CALLER: &str = "spiffe://example.org/ns/app/sa/client";
+/// The issuer bare caller patterns apply to.
+const ISSUER_A: &str = "https://issuer";
+/// An issuer configured `qualified = true`.
+const ISSUER_B: &str = "https://issuer-b";
 
 fn digest() -> Digest {
     Digest([7; 32])
@@ -23,6 +27,7 @@ fn policy() -> Policy {
     Policy {
         workload_identity: WORKLOAD.into(),
         tiers,
+        bare_issuers: vec![Arc::from(ISSUER_A)],
     }
 }
 
@@ -69,9 +74,9 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
     }
 }
 
-fn caller(sub: &str) -> Caller {
+fn caller(iss: &str, sub: &str) -> Caller {
     Caller {
-        iss: Arc::from("https://issuer"),
+        iss: Arc::from(iss),
         sub: Arc::from(sub),
         exp: NOW + 60,
         sub_header: None,
@@ -89,6 +94,8 @@ fn served(name: &'static str, server: ServerView<'static>) -> ModelView<'static>
 struct Case {
     name: &'static str,
     caller: Option<Option<&'static str>>,
+    /// The `iss` of the caller's token.
+    caller_iss: &'static str,
     artefact_ready: bool,
     entry: Option<RegistryEntry>,
     registry_down: bool,
@@ -102,6 +109,7 @@ fn base(name: &'static str) -> Case {
     Case {
         name,
         caller: Some(Some(CALLER)),
+        caller_iss: ISSUER_A,
         artefact_ready: true,
         entry: Some(entry_of(vec![(claims(), false)])),
         registry_down: false,
@@ -306,6 +314,59 @@ fn decision_table() {
             c.caller = Some(Some("system:serviceaccount:ml:batch"));
             c.entry = record(|r| r.callers = vec!["system:serviceaccount:ml:*".into()]);
         }),
+        with(
+            base("issuer B's token with issuer A's caller name (bare pattern)"),
+            |c| {
+                c.caller_iss = ISSUER_B;
+                c.want = Err(CallerNotAllowed)
+            },
+        ),
+        with(
+            base("issuer B's token, pattern qualified with issuer B"),
+            |c| {
+                c.caller_iss = ISSUER_B;
+                c.entry = record(|r| {
+                    r.callers = vec![CallerPattern::Qualified {
+                        iss: ISSUER_B.into(),
+                        sub: "spiffe://example.org/ns/app/*".into(),
+                    }]
+                });
+            },
+        ),
+        with(
+            base("issuer A's token, pattern qualified with issuer B"),
+            |c| {
+                c.entry = record(|r| {
+                    r.callers = vec![CallerPattern::Qualified {
+                        iss: ISSUER_B.into(),
+                        sub: CALLER.into(),
+                    }]
+                });
+                c.want = Err(CallerNotAllowed)
+            },
+        ),
+        with(
+            base("issuer A's token, pattern qualified with issuer A"),
+            |c| {
+                c.entry = record(|r| {
+                    r.callers = vec![CallerPattern::Qualified {
+                        iss: ISSUER_A.into(),
+                        sub: CALLER.into(),
+                    }]
+                });
+            },
+        ),
+        with(base("qualified pattern: right issuer, another name"), |c| {
+            c.caller_iss = ISSUER_B;
+            c.caller = Some(Some("spiffe://example.org/ns/app/sa/intruder"));
+            c.entry = record(|r| {
+                r.callers = vec![CallerPattern::Qualified {
+                    iss: ISSUER_B.into(),
+                    sub: CALLER.into(),
+                }]
+            });
+            c.want = Err(CallerNotAllowed)
+        }),
         with(base("tier evidence missing"), |c| {
             c.entry = record(|r| {
                 r.tier = "customer-facing".into();
@@ -360,7 +421,7 @@ fn decision_table() {
             None => CallerView::Missing,
             Some(None) => CallerView::Invalid,
             Some(Some(sub)) => {
-                caller_value = caller(sub);
+                caller_value = caller(case.caller_iss, sub);
                 CallerView::Verified(&caller_value)
             }
         };

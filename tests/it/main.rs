@@ -18,5 +18,6 @@ mod layering;
 mod lifecycle;
 mod monitoring;
 mod mtls;
+mod policy;
 mod registries;
 mod routing;

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -20,8 +21,10 @@ use crate::artefact::config::{validate_models, ArtefactFile, ModelConfig};
 use crate::fields::Errors;
 use crate::identity::config::{Callers, CallersFile};
 use crate::keys::KeySet;
-use crate::policy::config::{tier_rules, ModeFile, TierFile, TrustFile, Workload, WorkloadFile};
-use crate::policy::TierRule;
+use crate::policy::config::{
+    validate_tiers, ModeFile, TierFile, TrustFile, Workload, WorkloadFile,
+};
+use crate::policy::{ApproverScope, TierRule};
 use crate::probe::config::Probe;
 use crate::proxy::routing::config::{Routing, RoutingFile};
 use crate::registry::config::{RegistryConfig, RegistryFile};
@@ -134,8 +137,13 @@ pub struct Config {
     pub workload: Workload,
     /// `[trust] approver_keys`, loaded.
     pub approvers: KeySet,
+    /// `[[trust.approvers]]`, by key ID.
+    pub approver_scopes: HashMap<String, Arc<ApproverScope>>,
     pub callers: Callers,
     pub tiers: HashMap<String, TierRule>,
+    /// The deployment's tier (`[workload] tier`, else `default`) and its rule.
+    pub tier: String,
+    pub tier_rule: TierRule,
     pub audit_path: PathBuf,
     pub log_allowed: bool,
     pub audit_queue: usize,
@@ -185,7 +193,13 @@ impl FileConfig {
         };
         let registry = self.registry.validate(&mut errors);
         let workload = self.workload.validate(&mut errors);
-        let approvers = self.trust.validate(&mut errors);
+        let trust = self.trust.validate(&mut errors);
+        let (tiers, tier, tier_rule) = validate_tiers(
+            self.tiers,
+            workload.tier.as_deref(),
+            &trust.approvers,
+            &mut errors,
+        );
         let callers = self.callers.validate(&mut errors);
         if listen.caller_auth == crate::identity::config::CallerAuth::TokenOrCertificate {
             // A client certificate's SPIFFE ID is a bare-matched caller (`x509-svid`): no
@@ -222,9 +236,12 @@ impl FileConfig {
             registry,
             enforce: self.mode.enforce,
             workload,
-            approvers,
+            approvers: trust.keys,
+            approver_scopes: trust.approvers,
+            tier,
+            tier_rule,
             callers,
-            tiers: tier_rules(self.tiers),
+            tiers,
             audit_path: PathBuf::from(self.audit.path),
             log_allowed: self.audit.log_allowed,
             audit_queue: self.audit.queue,

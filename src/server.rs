@@ -222,6 +222,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
         workload_identity: config.workload.identity,
         tiers: config.tiers,
+        tier: config.tier,
+        tier_rule: config.tier_rule,
+        approvers: config.approver_scopes,
         bare_issuers,
     }));
     if let Some((path, every)) = config.workload.token_file {

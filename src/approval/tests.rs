@@ -252,3 +252,82 @@ fn a_qualified_caller_with_an_empty_issuer_is_malformed() {
         Err(ApprovalError::Payload(_))
     ));
 }
+
+fn keys_of(keys: &[&SigningKey]) -> KeySet {
+    let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk.clone()).collect();
+    KeySet::from_jwks_json(&jwks_document(&jwks), "t").unwrap()
+}
+
+#[test]
+fn a_cosigned_record_verifies_with_every_known_signer() {
+    let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (b, _) = SigningKey::generate(KeyKind::Ed25519).unwrap();
+    let (c, _) = SigningKey::generate(KeyKind::Es384).unwrap();
+    let compact = sign(&claims(), &a).unwrap();
+    let two = cosign(&compact, &b).unwrap();
+    assert!(!two.contains('\n'), "one line, so every backend carries it");
+    let three = cosign(&two, &c).unwrap();
+    // Every signature covers the same payload bytes.
+    let g: serde_json::Value = serde_json::from_str(&three).unwrap();
+    assert_eq!(g["signatures"].as_array().unwrap().len(), 3);
+    assert_eq!(g["payload"], compact.split('.').nth(1).unwrap());
+
+    let r = verify(&three, &keys_of(&[&a, &b, &c])).unwrap();
+    assert_eq!(r.claims, claims());
+    assert_eq!(r.signers, [a.kid.clone(), b.kid.clone(), c.kid.clone()]);
+    // A signer whose key is not (or no longer) trusted counts for nothing.
+    let r = verify(&three, &keys_of(&[&a, &c])).unwrap();
+    assert_eq!(r.signers, [a.kid.clone(), c.kid.clone()]);
+    // No known signer at all: not a record.
+    assert!(matches!(
+        verify(&two, &keys_of(&[&c])),
+        Err(ApprovalError::UnknownKey(_))
+    ));
+    // The compact form has its one signer.
+    assert_eq!(
+        verify(&compact, &keys_of(&[&a])).unwrap().signers,
+        vec![a.kid.clone()]
+    );
+    // Digest and ID can be peeked for reporting.
+    let (digest, jti) = peek_claims(&three).unwrap();
+    assert_eq!(digest, Some(claims().artefact.digest));
+    assert_eq!(jti.as_deref(), Some("rec-1"));
+    // One key signs once.
+    assert!(cosign(&two, &b).is_err());
+}
+
+#[test]
+fn a_cosigned_record_with_a_bad_or_foreign_signature_is_refused() {
+    let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (b, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let two = cosign(&sign(&claims(), &a).unwrap(), &b).unwrap();
+    let keys = keys_of(&[&a, &b]);
+    // A known key's signature that does not verify makes the whole record invalid.
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    let sig0 = g["signatures"][0]["signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    g["signatures"][1]["signature"] = sig0.into();
+    assert!(verify(&g.to_string(), &keys).is_err());
+    // A signature over another payload (the second signer approved something else).
+    let mut other = claims();
+    other.exp += 1;
+    let other_b = sign(&other, &b).unwrap();
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["signatures"][1]["signature"] = other_b.split('.').nth(2).unwrap().into();
+    assert!(matches!(
+        verify(&g.to_string(), &keys),
+        Err(ApprovalError::Signature)
+    ));
+    // Unprotected headers and unknown members are refused.
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["signatures"][1]["header"] = serde_json::json!({"kid": "x"});
+    assert!(verify(&g.to_string(), &keys).is_err());
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["extra"] = 1.into();
+    assert!(verify(&g.to_string(), &keys).is_err());
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["signatures"] = serde_json::json!([]);
+    assert!(verify(&g.to_string(), &keys).is_err());
+}

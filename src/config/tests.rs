@@ -525,3 +525,83 @@ fn issuers_that_could_assert_the_same_callers_must_be_qualified() {
     );
     assert!(qualification_errors(&mixed).is_empty());
 }
+
+fn config_errors(text: &str) -> Vec<String> {
+    match FileConfig::parse(text).unwrap().validate() {
+        Ok(_) => vec![],
+        Err(e) => e.0,
+    }
+}
+
+/// The `kid` of the approver key `good()` wrote.
+fn approver_kid(dir: &Path) -> String {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("approvers.jwks.json")).unwrap())
+            .unwrap();
+    doc["keys"][0]["kid"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn tiers_and_approvers_must_be_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = good(d);
+    let kid = approver_kid(d);
+    // The deployment's tier must be configured; `default` always is.
+    let with_tier = |t: &str| {
+        text.replace(
+            "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"",
+            &format!(
+                "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"\ntier = \"{t}\""
+            ),
+        )
+    };
+    let c = FileConfig::parse(&with_tier("customer-facing"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(c.tier, "customer-facing");
+    assert_eq!(c.tier_rule.required_evidence.len(), 2);
+    let c = FileConfig::parse(&text).unwrap().validate().unwrap();
+    assert_eq!(c.tier, "default");
+    assert!(c.tiers.contains_key("default"));
+    // Without [[trust.approvers]], each key approves everything, with no role.
+    assert_eq!(c.approver_scopes[&kid].models, ["*"]);
+    let errs = config_errors(&with_tier("Customer-Facing"));
+    assert!(
+        errs.iter().any(|e| e.starts_with("workload.tier")),
+        "{errs:?}"
+    );
+    // Names differing only in case are ambiguous.
+    let errs = config_errors(&format!("{text}\n[tiers.Customer-Facing]\n"));
+    assert!(errs.iter().any(|e| e.contains("only in case")), "{errs:?}");
+    // A quorum nobody can meet.
+    let quorum = text.replace(
+        "required_evidence = [\"security-test\", \"red-team\"]",
+        "required_evidence = [\"security-test\", \"red-team\"]\nquorum = [\"owner\", \"security\"]",
+    );
+    let errs = config_errors(&quorum);
+    assert_eq!(
+        errs.iter()
+            .filter(|e| e.starts_with("tiers.customer-facing.quorum"))
+            .count(),
+        2,
+        "{errs:?}"
+    );
+    // Approvers holding the roles make it valid; an unknown kid or a kid of two approvers is not.
+    let approvers = |owner_keys: &str, sec_keys: &str| {
+        format!(
+            "{quorum}\n[[trust.approvers]]\nname = \"owners\"\nkeys = [{owner_keys}]\nroles = [\"owner\"]\n\
+             [[trust.approvers]]\nname = \"security\"\nkeys = [{sec_keys}]\nroles = [\"security\"]\ntiers = [\"customer-*\"]\n"
+        )
+    };
+    let ok = approvers(&format!("\"{kid}\""), "\"other-kid\"");
+    let errs = config_errors(&ok);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("trust.approvers[1].keys") && errs[0].contains("other-kid"));
+    let errs = config_errors(&approvers(&format!("\"{kid}\""), &format!("\"{kid}\"")));
+    assert!(
+        errs.iter().any(|e| e.contains("belongs to two approvers")),
+        "{errs:?}"
+    );
+}

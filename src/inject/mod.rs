@@ -1184,6 +1184,8 @@ jwks_file = "{keys}/issuer.jwks.json"
 audiences = ["provgate"]
 algorithms = ["RS256", "ES256"]
 
+[tiers.internal]
+
 [audit]
 path = "{audit}/provgate-audit.jsonl"
 

@@ -22,11 +22,56 @@ fn policy() -> Policy {
         "customer-facing".to_string(),
         TierRule {
             required_evidence: vec!["security-test".into(), "red-team".into()],
+            quorum: vec![],
         },
+    );
+    tiers.insert("internal".to_string(), TierRule::default());
+    tiers.insert(DEFAULT_TIER.to_string(), TierRule::default());
+    tiers.insert(
+        "critical".to_string(),
+        TierRule {
+            required_evidence: vec![],
+            quorum: vec!["owner".into(), "security".into()],
+        },
+    );
+    let scope = |name: &str, roles: &[&str], models: &[&str], tiers: &[&str]| {
+        Arc::new(ApproverScope {
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            models: models.iter().map(|r| r.to_string()).collect(),
+            tiers: tiers.iter().map(|r| r.to_string()).collect(),
+        })
+    };
+    let alice = scope("alice", &["owner"], &["*"], &["*"]);
+    let mut approvers = HashMap::new();
+    // The key every base record is signed with: an approver for everything, no role.
+    approvers.insert("k".to_string(), scope("platform", &[], &["*"], &["*"]));
+    // Two keys of one approver.
+    approvers.insert("alice-1".to_string(), alice.clone());
+    approvers.insert("alice-2".to_string(), alice);
+    approvers.insert(
+        "sec".to_string(),
+        scope("sec", &["security"], &["*"], &["*"]),
+    );
+    approvers.insert(
+        "owner-and-security".to_string(),
+        scope("both", &["owner", "security"], &["*"], &["*"]),
+    );
+    // Scoped: only model "other", only internal tiers.
+    approvers.insert(
+        "team-b".to_string(),
+        scope("team-b", &["owner"], &["other"], &["*"]),
+    );
+    approvers.insert(
+        "internal-only".to_string(),
+        scope("internal-only", &["owner"], &["*"], &["internal"]),
     );
     Policy {
         workload_identity: WORKLOAD.into(),
         tiers,
+        tier: DEFAULT_TIER.into(),
+        tier_rule: TierRule::default(),
+        approvers,
         bare_issuers: vec![Arc::from(ISSUER_A)],
     }
 }
@@ -56,6 +101,11 @@ fn claims() -> ApprovalClaims {
 }
 
 fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
+    signed_by(list, &["k"])
+}
+
+/// Records co-signed by the keys `kids`.
+fn signed_by(list: Vec<(ApprovalClaims, bool)>, kids: &[&str]) -> RegistryEntry {
     RegistryEntry {
         records: list
             .into_iter()
@@ -64,7 +114,8 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
                     version_header: http::HeaderValue::from_str(&c.version_id).unwrap(),
                     version_id: Arc::from(c.version_id.as_str()),
                     claims: c,
-                    kid: "k".into(),
+                    kid: kids.first().unwrap_or(&"").to_string(),
+                    signers: kids.iter().map(|k| k.to_string()).collect(),
                 }),
                 revoked,
             })
@@ -93,6 +144,8 @@ fn served(name: &'static str, server: ServerView<'static>) -> ModelView<'static>
 
 struct Case {
     name: &'static str,
+    /// The deployment's tier (`[workload] tier`).
+    tier: &'static str,
     caller: Option<Option<&'static str>>,
     /// The `iss` of the caller's token.
     caller_iss: &'static str,
@@ -108,6 +161,7 @@ struct Case {
 fn base(name: &'static str) -> Case {
     Case {
         name,
+        tier: DEFAULT_TIER,
         caller: Some(Some(CALLER)),
         caller_iss: ISSUER_A,
         artefact_ready: true,
@@ -387,6 +441,122 @@ fn decision_table() {
                 r.evidence = vec![ev("security-test", "pass"), ev("red-team", "PASS")];
             });
         }),
+        // Item 1: the deployment's tier.
+        with(base("record's tier lower than the deployment's"), |c| {
+            c.tier = "customer-facing";
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("deployment's tier rules met by the record"), |c| {
+            c.tier = "customer-facing";
+            c.entry = record(|r| {
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+            });
+        }),
+        with(base("record's tier higher than the deployment's"), |c| {
+            c.entry = record(|r| {
+                r.tier = "customer-facing".into();
+                r.evidence = vec![ev("security-test", "pass")];
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record names an unconfigured tier"), |c| {
+            c.entry = record(|r| r.tier = "experimental".into());
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record's tier differs in case"), |c| {
+            c.entry = record(|r| {
+                r.tier = "Customer-Facing".into();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record in the default tier"), |c| {
+            c.entry = record(|r| r.tier = DEFAULT_TIER.into());
+        }),
+        // Item 2: approvers with scopes.
+        with(base("signed by a key of no configured approver"), |c| {
+            c.entry = Some(signed_by(vec![(claims(), false)], &["stranger"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("approver outside its model scope"), |c| {
+            c.entry = Some(signed_by(vec![(claims(), false)], &["team-b"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("approver inside its model scope"), |c| {
+            c.entry = Some(signed_by(
+                vec![(
+                    {
+                        let mut r = claims();
+                        r.sub = "other".into();
+                        r
+                    },
+                    false,
+                )],
+                &["team-b"],
+            ));
+            c.model = served("other", ServerView::NotProbed);
+        }),
+        with(base("approver inside its tier scope"), |c| {
+            c.tier = "internal";
+            c.entry = Some(signed_by(vec![(claims(), false)], &["internal-only"]));
+        }),
+        with(
+            base("approver scoped to internal, deployment customer-facing"),
+            |c| {
+                c.tier = "customer-facing";
+                let mut r = claims();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+                c.entry = Some(signed_by(vec![(r, false)], &["internal-only"]));
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(base("one signer in scope is enough without quorum"), |c| {
+            c.entry = Some(signed_by(vec![(claims(), false)], &["team-b", "k"]));
+        }),
+        // Item 3: quorum.
+        with(base("quorum: one approver only"), |c| {
+            c.entry = Some(signed_by(vec![(critical(), false)], &["alice-1"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum: two keys of one approver"), |c| {
+            c.entry = Some(signed_by(
+                vec![(critical(), false)],
+                &["alice-1", "alice-2"],
+            ));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum: distinct owner and security"), |c| {
+            c.entry = Some(signed_by(vec![(critical(), false)], &["alice-2", "sec"]));
+        }),
+        with(base("quorum: one approver holding both roles"), |c| {
+            c.entry = Some(signed_by(
+                vec![(critical(), false)],
+                &["owner-and-security"],
+            ));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(
+            base("quorum: both-roles approver and an owner cover it"),
+            |c| {
+                c.entry = Some(signed_by(
+                    vec![(critical(), false)],
+                    &["alice-1", "owner-and-security"],
+                ));
+            },
+        ),
+        with(base("quorum: an out-of-scope owner does not count"), |c| {
+            c.entry = Some(signed_by(vec![(critical(), false)], &["team-b", "sec"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum of the deployment's tier applies"), |c| {
+            c.tier = "critical";
+            c.entry = Some(signed_by(vec![(claims(), false)], &["k"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum of the deployment's tier met"), |c| {
+            c.tier = "critical";
+            c.entry = Some(signed_by(vec![(claims(), false)], &["alice-1", "sec"]));
+        }),
         with(base("a newer valid record beats an expired one"), |c| {
             let mut old = claims();
             old.exp = NOW - 1;
@@ -444,12 +614,22 @@ fn decision_table() {
             model: case.model,
             now: NOW,
         };
-        let got = match decide(&policy(), &input) {
+        let mut policy = policy();
+        policy.tier_rule = policy.tiers[case.tier].clone();
+        policy.tier = case.tier.into();
+        let got = match decide(&policy, &input) {
             Decision::Allow { record } => Ok(record.claims.version_id.clone()),
             Decision::Deny { reason, .. } => Err(reason),
         };
         assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
     }
+}
+
+/// A record of the `critical` tier (quorum: owner and security).
+fn critical() -> ApprovalClaims {
+    let mut c = claims();
+    c.tier = "critical".into();
+    c
 }
 
 fn ev(kind: &str, verdict: &str) -> Evidence {

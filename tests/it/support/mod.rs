@@ -375,6 +375,7 @@ approver_keys = "{approvers}"
 issuer = "{ISSUER}"
 jwks_file = "{issuer}"
 audiences = ["provgate"]
+[tiers.internal]
 [tiers.customer-facing]
 required_evidence = ["security-test", "red-team"]
 [audit]

@@ -124,3 +124,174 @@ fn two_issuers_that_could_assert_the_same_names_are_refused_at_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A fixture whose deployment is `critical`: records need an `owner` (the fixture's approver
+/// key) and a `security` approver (a second key, written to `security.key`), distinct.
+struct Quorum {
+    fx: Fixture,
+    security: SigningKey,
+}
+
+fn quorum(registry: Option<String>) -> Quorum {
+    let mut fx = Fixture::new();
+    let (security, pem) = SigningKey::generate(KeyKind::Es256).unwrap();
+    std::fs::write(fx.path("security.key"), pem).unwrap();
+    std::fs::write(
+        fx.path("approvers.jwks.json"),
+        jwks_document(&[fx.approver.public_jwk.clone(), security.public_jwk.clone()]),
+    )
+    .unwrap();
+    fx.registry = registry;
+    fx.extra = format!(
+        "[tiers.critical]\nquorum = [\"owner\", \"security\"]\n\
+         [[trust.approvers]]\nname = \"model-owners\"\nkeys = [\"{}\"]\nroles = [\"owner\"]\n\
+         [[trust.approvers]]\nname = \"security-review\"\nkeys = [\"{}\"]\nroles = [\"security\"]\n",
+        fx.approver.kid, security.kid
+    );
+    Quorum { fx, security }
+}
+
+/// Starts provgate for `q` with `[workload] tier = "critical"`.
+async fn start_critical(q: &Quorum, up: &Upstream) -> Provgate {
+    let (listen, admin) = (free_port(), free_port());
+    let config = q.fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"critical\""),
+    );
+    assert!(config.contains("tier = \"critical\""));
+    let pg = Provgate::spawn(q.fx.dir.path(), "critical", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    pg
+}
+
+/// `provgate approve --cosign` through the binary: the security approver co-signs `record`.
+fn cosign_cli(q: &Quorum, record: &str, extra: &[&str]) -> String {
+    let existing = q.fx.path("existing.jws");
+    std::fs::write(&existing, record).unwrap();
+    let key = q.fx.path("security.key");
+    let mut args = vec![
+        "approve",
+        "--cosign",
+        existing.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_cli(&args, None);
+    assert!(
+        out.status.success(),
+        "approve --cosign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn status(pg: &Provgate, token: &str) -> (u16, String) {
+    let r = pg.get("/v1/models", Some(token)).await;
+    let s = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    (s, body["error"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosigned_record_from_a_directory_meets_the_quorum() {
+    let q = quorum(None);
+    let fx = &q.fx;
+    let owner_only = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    fx.write_record("rec.jws", &owner_only);
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    let token = fx.token(CALLER);
+    // The record claims the lowest tier; the deployment's quorum applies all the same.
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+
+    // Two signatures by keys of one approver would count once; a security co-signature
+    // (through `provgate approve --cosign`, stdout) completes the quorum.
+    let cosigned = cosign_cli(&q, &owner_only, &[]);
+    assert!(cosigned.starts_with('{') && !cosigned.contains('\n'));
+    fx.write_record("rec.jws", &cosigned);
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        up.requests().last().unwrap().headers["x-provgate-version-id"],
+        "v42"
+    );
+
+    // The security approver alone is not enough either.
+    let mut c = fx.claims();
+    c.jti = "rec-2".into();
+    c.version_id = "v43".into();
+    let security_only = provgate::approval::sign(&c, &q.security).unwrap();
+    std::fs::remove_file(fx.registry_dir().join("rec.jws")).unwrap();
+    fx.write_record("rec-2.jws", &security_only);
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (403, "approval_invalid".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosigned_record_from_the_http_registry_meets_the_quorum() {
+    let registry = crate::registries::HttpRegistry::start("t").await;
+    let q = quorum(None);
+    std::fs::write(q.fx.path("registry.token"), "t\n").unwrap();
+    let q = Quorum {
+        fx: {
+            let mut fx = q.fx;
+            fx.registry = Some(crate::registries::remote_registry(
+                "http",
+                &format!("http://{}/", registry.addr),
+                "1h",
+                &format!("token_file = \"{}\"", fx.path("registry.token").display()),
+            ));
+            fx
+        },
+        security: q.security,
+    };
+    let owner_only = provgate::approval::sign(&q.fx.claims(), &q.fx.approver).unwrap();
+    let cosigned = cosign_cli(&q, &owner_only, &[]);
+    // One record per line: the co-signed one next to an owner-only one.
+    registry.answer(200, &format!("{owner_only}\n{cosigned}\n"), None);
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    assert_eq!(status(&pg, &q.fx.token(CALLER)).await, (200, String::new()));
+    registry.answer(200, &format!("{owner_only}\n"), Some("\"2\""));
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &q.fx.token(CALLER)).await == (403, "approval_invalid".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosigned_record_from_mlflow_meets_the_quorum() {
+    let Some(ml) = crate::registries::shared_mlflow().await else {
+        return;
+    };
+    let mut q = quorum(Some(crate::registries::remote_registry(
+        "mlflow", &ml.url, "1h", "",
+    )));
+    q.fx.model = "cosigned-quorum".into();
+    let version = ml.create_version(&q.fx.model).await;
+    let owner_only = provgate::approval::sign(&q.fx.claims(), &q.fx.approver).unwrap();
+    // Co-sign and publish onto the MLflow model version in one step.
+    let model = q.fx.model.clone();
+    cosign_cli(
+        &q,
+        &owner_only,
+        &[
+            "--model",
+            &model,
+            "--publish-mlflow",
+            &ml.url,
+            "--version",
+            &version,
+        ],
+    );
+    let tags = ml.tags(&q.fx.model, &version).await.to_string();
+    assert!(tags.contains("signatures"), "co-signed record tag: {tags}");
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    assert_eq!(status(&pg, &q.fx.token(CALLER)).await, (200, String::new()));
+}

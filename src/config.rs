@@ -22,7 +22,7 @@ use crate::fields::Errors;
 use crate::identity::config::{Callers, CallersFile};
 use crate::keys::KeySet;
 use crate::policy::config::{
-    validate_tiers, ModeFile, TierFile, TrustFile, Workload, WorkloadFile,
+    validate_tiers, ApproverFile, ModeFile, TierFile, TrustFile, Workload, WorkloadFile,
 };
 use crate::policy::{ApproverScope, TierRule};
 use crate::probe::config::Probe;
@@ -139,6 +139,9 @@ pub struct Config {
     pub approvers: KeySet,
     /// `[[trust.approvers]]`, by key ID.
     pub approver_scopes: HashMap<String, Arc<ApproverScope>>,
+    /// `[trust]` as written, for reloads: the key file and the approvers.
+    pub approver_keys_path: PathBuf,
+    pub approver_files: Vec<ApproverFile>,
     pub callers: Callers,
     pub tiers: HashMap<String, TierRule>,
     /// The deployment's tier (`[workload] tier`, else `default`) and its rule.
@@ -238,6 +241,8 @@ impl FileConfig {
             workload,
             approvers: trust.keys,
             approver_scopes: trust.approvers,
+            approver_keys_path: PathBuf::from(&self.trust.approver_keys),
+            approver_files: self.trust.approvers.clone(),
             tier,
             tier_rule,
             callers,

@@ -37,6 +37,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "provgate_build_info";
     pub const UPSTREAM_PROBES_TOTAL: &str = "provgate_upstream_probes_total";
     pub const UPSTREAM_PROBE_STATE: &str = "provgate_upstream_probe_state";
+    pub const TRUST_RELOADS_TOTAL: &str = "provgate_trust_reloads_total";
 }
 
 /// All of provgate's metrics, registered in one registry.
@@ -74,6 +75,8 @@ pub struct Metrics {
     pub jwks_age: GaugeVec,
     pub upstream_probes: IntCounterVec,
     pub upstream_probe_state: IntGaugeVec,
+    /// Trust reloads by what (approver_keys, issuer_keys) and result (ok, error).
+    pub trust_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -251,6 +254,13 @@ impl Metrics {
             ),
             &["model", "state"]
         ));
+        let trust_reloads = reg!(IntCounterVec::new(
+            Opts::new(
+                TRUST_RELOADS_TOTAL,
+                "Re-reads of trust files (on change or SIGHUP) by what (approver_keys, issuer_keys) and result (ok, error: the previous state is kept)."
+            ),
+            &["what", "result"]
+        ));
         let build_info = reg!(IntGaugeVec::new(
             Opts::new(BUILD_INFO, "1, labelled with the provgate version."),
             &["version"]
@@ -296,6 +306,7 @@ impl Metrics {
             jwks_age,
             upstream_probes,
             upstream_probe_state,
+            trust_reloads,
         }
     }
 

@@ -184,6 +184,8 @@ impl Profile {
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
+    /// Where [`KeySource::File`] keys were read from (re-read on change and SIGHUP).
+    pub jwks_file: Option<PathBuf>,
     /// Bare caller patterns never match this issuer's callers.
     pub qualified: bool,
     pub profile: Profile,
@@ -377,6 +379,7 @@ impl IssuerFile {
         let profile = self.profile(key, errors);
         Issuer {
             profile,
+            jwks_file: self.jwks_file.as_ref().map(PathBuf::from),
             qualified: self.qualified,
             issuer: self.issuer,
             keys,

@@ -68,7 +68,7 @@ pub struct TrustFile {
 }
 
 /// One approver: an identity that may hold several keys.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproverFile {
     /// A name for the audit log and for counting quorum (two keys of one approver count once).
@@ -168,17 +168,19 @@ impl TrustFile {
             errors.push("trust.approver_keys", e);
             KeySet::default()
         });
-        let approvers = approver_scopes(&self.approvers, &keys, errors);
+        let approvers = approver_scopes(&self.approvers, &keys, true, errors);
         Trust { keys, approvers }
     }
 }
 
 /// Binds key IDs to approvers. Without `[[trust.approvers]]`, each key is its own approver
 /// (named `key:KID`), with no role, for every model and tier: records signed as before keep
-/// working, and no tier can require a quorum.
+/// working, and no tier can require a quorum. `strict` (at start): an approver's key ID
+/// missing from `keys` is an error; on a reload it is a withdrawn key, left out.
 pub fn approver_scopes(
     files: &[ApproverFile],
     keys: &KeySet,
+    strict: bool,
     errors: &mut Errors,
 ) -> HashMap<String, Arc<ApproverScope>> {
     let mut by_kid = HashMap::new();
@@ -229,10 +231,13 @@ pub fn approver_scopes(
                 .iter()
                 .any(|k| k.kid.as_deref() == Some(kid.as_str()))
             {
-                errors.push(
-                    format_args!("{at}.keys"),
-                    format_args!("{kid:?} is not a key ID in trust.approver_keys"),
-                );
+                if strict {
+                    errors.push(
+                        format_args!("{at}.keys"),
+                        format_args!("{kid:?} is not a key ID in trust.approver_keys"),
+                    );
+                }
+                continue;
             }
             if by_kid.insert(kid.clone(), scope.clone()).is_some() {
                 errors.push(

@@ -295,3 +295,68 @@ async fn a_cosigned_record_from_mlflow_meets_the_quorum() {
     let pg = start_critical(&q, &up).await;
     assert_eq!(status(&pg, &q.fx.token(CALLER)).await, (200, String::new()));
 }
+
+/// Writes a JWKS of `keys` as the approver key file, atomically (rename).
+fn write_approver_keys(fx: &Fixture, text: &str) {
+    let tmp = fx.path(".approvers.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, fx.path("approvers.jwks.json")).unwrap();
+}
+
+async fn reloads(pg: &Provgate, result: &str) -> f64 {
+    pg.metric(&format!(
+        "provgate_trust_reloads_total{{result=\"{result}\",what=\"approver_keys\"}}"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approver_key_removed_while_running_ends_its_approvals() {
+    let fx = Fixture::new();
+    let (spare, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let both = jwks_document(&[fx.approver.public_jwk.clone(), spare.public_jwk.clone()]);
+    write_approver_keys(&fx, &both);
+    fx.approve("rec.jwt", &fx.claims());
+    let (_up, pg) = started(&fx).await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (200, String::new()));
+
+    // A reload that fails keeps the previous keys, and says so.
+    write_approver_keys(&fx, "{not json");
+    pg.eventually(Duration::from_secs(10), || async {
+        reloads(&pg, "error").await >= 1.0
+    })
+    .await;
+    assert_eq!(status(&pg, &token).await, (200, String::new()));
+    assert!(
+        pg.logs().contains("approver keys not reloaded"),
+        "{}",
+        pg.logs()
+    );
+
+    // The approver's key leaves the trust file: its record approves nothing, no restart.
+    write_approver_keys(&fx, &jwks_document(std::slice::from_ref(&spare.public_jwk)));
+    let took = pg
+        .eventually(Duration::from_secs(10), || async {
+            status(&pg, &token).await == (403, "approval_invalid".into())
+        })
+        .await;
+    eprintln!("approver key withdrawn within {took:?}");
+    assert!(reloads(&pg, "ok").await >= 1.0);
+
+    // Back in the file and a SIGHUP: its approvals count again.
+    write_approver_keys(&fx, &both);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pg.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (200, String::new())
+    })
+    .await;
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.logs().contains("SIGHUP: re-reading trust files")
+    })
+    .await;
+}

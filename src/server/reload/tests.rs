@@ -50,7 +50,7 @@ fn a_good_reload_rebinds_keys_and_a_bad_one_keeps_them() {
     std::fs::write(&path, jwks_document(std::slice::from_ref(&b.public_jwk))).unwrap();
     r.reload_approvers();
     let kids: Vec<_> = r.policy.load().approvers.keys().cloned().collect();
-    assert_eq!(kids, [b.kid.clone()]);
+    assert_eq!(kids, vec![b.kid.clone()]);
 
     // Garbage, or no key at all: the previous state stays.
     for bad in ["{", "{\"keys\": []}"] {

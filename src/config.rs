@@ -220,6 +220,18 @@ impl FileConfig {
                 }
             }
         }
+        if !tier_rule.workloads.is_empty()
+            && !workload.identity.is_empty()
+            && !crate::approval::identity_matches(&tier_rule.workloads, &workload.identity)
+        {
+            errors.push(
+                "workload.tier",
+                format_args!(
+                    "{tier:?} may not run on this workload ({:?} is not in tiers.{tier}.workloads)",
+                    workload.identity
+                ),
+            );
+        }
         let server = self.server.validate(&mut errors);
         let log = self.log.validate(&mut errors);
         if self.audit.queue == 0 {

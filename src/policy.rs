@@ -173,6 +173,37 @@ pub struct TierRule {
     /// Roles, each to be held by a distinct in-scope approver who signed the record (e.g.
     /// `["owner", "security"]`). Empty: one in-scope approver suffices.
     pub quorum: Vec<String>,
+    /// The longest a record may be valid (`exp` minus `nbf`), in seconds; a record valid
+    /// longer is refused, not shortened.
+    pub max_lifetime: Option<u64>,
+    /// Workload identities this tier may run on (exact, or a prefix ending in `*`); empty:
+    /// any. Confines, say, an experimental tier to sandbox namespaces.
+    pub workloads: Vec<String>,
+}
+
+impl TierRule {
+    /// The tier's own rules beyond evidence and quorum.
+    fn admits(
+        &self,
+        record: &ApprovalRecord,
+        workload: &str,
+    ) -> Result<(), (DenyReason, &'static str)> {
+        if let Some(max) = self.max_lifetime {
+            if record.claims.exp.saturating_sub(record.not_before()) > max {
+                return Err((
+                    DenyReason::ApprovalInvalid,
+                    "record is valid longer than its tier allows",
+                ));
+            }
+        }
+        if !self.workloads.is_empty() && !identity_matches(&self.workloads, workload) {
+            return Err((
+                DenyReason::DeploymentNotBound,
+                "this workload may not run a model of this tier",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The tier every deployment without `[workload] tier` has, always configured.
@@ -463,6 +494,8 @@ fn check_record(
             "record lacks evidence its tier requires",
         ));
     }
+    policy.tier_rule.admits(record, &policy.workload_identity)?;
+    record_rule.admits(record, &policy.workload_identity)?;
     check_signers(policy, model, record, record_rule)?;
     let bare_ok = policy.bare_ok(&caller.iss);
     if !claims

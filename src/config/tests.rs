@@ -597,8 +597,36 @@ fn tiers_and_approvers_must_be_consistent() {
     };
     let ok = approvers(&format!("\"{kid}\""), "\"other-kid\"");
     let errs = config_errors(&ok);
-    assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("trust.approvers[1].keys") && errs[0].contains("other-kid"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("trust.approvers[1].keys") && e.contains("other-kid")),
+        "{errs:?}"
+    );
+    // An approver of both roles makes the quorum satisfiable on paper (the decision still
+    // wants two distinct approvers); tiers.NAME.max_lifetime and workloads are checked too.
+    let both = quorum.clone()
+        + &format!(
+            "\n[[trust.approvers]]\nname = \"owners\"\nkeys = [\"{kid}\"]\nroles = [\"owner\", \"security\"]\n"
+        );
+    assert_eq!(config_errors(&both), Vec::<String>::new());
+    let bad_tier = format!(
+        "{text}\n[tiers.sandbox]\nmax_lifetime = \"0s\"\nworkloads = [\"spiffe://example.org/ns/sandbox/*\"]\n"
+    );
+    let errs = config_errors(&bad_tier);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tiers.sandbox.max_lifetime")),
+        "{errs:?}"
+    );
+    let errs = config_errors(&bad_tier.replace(
+        "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"",
+        "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"\ntier = \"sandbox\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("workload.tier") && e.contains("may not run")),
+        "{errs:?}"
+    );
     let errs = config_errors(&approvers(&format!("\"{kid}\""), &format!("\"{kid}\"")));
     assert!(
         errs.iter().any(|e| e.contains("belongs to two approvers")),

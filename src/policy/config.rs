@@ -95,6 +95,12 @@ pub struct TierFile {
     /// Roles, each to be held by a distinct approver who signed the record.
     #[serde(default)]
     pub quorum: Vec<String>,
+    /// The longest validity (`exp - nbf`) a record may have, e.g. `"30d"`.
+    #[serde(default)]
+    pub max_lifetime: Option<String>,
+    /// Workload identities this tier may run on (exact, or `prefix*`); default any.
+    #[serde(default)]
+    pub workloads: Vec<String>,
 }
 
 fn everything() -> Vec<String> {
@@ -263,13 +269,24 @@ pub fn validate_tiers(
     let mut rules: HashMap<String, TierRule> = tiers
         .into_iter()
         .map(|(name, t)| {
-            (
-                name,
-                TierRule {
-                    required_evidence: t.required_evidence,
-                    quorum: t.quorum,
-                },
-            )
+            let max_lifetime = t.max_lifetime.as_deref().map(|d| {
+                errors
+                    .duration(&format!("tiers.{name}.max_lifetime"), d)
+                    .as_secs()
+            });
+            if max_lifetime == Some(0) {
+                errors.push(
+                    format_args!("tiers.{name}.max_lifetime"),
+                    "must be at least 1s",
+                );
+            }
+            let rule = TierRule {
+                required_evidence: t.required_evidence,
+                quorum: t.quorum,
+                max_lifetime,
+                workloads: t.workloads,
+            };
+            (name, rule)
         })
         .collect();
     rules.entry(DEFAULT_TIER.to_string()).or_default();

@@ -22,16 +22,31 @@ fn policy() -> Policy {
         "customer-facing".to_string(),
         TierRule {
             required_evidence: vec!["security-test".into(), "red-team".into()],
-            quorum: vec![],
+            ..TierRule::default()
         },
     );
     tiers.insert("internal".to_string(), TierRule::default());
+    tiers.insert(
+        "sandbox".to_string(),
+        TierRule {
+            workloads: vec!["spiffe://example.org/ns/sandbox/*".into()],
+            ..TierRule::default()
+        },
+    );
+    tiers.insert(
+        "short".to_string(),
+        TierRule {
+            max_lifetime: Some(150),
+            ..TierRule::default()
+        },
+    );
     tiers.insert(DEFAULT_TIER.to_string(), TierRule::default());
     tiers.insert(
         "critical".to_string(),
         TierRule {
             required_evidence: vec![],
             quorum: vec!["owner".into(), "security".into()],
+            ..TierRule::default()
         },
     );
     let scope = |name: &str, roles: &[&str], models: &[&str], tiers: &[&str]| {
@@ -472,6 +487,31 @@ fn decision_table() {
         }),
         with(base("record in the default tier"), |c| {
             c.entry = record(|r| r.tier = DEFAULT_TIER.into());
+        }),
+        // Item 4: tier rules beyond evidence.
+        with(base("record valid longer than its tier allows"), |c| {
+            c.entry = record(|r| r.tier = "short".into());
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record within its tier's lifetime"), |c| {
+            c.entry = record(|r| {
+                r.tier = "short".into();
+                r.exp = r.iat + 150;
+            });
+        }),
+        with(base("deployment's tier limits the lifetime"), |c| {
+            c.tier = "short";
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("lifetime counted from nbf"), |c| {
+            c.entry = record(|r| {
+                r.tier = "short".into();
+                r.nbf = Some(NOW - 50);
+            });
+        }),
+        with(base("sandbox tier on a production workload"), |c| {
+            c.entry = record(|r| r.tier = "sandbox".into());
+            c.want = Err(DeploymentNotBound)
         }),
         // Item 2: approvers with scopes.
         with(base("signed by a key of no configured approver"), |c| {

@@ -43,7 +43,7 @@ use provgate::policy::{
     ServerView, TierRule,
 };
 use provgate::probe::ServedHandle;
-use provgate::proxy::routing::config::Routing;
+use provgate::proxy::routing::config::RoutingFile;
 use provgate::proxy::routing::{model_in_body, Named};
 use provgate::proxy::{Gate, HeldBudget, ModelGate, RequestCounters, RequestIds};
 use provgate::registry::{ApprovalStore, Snapshot};
@@ -174,6 +174,7 @@ fn bench(c: &mut Criterion) {
                 digest,
                 signer: None,
                 ollama_digest: None,
+                base_digest: None,
             },
             lineage: Default::default(),
             evidence: vec![],
@@ -265,15 +266,13 @@ fn bench(c: &mut Criterion) {
             artefact,
             served: Arc::new(ServedHandle::new(false)),
             counters: RequestCounters::new(&metrics, "m", true),
+            base: None,
         }],
         unrouted: RequestCounters::new(&metrics, "none", true),
-        routing: Routing {
-            openai_paths: vec!["/v1/chat/completions".into()],
-            max_body_bytes: 64 * 1024,
-            max_held_body_bytes: 8 << 20,
-            max_held_total_bytes: 64 << 20,
-            models_path: Some("/v1/models".into()),
-        },
+        routing: RoutingFile::default().validate(
+            &[provgate::proxy::routing::profiles::Api::Openai],
+            &mut Vec::new(),
+        ),
         approvals: store,
         tokens: Arc::new(tokens),
         audit: AuditLog::open(&audit_dir.path().join("a.jsonl"), 1024, metrics.clone()).unwrap(),

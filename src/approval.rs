@@ -72,6 +72,11 @@ pub struct ArtefactRef {
     /// Optional and omitted when absent, so records without it read and verify as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ollama_digest: Option<String>,
+    /// For a LoRA adapter: the OMS digest of the base model it was approved on. A request
+    /// naming the adapter is allowed only while the base is served with this digest.
+    /// Optional and omitted when absent (records of models read and verify as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_digest: Option<Digest>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

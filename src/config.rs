@@ -190,7 +190,7 @@ impl FileConfig {
         let models = validate_models(self.artefact.as_ref(), &self.artefacts, &mut errors);
         let routing = {
             let mut lines = Vec::new();
-            let routing = self.routing.validate(&mut lines);
+            let routing = self.routing.validate(&upstream.api, &mut lines);
             errors.extend(lines);
             routing
         };

@@ -213,6 +213,10 @@ struct ApproveArgs {
     /// `[upstream.probe] kind = "ollama"`.
     #[arg(long)]
     ollama_digest: Option<String>,
+    /// For a LoRA adapter: the OMS digest (`sha256:HEX`) of the base model it was approved
+    /// on (`provgate digest BASE_DIR`); the record is then void while another base is served.
+    #[arg(long)]
+    base_digest: Option<String>,
     #[command(flatten)]
     serialization: SerializationArgs,
     /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
@@ -482,6 +486,13 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             digest,
             signer: a.signer,
             ollama_digest: a.ollama_digest,
+            base_digest: match &a.base_digest {
+                Some(d) => Some(
+                    d.parse()
+                        .map_err(|e| anyhow::anyhow!("--base-digest {d:?}: {e}"))?,
+                ),
+                None => None,
+            },
         },
         lineage,
         evidence,

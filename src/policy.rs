@@ -36,10 +36,13 @@ pub enum DenyReason {
     RequestInvalid,
     /// The request body that should name the model is larger than the inspection limit.
     RequestTooLarge,
+    /// No configured API profile lists this route (method and canonical path), or it is a
+    /// management route no `[[routing.allow]]` opens to this caller.
+    RouteNotAllowed,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 15] = [
         DenyReason::TokenMissing,
         DenyReason::TokenInvalid,
         DenyReason::CallerNotAllowed,
@@ -54,6 +57,7 @@ impl DenyReason {
         DenyReason::ModelRequired,
         DenyReason::RequestInvalid,
         DenyReason::RequestTooLarge,
+        DenyReason::RouteNotAllowed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl DenyReason {
             DenyReason::ModelRequired => "model_required",
             DenyReason::RequestInvalid => "request_invalid",
             DenyReason::RequestTooLarge => "request_too_large",
+            DenyReason::RouteNotAllowed => "route_not_allowed",
         }
     }
 
@@ -134,6 +139,8 @@ pub enum ModelView<'a> {
     BodyInvalid,
     /// The body that should name the model is over the inspection limit.
     BodyTooLarge,
+    /// The route is not a door this sidecar opens (to this caller).
+    RouteNotAllowed { detail: &'static str },
 }
 
 /// What the upstream probe last learnt from the model server about one model.
@@ -266,6 +273,9 @@ pub enum Decision {
     Allow {
         record: Arc<ApprovalRecord>,
     },
+    /// A route `[[routing.allow]]` opens to this caller: allowed without a record, and
+    /// always audited.
+    Opened,
     Deny {
         reason: DenyReason,
         /// A fixed phrase for the audit log (never a label, never caller-controlled).
@@ -276,7 +286,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    fn deny(reason: DenyReason, detail: &'static str) -> Decision {
+    pub fn deny(reason: DenyReason, detail: &'static str) -> Decision {
         Decision::Deny {
             reason,
             detail,
@@ -287,13 +297,14 @@ impl Decision {
     pub fn record(&self) -> Option<&Arc<ApprovalRecord>> {
         match self {
             Decision::Allow { record } => Some(record),
+            Decision::Opened => None,
             Decision::Deny { record, .. } => record.as_ref(),
         }
     }
 
     pub fn reason(&self) -> Option<DenyReason> {
         match self {
-            Decision::Allow { .. } => None,
+            Decision::Allow { .. } | Decision::Opened => None,
             Decision::Deny { reason, .. } => Some(*reason),
         }
     }
@@ -339,6 +350,9 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
                 DenyReason::RequestTooLarge,
                 "request body is over the inspection limit",
             )
+        }
+        ModelView::RouteNotAllowed { detail } => {
+            return Decision::deny(DenyReason::RouteNotAllowed, detail)
         }
     };
     if server == ServerView::NotServing {

@@ -137,6 +137,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             artefact,
             served: Arc::new(ServedHandle::new(config.probe.is_some())),
             counters: RequestCounters::new(&metrics, &m.model, config.enforce),
+            base: m
+                .base
+                .as_ref()
+                .and_then(|b| config.models.iter().position(|x| &x.model == b)),
         });
     }
     if let Some(probe) = config.probe.clone() {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::fields::Errors;
 use crate::probe::config::ProbeFile;
+use crate::proxy::routing::profiles::Api;
 
 // === File struct ===
 
@@ -42,6 +43,13 @@ pub struct UpstreamFile {
     /// background (`[upstream.probe]`).
     #[serde(default)]
     pub probe: Option<ProbeFile>,
+    /// The APIs the model server speaks (route profiles): `openai`, `kserve_v1`,
+    /// `kserve_v2`, `triton`, `ollama`, `vllm`, `tgi`. Only their listed routes are
+    /// forwarded; management routes only when `[[routing.allow]]` opens them. Default
+    /// (a config from before profiles): `["openai", "kserve_v2"]`, the two APIs whose
+    /// model names provgate read before.
+    #[serde(default)]
+    pub api: Option<Vec<String>>,
 }
 
 fn default_protocol() -> String {
@@ -75,6 +83,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub keepalive_pool: usize,
+    /// The route profiles of the APIs the server speaks.
+    pub api: Vec<Api>,
 }
 
 impl UpstreamFile {
@@ -94,6 +104,26 @@ impl UpstreamFile {
                 ],
             )
             .unwrap_or(UpstreamProtocol::Http1);
+        let api = match &self.api {
+            None => vec![Api::Openai, Api::KserveV2],
+            Some(list) => {
+                if list.is_empty() {
+                    errors.push("upstream.api", "name at least one API");
+                }
+                list.iter()
+                    .filter_map(|a| {
+                        let parsed = Api::parse(a);
+                        if parsed.is_none() {
+                            errors.push(
+                                "upstream.api",
+                                format_args!("{a:?} is not one of \"openai\", \"kserve_v1\", \"kserve_v2\", \"triton\", \"ollama\", \"vllm\", \"tgi\""),
+                            );
+                        }
+                        parsed
+                    })
+                    .collect()
+            }
+        };
         let sni = self.sni.clone().unwrap_or_else(|| {
             self.address
                 .rsplit_once(':')
@@ -108,6 +138,7 @@ impl UpstreamFile {
             connect_timeout,
             read_timeout,
             keepalive_pool: self.keepalive_pool,
+            api,
         }
     }
 }

@@ -14,6 +14,7 @@ fn claims() -> ApprovalClaims {
             digest: format!("sha256:{}", "11".repeat(32)).parse().unwrap(),
             signer: None,
             ollama_digest: None,
+            base_digest: None,
         },
         lineage: serde_json::json!({"code_revision": "abc"})
             .as_object()

@@ -40,6 +40,14 @@ pub struct ArtefactFile {
     /// Threads used to hash files (or shards); 0 = one per core.
     #[serde(default)]
     pub hash_threads: usize,
+    /// `model` (the default) or `adapter`: a LoRA adapter requests name like a model,
+    /// served on top of `base`. Its records must pin the base's digest
+    /// (`artefact.base_digest`), and a request naming it needs both records to allow it.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// For an adapter: the configured model it is applied to.
+    #[serde(default)]
+    pub base: Option<String>,
     /// Pinned signers of the model's OMS signature (`DIR/model.sig`, or `FILE.sig` beside a
     /// single-file model); an approval record naming `artefact.signer` requires a valid
     /// signature by the signer of that name.
@@ -79,6 +87,8 @@ pub struct ModelConfig {
     pub serialization: Serialization,
     pub hash_threads: usize,
     pub signers: Arc<Vec<Signer>>,
+    /// For an adapter: the name of the model it is applied to.
+    pub base: Option<String>,
 }
 
 /// Checks `[artefact]` or `[[artefacts]]` (exactly one of the two) and loads each model's
@@ -120,6 +130,15 @@ pub fn validate_models(
             );
         }
         models.push(a.validate(&key, cores, errors));
+    }
+    for (i, m) in models.iter().enumerate() {
+        let Some(base) = &m.base else { continue };
+        if !models.iter().any(|b| &b.model == base && b.base.is_none()) {
+            errors.push(
+                format_args!("artefacts[{i}].base"),
+                format_args!("{base:?} is not a configured model (kind = \"model\")"),
+            );
+        }
     }
     models
 }
@@ -178,6 +197,31 @@ impl ArtefactFile {
                 self.hash_threads
             },
             signers: Arc::new(signers),
+            base: match (self.kind.as_deref(), &self.base) {
+                (None | Some("model"), None) => None,
+                (Some("adapter"), Some(b)) => Some(b.clone()),
+                (Some("adapter"), None) => {
+                    errors.push(
+                        format_args!("{key}.base"),
+                        "an adapter names its base model",
+                    );
+                    None
+                }
+                (None | Some("model"), Some(_)) => {
+                    errors.push(
+                        format_args!("{key}.base"),
+                        "only an adapter (kind = \"adapter\") has a base",
+                    );
+                    None
+                }
+                (Some(other), _) => {
+                    errors.push(
+                        format_args!("{key}.kind"),
+                        format_args!("{other:?} is not one of \"model\", \"adapter\""),
+                    );
+                    None
+                }
+            },
         }
     }
 }

@@ -633,3 +633,76 @@ fn tiers_and_approvers_must_be_consistent() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn api_profiles_and_adapters_validate() {
+    use crate::proxy::routing::profiles::Api;
+    let dir = tempfile::tempdir().unwrap();
+    let one = good(dir.path());
+    let c = FileConfig::parse(&one).unwrap().validate().unwrap();
+    assert_eq!(
+        c.upstream.api,
+        [Api::Openai, Api::KserveV2],
+        "a config from before profiles keeps the APIs it was read with"
+    );
+    let with_api = one.replace(
+        "address = \"127.0.0.1:8000\"",
+        "address = \"127.0.0.1:8000\"\napi = [\"vllm\", \"kserve_v2\"]",
+    );
+    let c = FileConfig::parse(&with_api).unwrap().validate().unwrap();
+    assert_eq!(c.upstream.api, [Api::Vllm, Api::KserveV2]);
+    assert!(c
+        .routing
+        .doors
+        .iter()
+        .any(|d| d.path == "/v1/load_lora_adapter"));
+
+    let bad_api = one.replace(
+        "address = \"127.0.0.1:8000\"",
+        "address = \"127.0.0.1:8000\"\napi = [\"vllm\", \"sagemaker\"]",
+    );
+    let err = FileConfig::parse(&bad_api).unwrap().validate().unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.starts_with("upstream.api: \"sagemaker\"")),
+        "{err}"
+    );
+    let empty_api = one.replace(
+        "address = \"127.0.0.1:8000\"",
+        "address = \"127.0.0.1:8000\"\napi = []",
+    );
+    let err = FileConfig::parse(&empty_api)
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(
+        err.0.iter().any(|e| e.starts_with("upstream.api:")),
+        "{err}"
+    );
+
+    let start = one.find("[artefact]").unwrap();
+    let end = one[start..]
+        .find("\n[")
+        .map_or(one.len(), |e| start + e + 1);
+    let without = format!("{}{}", &one[..start], &one[end..]);
+    let adapters = format!(
+        "{without}\n[[artefacts]]\nmodel = \"base\"\npath = \"/models/base\"\n\n[[artefacts]]\nmodel = \"lora\"\npath = \"/models/lora\"\nkind = \"adapter\"\nbase = \"base\"\n"
+    );
+    let c = FileConfig::parse(&adapters).unwrap().validate().unwrap();
+    assert_eq!(c.models[0].base, None);
+    assert_eq!(c.models[1].base.as_deref(), Some("base"));
+    for (bad, key) in [
+        ("kind = \"adapter\"\nbase = \"nope\"", "artefacts[1].base"),
+        ("kind = \"adapter\"", "artefacts[1].base"),
+        ("base = \"base\"", "artefacts[1].base"),
+        ("kind = \"lora\"", "artefacts[1].kind"),
+        ("kind = \"adapter\"\nbase = \"lora\"", "artefacts[1].base"),
+    ] {
+        let text = format!(
+            "{without}\n[[artefacts]]\nmodel = \"base\"\npath = \"/models/base\"\n\n[[artefacts]]\nmodel = \"lora\"\npath = \"/models/lora\"\n{bad}\n"
+        );
+        let err = FileConfig::parse(&text).unwrap().validate().unwrap_err();
+        assert!(err.0.iter().any(|e| e.starts_with(key)), "{bad}: {err}");
+    }
+}

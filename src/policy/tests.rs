@@ -104,6 +104,7 @@ fn claims() -> ApprovalClaims {
             digest: digest(),
             signer: None,
             ollama_digest: None,
+            base_digest: None,
         },
         lineage: Default::default(),
         evidence: vec![],
@@ -659,6 +660,7 @@ fn decision_table() {
         policy.tier = case.tier.into();
         let got = match decide(&policy, &input) {
             Decision::Allow { record } => Ok(record.claims.version_id.clone()),
+            Decision::Opened => Ok("opened".into()),
             Decision::Deny { reason, .. } => Err(reason),
         };
         assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
@@ -700,7 +702,8 @@ fn reasons_have_stable_names_and_indices() {
             "trust_data_unavailable",
             "model_required",
             "request_invalid",
-            "request_too_large"
+            "request_too_large",
+            "route_not_allowed"
         ]
     );
     for (i, r) in DenyReason::ALL.iter().enumerate() {

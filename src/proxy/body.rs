@@ -13,7 +13,8 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
 use crate::proxy::routing::config::{Routing, MAX_INSPECTED_BODY};
-use crate::proxy::routing::{model_in_body, Named};
+use crate::proxy::routing::profiles::Field;
+use crate::proxy::routing::{names_in_body, Named};
 
 /// A budget of bytes shared by every held body: taken whole when a body is to be held,
 /// given back when the permit drops (the body went upstream, was refused, or the request
@@ -121,14 +122,15 @@ impl HeldBody {
     }
 }
 
-/// Reads the JSON body of an OpenAI request, up to the routing limit, and returns the
-/// model it names (`models`: how many the sidecar guards). pingora keeps what was read (at
+/// Reads the JSON body of a request whose door names its model in `fields`, up to the
+/// routing limit, and returns the model(s) it names (`models`: how many the sidecar guards). pingora keeps what was read (at
 /// most 64 KiB, which the limit cannot exceed) in its retry buffer and sends exactly those
 /// bytes upstream after the decision: the body is forwarded unchanged, and nothing reaches
 /// the upstream before.
 pub async fn read_body_model(
     session: &mut Session,
     routing: &Routing,
+    fields: &[Field],
     models: usize,
     enforce: bool,
 ) -> pingora::Result<Named> {
@@ -176,7 +178,7 @@ pub async fn read_body_model(
         (None, Some(f)) => f,
         (None, None) => &[],
     };
-    Ok(model_in_body(body))
+    Ok(names_in_body(body, fields))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! The decision for one request against the gate: which configured model it is for, that
-//! model's published artefact and probe state, the approval lookup, and `policy::decide()`;
-//! a model list is decided against each model in turn.
+//! The decision for one request against the gate: whether its door is open (a route no
+//! profile lists, or a management route, only through `[[routing.allow]]`), which configured
+//! model it is for, that model's published artefact and probe state, the approval lookup,
+//! and `policy::decide()`; an adapter needs its base's approval and pinned digest too; a
+//! model list or a model-free route is decided against each model in turn.
 //!
 //! Reads published snapshots and caches only (no I/O, no crypto for a token seen before),
 //! and fills the request's context; it must not write a response.
@@ -9,16 +11,22 @@ use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 
+use crate::approval::identity_matches;
 use crate::identity::{bearer, Caller, TokenError};
-use crate::policy::{decide, ApprovalView, ArtefactView, CallerView, Decision, Input, ModelView};
+use crate::policy::{
+    decide, ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, ModelView,
+};
 use crate::proxy::gate::{Gate, RequestCtx};
-use crate::proxy::routing::{is_listing, requested_model, Named};
+use crate::proxy::routing::config::Found;
+use crate::proxy::routing::profiles::{method_bit, Class, ModelAt};
+use crate::proxy::routing::Named;
 use crate::registry::Lookup;
 
 impl Gate {
-    /// Evaluates one request's headers: the whole decision path of `request_filter`
-    /// without body reading or response writing, with cached tokens only. A request whose
-    /// body would name the model is decided as naming `body_model`. Public for benchmarks.
+    /// Evaluates one request's headers (its target already canonical): the whole decision
+    /// path of `request_filter` without body reading or response writing, with cached
+    /// tokens only. A request whose body would name the model is decided as naming
+    /// `body_model`. Public for benchmarks.
     pub fn evaluate(
         &self,
         req: &RequestHeader,
@@ -36,20 +44,27 @@ impl Gate {
                     .map_err(Some),
             },
         };
-        let named = match (requested_model(req.uri.path()), body_model) {
-            (Some(m), _) | (None, Some(m)) => Named::Model(m.to_string()),
-            (None, None) => Named::Nothing,
+        let (door, named) = match self.routing.find(method_bit(&req.method), req.uri.path()) {
+            Found::Door(i, Some(m)) => (Some(i), Named::Model(m.to_string())),
+            Found::Door(i, None) => (
+                Some(i),
+                body_model.map_or(Named::Nothing, |m| Named::Model(m.to_string())),
+            ),
+            Found::Unlisted => (None, Named::Nothing),
         };
-        self.decide_with(req, token_outcome, named, ctx)
+        self.decide_with(req, token_outcome, door, named, ctx)
     }
 
-    /// Everything after the token: which model, its artefact and probe state, the approval
-    /// lookup, `decide()`. A model list is decided against each model in turn: it is allowed
-    /// when any model is, and remembers which ones for the response filter.
+    /// Everything after the token: which door, which model, its artefact and probe state,
+    /// the approval lookup, `decide()`. A route no profile lists, or a management route, is
+    /// refused unless `[[routing.allow]]` opens it to this caller. A model list and a
+    /// model-free route are decided against each model in turn: allowed when any model is
+    /// (a list remembers which ones for the response filter).
     pub(crate) fn decide_with(
         &self,
         req: &RequestHeader,
         token_outcome: Result<Arc<Caller>, Option<TokenError>>,
+        door: Option<usize>,
         named: Named,
         ctx: &mut RequestCtx,
     ) -> Decision {
@@ -60,54 +75,187 @@ impl Gate {
             Err(Some(TokenError::KeysUnavailable)) => CallerView::Unavailable,
             Err(Some(_)) => CallerView::Invalid,
         };
-        let decision = if named == Named::Nothing && is_listing(&self.routing, req) {
-            let mut allowed = 0u64;
-            let mut chosen: Option<(usize, Decision)> = None;
-            for i in 0..self.models.len() {
-                let d = self.decide_model(caller_view, Ok(i), now_ms, ctx);
-                let allow = d.reason().is_none();
-                if allow {
-                    allowed |= 1 << i;
-                }
-                if chosen
-                    .as_ref()
-                    .is_none_or(|(_, c)| allow && c.reason().is_some())
-                {
-                    chosen = Some((i, d));
-                }
+        let class = door.map(|i| self.routing.doors[i].class);
+        let decision = match class {
+            None => self.decide_closed(
+                req,
+                caller_view,
+                "no configured API profile lists this route",
+            ),
+            Some(Class::Manage) => self.decide_closed(
+                req,
+                caller_view,
+                "management route not opened to this caller",
+            ),
+            Some(Class::List(shape)) => {
+                let (d, allowed) = self.decide_any(caller_view, now_ms, ctx);
+                // Filtering the list is enforcement: dry-run leaves the answer alone.
+                ctx.listing = self.enforce.then_some(allowed);
+                ctx.listing_shape = shape;
+                d
             }
-            // Filtering the list is enforcement: dry-run leaves the answer alone.
-            ctx.listing = self.enforce.then_some(allowed);
-            match chosen {
-                Some((i, d)) => {
-                    ctx.model = Some(i);
-                    ctx.digest = self.models[i].artefact.load().digest().copied();
-                    d
-                }
-                // Config validation guarantees at least one model.
-                None => self.decide_model(caller_view, Err(ModelView::Unnamed), now_ms, ctx),
+            Some(Class::Free)
+                if door.is_some_and(|i| self.routing.doors[i].model == ModelAt::Nothing) =>
+            {
+                self.decide_any(caller_view, now_ms, ctx).0
             }
-        } else {
-            let target = match &named {
-                Named::Model(name) => self
-                    .models
-                    .iter()
-                    .position(|m| &m.name == name)
-                    .ok_or(ModelView::NotServed),
-                Named::Nothing | Named::Held(_) if self.models.len() == 1 => Ok(0),
-                Named::Nothing | Named::Held(_) => Err(ModelView::Unnamed),
-                Named::BodyInvalid => Err(ModelView::BodyInvalid),
-                Named::BodyTooLarge => Err(ModelView::BodyTooLarge),
-            };
-            // A single-model sidecar counts every request under its one model.
-            ctx.model = target.ok().or((self.models.len() == 1).then_some(0));
-            self.decide_model(caller_view, target, now_ms, ctx)
+            Some(Class::Free | Class::Inference) => {
+                self.decide_named(caller_view, &named, now_ms, ctx)
+            }
         };
-        if let Named::Model(name) = named {
-            ctx.requested_model = Some(name);
+        match named {
+            Named::Model(name) => ctx.requested_model = Some(name),
+            Named::Models(names) => ctx.requested_model = Some(names.join(",")),
+            _ => {}
         }
         ctx.caller = token_outcome.ok();
         decision
+    }
+
+    /// A closed door: open only when a `[[routing.allow]]` rule names this route and caller.
+    fn decide_closed(
+        &self,
+        req: &RequestHeader,
+        caller: CallerView<'_>,
+        detail: &'static str,
+    ) -> Decision {
+        if let CallerView::Verified(c) = caller {
+            let opened = self
+                .routing
+                .opened(method_bit(&req.method), req.uri.path())
+                .is_some_and(|rule| {
+                    rule.issuer.as_deref().is_none_or(|i| i == &*c.iss)
+                        && identity_matches(&rule.callers, &c.sub)
+                });
+            if opened {
+                return Decision::Opened;
+            }
+        }
+        let policy = self.policy.load();
+        decide(
+            &policy,
+            &Input {
+                caller,
+                model: ModelView::RouteNotAllowed { detail },
+                artefact: ArtefactView::Unverified,
+                approval: ApprovalView::Entry(None),
+                now: 0,
+            },
+        )
+    }
+
+    /// Decided against every model: allowed when any is (that model's decision), else the
+    /// first model's denial; with the set of models that allow.
+    fn decide_any(
+        &self,
+        caller_view: CallerView<'_>,
+        now_ms: u64,
+        ctx: &mut RequestCtx,
+    ) -> (Decision, u64) {
+        let mut allowed = 0u64;
+        let mut chosen: Option<(usize, Decision)> = None;
+        for i in 0..self.models.len() {
+            let d = self.decide_model(caller_view, Ok(i), now_ms, ctx);
+            let allow = d.reason().is_none();
+            if allow {
+                allowed |= 1 << i;
+            }
+            if chosen
+                .as_ref()
+                .is_none_or(|(_, c)| allow && c.reason().is_some())
+            {
+                chosen = Some((i, d));
+            }
+        }
+        let d = match chosen {
+            Some((i, d)) => {
+                ctx.model = Some(i);
+                ctx.digest = self.models[i].artefact.load().digest().copied();
+                d
+            }
+            // Config validation guarantees at least one model.
+            None => self.decide_model(caller_view, Err(ModelView::Unnamed), now_ms, ctx),
+        };
+        (d, allowed)
+    }
+
+    /// A route that names its model (or may, in its body): every name is checked; none
+    /// names the server's default model, when there is exactly one.
+    fn decide_named(
+        &self,
+        caller_view: CallerView<'_>,
+        named: &Named,
+        now_ms: u64,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
+        let position = |name: &str| {
+            self.models
+                .iter()
+                .position(|m| m.name == name)
+                .ok_or(ModelView::NotServed)
+        };
+        let target = match named {
+            Named::Model(name) => position(name),
+            Named::Models(names) => {
+                let mut last = None;
+                for name in names {
+                    let target = position(name);
+                    ctx.model = target.ok().or(ctx.model);
+                    let d = self.decide_model(caller_view, target, now_ms, ctx);
+                    if d.reason().is_some() {
+                        return d;
+                    }
+                    last = Some(d);
+                }
+                // `Models` holds at least two names.
+                return last.unwrap_or_else(|| {
+                    self.decide_model(caller_view, Err(ModelView::Unnamed), now_ms, ctx)
+                });
+            }
+            Named::Nothing | Named::Held(_) => self.default_model().ok_or(ModelView::Unnamed),
+            Named::BodyInvalid => Err(ModelView::BodyInvalid),
+            Named::BodyTooLarge => Err(ModelView::BodyTooLarge),
+        };
+        // A single-model sidecar counts every request under its one model.
+        ctx.model = target.ok().or((self.models.len() == 1).then_some(0));
+        self.decide_model(caller_view, target, now_ms, ctx)
+    }
+
+    /// An adapter's decision when its own record allows: the record must pin the digest
+    /// its base is served with now, and the base's records must allow this caller too.
+    fn decide_adapter(
+        &self,
+        caller: CallerView<'_>,
+        base: usize,
+        adapter: Decision,
+        now_ms: u64,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
+        let Decision::Allow { record } = &adapter else {
+            return adapter;
+        };
+        let Some(pinned) = record.claims.artefact.base_digest else {
+            return Decision::Deny {
+                reason: DenyReason::ApprovalInvalid,
+                detail: "adapter record pins no base digest",
+                record: Some(record.clone()),
+            };
+        };
+        let own = ctx.digest;
+        let base_decision = self.decide_model(caller, Ok(base), now_ms, ctx);
+        let served = ctx.digest;
+        ctx.digest = own;
+        if base_decision.reason().is_some() {
+            return base_decision;
+        }
+        if served != Some(pinned) {
+            return Decision::Deny {
+                reason: DenyReason::ModelMismatch,
+                detail: "adapter record pins another base digest than the one served",
+                record: Some(record.clone()),
+            };
+        }
+        adapter
     }
 
     /// One decision against one configured model (or a routing failure).
@@ -118,8 +266,8 @@ impl Gate {
         now_ms: u64,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let policy = self.policy.load();
         let Ok(i) = target else {
+            let policy = self.policy.load();
             let model = target.err().unwrap_or(ModelView::NotServed);
             return decide(
                 &policy,
@@ -132,6 +280,23 @@ impl Gate {
                 },
             );
         };
+        let gate = &self.models[i];
+        if let Some(base) = gate.base {
+            let own = self.decide_one(caller, i, now_ms, ctx);
+            return self.decide_adapter(caller, base, own, now_ms, ctx);
+        }
+        self.decide_one(caller, i, now_ms, ctx)
+    }
+
+    /// One model's own decision (an adapter's without its base).
+    fn decide_one(
+        &self,
+        caller: CallerView<'_>,
+        i: usize,
+        now_ms: u64,
+        ctx: &mut RequestCtx,
+    ) -> Decision {
+        let policy = self.policy.load();
         let gate = &self.models[i];
         let state = gate.artefact.load();
         let served = gate.served.load();

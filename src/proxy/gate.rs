@@ -23,6 +23,7 @@ use crate::proxy::body::{HeldBody, HeldBudget};
 use crate::proxy::counters::RequestCounters;
 use crate::proxy::headers::RequestIds;
 use crate::proxy::routing::config::Routing;
+use crate::proxy::routing::profiles::ListShape;
 use crate::registry::ApprovalStore;
 use crate::telemetry::Metrics;
 use crate::upstream::{Upstream, UpstreamProtocol};
@@ -36,6 +37,8 @@ pub struct ModelGate {
     pub served: Arc<ServedHandle>,
     /// `provgate_requests_total` handles for this model.
     pub counters: RequestCounters,
+    /// For an adapter: the index of its base model in `Gate::models`.
+    pub base: Option<usize>,
 }
 
 /// The sidecar's shared state: everything the request path reads.
@@ -78,6 +81,10 @@ pub struct RequestCtx {
     pub decision: Option<Decision>,
     /// A model list request: the models this caller may use (bit `i` = `Gate::models[i]`).
     pub listing: Option<u64>,
+    /// How that list answers.
+    pub listing_shape: ListShape,
+    /// The door (index in `Routing::doors`) the request goes through, when listed.
+    pub door: Option<usize>,
     /// The upstream's model list, collected for filtering (`None`: pass bodies through).
     pub listing_body: Option<BytesMut>,
     /// A body too large to read before the decision, held back by `request_body_filter`
@@ -89,6 +96,24 @@ pub struct RequestCtx {
 }
 
 impl Gate {
+    /// The model a request that names none is for: the only configured model that is not
+    /// an adapter (the server's default), if there is exactly one.
+    #[inline]
+    pub fn default_model(&self) -> Option<usize> {
+        if self.models.len() == 1 {
+            return Some(0);
+        }
+        let mut bases = self
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.base.is_none());
+        match (bases.next(), bases.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
     /// Builds the upstream peer once; each request clones it.
     pub fn upstream_peer_for(upstream: &Upstream) -> HttpPeer {
         let tls = upstream.protocol == UpstreamProtocol::Https;

@@ -74,15 +74,25 @@ pub fn edit_response(
     edited.or_err(InvalidHTTPHeader, "too many response headers")
 }
 
-/// Removes every `x-provgate-*` header (a client must not speak for provgate, nor may the
-/// model server), without allocating when there are none: the usual case.
+/// Is this header name provgate's, read as servers in the CGI/WSGI tradition read it:
+/// `_` as `-`, case folded (`http` keeps names lowercase already)?
+#[inline]
+pub fn is_provgate(name: &str) -> bool {
+    let b = name.as_bytes();
+    // Most names fail on their first byte: no loop for them.
+    b.len() >= HEADER_PREFIX.len()
+        && (b[0] | 0x20) == b'x'
+        && b.iter()
+            .zip(HEADER_PREFIX.as_bytes())
+            .all(|(&c, &p)| c.to_ascii_lowercase() == p || (c == b'_' && p == b'-'))
+}
+
+/// Removes every `x-provgate-*` header, however spelt (`X-Provgate_Caller`,
+/// `x_provgate_version_id`): a client must not speak for provgate, nor may the model
+/// server. Allocates nothing when there are none: the usual case.
 #[inline]
 pub fn strip_provgate(headers: &mut http::HeaderMap) {
-    while let Some(name) = headers
-        .keys()
-        .find(|k| k.as_str().starts_with(HEADER_PREFIX))
-        .cloned()
-    {
+    while let Some(name) = headers.keys().find(|k| is_provgate(k.as_str())).cloned() {
         headers.remove(&name);
     }
 }

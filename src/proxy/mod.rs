@@ -1,18 +1,21 @@
 //! The request path: one `impl ProxyHttp for Gate`, a screen per phase, each calling into
 //! the rooms beside it.
 //!
-//! 1. `request_filter`: who is calling (`caller`); which model the request names
-//!    (`routing`: a KServe v2 path, or the `model` field of an OpenAI JSON body read by
-//!    `body` up to a small limit before anything goes upstream, or held back whole);
-//!    `decide` (that model's published artefact and probe state, the approval (cached),
-//!    `policy::decide()`). Deny: `deny` writes the JSON denial and the request stops.
+//! 1. `request_filter`: the one canonical target (`target`: ambiguous ones refused, an
+//!    equivalent spelling rewritten so the upstream gets what was decided); who is calling
+//!    (`caller`); which door and which model (`routing`: the route in the `[upstream] api`
+//!    profiles, the model in its path or in the body fields its door lists, read by `body`
+//!    up to a small limit before anything goes upstream, or held back whole); `decide`
+//!    (closed doors and `[[routing.allow]]`; that model's published artefact and probe
+//!    state, the approval (cached), `policy::decide()`; an adapter's base too). Deny: `deny`
+//!    writes the JSON denial and the request stops.
 //! 2. `upstream_peer`: the configured model server.
-//! 3. `upstream_request_filter`: drop any `x-provgate-*` the client sent, add ours, strip the
-//!    caller's token unless configured to forward it (`headers`).
+//! 3. `upstream_request_filter`: drop any `x-provgate-*` the client sent (however spelt),
+//!    add ours, strip the caller's token unless configured to forward it (`headers`).
 //! 4. `request_body_filter`: only a held body (`body`), checked when whole.
 //! 5. `response_filter`: tag the response with the version and request IDs (`headers`).
-//! 6. `response_body_filter`: only for the OpenAI model list, keep the models this caller may
-//!    use (`models`); every other body passes through untouched and unbuffered.
+//! 6. `response_body_filter`: only for a model list, keep the models this caller may use
+//!    (`models`); every other body passes through untouched and unbuffered.
 //! 7. `logging`: the request counters (`counters`) and the audit record (`record`), once per
 //!    request.
 //!
@@ -30,6 +33,7 @@ pub mod headers;
 pub mod models;
 mod record;
 pub mod routing;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +46,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 
 use crate::approval::ApprovalRecord;
-use crate::policy::Decision;
+use crate::policy::{Decision, DenyReason};
 
 use self::body::read_body_model;
 pub use self::body::{HeldBody, HeldBudget, HeldPermit};
@@ -52,7 +56,10 @@ pub use self::gate::{Gate, ModelGate, RequestCtx};
 pub use self::headers::RequestIds;
 use self::headers::{edit_request, edit_response, strip_provgate, ADDED_HEADERS};
 use self::headers::{HEADER_CALLER, HEADER_CALLER_ISSUER, HEADER_REQUEST_ID, HEADER_VERSION_ID};
-use self::routing::{body_names_model, model_in_body, requested_model, Named};
+use self::routing::config::Found;
+use self::routing::profiles::method_bit;
+use self::routing::{names_in_body, Named};
+use self::target::canonical;
 
 #[async_trait]
 impl ProxyHttp for Gate {
@@ -74,6 +81,8 @@ impl ProxyHttp for Gate {
             digest: None,
             decision: None,
             listing: None,
+            listing_shape: routing::profiles::ListShape::OpenAi,
+            door: None,
             listing_body: None,
             held_body: None,
             late_denial: None,
@@ -88,20 +97,58 @@ impl ProxyHttp for Gate {
         // pingora makes the context right before this filter: its start times the decision.
         let mut t = ctx.started;
         ctx.arrived_ms = crate::base::unix_now_ms();
+        // One canonical target, before anything reads it; what is decided is forwarded.
+        let req = session.req_header();
+        let raw = req.raw_path();
+        // The Host header is read only for an absolute-form target.
+        let host = match raw.first() {
+            Some(b'/') => None,
+            _ => req
+                .headers
+                .get(http::header::HOST)
+                .map(HeaderValue::as_bytes),
+        };
+        let rewrite = match canonical(raw, host) {
+            Ok(c) => c.rewritten.then(|| c.to_target()),
+            Err(why) => {
+                let decision = Decision::deny(DenyReason::RequestInvalid, why.detail());
+                ctx.decision = Some(decision);
+                if self.enforce {
+                    write_denial(session, DenyReason::RequestInvalid, &ctx.request_id).await?;
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+        };
+        if let Some(target) = rewrite {
+            session.req_header_mut().set_raw_path(target.as_bytes())?;
+        }
         let caller = self.caller(session, ctx.arrived_ms / 1000).await;
-        let named = match requested_model(session.req_header().uri.path()) {
-            Some(m) => Named::Model(m.to_string()),
+        let req = session.req_header();
+        let (door, named) = match self.routing.find(method_bit(&req.method), req.uri.path()) {
+            Found::Unlisted => (None, Named::Nothing),
+            Found::Door(i, Some(m)) => (Some(i), Named::Model(m.to_string())),
+            Found::Door(i, None) => (Some(i), Named::Nothing),
+        };
+        let fields = door.map_or(&[][..], |i| self.routing.doors[i].body_fields());
+        ctx.door = door;
+        let named = match named {
             // Only a verified caller's body is read.
-            None if caller.is_ok() && body_names_model(&self.routing, session.req_header()) => {
+            Named::Nothing if caller.is_ok() && !fields.is_empty() => {
                 let read = Instant::now();
-                let named =
-                    read_body_model(session, &self.routing, self.models.len(), self.enforce)
-                        .await?;
+                let named = read_body_model(
+                    session,
+                    &self.routing,
+                    fields,
+                    self.models.len(),
+                    self.enforce,
+                )
+                .await?;
                 // Waiting for the body is the client's time, not the decision's.
                 t += read.elapsed();
                 named
             }
-            None => Named::Nothing,
+            named => named,
         };
         let named = match named {
             // The whole declared length is reserved up front; the buffer grows as the body
@@ -115,7 +162,7 @@ impl ProxyHttp for Gate {
             },
             named => named,
         };
-        let decision = self.decide_with(session.req_header(), caller, named, ctx);
+        let decision = self.decide_with(session.req_header(), caller, door, named, ctx);
         self.metrics
             .decision_duration
             .observe(t.elapsed().as_secs_f64());
@@ -203,7 +250,10 @@ impl ProxyHttp for Gate {
             .take()
             .map(HeldBody::into_bytes)
             .unwrap_or_default();
-        let named = model_in_body(&whole);
+        let fields = ctx
+            .door
+            .map_or(&[][..], |i| self.routing.doors[i].body_fields());
+        let named = names_in_body(&whole, fields);
         if matches!(&named, Named::Model(m) if *m == self.models[0].name) {
             ctx.requested_model = Some(self.models[0].name.clone());
             *body = Some(whole);
@@ -211,7 +261,7 @@ impl ProxyHttp for Gate {
         }
         // It names another model, or none readable: decide again on what it names.
         let caller = ctx.caller.clone().ok_or(None);
-        let decision = self.decide_with(session.req_header(), caller, named, ctx);
+        let decision = self.decide_with(session.req_header(), caller, ctx.door, named, ctx);
         let deny = decision.reason();
         ctx.decision = Some(decision);
         match deny {
@@ -324,7 +374,8 @@ impl ProxyHttp for Gate {
             return Ok(None);
         };
         let names = self.models.iter().map(|m| m.name.as_str());
-        models::collect(collected, allowed, body, end_of_stream, names);
+        let shape = ctx.listing_shape;
+        models::collect_shaped(collected, allowed, body, end_of_stream, names, shape);
         Ok(None)
     }
 
@@ -341,6 +392,7 @@ impl ProxyHttp for Gate {
                 &*record.version_id,
                 &self.metrics.duration_allow,
             ),
+            Some(Decision::Opened) => (Outcome::Allow, "none", &self.metrics.duration_allow),
             Some(Decision::Deny { reason, record, .. }) => (
                 Outcome::Deny(*reason),
                 record.as_ref().map_or("none", |r| &*r.version_id),
@@ -357,7 +409,12 @@ impl ProxyHttp for Gate {
         counters.inc(outcome, version);
         duration.observe(ctx.started.elapsed().as_secs_f64());
         match outcome {
-            Outcome::Allow if self.log_allowed => self.audit(session, ctx, status, "allow"),
+            // A route opened by `[[routing.allow]]` is always audited, with its caller.
+            Outcome::Allow
+                if self.log_allowed || matches!(ctx.decision, Some(Decision::Opened)) =>
+            {
+                self.audit(session, ctx, status, "allow")
+            }
             Outcome::Deny(_) => self.audit(session, ctx, status, counters.deny_word()),
             _ => {}
         }
@@ -368,6 +425,6 @@ impl ProxyHttp for Gate {
 fn allowed_record(d: &Decision) -> Option<&Arc<ApprovalRecord>> {
     match d {
         Decision::Allow { record } => Some(record),
-        Decision::Deny { .. } => None,
+        Decision::Opened | Decision::Deny { .. } => None,
     }
 }

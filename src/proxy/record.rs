@@ -24,6 +24,7 @@ impl Gate {
     ) {
         let (reason, detail) = match &ctx.decision {
             Some(Decision::Deny { reason, detail, .. }) => (Some(reason.as_str()), Some(*detail)),
+            Some(Decision::Opened) => (None, Some("route opened by routing.allow")),
             _ => (None, None),
         };
         let record: Option<&Arc<ApprovalRecord>> = ctx.decision.as_ref().and_then(|d| d.record());

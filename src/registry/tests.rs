@@ -15,6 +15,7 @@ pub(super) fn claims(jti: &str, digest: Digest, iat: u64) -> ApprovalClaims {
             digest,
             signer: None,
             ollama_digest: None,
+            base_digest: None,
         },
         lineage: Default::default(),
         evidence: vec![],

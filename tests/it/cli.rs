@@ -156,6 +156,17 @@ fn approve_rejects_malformed_flags() {
         "kind=red-team,verdict=pass,uri=s3://r",
     ]));
     assert_eq!(jws.split('.').count(), 3);
+    // An adapter's record pins its base's digest.
+    let out = with(&["--digest", &d, "--base-digest", "sha256:abc"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--base-digest"));
+    let base = format!("sha256:{}", "cd".repeat(32));
+    let jws = ok(&with(&["--digest", &d, "--base-digest", &base]));
+    let keys = provgate::keys::KeySet::from_jwks_file(&jwks).unwrap();
+    let record = provgate::approval::verify(jws.trim(), &keys).unwrap();
+    assert_eq!(
+        record.claims.artefact.base_digest.map(|b| b.to_string()),
+        Some(base)
+    );
 }
 
 /// `digest` and `approve --dir` compute the served digest of either serialization.

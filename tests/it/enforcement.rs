@@ -339,11 +339,13 @@ async fn a_request_for_another_model_is_403() {
     fx.approve("rec.jwt", &fx.claims());
     let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
-    let resp = pg.get("/v2/models/shadow-model/infer", Some(&token)).await;
+    let resp = pg
+        .post_to("/v2/models/shadow-model/infer", Some(&token))
+        .await;
     let audit = assert_denied(&pg, &fx, resp, "model_mismatch", 403).await;
     assert_eq!(audit["requested_model"], "shadow-model");
     let ok = pg
-        .get(&format!("/v2/models/{MODEL}/infer"), Some(&token))
+        .post_to(&format!("/v2/models/{MODEL}/infer"), Some(&token))
         .await;
     assert_eq!(ok.status(), 200);
     assert_eq!(up.requests().len(), 1);
@@ -564,10 +566,19 @@ async fn log_allowed_audits_every_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn server_sent_events_stream_chunk_by_chunk() {
     use futures_util::StreamExt;
-    let fx = Fixture::new();
+    let mut fx = Fixture::new();
+    // An OpenAI-style route of its own (`openai_paths`), answered as a stream.
+    fx.extra = "[routing]\nopenai_paths = [\"/sse\"]\n".into();
     fx.approve("rec.jwt", &fx.claims());
     let (up, pg) = started(&fx).await;
-    let resp = pg.get("/sse", Some(&fx.token(CALLER))).await;
+    let resp = pg
+        .client
+        .post(pg.url("/sse"))
+        .bearer_auth(fx.token(CALLER))
+        .body(format!(r#"{{"model":"{MODEL}","stream":true}}"#))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-provgate-version-id"], "v42");
     let mut stream = resp.bytes_stream();

@@ -280,3 +280,108 @@ async fn a_real_kserve_model_server_is_served_while_approved_and_blocked_once_sw
         "the block is provgate's, not the server's"
     );
 }
+
+/// The repository extension of a real KServe server is a door provgate keeps shut: `unload`
+/// and `load` (any spelling) are refused with `route_not_allowed` and never reach the
+/// server, whose model is still ready afterwards and still answers inference through
+/// provgate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_kserve_servers_repository_doors_stay_shut() {
+    let mut fx = Fixture::new();
+    std::fs::remove_dir_all(fx.model_dir()).unwrap();
+    let out = serve_py(&["prepare", fx.model_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.approve("rec.jwt", &fx.claims());
+    fx.upstream_extra = "api = [\"kserve_v2\", \"kserve_v1\"]".into();
+    let server = ModelServer::start(MODEL, &fx.model_dir(), fx.path("kserve-doors.log")).await;
+    let pg = Provgate::start(&fx, server.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let infer = || {
+        pg.client
+            .post(pg.url(&format!("/v2/models/{MODEL}/infer")))
+            .bearer_auth(&token)
+            .json(&infer_body(&["A cat sits on the mat."]))
+            .send()
+    };
+    assert_eq!(infer().await.unwrap().status(), 200, "{}", server.logs());
+    for (path, status, why) in [
+        (
+            format!("/v2/repository/models/{MODEL}/unload"),
+            403,
+            "route_not_allowed",
+        ),
+        (
+            format!("/v2/repository/models/{MODEL}/load"),
+            403,
+            "route_not_allowed",
+        ),
+        (
+            format!("/v2/repository/models/{MODEL}/unload/"),
+            403,
+            "route_not_allowed",
+        ),
+        (
+            format!(
+                "/v2/repository/models/%{:x}{}/unload",
+                MODEL.as_bytes()[0],
+                &MODEL[1..]
+            ),
+            403,
+            "route_not_allowed",
+        ),
+        (
+            format!("/v2/repository%2Fmodels/{MODEL}/unload"),
+            400,
+            "request_invalid",
+        ),
+        (
+            format!("/v2/models/{MODEL}/../../repository/models/{MODEL}/unload"),
+            403,
+            "route_not_allowed",
+        ),
+    ] {
+        let r = pg
+            .client
+            .post(pg.url(&path))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(
+            (got, body["error"].as_str().unwrap_or("")),
+            (status, why),
+            "{path}"
+        );
+    }
+    // Straight to the server: the model is still there.
+    let ready = reqwest::get(format!("http://{}/v2/models/{MODEL}/ready", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "the model was unloaded:\n{}",
+        server.logs()
+    );
+    assert_eq!(infer().await.unwrap().status(), 200);
+    // KServe's v1 door names the model in its path too.
+    let r = pg
+        .client
+        .post(pg.url("/v1/models/shadow-model:predict"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"instances": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

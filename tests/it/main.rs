@@ -8,6 +8,7 @@
 mod support;
 
 mod cli;
+mod doors;
 mod enforcement;
 mod first_run;
 mod identity;

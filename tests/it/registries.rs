@@ -524,7 +524,7 @@ async fn http_registry_is_asked_for_every_guarded_models_digest() {
     let token = fx.token(CALLER);
     for name in ["model-a", "model-b"] {
         let r = pg
-            .get(&format!("/v2/models/{name}/infer"), Some(&token))
+            .post_to(&format!("/v2/models/{name}/infer"), Some(&token))
             .await;
         assert_eq!(r.status(), 200, "{name}: {}", pg.logs());
         assert_eq!(

@@ -140,12 +140,12 @@ async fn an_openai_body_names_its_model_and_is_forwarded_unchanged() {
         .await
         .unwrap();
     assert_eq!(reason(r).await, (401, "token_missing".to_string()));
-    // Other paths' bodies are not inspected.
+    // A path no profile lists is refused, its body unread.
     let r = post(&pg, "/v1/other", &token, "not json").await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(reason(r).await, (403, "route_not_allowed".to_string()));
     assert_eq!(
         up.requests().len(),
-        4,
+        3,
         "nothing refused reached the model server"
     );
 }
@@ -267,7 +267,7 @@ async fn one_sidecar_fronts_several_models_each_with_its_own_approval() {
     pg.wait_ready().await;
     let token = fx.token(CALLER);
 
-    let r = pg.get("/v2/models/model-a/infer", Some(&token)).await;
+    let r = pg.post_to("/v2/models/model-a/infer", Some(&token)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-provgate-version-id"], "va");
     let r = post(
@@ -280,7 +280,7 @@ async fn one_sidecar_fronts_several_models_each_with_its_own_approval() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-provgate-version-id"], "vb");
     assert_eq!(
-        reason(pg.get("/v2/models/model-c/infer", Some(&token)).await).await,
+        reason(pg.post_to("/v2/models/model-c/infer", Some(&token)).await).await,
         (403, "model_mismatch".into())
     );
     assert_eq!(
@@ -297,7 +297,7 @@ async fn one_sidecar_fronts_several_models_each_with_its_own_approval() {
     );
     assert_eq!(
         reason(pg.get("/healthz-of-upstream", Some(&token)).await).await,
-        (400, "model_required".into())
+        (403, "route_not_allowed".into())
     );
 
     // The model list: only what this caller may use right now, of what the server lists.
@@ -334,13 +334,13 @@ async fn one_sidecar_fronts_several_models_each_with_its_own_approval() {
     std::fs::write(b_dir.join("model.safetensors"), b"swapped weights").unwrap();
     let blocked = Instant::now();
     pg.eventually(Duration::from_secs(5), || async {
-        reason(pg.get("/v2/models/model-b/infer", Some(&token)).await).await
+        reason(pg.post_to("/v2/models/model-b/infer", Some(&token)).await).await
             == (403, "artefact_unmanaged".into())
     })
     .await;
     eprintln!("model-b blocked {:?} after its swap", blocked.elapsed());
     assert_eq!(
-        pg.get("/v2/models/model-a/infer", Some(&token))
+        pg.post_to("/v2/models/model-a/infer", Some(&token))
             .await
             .status(),
         200
@@ -366,13 +366,13 @@ async fn a_probe_mismatch_blocks_and_a_probe_outage_does_not() {
     let (up, pg) = started(&fx).await;
     let token = fx.token(CALLER);
     let infer = format!("/v2/models/{MODEL}/infer");
-    assert_eq!(pg.get(&infer, Some(&token)).await.status(), 200);
+    assert_eq!(pg.post_to(&infer, Some(&token)).await.status(), 200);
 
     // The server now serves something else under another name.
     up.serve(&[("shadow-model", "")]);
     let t = Instant::now();
     pg.eventually(Duration::from_secs(5), || async {
-        reason(pg.get(&infer, Some(&token)).await).await == (403, "model_mismatch".into())
+        reason(pg.post_to(&infer, Some(&token)).await).await == (403, "model_mismatch".into())
     })
     .await;
     eprintln!(
@@ -389,7 +389,7 @@ async fn a_probe_mismatch_blocks_and_a_probe_outage_does_not() {
     up.serve(&[(MODEL, "")]);
     let t = Instant::now();
     pg.eventually(Duration::from_secs(5), || async {
-        pg.get(&infer, Some(&token)).await.status() == 200
+        pg.post_to(&infer, Some(&token)).await.status() == 200
     })
     .await;
     eprintln!("probe agreement restored access after {:?}", t.elapsed());
@@ -409,7 +409,7 @@ async fn a_probe_mismatch_blocks_and_a_probe_outage_does_not() {
             .await
             >= 1.0
     );
-    let r = pg.get(&infer, Some(&token)).await;
+    let r = pg.post_to(&infer, Some(&token)).await;
     assert_eq!(
         r.status(),
         502,

@@ -8,6 +8,7 @@ fn reasons_have_stable_statuses() {
             DenyReason::ModelRequired | DenyReason::RequestInvalid => 400,
             DenyReason::RequestTooLarge => 413,
             DenyReason::ArtefactUnverified | DenyReason::TrustDataUnavailable => 503,
+            DenyReason::RouteNotAllowed => 403,
             _ => 403,
         };
         assert_eq!(r.status(), want, "{r}");

@@ -91,3 +91,33 @@ fn request_ids_are_unique() {
     assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
     assert!(b.to_str().unwrap().ends_with("2"));
 }
+
+#[test]
+fn provgate_names_are_folded_before_they_are_compared() {
+    for name in [
+        "x-provgate-caller",
+        "x_provgate_version_id",
+        "x-provgate_caller",
+        "x_provgate-request-id",
+        "x-provgate-",
+    ] {
+        assert!(is_provgate(name), "{name}");
+    }
+    for name in [
+        "x-provgate",
+        "x-provgatecaller",
+        "provgate-caller",
+        "x-prov-gate-x",
+        "accept",
+    ] {
+        assert!(!is_provgate(name), "{name}");
+    }
+    let mut h = http::HeaderMap::new();
+    h.insert("x_provgate_version_id", HeaderValue::from_static("forged"));
+    h.insert("x-provgate_caller", HeaderValue::from_static("forged"));
+    h.insert("x-provgate-request-id", HeaderValue::from_static("forged"));
+    h.insert("x-other", HeaderValue::from_static("kept"));
+    strip_provgate(&mut h);
+    assert_eq!(h.len(), 1);
+    assert!(h.contains_key("x-other"));
+}

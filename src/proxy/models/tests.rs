@@ -75,3 +75,34 @@ fn a_list_too_large_to_filter_allows_nothing() {
     let out: serde_json::Value = serde_json::from_slice(&body.unwrap()).unwrap();
     assert_eq!(out, serde_json::json!({"object":"list","data":[]}));
 }
+
+#[test]
+fn every_list_shape_is_filtered_by_name() {
+    let allowed = |n: &str| n == "a";
+    let f = |body: &[u8], shape| -> serde_json::Value {
+        serde_json::from_slice(&filter_list(body, shape, allowed)).unwrap()
+    };
+    assert_eq!(
+        f(br#"{"models":["a","b"]}"#, ListShape::Names),
+        serde_json::json!({"models":["a"]})
+    );
+    assert_eq!(
+        f(
+            br#"{"models":[{"name":"a:latest","model":"a:latest"},{"name":"b:latest"},{"name":"a:latest","model":"b"}]}"#,
+            ListShape::Ollama
+        ),
+        serde_json::json!({"models":[{"name":"a:latest","model":"a:latest"}]})
+    );
+    assert_eq!(
+        f(
+            br#"[{"name":"a","state":"READY"},{"name":"b"}]"#,
+            ListShape::Triton
+        ),
+        serde_json::json!([{"name":"a","state":"READY"}])
+    );
+    assert_eq!(f(b"nope", ListShape::Triton), serde_json::json!([]));
+    assert_eq!(
+        f(br#"{"data":[]}"#, ListShape::Names),
+        serde_json::json!({"models":[]})
+    );
+}

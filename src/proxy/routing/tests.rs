@@ -1,16 +1,5 @@
 use super::*;
-
-#[test]
-fn model_is_read_from_kserve_paths() {
-    assert_eq!(requested_model("/v2/models/m1/infer"), Some("m1"));
-    assert_eq!(
-        requested_model("/v2/models/m1/versions/3/infer"),
-        Some("m1")
-    );
-    assert_eq!(requested_model("/v2/models/m1"), Some("m1"));
-    assert_eq!(requested_model("/v2/models/"), None);
-    assert_eq!(requested_model("/v1/chat/completions"), None);
-}
+use crate::proxy::routing::profiles::Field;
 
 #[test]
 fn the_body_names_the_model_in_a_top_level_string() {
@@ -44,4 +33,68 @@ fn the_body_names_the_model_in_a_top_level_string() {
             String::from_utf8_lossy(bad)
         );
     }
+}
+
+#[test]
+fn a_door_reads_every_field_it_lists() {
+    let f = &[Field::Source, Field::Destination];
+    assert_eq!(
+        names_in_body(br#"{"source":"a","destination":"b","x":{"source":"c"}}"#, f),
+        Named::Models(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(
+        names_in_body(br#"{"model":"a","name":"b"}"#, &[Field::Model, Field::Name]),
+        Named::Models(vec!["a".into(), "b".into()]),
+        "Ollama's deprecated name is read too"
+    );
+    let tgi = &[Field::TgiModel, Field::AdapterId];
+    assert_eq!(
+        names_in_body(br#"{"model":"tgi","inputs":"x"}"#, tgi),
+        Named::Nothing
+    );
+    assert_eq!(
+        names_in_body(
+            br#"{"inputs":"x","parameters":{"adapter_id":"lora-a","top_k":3}}"#,
+            tgi
+        ),
+        Named::Model("lora-a".into())
+    );
+    assert_eq!(
+        names_in_body(
+            br#"{"parameters":{"adapter_id":"a","adapter_id":"b"}}"#,
+            tgi
+        ),
+        Named::BodyInvalid
+    );
+    assert_eq!(
+        names_in_body(br#"{"parameters":null}"#, tgi),
+        Named::Nothing
+    );
+    assert_eq!(
+        names_in_body(br#"{"model":"","messages":[]}"#, &[Field::Model]),
+        Named::Nothing,
+        "an empty name is the server's default"
+    );
+    assert_eq!(
+        names_in_body(br#"{"model":null}"#, &[Field::Model]),
+        Named::Nothing
+    );
+    assert_eq!(
+        names_in_body(br#"{"lora_name":"x","name":7}"#, &[Field::LoraName]),
+        Named::Model("x".into()),
+        "fields a door does not list are not read"
+    );
+    assert_eq!(
+        names_in_body(br#"{"model":"m"} trailing"#, &[Field::Model]),
+        Named::BodyInvalid
+    );
+    assert_eq!(
+        names_in_body(br#"{"model":"a","mod\u0065l":"b"}"#, &[Field::Model]),
+        Named::BodyInvalid,
+        "a key spelt with an escape is the same key"
+    );
+    assert_eq!(
+        names_in_body(br#"{"m\u006fdel":"a"}"#, &[Field::Model]),
+        Named::Model("a".into())
+    );
 }

@@ -305,6 +305,7 @@ impl Fixture {
                 digest: self.digest(),
                 signer: None,
                 ollama_digest: None,
+                base_digest: None,
             },
             lineage: serde_json::json!({"code_revision": "abc123"})
                 .as_object()
@@ -387,6 +388,7 @@ grace_period = "0s"
 {extra}
 "#,
             protocol = self.protocol,
+            upstream_extra = self.upstream_extra,
             enforce = self.enforce,
             model = self.model_dir().display(),
             model_name = self.model,
@@ -399,7 +401,6 @@ grace_period = "0s"
             audit = self.audit_path().display(),
             log_allowed = self.log_allowed,
             extra = self.extra,
-            upstream_extra = self.upstream_extra,
         )
     }
 
@@ -581,6 +582,19 @@ impl Provgate {
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// POSTs an empty JSON object (an inference route that names its model in the path).
+    pub async fn post_to(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body("{}");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }

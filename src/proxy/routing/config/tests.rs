@@ -1,9 +1,10 @@
 use super::*;
+use crate::proxy::routing::profiles::{Api, Class, GET, POST};
 
 #[test]
 fn defaults_validate_and_name_the_openai_paths() {
     let mut errors = Vec::new();
-    let r = RoutingFile::default().validate(&mut errors);
+    let r = RoutingFile::default().validate(&[Api::Openai, Api::KserveV2], &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(r.max_body_bytes, MAX_INSPECTED_BODY);
     assert_eq!(r.models_path.as_deref(), Some("/v1/models"));
@@ -19,8 +20,14 @@ fn every_error_is_reported_with_its_key_path() {
         max_held_body_bytes: MAX_HELD_BODY + 1,
         max_held_total_bytes: 1,
         models_path: String::new(),
+        allow: vec![AllowFile {
+            route: "v2/x".into(),
+            methods: vec!["POST".into(), "BREW".into()],
+            callers: vec![],
+            issuer: None,
+        }],
     }
-    .validate(&mut errors);
+    .validate(&[Api::Openai], &mut errors);
     let keys: Vec<&str> = errors
         .iter()
         .map(|e| e.split(':').next().unwrap_or_default())
@@ -33,10 +40,62 @@ fn every_error_is_reported_with_its_key_path() {
             "routing.max_held_body_bytes",
             "routing.max_held_total_bytes",
             "routing.openai_paths[1]",
+            "routing.allow[0].route",
+            "routing.allow[0].methods",
+            "routing.allow[0].callers",
         ]
     );
     assert_eq!(
         r.models_path, None,
         "an empty models_path turns filtering off"
     );
+}
+
+#[test]
+fn doors_are_compiled_from_the_profiles_in_order_each_once() {
+    let mut errors = Vec::new();
+    let file = RoutingFile {
+        openai_paths: vec!["/v1/chat/completions".into(), "/custom/infer".into()],
+        allow: vec![AllowFile {
+            route: "/v2/repository/models/{m}/load".into(),
+            methods: vec!["POST".into()],
+            callers: vec!["spiffe://example.org/ns/ops/*".into()],
+            issuer: None,
+        }],
+        ..RoutingFile::default()
+    };
+    let r = file.validate(&[Api::Openai, Api::Vllm, Api::KserveV2], &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let post = |p: &'static str| match r.find(POST, p) {
+        Found::Door(i, m) => Some((r.doors[i].class, m)),
+        Found::Unlisted => None,
+    };
+    assert_eq!(post("/v1/chat/completions"), Some((Class::Inference, None)));
+    assert_eq!(
+        r.doors
+            .iter()
+            .filter(|d| d.path == "/v1/chat/completions")
+            .count(),
+        1,
+        "a route two profiles list is one door"
+    );
+    assert_eq!(post("/custom/infer"), Some((Class::Inference, None)));
+    assert_eq!(
+        post("/v2/models/m1/infer"),
+        Some((Class::Inference, Some("m1")))
+    );
+    assert_eq!(
+        post("/v2/repository/models/m1/load").map(|d| d.0),
+        Some(Class::Manage)
+    );
+    assert_eq!(
+        post("/v1/load_lora_adapter").map(|d| d.0),
+        Some(Class::Manage)
+    );
+    assert_eq!(post("/v1/chat/completions/"), None);
+    assert_eq!(post("/v1/Chat/completions"), None);
+    assert_eq!(r.find(GET, "/v1/chat/completions"), Found::Unlisted);
+    assert!(r.opened(POST, "/v2/repository/models/m1/load").is_some());
+    assert!(r.opened(POST, "/v2/repository/models/m1/unload").is_none());
+    assert!(r.opened(GET, "/v2/repository/models/m1/load").is_none());
 }

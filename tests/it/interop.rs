@@ -277,6 +277,8 @@ profile = "kubernetes"
         out.join("spiffe-bundle.json").display(),
         out.join("k8s.jwks.json").display()
     );
+    // The fixture's OIDC issuer could assert either form: its callers must be named.
+    fx.issuer_extra = "qualified = true".into();
     let mut claims = fx.claims();
     claims.callers = vec![
         "spiffe://example.org/ns/app/*".into(),

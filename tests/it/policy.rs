@@ -202,8 +202,20 @@ async fn a_cosigned_record_from_a_directory_meets_the_quorum() {
     let up = Upstream::start().await;
     let pg = start_critical(&q, &up).await;
     let token = fx.token(CALLER);
-    // The record claims the lowest tier; the deployment's quorum applies all the same.
-    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+    // The record claims the lowest tier; the deployment's quorum applies all the same, and
+    // the audit record says why.
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 403);
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(audit["reason"], "approval_invalid");
+    assert_eq!(
+        audit["detail"],
+        "quorum not met: the tier's roles need distinct approvers who signed"
+    );
 
     // Two signatures by keys of one approver would count once; a security co-signature
     // (through `provgate approve --cosign`, stdout) completes the quorum.
@@ -273,6 +285,9 @@ async fn a_cosigned_record_from_mlflow_meets_the_quorum() {
         "mlflow", &ml.url, "1h", "",
     )));
     q.fx.model = "cosigned-quorum".into();
+    // A digest of its own: the shared MLflow server finds versions by digest, and other
+    // tests' fixtures hash to the same one.
+    std::fs::write(q.fx.model_dir().join("cosigned.txt"), b"quorum").unwrap();
     let version = ml.create_version(&q.fx.model).await;
     let owner_only = provgate::approval::sign(&q.fx.claims(), &q.fx.approver).unwrap();
     // Co-sign and publish onto the MLflow model version in one step.

@@ -375,3 +375,36 @@ async fn an_approver_key_removed_while_running_ends_its_approvals() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_key_added_to_its_file_while_running_is_trusted() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let (_up, pg) = started(&fx).await;
+    let (rotated, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let token = provgate::identity::mint_token(
+        &rotated,
+        ISSUER,
+        CALLER,
+        &["provgate".to_string()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    assert_eq!(status(&pg, &token).await, (401, "token_invalid".into()));
+    let tmp = fx.path(".issuer.tmp");
+    std::fs::write(
+        &tmp,
+        jwks_document(&[fx.issuer.public_jwk.clone(), rotated.public_jwk.clone()]),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, fx.path("issuer.jwks.json")).unwrap();
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (200, String::new())
+    })
+    .await;
+    assert!(
+        pg.metric("provgate_trust_reloads_total{result=\"ok\",what=\"issuer_keys\"}")
+            .await
+            >= 1.0
+    );
+}

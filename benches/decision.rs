@@ -39,7 +39,8 @@ use provgate::digest::Digest;
 use provgate::identity::{mint_token, Issuer, TokenVerifier};
 use provgate::keys::{jwks_document, KeyKind, KeySet, SigningKey};
 use provgate::policy::{
-    decide, ApprovalView, ArtefactView, CallerView, Input, ModelView, Policy, ServerView,
+    decide, ApprovalView, ApproverScope, ArtefactView, CallerView, Input, ModelView, Policy,
+    ServerView, TierRule,
 };
 use provgate::probe::ServedHandle;
 use provgate::proxy::routing::config::RoutingFile;
@@ -206,7 +207,25 @@ fn bench(c: &mut Criterion) {
 
     let policy = Policy {
         workload_identity: WORKLOAD.into(),
-        tiers: HashMap::new(),
+        tiers: HashMap::from([
+            (
+                provgate::policy::DEFAULT_TIER.to_string(),
+                TierRule::default(),
+            ),
+            ("internal".to_string(), TierRule::default()),
+        ]),
+        tier: provgate::policy::DEFAULT_TIER.into(),
+        tier_rule: TierRule::default(),
+        approvers: HashMap::from([(
+            approver.kid.clone(),
+            Arc::new(ApproverScope {
+                name: "approver".into(),
+                roles: vec![],
+                models: vec!["*".into()],
+                tiers: vec!["*".into()],
+            }),
+        )]),
+        bare_issuers: vec![Arc::from(ISS)],
     };
     let caller = tokens.verify(&t, now).unwrap();
     let entry = store.lookup(&served).unwrap();

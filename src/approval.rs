@@ -53,8 +53,9 @@ pub struct ApprovalClaims {
     pub tier: String,
     /// Workload identities allowed to serve the artefact (exact, or a trailing `*`).
     pub workloads: Vec<String>,
-    /// Caller identities allowed to call it (exact, or a trailing `*`).
-    pub callers: Vec<String>,
+    /// Caller identities allowed to call it: a bare pattern (exact, or a trailing `*`), or
+    /// an issuer-qualified one `{"iss": ISSUER, "sub": PATTERN}`. See [`CallerPattern`].
+    pub callers: Vec<CallerPattern>,
     /// After this time the registry must be asked again before the record is trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revalidate_after: Option<u64>,
@@ -101,8 +102,12 @@ pub struct Approver {
 #[derive(Debug)]
 pub struct ApprovalRecord {
     pub claims: ApprovalClaims,
-    /// The `kid` of the approver key that signed it.
+    /// The `kid` of the (first) approver key that signed it.
     pub kid: String,
+    /// The `kid`s of every approver key whose signature over this payload verified, without
+    /// repeats: one for a compact record, one per known co-signer for a co-signed one. Which
+    /// approver each belongs to, and what it may approve, is the policy's.
+    pub signers: Vec<String>,
     /// `version_id` shared for cheap cloning into per-request context.
     pub version_id: Arc<str>,
     /// `version_id` as a header value, made once (a clone is a reference count).
@@ -133,11 +138,130 @@ pub enum ApprovalError {
     Signature,
     #[error("payload: {0}")]
     Payload(String),
+    #[error("co-signed record: {0}")]
+    General(&'static str),
+    #[error("signing: {0}")]
+    Signing(String),
 }
 
-/// Verifies a compact JWS approval record against the approver keys.
-pub fn verify(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalError> {
-    let jws = jws.trim();
+/// A co-signed record: RFC 7515 section 7.2.1 JWS JSON General Serialization, several
+/// signatures over one payload, each with its own protected header (`typ`, `alg`, `kid`).
+/// Unprotected headers are refused. On one line (any JSON encoder without indentation), so
+/// every registry backend carries it like a compact record.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeneralJws {
+    payload: String,
+    signatures: Vec<GeneralSignature>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeneralSignature {
+    protected: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<serde_json::Value>,
+    signature: String,
+}
+
+/// The most co-signatures one record may carry.
+pub const MAX_SIGNATURES: usize = 16;
+
+/// Verifies an approval record against the approver keys: a compact JWS, or a co-signed
+/// record in the JWS JSON General Serialization ([`GeneralJws`]). For a co-signed record,
+/// every signature by a known key must verify (one that does not makes the record invalid);
+/// signatures by keys not in `approvers` (withdrawn, or another deployment's) count for
+/// nothing; at least one must be by a known key.
+pub fn verify(text: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalError> {
+    let text = text.trim();
+    if !text.starts_with('{') {
+        let mut record = verify_compact(text, approvers)?;
+        record.signers = vec![record.kid.clone()];
+        return Ok(record);
+    }
+    let general: GeneralJws =
+        serde_json::from_str(text).map_err(|_| ApprovalError::General("not a JWS JSON object"))?;
+    if general.signatures.is_empty() || general.signatures.len() > MAX_SIGNATURES {
+        return Err(ApprovalError::General("needs 1 to 16 signatures"));
+    }
+    let mut first: Option<ApprovalRecord> = None;
+    let mut signers: Vec<String> = Vec::new();
+    for s in &general.signatures {
+        if s.header.is_some() {
+            return Err(ApprovalError::General(
+                "unprotected headers are not accepted",
+            ));
+        }
+        let compact = format!("{}.{}.{}", s.protected, general.payload, s.signature);
+        match verify_compact(&compact, approvers) {
+            Ok(r) => {
+                if !signers.contains(&r.kid) {
+                    signers.push(r.kid.clone());
+                }
+                first.get_or_insert(r);
+            }
+            Err(ApprovalError::UnknownKey(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut record = first.ok_or(ApprovalError::UnknownKey(None))?;
+    record.signers = signers;
+    Ok(record)
+}
+
+/// Adds a signature by `key` to an existing record (compact or co-signed) over the same
+/// payload, returning the co-signed record (one line of JSON). The payload is not re-encoded,
+/// so every signature covers exactly the same bytes. Refuses a key that already signed.
+pub fn cosign(existing: &str, key: &SigningKey) -> Result<String, ApprovalError> {
+    let existing = existing.trim();
+    let mut general = if existing.starts_with('{') {
+        serde_json::from_str::<GeneralJws>(existing)
+            .map_err(|_| ApprovalError::General("not a JWS JSON object"))?
+    } else {
+        let mut parts = existing.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ApprovalError::Malformed);
+        };
+        GeneralJws {
+            payload: p.to_string(),
+            signatures: vec![GeneralSignature {
+                protected: h.to_string(),
+                header: None,
+                signature: s.to_string(),
+            }],
+        }
+    };
+    for s in &general.signatures {
+        let header = read_header(&format!("{}.{}.x", s.protected, general.payload))?;
+        if header.kid.as_deref() == Some(key.kid.as_str()) {
+            return Err(ApprovalError::General(
+                "this key has already signed the record",
+            ));
+        }
+    }
+    if general.signatures.len() >= MAX_SIGNATURES {
+        return Err(ApprovalError::General("needs 1 to 16 signatures"));
+    }
+    let mut header = Header::new(key.alg);
+    header.typ = Some(RECORD_TYP.to_string());
+    header.kid = Some(key.kid.clone());
+    let protected = URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&header).map_err(|e| ApprovalError::Signing(e.to_string()))?);
+    let message = format!("{protected}.{}", general.payload);
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key.key, key.alg)
+        .map_err(|e| ApprovalError::Signing(e.to_string()))?;
+    general.signatures.push(GeneralSignature {
+        protected,
+        header: None,
+        signature,
+    });
+    serde_json::to_string(&general).map_err(|e| ApprovalError::Signing(e.to_string()))
+}
+
+/// Verifies one compact JWS (`signers` left empty for the caller to fill).
+fn verify_compact(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalError> {
     let header = read_header(jws)?;
     match header.typ.as_deref() {
         Some(t) if typ_matches(t) => {}
@@ -169,6 +293,7 @@ pub fn verify(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalE
                     version_id: Arc::from(claims.version_id.as_str()),
                     claims,
                     kid: key.kid.clone().unwrap_or_default(),
+                    signers: Vec::new(),
                 });
             }
             Err(e) => {
@@ -188,7 +313,14 @@ pub fn verify(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalE
 /// Reads the unverified claims of a record, only to report which digest and ID a record that
 /// failed verification claimed to be about. Never trusted for a decision.
 pub fn peek_claims(jws: &str) -> Option<(Option<Digest>, Option<String>)> {
-    let payload = jws.trim().split('.').nth(1)?;
+    let jws = jws.trim();
+    let general;
+    let payload = if jws.starts_with('{') {
+        general = serde_json::from_str::<GeneralJws>(jws).ok()?;
+        general.payload.as_str()
+    } else {
+        jws.split('.').nth(1)?
+    };
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let digest = v
@@ -238,6 +370,15 @@ fn check_shape(c: &ApprovalClaims) -> Result<(), ApprovalError> {
             "iss, sub, jti, version_id and tier must be non-empty".to_string(),
         ));
     }
+    for p in &c.callers {
+        if let CallerPattern::Qualified { iss, sub } = p {
+            if empty(iss) || empty(sub) {
+                return Err(ApprovalError::Payload(
+                    "a qualified caller needs a non-empty iss and sub".to_string(),
+                ));
+            }
+        }
+    }
     if let Some(d) = &c.artefact.ollama_digest {
         let hex = d.strip_prefix("sha256:").unwrap_or(d);
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -266,10 +407,70 @@ pub fn sign(
 
 /// Does `identity` match one of `patterns` (exact, or a prefix ending in `*`)?
 pub fn identity_matches(patterns: &[String], identity: &str) -> bool {
-    patterns.iter().any(|p| match p.strip_suffix('*') {
+    patterns.iter().any(|p| pattern_matches(p, identity))
+}
+
+/// Does `identity` match `pattern` (exact, or a prefix ending in `*`)?
+#[inline]
+pub fn pattern_matches(pattern: &str, identity: &str) -> bool {
+    match pattern.strip_suffix('*') {
         Some(prefix) => identity.starts_with(prefix),
-        None => p == identity,
-    })
+        None => pattern == identity,
+    }
+}
+
+/// One entry of a record's `callers`.
+///
+/// In JSON, either a string (a *bare* pattern) or an object `{"iss": ISSUER, "sub": PATTERN}`
+/// (an *issuer-qualified* pattern). A qualified pattern matches a caller whose token's `iss`
+/// is exactly `ISSUER` (certificate callers have `iss` `x509-svid`) and whose `sub` matches
+/// `PATTERN`. A bare pattern matches only callers of an issuer configured without
+/// `qualified = true` (`[[callers.issuers]]`), so a token from an issuer whose names could
+/// collide with another's never matches a pattern not written for it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum CallerPattern {
+    Bare(String),
+    Qualified { iss: String, sub: String },
+}
+
+impl CallerPattern {
+    /// Does this pattern admit `sub` vouched for by `iss`? `bare_ok`: whether bare patterns
+    /// apply to `iss` (the policy's decision, made once per request).
+    #[inline]
+    pub fn matches(&self, iss: &str, sub: &str, bare_ok: bool) -> bool {
+        match self {
+            CallerPattern::Bare(p) => bare_ok && pattern_matches(p, sub),
+            CallerPattern::Qualified { iss: want, sub: p } => {
+                want == iss && pattern_matches(p, sub)
+            }
+        }
+    }
+
+    /// Parses the CLI form: `ISSUER#PATTERN` is qualified (split at the first `#`; `#`
+    /// cannot occur in an OIDC issuer URL), anything else is a bare pattern.
+    pub fn parse_cli(s: &str, qualified: bool) -> Option<CallerPattern> {
+        if !qualified {
+            return Some(CallerPattern::Bare(s.to_string()));
+        }
+        let (iss, sub) = s.split_once('#')?;
+        (!iss.is_empty() && !sub.is_empty()).then(|| CallerPattern::Qualified {
+            iss: iss.to_string(),
+            sub: sub.to_string(),
+        })
+    }
+}
+
+impl From<&str> for CallerPattern {
+    fn from(s: &str) -> Self {
+        CallerPattern::Bare(s.to_string())
+    }
+}
+
+impl From<String> for CallerPattern {
+    fn from(s: String) -> Self {
+        CallerPattern::Bare(s)
+    }
 }
 
 #[cfg(test)]

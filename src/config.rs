@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -20,8 +21,10 @@ use crate::audit::config::{AuditConfig, AuditFile};
 use crate::fields::Errors;
 use crate::identity::config::{Callers, CallersFile};
 use crate::keys::KeySet;
-use crate::policy::config::{tier_rules, ModeFile, TierFile, TrustFile, Workload, WorkloadFile};
-use crate::policy::TierRule;
+use crate::policy::config::{
+    validate_tiers, ApproverFile, ModeFile, TierFile, TrustFile, Workload, WorkloadFile,
+};
+use crate::policy::{ApproverScope, TierRule};
 use crate::probe::config::Probe;
 use crate::proxy::routing::config::{Routing, RoutingFile};
 use crate::registry::config::{RegistryConfig, RegistryFile};
@@ -107,8 +110,16 @@ pub struct Config {
     pub workload: Workload,
     /// `[trust] approver_keys`, loaded.
     pub approvers: KeySet,
+    /// `[[trust.approvers]]`, by key ID.
+    pub approver_scopes: HashMap<String, Arc<ApproverScope>>,
+    /// `[trust]` as written, for reloads: the key file and the approvers.
+    pub approver_keys_path: PathBuf,
+    pub approver_files: Vec<ApproverFile>,
     pub callers: Callers,
     pub tiers: HashMap<String, TierRule>,
+    /// The deployment's tier (`[workload] tier`, else `default`) and its rule.
+    pub tier: String,
+    pub tier_rule: TierRule,
     /// `[audit]`.
     pub audit: AuditConfig,
     /// `[server]`.
@@ -159,8 +170,42 @@ impl FileConfig {
         };
         let registry = self.registry.validate(&mut errors);
         let workload = self.workload.validate(&mut errors);
-        let approvers = self.trust.validate(&mut errors);
+        let trust = self.trust.validate(&mut errors);
+        let (tiers, tier, tier_rule) = validate_tiers(
+            self.tiers,
+            workload.tier.as_deref(),
+            &trust.approvers,
+            &mut errors,
+        );
         let callers = self.callers.validate(&mut errors);
+        if listen.caller_auth == crate::identity::config::CallerAuth::TokenOrCertificate {
+            // A client certificate's SPIFFE ID is a bare-matched caller (`x509-svid`): no
+            // bare-matched token issuer may assert SPIFFE IDs too.
+            for (i, issuer) in callers.issuers.iter().enumerate() {
+                if !issuer.qualified && issuer.profile.asserts_spiffe_ids() {
+                    errors.push(
+                        format_args!("callers.issuers[{i}].qualified"),
+                        format_args!(
+                            "issuer {:?} could assert the SPIFFE IDs client certificates \
+                             carry (caller_auth = \"token_or_certificate\"): set qualified = true",
+                            issuer.issuer
+                        ),
+                    );
+                }
+            }
+        }
+        if !tier_rule.workloads.is_empty()
+            && !workload.identity.is_empty()
+            && !crate::approval::identity_matches(&tier_rule.workloads, &workload.identity)
+        {
+            errors.push(
+                "workload.tier",
+                format_args!(
+                    "{tier:?} may not run on this workload ({:?} is not in tiers.{tier}.workloads)",
+                    workload.identity
+                ),
+            );
+        }
         let server = self.server.validate(&mut errors);
         let log = self.log.validate(&mut errors);
         let tracing = self.tracing.validate(&mut errors);
@@ -184,9 +229,14 @@ impl FileConfig {
             registry,
             enforce: self.mode.enforce,
             workload,
-            approvers,
+            approvers: trust.keys,
+            approver_scopes: trust.approvers,
+            approver_keys_path: PathBuf::from(&self.trust.approver_keys),
+            approver_files: self.trust.approvers.clone(),
+            tier,
+            tier_rule,
             callers,
-            tiers: tier_rules(self.tiers),
+            tiers,
             audit,
             server,
             log,

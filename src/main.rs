@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, Evidence};
+use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, CallerPattern, Evidence};
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
 use provgate::oms::{HashOptions, HashProgress, Serialization};
 
@@ -364,20 +364,26 @@ struct ApproveArgs {
     /// Approver private key (PKCS#8 PEM, from `provgate keygen`).
     #[arg(long)]
     key: PathBuf,
+    /// Co-sign this existing record (compact or co-signed) with `--key` instead of making a
+    /// new one: the result is the record in the JWS JSON General Serialization with one more
+    /// signature over the same payload (`--out`, `--publish-mlflow` as usual; the other
+    /// record flags are not used).
+    #[arg(long, value_name = "EXISTING", conflicts_with_all = ["dir", "digest"])]
+    cosign: Option<PathBuf>,
     /// Approver identity (`iss`).
-    #[arg(long)]
-    iss: String,
+    #[arg(long, required_unless_present = "cosign")]
+    iss: Option<String>,
     /// Model name (`sub`); must equal the sidecar's `[artefact] model`.
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "cosign")]
+    model: Option<String>,
     /// Model version ID that telemetry is tagged with.
-    #[arg(long)]
-    version_id: String,
+    #[arg(long, required_unless_present = "cosign")]
+    version_id: Option<String>,
     /// The artefact digest (`sha256:<hex>`)...
     #[arg(
         long,
         conflicts_with_all = ["dir", "serialization", "shard_size", "threads"],
-        required_unless_present = "dir"
+        required_unless_present_any = ["dir", "cosign"]
     )]
     digest: Option<String>,
     /// ...or a model directory to hash (with `--serialization`, `--shard-size`).
@@ -395,12 +401,17 @@ struct ApproveArgs {
     #[command(flatten)]
     serialization: SerializationArgs,
     /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
-    #[arg(long = "workload", required = true)]
+    #[arg(long = "workload", required_unless_present = "cosign")]
     workloads: Vec<String>,
-    /// Caller identities allowed to call it (repeat; a trailing `*` matches a prefix).
-    #[arg(long = "caller", required = true)]
+    /// Caller identities allowed to call it (repeat; a trailing `*` matches a prefix). A bare
+    /// pattern matches callers of issuers configured without `qualified = true`.
+    #[arg(long = "caller", required_unless_present_any = ["qualified_callers", "cosign"])]
     callers: Vec<String>,
-    #[arg(long, default_value = "internal")]
+    /// Issuer-qualified callers, as `ISSUER#PATTERN` (repeat): callers whose token `iss` is
+    /// exactly ISSUER (`x509-svid` for client certificates) and whose `sub` matches PATTERN.
+    #[arg(long = "qualified-caller")]
+    qualified_callers: Vec<String>,
+    #[arg(long, default_value = "default")]
     tier: String,
     /// Validity from now.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
@@ -750,6 +761,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn approve(a: ApproveArgs) -> Result<ExitCode> {
     let key = SigningKey::from_pem_file(&a.key)?;
+    if let Some(existing) = &a.cosign {
+        return cosign(&a, existing, &key);
+    }
+    let (Some(iss), Some(model), Some(version_id)) = (a.iss, a.model, a.version_id) else {
+        bail!("give --iss, --model and --version-id (or --cosign EXISTING)");
+    };
     let digest = match (&a.digest, &a.dir) {
         (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
         (None, Some(dir)) => {
@@ -793,14 +810,21 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             hex::encode(b)
         }
     };
+    let mut callers: Vec<CallerPattern> = a.callers.into_iter().map(CallerPattern::from).collect();
+    for q in &a.qualified_callers {
+        callers.push(
+            CallerPattern::parse_cli(q, true)
+                .ok_or_else(|| anyhow!("--qualified-caller {q:?}: expected ISSUER#PATTERN"))?,
+        );
+    }
     let claims = ApprovalClaims {
-        iss: a.iss,
-        sub: a.model,
+        iss,
+        sub: model,
         jti,
         iat: now,
         nbf: Some(now),
         exp: now + a.ttl.as_secs(),
-        version_id: a.version_id,
+        version_id,
         artefact: ArtefactRef {
             digest,
             signer: a.signer,
@@ -818,7 +842,7 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         approvals,
         tier: a.tier,
         workloads: a.workloads,
-        callers: a.callers,
+        callers,
         revalidate_after: a.revalidate_after.map(|d| now + d.as_secs()),
     };
     if let Some(d) = &claims.artefact.ollama_digest {
@@ -856,6 +880,44 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             );
         }
         None => println!("{jws}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `approve --cosign EXISTING`: one more signature over an existing record's payload.
+fn cosign(a: &ApproveArgs, existing: &std::path::Path, key: &SigningKey) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(existing)
+        .with_context(|| format!("reading {}", existing.display()))?;
+    let record = approval::cosign(&text, key).map_err(|e| anyhow!("--cosign: {e}"))?;
+    let (digest, jti) = approval::peek_claims(&record).unwrap_or((None, None));
+    let jti = jti.unwrap_or_default();
+    if let (Some(url), Some(version)) = (&a.publish_mlflow, &a.mlflow_version) {
+        let (Some(model), Some(digest)) = (&a.model, &digest) else {
+            bail!("--publish-mlflow with --cosign needs --model (and a record with a digest)");
+        };
+        publish_mlflow(
+            url,
+            model,
+            version,
+            digest,
+            &record,
+            a.mlflow_token_file.clone(),
+            a.mlflow_basic_auth_file.clone(),
+        )?;
+        eprintln!("record {jti} co-signed by {} published to MLflow", key.kid);
+    }
+    match &a.out {
+        None if a.publish_mlflow.is_some() => {}
+        Some(path) => {
+            std::fs::write(path, format!("{record}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "record {jti} co-signed by {} written to {}",
+                key.kid,
+                path.display()
+            );
+        }
+        None => println!("{record}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -172,11 +172,69 @@ pub struct Input<'a> {
     pub now: u64,
 }
 
-/// Evidence an exposure tier requires.
+/// What an exposure tier requires of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TierRule {
     /// Evidence kinds that must be present with verdict `pass`.
     pub required_evidence: Vec<String>,
+    /// Roles, each to be held by a distinct in-scope approver who signed the record (e.g.
+    /// `["owner", "security"]`). Empty: one in-scope approver suffices.
+    pub quorum: Vec<String>,
+    /// The longest a record may be valid (`exp` minus `nbf`), in seconds; a record valid
+    /// longer is refused, not shortened.
+    pub max_lifetime: Option<u64>,
+    /// Workload identities this tier may run on (exact, or a prefix ending in `*`); empty:
+    /// any. Confines, say, an experimental tier to sandbox namespaces.
+    pub workloads: Vec<String>,
+}
+
+impl TierRule {
+    /// The tier's own rules beyond evidence and quorum.
+    fn admits(
+        &self,
+        record: &ApprovalRecord,
+        workload: &str,
+    ) -> Result<(), (DenyReason, &'static str)> {
+        if let Some(max) = self.max_lifetime {
+            if record.claims.exp.saturating_sub(record.not_before()) > max {
+                return Err((
+                    DenyReason::ApprovalInvalid,
+                    "record is valid longer than its tier allows",
+                ));
+            }
+        }
+        if !self.workloads.is_empty() && !identity_matches(&self.workloads, workload) {
+            return Err((
+                DenyReason::DeploymentNotBound,
+                "this workload may not run a model of this tier",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The tier every deployment without `[workload] tier` has, always configured.
+pub const DEFAULT_TIER: &str = "default";
+
+/// A configured approver, as the policy sees it: who, in which roles, and what it may
+/// approve. From configuration only (`[[trust.approvers]]`), never from a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApproverScope {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// Model names it may approve (exact, or a prefix ending in `*`).
+    pub models: Vec<String>,
+    /// Tiers it may approve (exact, or a prefix ending in `*`): the record's and the
+    /// deployment's tier must both match.
+    pub tiers: Vec<String>,
+}
+
+impl ApproverScope {
+    fn covers(&self, model: &str, record_tier: &str, deployment_tier: &str) -> bool {
+        identity_matches(&self.models, model)
+            && identity_matches(&self.tiers, record_tier)
+            && identity_matches(&self.tiers, deployment_tier)
+    }
 }
 
 /// The static half of the policy, from configuration. (The model a request is for comes
@@ -185,7 +243,28 @@ pub struct TierRule {
 pub struct Policy {
     /// This deployment's workload identity; must be in a record's `workloads`.
     pub workload_identity: String,
+    /// Every configured tier (always including [`DEFAULT_TIER`]), by exact name.
     pub tiers: HashMap<String, TierRule>,
+    /// This deployment's tier (`[workload] tier`, else [`DEFAULT_TIER`]) and its rule: it
+    /// applies to every record, whatever tier the record claims.
+    pub tier: String,
+    pub tier_rule: TierRule,
+    /// Approvers by key ID: a record's signer counts only through the approver its key
+    /// belongs to. Keys absent here approve nothing.
+    pub approvers: HashMap<String, Arc<ApproverScope>>,
+    /// The issuers (token `iss`, or `x509-svid` for certificate callers) whose callers a
+    /// bare caller pattern matches: every issuer not configured `qualified = true`.
+    /// Configuration guarantees these issuers cannot assert the same names; a caller of
+    /// any other issuer matches only patterns qualified with its `iss`.
+    pub bare_issuers: Vec<Arc<str>>,
+}
+
+impl Policy {
+    /// Do bare caller patterns apply to callers vouched for by `iss`?
+    #[inline]
+    pub fn bare_ok(&self, iss: &str) -> bool {
+        self.bare_issuers.iter().any(|i| &**i == iss)
+    }
 }
 
 /// The decision.
@@ -416,27 +495,120 @@ fn check_record(
             "this workload is not in the record's workloads",
         ));
     }
-    if let Some(rule) = policy.tiers.get(&claims.tier) {
-        let passed = |kind: &String| {
-            claims
-                .evidence
-                .iter()
-                .any(|e| &e.kind == kind && e.verdict.eq_ignore_ascii_case("pass"))
-        };
-        if !rule.required_evidence.iter().all(passed) {
-            return Err((
-                DenyReason::ApprovalInvalid,
-                "record lacks evidence its tier requires",
-            ));
-        }
+    let Some(record_rule) = policy.tiers.get(&claims.tier) else {
+        return Err((
+            DenyReason::ApprovalInvalid,
+            "record names a tier that is not configured",
+        ));
+    };
+    let passed = |kind: &String| {
+        claims
+            .evidence
+            .iter()
+            .any(|e| &e.kind == kind && e.verdict.eq_ignore_ascii_case("pass"))
+    };
+    if !(policy.tier_rule.required_evidence.iter().all(passed)
+        && record_rule.required_evidence.iter().all(passed))
+    {
+        return Err((
+            DenyReason::ApprovalInvalid,
+            "record lacks evidence its tier requires",
+        ));
     }
-    if !identity_matches(&claims.callers, &caller.sub) {
+    policy.tier_rule.admits(record, &policy.workload_identity)?;
+    record_rule.admits(record, &policy.workload_identity)?;
+    check_signers(policy, model, record, record_rule)?;
+    let bare_ok = policy.bare_ok(&caller.iss);
+    if !claims
+        .callers
+        .iter()
+        .any(|p| p.matches(&caller.iss, &caller.sub, bare_ok))
+    {
         return Err((
             DenyReason::CallerNotAllowed,
             "caller is not in the record's callers",
         ));
     }
     Ok(())
+}
+
+/// The record's signers, through their configured approvers: at least one in scope for this
+/// model at the record's and the deployment's tier, and the quorum of both tiers met by
+/// distinct in-scope approvers (two keys of one approver count once).
+fn check_signers(
+    policy: &Policy,
+    model: &str,
+    record: &ApprovalRecord,
+    record_rule: &TierRule,
+) -> Result<(), (DenyReason, &'static str)> {
+    let tier = &record.claims.tier;
+    let scoped = |kid: &String| {
+        policy
+            .approvers
+            .get(kid)
+            .filter(|a| a.covers(model, tier, &policy.tier))
+    };
+    if policy.tier_rule.quorum.is_empty() && record_rule.quorum.is_empty() {
+        // The usual case: no allocation.
+        if record.signers.iter().any(|k| scoped(k).is_some()) {
+            return Ok(());
+        }
+        return Err(no_scoped_signer(policy, record));
+    }
+    let mut distinct: Vec<&ApproverScope> = Vec::with_capacity(record.signers.len());
+    for a in record.signers.iter().filter_map(scoped) {
+        if !distinct.iter().any(|d| d.name == a.name) {
+            distinct.push(a);
+        }
+    }
+    if distinct.is_empty() {
+        return Err(no_scoped_signer(policy, record));
+    }
+    let mut roles: Vec<&str> = policy.tier_rule.quorum.iter().map(String::as_str).collect();
+    for r in &record_rule.quorum {
+        if !roles.contains(&r.as_str()) {
+            roles.push(r);
+        }
+    }
+    if assign(&roles, &distinct, 0) {
+        Ok(())
+    } else {
+        Err((
+            DenyReason::ApprovalInvalid,
+            "quorum not met: the tier's roles need distinct approvers who signed",
+        ))
+    }
+}
+
+fn no_scoped_signer(policy: &Policy, record: &ApprovalRecord) -> (DenyReason, &'static str) {
+    if record
+        .signers
+        .iter()
+        .any(|k| policy.approvers.contains_key(k))
+    {
+        (
+            DenyReason::ApprovalInvalid,
+            "record signed outside its approvers' scope (model or tier)",
+        )
+    } else {
+        (
+            DenyReason::ApprovalInvalid,
+            "record signed by a key of no configured approver",
+        )
+    }
+}
+
+/// Can each role get its own approver holding it? (Backtracking over a handful of roles;
+/// `used` is a bit set of approvers already given a role.)
+fn assign(roles: &[&str], approvers: &[&ApproverScope], used: u64) -> bool {
+    let Some((role, rest)) = roles.split_first() else {
+        return true;
+    };
+    approvers.iter().enumerate().take(64).any(|(i, a)| {
+        used & (1 << i) == 0
+            && a.roles.iter().any(|r| r == role)
+            && assign(rest, approvers, used | (1 << i))
+    })
 }
 
 /// Ollama digests compare as hex, with or without a `sha256:` prefix, in any case.

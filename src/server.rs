@@ -30,6 +30,7 @@ use crate::telemetry::Metrics;
 
 pub mod config;
 pub mod limits;
+pub mod reload;
 
 /// Errors starting the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +228,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }
 
+    let file_issuers: Vec<(String, std::path::PathBuf)> = config
+        .callers
+        .issuers
+        .iter()
+        .filter(|i| matches!(i.keys, KeySource::File(_)))
+        .filter_map(|i| Some((i.issuer.clone(), i.jwks_file.clone()?)))
+        .collect();
+    let bare_issuers =
+        crate::policy::config::bare_issuers(&config.callers.issuers, config.listen.caller_auth);
     let tokens = Arc::new(TokenVerifier::new(
         config
             .callers
@@ -260,7 +270,28 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
         workload_identity: config.workload.identity,
         tiers: config.tiers,
+        tier: config.tier,
+        tier_rule: config.tier_rule,
+        approvers: config.approver_scopes,
+        bare_issuers,
     }));
+    asynchronous.push(Async::service(
+        "trust reload",
+        crate::server::reload::Reload {
+            policy: policy.clone(),
+            approver_keys: config.approver_keys_path.clone(),
+            approvers: config.approver_files.clone(),
+            issuers: file_issuers
+                .into_iter()
+                .filter_map(|(name, path)| {
+                    let issuer = tokens.issuers().find(|i| i.issuer == name)?.clone();
+                    Some((issuer, path))
+                })
+                .collect(),
+            metrics: metrics.clone(),
+        }
+        .run(),
+    ));
     if let Some((path, every)) = config.workload.token_file {
         asynchronous.push(Async::service(
             "workload identity",

@@ -53,6 +53,7 @@ pub mod names {
     pub const UPSTREAM_PROBES_TOTAL: &str = "provgate_upstream_probes_total";
     pub const UPSTREAM_PROBE_STATE: &str = "provgate_upstream_probe_state";
     pub const TRACE_SPANS_TOTAL: &str = "provgate_trace_spans_total";
+    pub const TRUST_RELOADS_TOTAL: &str = "provgate_trust_reloads_total";
 }
 
 /// All of provgate's metrics, registered in one registry.
@@ -112,6 +113,8 @@ pub struct Metrics {
     pub trace_exported: IntCounter,
     pub trace_dropped: IntCounter,
     pub trace_failed: IntCounter,
+    /// Trust reloads by what (approver_keys, issuer_keys) and result (ok, error).
+    pub trust_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -359,6 +362,13 @@ impl Metrics {
             ),
             &["model", "state"]
         ));
+        let trust_reloads = reg!(IntCounterVec::new(
+            Opts::new(
+                TRUST_RELOADS_TOTAL,
+                "Re-reads of trust files (on change or SIGHUP) by what (approver_keys, issuer_keys) and result (ok, error: the previous state is kept)."
+            ),
+            &["what", "result"]
+        ));
         let build_info = reg!(IntGaugeVec::new(
             Opts::new(BUILD_INFO, "1, labelled with the provgate version."),
             &["version"]
@@ -419,6 +429,7 @@ impl Metrics {
             jwks_age,
             upstream_probes,
             upstream_probe_state,
+            trust_reloads,
         }
     }
 

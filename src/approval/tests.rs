@@ -209,3 +209,126 @@ fn the_ollama_digest_is_optional_and_checked_for_shape() {
         );
     }
 }
+
+#[test]
+fn callers_are_bare_strings_or_issuer_qualified_objects() {
+    let parsed: Vec<CallerPattern> = serde_json::from_str(
+        r#"["spiffe://a/*", {"iss": "https://k8s-a", "sub": "system:serviceaccount:app:*"}]"#,
+    )
+    .unwrap();
+    assert_eq!(parsed[0], CallerPattern::Bare("spiffe://a/*".into()));
+    let q = &parsed[1];
+    assert!(q.matches("https://k8s-a", "system:serviceaccount:app:search", false));
+    assert!(!q.matches("https://k8s-b", "system:serviceaccount:app:search", true));
+    assert!(!parsed[0].matches("https://x", "spiffe://a/b", false));
+    assert!(parsed[0].matches("https://x", "spiffe://a/b", true));
+    // An object with anything else is not a pattern.
+    assert!(serde_json::from_str::<CallerPattern>(r#"{"iss": "i", "sub": "s", "x": 1}"#).is_err());
+    assert!(serde_json::from_str::<CallerPattern>(r#"{"sub": "s"}"#).is_err());
+    // Round trip keeps the shapes.
+    assert_eq!(
+        serde_json::to_string(&parsed).unwrap(),
+        r#"["spiffe://a/*",{"iss":"https://k8s-a","sub":"system:serviceaccount:app:*"}]"#
+    );
+    assert_eq!(
+        CallerPattern::parse_cli("https://k8s-a#system:serviceaccount:app:*", true),
+        Some(parsed[1].clone())
+    );
+    assert_eq!(CallerPattern::parse_cli("no-hash", true), None);
+}
+
+#[test]
+fn a_qualified_caller_with_an_empty_issuer_is_malformed() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let approvers =
+        KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();
+    let mut c = claims();
+    c.callers = vec![CallerPattern::Qualified {
+        iss: " ".into(),
+        sub: "x".into(),
+    }];
+    let jws = sign(&c, &key).unwrap();
+    assert!(matches!(
+        verify(&jws, &approvers),
+        Err(ApprovalError::Payload(_))
+    ));
+}
+
+fn keys_of(keys: &[&SigningKey]) -> KeySet {
+    let jwks: Vec<_> = keys.iter().map(|k| k.public_jwk.clone()).collect();
+    KeySet::from_jwks_json(&jwks_document(&jwks), "t").unwrap()
+}
+
+#[test]
+fn a_cosigned_record_verifies_with_every_known_signer() {
+    let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (b, _) = SigningKey::generate(KeyKind::Ed25519).unwrap();
+    let (c, _) = SigningKey::generate(KeyKind::Es384).unwrap();
+    let compact = sign(&claims(), &a).unwrap();
+    let two = cosign(&compact, &b).unwrap();
+    assert!(!two.contains('\n'), "one line, so every backend carries it");
+    let three = cosign(&two, &c).unwrap();
+    // Every signature covers the same payload bytes.
+    let g: serde_json::Value = serde_json::from_str(&three).unwrap();
+    assert_eq!(g["signatures"].as_array().unwrap().len(), 3);
+    assert_eq!(g["payload"], compact.split('.').nth(1).unwrap());
+
+    let r = verify(&three, &keys_of(&[&a, &b, &c])).unwrap();
+    assert_eq!(r.claims, claims());
+    assert_eq!(r.signers, [a.kid.clone(), b.kid.clone(), c.kid.clone()]);
+    // A signer whose key is not (or no longer) trusted counts for nothing.
+    let r = verify(&three, &keys_of(&[&a, &c])).unwrap();
+    assert_eq!(r.signers, [a.kid.clone(), c.kid.clone()]);
+    // No known signer at all: not a record.
+    assert!(matches!(
+        verify(&two, &keys_of(&[&c])),
+        Err(ApprovalError::UnknownKey(_))
+    ));
+    // The compact form has its one signer.
+    assert_eq!(
+        verify(&compact, &keys_of(&[&a])).unwrap().signers,
+        vec![a.kid.clone()]
+    );
+    // Digest and ID can be peeked for reporting.
+    let (digest, jti) = peek_claims(&three).unwrap();
+    assert_eq!(digest, Some(claims().artefact.digest));
+    assert_eq!(jti.as_deref(), Some("rec-1"));
+    // One key signs once.
+    assert!(cosign(&two, &b).is_err());
+}
+
+#[test]
+fn a_cosigned_record_with_a_bad_or_foreign_signature_is_refused() {
+    let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (b, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let two = cosign(&sign(&claims(), &a).unwrap(), &b).unwrap();
+    let keys = keys_of(&[&a, &b]);
+    // A known key's signature that does not verify makes the whole record invalid.
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    let sig0 = g["signatures"][0]["signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    g["signatures"][1]["signature"] = sig0.into();
+    assert!(verify(&g.to_string(), &keys).is_err());
+    // A signature over another payload (the second signer approved something else).
+    let mut other = claims();
+    other.exp += 1;
+    let other_b = sign(&other, &b).unwrap();
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["signatures"][1]["signature"] = other_b.split('.').nth(2).unwrap().into();
+    assert!(matches!(
+        verify(&g.to_string(), &keys),
+        Err(ApprovalError::Signature)
+    ));
+    // Unprotected headers and unknown members are refused.
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["signatures"][1]["header"] = serde_json::json!({"kid": "x"});
+    assert!(verify(&g.to_string(), &keys).is_err());
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["extra"] = 1.into();
+    assert!(verify(&g.to_string(), &keys).is_err());
+    let mut g: serde_json::Value = serde_json::from_str(&two).unwrap();
+    g["signatures"] = serde_json::json!([]);
+    assert!(verify(&g.to_string(), &keys).is_err());
+}

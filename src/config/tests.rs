@@ -477,6 +477,186 @@ fn each_section_reports_its_errors_in_file_order_with_the_messages_users_know() 
     );
 }
 
+/// A second `[[callers.issuers]]` block (same key file as the first).
+fn second_issuer(dir: &Path, extra: &str) -> String {
+    let text = good(dir);
+    let issuer_file = dir.join("issuer.jwks.json");
+    text.replace(
+        "[tiers.customer-facing]",
+        &format!(
+            "[[callers.issuers]]\nissuer = \"https://b.example.org\"\njwks_file = \"{}\"\naudiences = [\"provgate\"]\n{extra}\n[tiers.customer-facing]",
+            issuer_file.display()
+        ),
+    )
+}
+
+fn qualification_errors(text: &str) -> Vec<String> {
+    match FileConfig::parse(text).unwrap().validate() {
+        Ok(_) => vec![],
+        Err(e) => {
+            e.0.into_iter()
+                .filter(|l| l.contains(".qualified"))
+                .collect()
+        }
+    }
+}
+
+#[test]
+fn issuers_that_could_assert_the_same_callers_must_be_qualified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two OIDC issuers: either could mint the other's caller names.
+    let both = qualification_errors(&second_issuer(d, ""));
+    assert_eq!(both.len(), 1, "{both:?}");
+    assert!(
+        both[0].starts_with("callers.issuers[1].qualified"),
+        "{both:?}"
+    );
+    // Qualifying either one is enough.
+    assert!(qualification_errors(&second_issuer(d, "qualified = true")).is_empty());
+    let first_qualified = second_issuer(d, "").replacen(
+        "audiences = [\"provgate\"]",
+        "audiences = [\"provgate\"]\nqualified = true",
+        1,
+    );
+    assert!(qualification_errors(&first_qualified).is_empty());
+    // Two Kubernetes clusters share namespace and account names.
+    let k8s = second_issuer(d, "profile = \"kubernetes\"").replacen(
+        "audiences = [\"provgate\"]",
+        "audiences = [\"provgate\"]\nprofile = \"kubernetes\"",
+        1,
+    );
+    assert_eq!(qualification_errors(&k8s).len(), 1);
+    // SPIFFE issuers of distinct trust domains, and SPIFFE beside Kubernetes, are disjoint.
+    let spiffe = |td: &str| format!("profile = \"spiffe\"\ntrust_domain = \"{td}\"");
+    let two_domains = second_issuer(d, &spiffe("b.org")).replacen(
+        "audiences = [\"provgate\"]",
+        &format!("audiences = [\"provgate\"]\n{}", spiffe("a.org")),
+        1,
+    );
+    assert!(qualification_errors(&two_domains).is_empty());
+    let same_domain = second_issuer(d, &spiffe("a.org")).replacen(
+        "audiences = [\"provgate\"]",
+        &format!("audiences = [\"provgate\"]\n{}", spiffe("A.org")),
+        1,
+    );
+    assert_eq!(qualification_errors(&same_domain).len(), 1);
+    let mixed = second_issuer(d, &spiffe("b.org")).replacen(
+        "audiences = [\"provgate\"]",
+        "audiences = [\"provgate\"]\nprofile = \"kubernetes\"",
+        1,
+    );
+    assert!(qualification_errors(&mixed).is_empty());
+}
+
+fn config_errors(text: &str) -> Vec<String> {
+    match FileConfig::parse(text).unwrap().validate() {
+        Ok(_) => vec![],
+        Err(e) => e.0,
+    }
+}
+
+/// The `kid` of the approver key `good()` wrote.
+fn approver_kid(dir: &Path) -> String {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("approvers.jwks.json")).unwrap())
+            .unwrap();
+    doc["keys"][0]["kid"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn tiers_and_approvers_must_be_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = good(d);
+    let kid = approver_kid(d);
+    // The deployment's tier must be configured; `default` always is.
+    let with_tier = |t: &str| {
+        text.replace(
+            "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"",
+            &format!(
+                "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"\ntier = \"{t}\""
+            ),
+        )
+    };
+    let c = FileConfig::parse(&with_tier("customer-facing"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(c.tier, "customer-facing");
+    assert_eq!(c.tier_rule.required_evidence.len(), 2);
+    let c = FileConfig::parse(&text).unwrap().validate().unwrap();
+    assert_eq!(c.tier, "default");
+    assert!(c.tiers.contains_key("default"));
+    // Without [[trust.approvers]], each key approves everything, with no role.
+    assert_eq!(c.approver_scopes[&kid].models, ["*"]);
+    let errs = config_errors(&with_tier("Customer-Facing"));
+    assert!(
+        errs.iter().any(|e| e.starts_with("workload.tier")),
+        "{errs:?}"
+    );
+    // Names differing only in case are ambiguous.
+    let errs = config_errors(&format!("{text}\n[tiers.Customer-Facing]\n"));
+    assert!(errs.iter().any(|e| e.contains("only in case")), "{errs:?}");
+    // A quorum nobody can meet.
+    let quorum = text.replace(
+        "required_evidence = [\"security-test\", \"red-team\"]",
+        "required_evidence = [\"security-test\", \"red-team\"]\nquorum = [\"owner\", \"security\"]",
+    );
+    let errs = config_errors(&quorum);
+    assert_eq!(
+        errs.iter()
+            .filter(|e| e.starts_with("tiers.customer-facing.quorum"))
+            .count(),
+        2,
+        "{errs:?}"
+    );
+    // Approvers holding the roles make it valid; an unknown kid or a kid of two approvers is not.
+    let approvers = |owner_keys: &str, sec_keys: &str| {
+        format!(
+            "{quorum}\n[[trust.approvers]]\nname = \"owners\"\nkeys = [{owner_keys}]\nroles = [\"owner\"]\n\
+             [[trust.approvers]]\nname = \"security\"\nkeys = [{sec_keys}]\nroles = [\"security\"]\ntiers = [\"customer-*\"]\n"
+        )
+    };
+    let ok = approvers(&format!("\"{kid}\""), "\"other-kid\"");
+    let errs = config_errors(&ok);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("trust.approvers[1].keys") && e.contains("other-kid")),
+        "{errs:?}"
+    );
+    // An approver of both roles makes the quorum satisfiable on paper (the decision still
+    // wants two distinct approvers); tiers.NAME.max_lifetime and workloads are checked too.
+    let both = quorum.clone()
+        + &format!(
+            "\n[[trust.approvers]]\nname = \"owners\"\nkeys = [\"{kid}\"]\nroles = [\"owner\", \"security\"]\n"
+        );
+    assert_eq!(config_errors(&both), Vec::<String>::new());
+    let bad_tier = format!(
+        "{text}\n[tiers.sandbox]\nmax_lifetime = \"0s\"\nworkloads = [\"spiffe://example.org/ns/sandbox/*\"]\n"
+    );
+    let errs = config_errors(&bad_tier);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tiers.sandbox.max_lifetime")),
+        "{errs:?}"
+    );
+    let errs = config_errors(&bad_tier.replace(
+        "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"",
+        "identity = \"spiffe://example.org/ns/prod/sa/model-serving\"\ntier = \"sandbox\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("workload.tier") && e.contains("may not run")),
+        "{errs:?}"
+    );
+    let errs = config_errors(&approvers(&format!("\"{kid}\""), &format!("\"{kid}\"")));
+    assert!(
+        errs.iter().any(|e| e.contains("belongs to two approvers")),
+        "{errs:?}"
+    );
+}
+
 #[test]
 fn api_profiles_and_adapters_validate() {
     use crate::proxy::routing::profiles::Api;

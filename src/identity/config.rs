@@ -94,6 +94,11 @@ pub struct IssuerFile {
     /// The SPIFFE trust domain, for `profile = "spiffe"` (e.g. `example.org`).
     #[serde(default)]
     pub trust_domain: Option<String>,
+    /// `true`: this issuer's callers match only record caller patterns qualified with its
+    /// `iss` (`{"iss": ISSUER, "sub": PATTERN}`), never bare ones. Needed on all but one of
+    /// any issuers that could assert the same caller names (see [`Profile::overlaps`]).
+    #[serde(default)]
+    pub qualified: bool,
 }
 
 fn default_profile() -> String {
@@ -157,9 +162,37 @@ pub enum Profile {
     Kubernetes,
 }
 
+impl Profile {
+    /// Could two issuers of these profiles assert the same caller name? SPIFFE issuers of
+    /// distinct trust domains cannot (the profile checks the `sub`'s trust domain), nor can a
+    /// SPIFFE and a Kubernetes issuer (`spiffe://` vs `system:serviceaccount:`); two
+    /// Kubernetes issuers can (two clusters have the same namespaces), and an OIDC issuer may
+    /// assert any name.
+    pub fn overlaps(&self, other: &Profile) -> bool {
+        match (self, other) {
+            (Profile::Oidc, _) | (_, Profile::Oidc) => true,
+            (Profile::Kubernetes, Profile::Kubernetes) => true,
+            (Profile::Spiffe { trust_domain: a }, Profile::Spiffe { trust_domain: b }) => {
+                a.eq_ignore_ascii_case(b)
+            }
+            (Profile::Kubernetes, Profile::Spiffe { .. })
+            | (Profile::Spiffe { .. }, Profile::Kubernetes) => false,
+        }
+    }
+
+    /// Could this issuer assert a SPIFFE ID that a client certificate also carries?
+    pub fn asserts_spiffe_ids(&self) -> bool {
+        !matches!(self, Profile::Kubernetes)
+    }
+}
+
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
+    /// Where [`KeySource::File`] keys were read from (re-read on change and SIGHUP).
+    pub jwks_file: Option<PathBuf>,
+    /// Bare caller patterns never match this issuer's callers.
+    pub qualified: bool,
     pub profile: Profile,
     pub keys: KeySource,
     pub audiences: Vec<String>,
@@ -294,6 +327,29 @@ impl CallersFile {
             }
             issuers.push(f.validate(&key, errors));
         }
+        // Issuer-qualified callers: bare patterns must not be able to match two issuers'
+        // tokens for one name.
+        let bare: Vec<(usize, &Issuer)> = issuers
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.qualified)
+            .collect();
+        for (n, (j, b)) in bare.iter().enumerate() {
+            if let Some((_, a)) = bare[..n]
+                .iter()
+                .find(|(_, a)| a.profile.overlaps(&b.profile))
+            {
+                errors.push(
+                    format_args!("callers.issuers[{j}].qualified"),
+                    format_args!(
+                        "issuers {:?} and {:?} could assert the same caller names: set \
+                         qualified = true on one of them (records then name its callers as \
+                         {{\"iss\": ISSUER, \"sub\": PATTERN}})",
+                        a.issuer, b.issuer
+                    ),
+                );
+            }
+        }
         Callers {
             leeway,
             token_cache_size: self.token_cache_size,
@@ -330,6 +386,8 @@ impl IssuerFile {
         let profile = self.profile(key, errors);
         Issuer {
             profile,
+            jwks_file: self.jwks_file.as_ref().map(PathBuf::from),
+            qualified: self.qualified,
             issuer: self.issuer,
             keys,
             audiences: self.audiences,

@@ -1193,6 +1193,8 @@ jwks_file = "{keys}/issuer.jwks.json"
 audiences = ["provgate"]
 algorithms = ["RS256", "ES256"]
 
+[tiers.internal]
+
 [audit]
 path = "{audit}/provgate-audit.jsonl"
 

@@ -6,13 +6,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::approval::identity_matches;
 use crate::fields::Errors;
+use crate::identity::config::{CallerAuth, Issuer};
+use crate::identity::mtls::CERTIFICATE_ISSUER;
 use crate::keys::KeySet;
-use crate::policy::TierRule;
+use crate::policy::{ApproverScope, TierRule, DEFAULT_TIER};
 
 // === File structs ===
 
@@ -46,6 +50,10 @@ pub struct WorkloadFile {
     /// How often `identity_token_file` is read again.
     #[serde(default = "default_identity_refresh")]
     pub identity_refresh: String,
+    /// This deployment's exposure: one of the `[tiers.*]`. Its rules apply to every record,
+    /// whatever tier the record claims. Default: `default`.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +61,29 @@ pub struct WorkloadFile {
 pub struct TrustFile {
     /// JWKS file of the approver keys that sign approval records.
     pub approver_keys: String,
+    /// The approvers, one `[[trust.approvers]]` block each. None: every key of
+    /// `approver_keys` is an approver of its own, with no role, for every model and tier.
+    #[serde(default)]
+    pub approvers: Vec<ApproverFile>,
+}
+
+/// One approver: an identity that may hold several keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverFile {
+    /// A name for the audit log and for counting quorum (two keys of one approver count once).
+    pub name: String,
+    /// The `kid`s of its keys in `approver_keys`.
+    pub keys: Vec<String>,
+    /// Its roles, for tier quorums (e.g. `owner`, `security`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Models it may approve (exact, or a prefix ending in `*`).
+    #[serde(default = "everything")]
+    pub models: Vec<String>,
+    /// Tiers it may approve (exact, or a prefix ending in `*`).
+    #[serde(default = "everything")]
+    pub tiers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +92,19 @@ pub struct TierFile {
     /// Evidence kinds that must be present with verdict `pass`.
     #[serde(default)]
     pub required_evidence: Vec<String>,
+    /// Roles, each to be held by a distinct approver who signed the record.
+    #[serde(default)]
+    pub quorum: Vec<String>,
+    /// The longest validity (`exp - nbf`) a record may have, e.g. `"30d"`.
+    #[serde(default)]
+    pub max_lifetime: Option<String>,
+    /// Workload identities this tier may run on (exact, or `prefix*`); default any.
+    #[serde(default)]
+    pub workloads: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
 }
 
 fn yes() -> bool {
@@ -76,6 +120,8 @@ fn default_identity_refresh() -> String {
 #[derive(Debug)]
 pub struct Workload {
     pub identity: String,
+    /// `[workload] tier`, if given (checked against `[tiers]` by [`validate_tiers`]).
+    pub tier: Option<String>,
     /// Where the identity is re-read from, and how often (None: fixed).
     pub token_file: Option<(PathBuf, Duration)>,
 }
@@ -107,32 +153,212 @@ impl WorkloadFile {
         };
         Workload {
             identity,
+            tier: self.tier.clone(),
             token_file,
         }
     }
 }
 
+/// The validated `[trust]` section.
+#[derive(Debug)]
+pub struct Trust {
+    pub keys: KeySet,
+    /// Approvers by key ID ([`crate::policy::Policy::approvers`]).
+    pub approvers: HashMap<String, Arc<ApproverScope>>,
+}
+
 impl TrustFile {
-    /// Loads the approver keys; a missing or unreadable file goes to `errors`.
-    pub fn validate(&self, errors: &mut Errors) -> KeySet {
-        KeySet::from_jwks_file(Path::new(&self.approver_keys)).unwrap_or_else(|e| {
+    /// Loads the approver keys and binds them to approvers; every problem goes to `errors`.
+    pub fn validate(&self, errors: &mut Errors) -> Trust {
+        let keys = KeySet::from_jwks_file(Path::new(&self.approver_keys)).unwrap_or_else(|e| {
             errors.push("trust.approver_keys", e);
             KeySet::default()
-        })
+        });
+        let approvers = approver_scopes(&self.approvers, &keys, true, errors);
+        Trust { keys, approvers }
     }
 }
 
-/// The validated `[tiers]` table: the rule of each exposure tier, by name.
-pub fn tier_rules(tiers: HashMap<String, TierFile>) -> HashMap<String, TierRule> {
-    tiers
+/// Binds key IDs to approvers. Without `[[trust.approvers]]`, each key is its own approver
+/// (named `key:KID`), with no role, for every model and tier: records signed as before keep
+/// working, and no tier can require a quorum. `strict` (at start): an approver's key ID
+/// missing from `keys` is an error; on a reload it is a withdrawn key, left out.
+pub fn approver_scopes(
+    files: &[ApproverFile],
+    keys: &KeySet,
+    strict: bool,
+    errors: &mut Errors,
+) -> HashMap<String, Arc<ApproverScope>> {
+    let mut by_kid = HashMap::new();
+    if files.is_empty() {
+        for k in &keys.keys {
+            let kid = k.kid.clone().unwrap_or_default();
+            by_kid.entry(kid.clone()).or_insert_with(|| {
+                Arc::new(ApproverScope {
+                    name: format!("key:{kid}"),
+                    roles: Vec::new(),
+                    models: everything(),
+                    tiers: everything(),
+                })
+            });
+        }
+        return by_kid;
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, f) in files.iter().enumerate() {
+        let at = format!("trust.approvers[{i}]");
+        errors.nonempty(&format!("{at}.name"), &f.name);
+        if !names.insert(f.name.as_str()) {
+            errors.push(
+                format_args!("{at}.name"),
+                format_args!("{:?} is configured twice", f.name),
+            );
+        }
+        if f.keys.is_empty() {
+            errors.push(format_args!("{at}.keys"), "at least one key ID is needed");
+        }
+        for (field, list) in [("models", &f.models), ("tiers", &f.tiers)] {
+            if list.is_empty() {
+                errors.push(
+                    format_args!("{at}.{field}"),
+                    "empty: this approver could approve nothing (\"*\" for everything)",
+                );
+            }
+        }
+        let scope = Arc::new(ApproverScope {
+            name: f.name.clone(),
+            roles: f.roles.clone(),
+            models: f.models.clone(),
+            tiers: f.tiers.clone(),
+        });
+        for kid in &f.keys {
+            if !keys
+                .keys
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid.as_str()))
+            {
+                if strict {
+                    errors.push(
+                        format_args!("{at}.keys"),
+                        format_args!("{kid:?} is not a key ID in trust.approver_keys"),
+                    );
+                }
+                continue;
+            }
+            if by_kid.insert(kid.clone(), scope.clone()).is_some() {
+                errors.push(
+                    format_args!("{at}.keys"),
+                    format_args!("{kid:?} belongs to two approvers"),
+                );
+            }
+        }
+    }
+    by_kid
+}
+
+/// The validated `[tiers]` table with the deployment's tier: the rule of each tier by name
+/// (with [`DEFAULT_TIER`] always present), and `(name, rule)` of the deployment's. Refuses
+/// names that differ only in case (a record's `tier` is compared exactly), a deployment
+/// tier that is not configured, and a quorum role no approver in scope holds.
+pub fn validate_tiers(
+    tiers: HashMap<String, TierFile>,
+    workload_tier: Option<&str>,
+    approvers: &HashMap<String, Arc<ApproverScope>>,
+    errors: &mut Errors,
+) -> (HashMap<String, TierRule>, String, TierRule) {
+    let mut rules: HashMap<String, TierRule> = tiers
         .into_iter()
         .map(|(name, t)| {
-            (
-                name,
-                TierRule {
-                    required_evidence: t.required_evidence,
-                },
-            )
+            let max_lifetime = t.max_lifetime.as_deref().map(|d| {
+                errors
+                    .duration(&format!("tiers.{name}.max_lifetime"), d)
+                    .as_secs()
+            });
+            if max_lifetime == Some(0) {
+                errors.push(
+                    format_args!("tiers.{name}.max_lifetime"),
+                    "must be at least 1s",
+                );
+            }
+            let rule = TierRule {
+                required_evidence: t.required_evidence,
+                quorum: t.quorum,
+                max_lifetime,
+                workloads: t.workloads,
+            };
+            (name, rule)
         })
-        .collect()
+        .collect();
+    rules.entry(DEFAULT_TIER.to_string()).or_default();
+    let mut names: Vec<&String> = rules.keys().collect();
+    names.sort();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            if a.eq_ignore_ascii_case(b) {
+                errors.push(
+                    format_args!("tiers.{b}"),
+                    format_args!("differs from tiers.{a} only in case"),
+                );
+            }
+        }
+    }
+    let mut distinct: Vec<&ApproverScope> = Vec::new();
+    for a in approvers.values() {
+        if !distinct.iter().any(|d| d.name == a.name) {
+            distinct.push(a);
+        }
+    }
+    for name in &names {
+        let rule = &rules[*name];
+        for role in &rule.quorum {
+            let holders = distinct
+                .iter()
+                .filter(|a| a.roles.contains(role) && identity_matches(&a.tiers, name))
+                .count();
+            if holders == 0 {
+                errors.push(
+                    format_args!("tiers.{name}.quorum"),
+                    format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with role {role:?}"),
+                );
+            }
+        }
+        let mut seen = Vec::new();
+        for role in &rule.quorum {
+            if seen.contains(&role) {
+                errors.push(
+                    format_args!("tiers.{name}.quorum"),
+                    format_args!("{role:?} is listed twice"),
+                );
+            }
+            seen.push(role);
+        }
+    }
+    let tier = workload_tier.unwrap_or(DEFAULT_TIER).to_string();
+    let rule = match rules.get(&tier) {
+        Some(r) => r.clone(),
+        None => {
+            errors.push(
+                "workload.tier",
+                format_args!("{tier:?} is not a configured tier (add [tiers.{tier}])"),
+            );
+            TierRule::default()
+        }
+    };
+    (rules, tier, rule)
+}
+
+/// The issuers whose callers bare caller patterns match ([`crate::policy::Policy::bare_issuers`]):
+/// every token issuer not configured `qualified = true`, and the certificate issuer
+/// (`x509-svid`) when client certificates identify callers. The configuration's validation
+/// has made sure no two of them can assert the same name.
+pub fn bare_issuers(issuers: &[Issuer], caller_auth: CallerAuth) -> Vec<Arc<str>> {
+    let mut bare: Vec<Arc<str>> = issuers
+        .iter()
+        .filter(|i| !i.qualified)
+        .map(|i| Arc::from(i.issuer.as_str()))
+        .collect();
+    if caller_auth != CallerAuth::Token {
+        bare.push(Arc::from(CERTIFICATE_ISSUER));
+    }
+    bare
 }

@@ -1,12 +1,16 @@
 //! The decision as a table: each row builds one situation and names the expected outcome.
 
 use super::*;
-use crate::approval::{ApprovalClaims, ArtefactRef, Evidence};
+use crate::approval::{ApprovalClaims, ArtefactRef, CallerPattern, Evidence};
 use crate::registry::Candidate;
 
 const NOW: u64 = 1_800_000_000;
 const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
 const CALLER: &str = "spiffe://example.org/ns/app/sa/client";
+/// The issuer bare caller patterns apply to.
+const ISSUER_A: &str = "https://issuer";
+/// An issuer configured `qualified = true`.
+const ISSUER_B: &str = "https://issuer-b";
 
 fn digest() -> Digest {
     Digest([7; 32])
@@ -18,11 +22,72 @@ fn policy() -> Policy {
         "customer-facing".to_string(),
         TierRule {
             required_evidence: vec!["security-test".into(), "red-team".into()],
+            ..TierRule::default()
         },
+    );
+    tiers.insert("internal".to_string(), TierRule::default());
+    tiers.insert(
+        "sandbox".to_string(),
+        TierRule {
+            workloads: vec!["spiffe://example.org/ns/sandbox/*".into()],
+            ..TierRule::default()
+        },
+    );
+    tiers.insert(
+        "short".to_string(),
+        TierRule {
+            max_lifetime: Some(150),
+            ..TierRule::default()
+        },
+    );
+    tiers.insert(DEFAULT_TIER.to_string(), TierRule::default());
+    tiers.insert(
+        "critical".to_string(),
+        TierRule {
+            required_evidence: vec![],
+            quorum: vec!["owner".into(), "security".into()],
+            ..TierRule::default()
+        },
+    );
+    let scope = |name: &str, roles: &[&str], models: &[&str], tiers: &[&str]| {
+        Arc::new(ApproverScope {
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            models: models.iter().map(|r| r.to_string()).collect(),
+            tiers: tiers.iter().map(|r| r.to_string()).collect(),
+        })
+    };
+    let alice = scope("alice", &["owner"], &["*"], &["*"]);
+    let mut approvers = HashMap::new();
+    // The key every base record is signed with: an approver for everything, no role.
+    approvers.insert("k".to_string(), scope("platform", &[], &["*"], &["*"]));
+    // Two keys of one approver.
+    approvers.insert("alice-1".to_string(), alice.clone());
+    approvers.insert("alice-2".to_string(), alice);
+    approvers.insert(
+        "sec".to_string(),
+        scope("sec", &["security"], &["*"], &["*"]),
+    );
+    approvers.insert(
+        "owner-and-security".to_string(),
+        scope("both", &["owner", "security"], &["*"], &["*"]),
+    );
+    // Scoped: only model "other", only internal tiers.
+    approvers.insert(
+        "team-b".to_string(),
+        scope("team-b", &["owner"], &["other"], &["*"]),
+    );
+    approvers.insert(
+        "internal-only".to_string(),
+        scope("internal-only", &["owner"], &["*"], &["internal"]),
     );
     Policy {
         workload_identity: WORKLOAD.into(),
         tiers,
+        tier: DEFAULT_TIER.into(),
+        tier_rule: TierRule::default(),
+        approvers,
+        bare_issuers: vec![Arc::from(ISSUER_A)],
     }
 }
 
@@ -52,6 +117,11 @@ fn claims() -> ApprovalClaims {
 }
 
 fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
+    signed_by(list, &["k"])
+}
+
+/// Records co-signed by the keys `kids`.
+fn signed_by(list: Vec<(ApprovalClaims, bool)>, kids: &[&str]) -> RegistryEntry {
     RegistryEntry {
         records: list
             .into_iter()
@@ -60,7 +130,8 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
                     version_header: http::HeaderValue::from_str(&c.version_id).unwrap(),
                     version_id: Arc::from(c.version_id.as_str()),
                     claims: c,
-                    kid: "k".into(),
+                    kid: kids.first().unwrap_or(&"").to_string(),
+                    signers: kids.iter().map(|k| k.to_string()).collect(),
                 }),
                 revoked,
             })
@@ -71,9 +142,9 @@ fn entry_of(list: Vec<(ApprovalClaims, bool)>) -> RegistryEntry {
     }
 }
 
-fn caller(sub: &str) -> Caller {
+fn caller(iss: &str, sub: &str) -> Caller {
     Caller {
-        iss: Arc::from("https://issuer"),
+        iss: Arc::from(iss),
         sub: Arc::from(sub),
         exp: NOW + 60,
         sub_header: None,
@@ -90,7 +161,11 @@ fn served(name: &'static str, server: ServerView<'static>) -> ModelView<'static>
 
 struct Case {
     name: &'static str,
+    /// The deployment's tier (`[workload] tier`).
+    tier: &'static str,
     caller: Option<Option<&'static str>>,
+    /// The `iss` of the caller's token.
+    caller_iss: &'static str,
     artefact_ready: bool,
     entry: Option<RegistryEntry>,
     registry_down: bool,
@@ -103,7 +178,9 @@ struct Case {
 fn base(name: &'static str) -> Case {
     Case {
         name,
+        tier: DEFAULT_TIER,
         caller: Some(Some(CALLER)),
+        caller_iss: ISSUER_A,
         artefact_ready: true,
         entry: Some(entry_of(vec![(claims(), false)])),
         registry_down: false,
@@ -330,6 +407,59 @@ fn decision_table() {
             c.caller = Some(Some("system:serviceaccount:ml:batch"));
             c.entry = record(|r| r.callers = vec!["system:serviceaccount:ml:*".into()]);
         }),
+        with(
+            base("issuer B's token with issuer A's caller name (bare pattern)"),
+            |c| {
+                c.caller_iss = ISSUER_B;
+                c.want = Err(CallerNotAllowed)
+            },
+        ),
+        with(
+            base("issuer B's token, pattern qualified with issuer B"),
+            |c| {
+                c.caller_iss = ISSUER_B;
+                c.entry = record(|r| {
+                    r.callers = vec![CallerPattern::Qualified {
+                        iss: ISSUER_B.into(),
+                        sub: "spiffe://example.org/ns/app/*".into(),
+                    }]
+                });
+            },
+        ),
+        with(
+            base("issuer A's token, pattern qualified with issuer B"),
+            |c| {
+                c.entry = record(|r| {
+                    r.callers = vec![CallerPattern::Qualified {
+                        iss: ISSUER_B.into(),
+                        sub: CALLER.into(),
+                    }]
+                });
+                c.want = Err(CallerNotAllowed)
+            },
+        ),
+        with(
+            base("issuer A's token, pattern qualified with issuer A"),
+            |c| {
+                c.entry = record(|r| {
+                    r.callers = vec![CallerPattern::Qualified {
+                        iss: ISSUER_A.into(),
+                        sub: CALLER.into(),
+                    }]
+                });
+            },
+        ),
+        with(base("qualified pattern: right issuer, another name"), |c| {
+            c.caller_iss = ISSUER_B;
+            c.caller = Some(Some("spiffe://example.org/ns/app/sa/intruder"));
+            c.entry = record(|r| {
+                r.callers = vec![CallerPattern::Qualified {
+                    iss: ISSUER_B.into(),
+                    sub: CALLER.into(),
+                }]
+            });
+            c.want = Err(CallerNotAllowed)
+        }),
         with(base("tier evidence missing"), |c| {
             c.entry = record(|r| {
                 r.tier = "customer-facing".into();
@@ -349,6 +479,147 @@ fn decision_table() {
                 r.tier = "customer-facing".into();
                 r.evidence = vec![ev("security-test", "pass"), ev("red-team", "PASS")];
             });
+        }),
+        // Item 1: the deployment's tier.
+        with(base("record's tier lower than the deployment's"), |c| {
+            c.tier = "customer-facing";
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("deployment's tier rules met by the record"), |c| {
+            c.tier = "customer-facing";
+            c.entry = record(|r| {
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+            });
+        }),
+        with(base("record's tier higher than the deployment's"), |c| {
+            c.entry = record(|r| {
+                r.tier = "customer-facing".into();
+                r.evidence = vec![ev("security-test", "pass")];
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record names an unconfigured tier"), |c| {
+            c.entry = record(|r| r.tier = "experimental".into());
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record's tier differs in case"), |c| {
+            c.entry = record(|r| {
+                r.tier = "Customer-Facing".into();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+            });
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record in the default tier"), |c| {
+            c.entry = record(|r| r.tier = DEFAULT_TIER.into());
+        }),
+        // Item 4: tier rules beyond evidence.
+        with(base("record valid longer than its tier allows"), |c| {
+            c.entry = record(|r| r.tier = "short".into());
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("record within its tier's lifetime"), |c| {
+            c.entry = record(|r| {
+                r.tier = "short".into();
+                r.exp = r.iat + 150;
+            });
+        }),
+        with(base("deployment's tier limits the lifetime"), |c| {
+            c.tier = "short";
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("lifetime counted from nbf"), |c| {
+            c.entry = record(|r| {
+                r.tier = "short".into();
+                r.nbf = Some(NOW - 50);
+            });
+        }),
+        with(base("sandbox tier on a production workload"), |c| {
+            c.entry = record(|r| r.tier = "sandbox".into());
+            c.want = Err(DeploymentNotBound)
+        }),
+        // Item 2: approvers with scopes.
+        with(base("signed by a key of no configured approver"), |c| {
+            c.entry = Some(signed_by(vec![(claims(), false)], &["stranger"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("approver outside its model scope"), |c| {
+            c.entry = Some(signed_by(vec![(claims(), false)], &["team-b"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("approver inside its model scope"), |c| {
+            c.entry = Some(signed_by(
+                vec![(
+                    {
+                        let mut r = claims();
+                        r.sub = "other".into();
+                        r
+                    },
+                    false,
+                )],
+                &["team-b"],
+            ));
+            c.model = served("other", ServerView::NotProbed);
+        }),
+        with(base("approver inside its tier scope"), |c| {
+            c.tier = "internal";
+            c.entry = Some(signed_by(vec![(claims(), false)], &["internal-only"]));
+        }),
+        with(
+            base("approver scoped to internal, deployment customer-facing"),
+            |c| {
+                c.tier = "customer-facing";
+                let mut r = claims();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+                c.entry = Some(signed_by(vec![(r, false)], &["internal-only"]));
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(base("one signer in scope is enough without quorum"), |c| {
+            c.entry = Some(signed_by(vec![(claims(), false)], &["team-b", "k"]));
+        }),
+        // Item 3: quorum.
+        with(base("quorum: one approver only"), |c| {
+            c.entry = Some(signed_by(vec![(critical(), false)], &["alice-1"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum: two keys of one approver"), |c| {
+            c.entry = Some(signed_by(
+                vec![(critical(), false)],
+                &["alice-1", "alice-2"],
+            ));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum: distinct owner and security"), |c| {
+            c.entry = Some(signed_by(vec![(critical(), false)], &["alice-2", "sec"]));
+        }),
+        with(base("quorum: one approver holding both roles"), |c| {
+            c.entry = Some(signed_by(
+                vec![(critical(), false)],
+                &["owner-and-security"],
+            ));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(
+            base("quorum: both-roles approver and an owner cover it"),
+            |c| {
+                c.entry = Some(signed_by(
+                    vec![(critical(), false)],
+                    &["alice-1", "owner-and-security"],
+                ));
+            },
+        ),
+        with(base("quorum: an out-of-scope owner does not count"), |c| {
+            c.entry = Some(signed_by(vec![(critical(), false)], &["team-b", "sec"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum of the deployment's tier applies"), |c| {
+            c.tier = "critical";
+            c.entry = Some(signed_by(vec![(claims(), false)], &["k"]));
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("quorum of the deployment's tier met"), |c| {
+            c.tier = "critical";
+            c.entry = Some(signed_by(vec![(claims(), false)], &["alice-1", "sec"]));
         }),
         with(base("a newer valid record beats an expired one"), |c| {
             let mut old = claims();
@@ -384,7 +655,7 @@ fn decision_table() {
             None => CallerView::Missing,
             Some(None) => CallerView::Invalid,
             Some(Some(sub)) => {
-                caller_value = caller(sub);
+                caller_value = caller(case.caller_iss, sub);
                 CallerView::Verified(&caller_value)
             }
         };
@@ -407,13 +678,23 @@ fn decision_table() {
             model: case.model,
             now: NOW,
         };
-        let got = match decide(&policy(), &input) {
+        let mut policy = policy();
+        policy.tier_rule = policy.tiers[case.tier].clone();
+        policy.tier = case.tier.into();
+        let got = match decide(&policy, &input) {
             Decision::Allow { record } => Ok(record.claims.version_id.clone()),
             Decision::Opened => Ok("opened".into()),
             Decision::Deny { reason, .. } => Err(reason),
         };
         assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
     }
+}
+
+/// A record of the `critical` tier (quorum: owner and security).
+fn critical() -> ApprovalClaims {
+    let mut c = claims();
+    c.tier = "critical".into();
+    c
 }
 
 fn ev(kind: &str, verdict: &str) -> Evidence {

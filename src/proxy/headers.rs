@@ -15,10 +15,13 @@ use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 pub const HEADER_VERSION_ID: HeaderName = HeaderName::from_static("x-provgate-version-id");
 pub const HEADER_REQUEST_ID: HeaderName = HeaderName::from_static("x-provgate-request-id");
 pub const HEADER_CALLER: HeaderName = HeaderName::from_static("x-provgate-caller");
+/// Which issuer vouched for `x-provgate-caller`: the token's `iss`, or `x509-svid` for a
+/// client certificate. A caller name means something only together with it.
+pub const HEADER_CALLER_ISSUER: HeaderName = HeaderName::from_static("x-provgate-caller-issuer");
 const HEADER_PREFIX: &str = "x-provgate-";
 
-/// The headers provgate adds to a request or response that passes, at most three.
-pub const ADDED_HEADERS: usize = 3;
+/// The headers provgate adds to a request or response that passes, at most four.
+pub const ADDED_HEADERS: usize = 4;
 
 /// Edits a request's headers through `http::HeaderMap` itself, after dropping pingora's
 /// second map of each name's original case. With that map, every insert parses and

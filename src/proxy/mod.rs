@@ -59,7 +59,7 @@ use self::deny::{write_denial, write_failure, Failure};
 pub use self::gate::{Gate, ModelGate, RequestCtx};
 pub use self::headers::RequestIds;
 use self::headers::{edit_request, edit_response, strip_provgate, ADDED_HEADERS};
-use self::headers::{HEADER_CALLER, HEADER_REQUEST_ID, HEADER_VERSION_ID};
+use self::headers::{HEADER_CALLER, HEADER_CALLER_ISSUER, HEADER_REQUEST_ID, HEADER_VERSION_ID};
 use self::routing::config::Found;
 use self::routing::profiles::method_bit;
 use self::routing::{names_in_body, Named};
@@ -209,7 +209,10 @@ impl ProxyHttp for Gate {
     ) -> pingora::Result<()> {
         let forward_token = self.forward_token;
         let version = ctx.decision.as_ref().and_then(allowed_record);
-        let caller = ctx.caller.as_ref().and_then(|c| c.sub_header.as_ref());
+        let caller = ctx
+            .caller
+            .as_ref()
+            .and_then(|c| Some((c.sub_header.as_ref()?, &c.iss)));
         let listing = ctx.listing.is_some();
         let trace = ctx.trace.as_deref();
         edit_request(upstream_request, |h| {
@@ -226,8 +229,13 @@ impl ProxyHttp for Gate {
             if let Some(record) = version {
                 h.try_insert(HEADER_VERSION_ID, record.version_header.clone())?;
             }
-            if let Some(sub) = caller {
-                h.try_insert(HEADER_CALLER, sub.clone())?;
+            if let Some((sub, iss)) = caller {
+                // The name goes only with the issuer that vouched for it; an issuer that is
+                // not a header value (configured issuers are URLs, so unusual) sends neither.
+                if let Ok(iss) = http::HeaderValue::from_str(iss) {
+                    h.try_insert(HEADER_CALLER, sub.clone())?;
+                    h.try_insert(HEADER_CALLER_ISSUER, iss)?;
+                }
             }
             if let Some(span) = trace {
                 span.propagate(h)?;

@@ -277,6 +277,8 @@ profile = "kubernetes"
         out.join("spiffe-bundle.json").display(),
         out.join("k8s.jwks.json").display()
     );
+    // The fixture's OIDC issuer could assert either form: its callers must be named.
+    fx.issuer_extra = "qualified = true".into();
     let mut claims = fx.claims();
     claims.callers = vec![
         "spiffe://example.org/ns/app/*".into(),
@@ -508,4 +510,39 @@ async fn a_single_file_model_is_served_with_its_signature_beside_it() {
         .await
         .unwrap();
     assert_eq!(body["error"], "approval_invalid");
+}
+
+/// A co-signed record made by PyJWT (two signatures, JWS JSON General Serialization) meets
+/// a two-role quorum through the real binary; the owner's signature alone does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosigned_record_minted_by_pyjwt_meets_the_quorum() {
+    let mut fx = Fixture::new();
+    let out = fx.dir.path().to_path_buf();
+    run(Command::new(python())
+        .arg(script("pyjwt_cosign.py"))
+        .arg(&out)
+        .arg(fx.digest().to_string())
+        .args([MODEL, WORKLOAD, CALLER]));
+    fx.extra = "[tiers.critical]\nquorum = [\"owner\", \"security\"]\n\
+        [[trust.approvers]]\nname = \"owners\"\nkeys = [\"py-owner\"]\nroles = [\"owner\"]\n\
+        [[trust.approvers]]\nname = \"security\"\nkeys = [\"py-security\"]\nroles = [\"security\"]\n"
+        .into();
+    let owner_only = std::fs::read_to_string(out.join("record-owner.jwt")).unwrap();
+    fx.write_record("py.jws", &owner_only);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"critical\""),
+    );
+    let pg = Provgate::spawn(&out, "cosigned", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 403, "{}", pg.logs());
+
+    let cosigned = std::fs::read_to_string(out.join("record-cosigned.jws")).unwrap();
+    fx.write_record("py.jws", &cosigned);
+    pg.until_answer(&token, 200, None, std::time::Duration::from_secs(5))
+        .await;
 }

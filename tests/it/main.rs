@@ -23,6 +23,7 @@ mod layering;
 mod lifecycle;
 mod monitoring;
 mod mtls;
+mod policy;
 mod progress;
 mod registries;
 mod routing;

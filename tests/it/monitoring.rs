@@ -214,7 +214,7 @@ async fn a_real_prometheus_scrapes_provgate_and_every_name_the_pack_uses_exists(
     let jwks = jwks_server(jwks_document(std::slice::from_ref(&fx.issuer.public_jwk))).await;
     fx.extra = format!(
         "[upstream.probe]\nkind = \"kserve_v2\"\ninterval = \"250ms\"\n\n\
-         [[callers.issuers]]\nissuer = \"https://remote.issuer.test\"\njwks_url = \"http://{jwks}/keys\"\nallow_plaintext = true\naudiences = [\"provgate\"]\n"
+         [[callers.issuers]]\nissuer = \"https://remote.issuer.test\"\njwks_url = \"http://{jwks}/keys\"\nallow_plaintext = true\naudiences = [\"provgate\"]\nqualified = true\n"
     );
     let (_upstream, pg) = started(&fx).await;
     pg.wait_ready().await;

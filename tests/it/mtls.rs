@@ -60,6 +60,17 @@ async fn start(fx: &Fixture, upstream: std::net::SocketAddr, caller_auth: &str) 
         ),
     );
     assert!(config.contains("client_ca"));
+    // Either a token or a certificate may name a SPIFFE ID: the token issuer (OIDC, which may
+    // assert any name) must then be qualified, or it could mint a certificate caller's name.
+    let config = if caller_auth == "token_or_certificate" {
+        config.replacen(
+            "audiences = [\"provgate\"]",
+            "audiences = [\"provgate\"]\nqualified = true",
+            1,
+        )
+    } else {
+        config
+    };
     let pg = Provgate::spawn(fx.dir.path(), "tls", &config, listen, admin, None).await;
     pg.wait_ready().await;
     Tls { pg, pki }
@@ -143,7 +154,15 @@ async fn token_and_certificate_must_name_the_same_caller() {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_or_certificate_accepts_either() {
     let fx = Fixture::new();
-    fx.approve("rec.jwt", &fx.claims());
+    let mut claims = fx.claims();
+    // Bare patterns match certificate callers; the (qualified) token issuer's are named.
+    claims
+        .callers
+        .push(provgate::approval::CallerPattern::Qualified {
+            iss: ISSUER.into(),
+            sub: "spiffe://example.org/ns/app/sa/*".into(),
+        });
+    fx.approve("rec.jwt", &claims);
     let up = Upstream::start().await;
     let t = start(&fx, up.addr, "token_or_certificate").await;
     let anonymous = client(&t.pki.ca_pem, None);
@@ -160,4 +179,15 @@ async fn token_or_certificate_accepts_either() {
     );
     let svid = client(&t.pki.ca_pem, Some(t.pki.leaf(vec![uri(CALLER)])));
     assert_eq!(call(&svid, &t, None).await.unwrap().0, 200);
+    let issuers: Vec<_> = up
+        .requests()
+        .iter()
+        .map(|r| {
+            r.headers["x-provgate-caller-issuer"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(issuers, [ISSUER, "x509-svid"]);
 }

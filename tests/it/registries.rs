@@ -20,7 +20,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// One MLflow server for the tests that do not stop it (it takes tens of seconds to start).
 static SHARED_MLFLOW: tokio::sync::OnceCell<MlflowServer> = tokio::sync::OnceCell::const_new();
 
-async fn shared_mlflow() -> Option<&'static MlflowServer> {
+pub(crate) async fn shared_mlflow() -> Option<&'static MlflowServer> {
     let Some(python) = mlflow::python() else {
         eprintln!("skipped: PROVGATE_MLFLOW is not set (scripts/test.sh sets it)");
         return None;
@@ -32,7 +32,7 @@ async fn shared_mlflow() -> Option<&'static MlflowServer> {
     )
 }
 
-fn remote_registry(kind: &str, url: &str, max_stale: &str, extra: &str) -> String {
+pub(crate) fn remote_registry(kind: &str, url: &str, max_stale: &str, extra: &str) -> String {
     format!(
         "kind = \"{kind}\"\nurl = \"{url}\"\nallow_plaintext = true\nrefresh_interval = \"{}ms\"\ntimeout = \"{}ms\"\nmax_stale = \"{max_stale}\"\n{extra}",
         REFRESH.as_millis(),
@@ -228,14 +228,14 @@ struct RegistryState {
 }
 
 /// A registry implementing the documented HTTP contract.
-struct HttpRegistry {
-    addr: SocketAddr,
+pub(crate) struct HttpRegistry {
+    pub(crate) addr: SocketAddr,
     state: Arc<Mutex<RegistryState>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpRegistry {
-    async fn start(token: &str) -> HttpRegistry {
+    pub(crate) async fn start(token: &str) -> HttpRegistry {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(RegistryState {
@@ -260,7 +260,7 @@ impl HttpRegistry {
         HttpRegistry { addr, state, task }
     }
 
-    fn answer(&self, status: u16, body: impl AsRef<[u8]>, etag: Option<&str>) {
+    pub(crate) fn answer(&self, status: u16, body: impl AsRef<[u8]>, etag: Option<&str>) {
         self.state.lock().unwrap().answer = Some(Answer {
             status,
             body: body.as_ref().to_vec(),

@@ -229,7 +229,7 @@ async fn one_sidecar_fronts_several_models_each_with_its_own_approval() {
             c.jti = format!("rec-{model}");
             c.version_id = version.into();
             c.artefact.digest = digest_of(dir);
-            c.callers = callers.iter().map(|s| s.to_string()).collect();
+            c.callers = callers.iter().map(|s| (*s).into()).collect();
             fx.approve(file, &c);
         };
     let other_caller = "spiffe://example.org/ns/batch/sa/job";

@@ -230,6 +230,8 @@ pub struct Fixture {
     pub model: String,
     /// The `[registry]` section's body; default: the fixture's directory.
     pub registry: Option<String>,
+    /// Lines added to the fixture issuer's `[[callers.issuers]]` block (e.g. `qualified = true`).
+    pub issuer_extra: String,
 }
 
 impl Fixture {
@@ -249,6 +251,7 @@ impl Fixture {
             protocol: "http1",
             model: MODEL.into(),
             registry: None,
+            issuer_extra: String::new(),
         };
         std::fs::create_dir_all(f.model_dir()).unwrap();
         std::fs::create_dir_all(f.registry_dir()).unwrap();
@@ -380,6 +383,8 @@ approver_keys = "{approvers}"
 issuer = "{ISSUER}"
 jwks_file = "{issuer}"
 audiences = ["provgate"]
+{issuer_extra}
+[tiers.internal]
 [tiers.customer-facing]
 required_evidence = ["security-test", "red-team"]
 [audit]
@@ -404,6 +409,7 @@ grace_period = "0s"
             audit = self.audit_path().display(),
             log_allowed = self.log_allowed,
             extra = self.extra,
+            issuer_extra = self.issuer_extra,
         )
     }
 

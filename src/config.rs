@@ -26,11 +26,11 @@ use crate::policy::config::{
 };
 use crate::policy::{ApproverScope, TierRule};
 use crate::probe::config::Probe;
-use crate::proxy::routing::config::{Routing, RoutingFile};
-use crate::registry::config::{RegistryConfig, RegistryFile};
-use crate::server::config::{
+use crate::process::{
     AdminFile, Listen, ListenFile, LogFile, LogSettings, ServerFile, ServerSettings,
 };
+use crate::proxy::routing::config::{Routing, RoutingFile};
+use crate::registry::config::{RegistryConfig, RegistryFile};
 use crate::trace::config::{Tracing, TracingFile};
 use crate::upstream::{Upstream, UpstreamFile};
 

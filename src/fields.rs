@@ -2,7 +2,7 @@
 //! lets each section report every problem at once, each prefixed with its key path
 //! (`registry.url: ...`). Almost a leaf: it imports nothing from the crate but the kit's
 //! bounded file reader, so each component's `config` file can use it without reaching back
-//! into [`crate::config`].
+//! into the top-level `config`.
 //!
 //! It owns no section and no validated type; the messages it writes are the ones a user
 //! reads from `provgate run -t`, so they change only together with the tests asserting them.

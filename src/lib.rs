@@ -22,6 +22,7 @@ pub mod kit;
 pub mod oms;
 pub mod policy;
 pub mod probe;
+pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod server;

@@ -28,7 +28,6 @@ use crate::registry::config::RegistrySource;
 use crate::registry::{ApprovalStore, DirRegistry};
 use crate::telemetry::Metrics;
 
-pub mod config;
 pub mod limits;
 pub mod reload;
 

@@ -1,7 +1,7 @@
 //! The `[upstream]` section: the model server provgate forwards to, its file struct,
 //! defaults, validation and the validated [`Upstream`]. Data only: connecting is the proxy's
 //! business and probing the probe's; this module must not import either (the probe's own
-//! `[upstream.probe]` table is owned by [`crate::probe::config`]).
+//! `[upstream.probe]` table is owned by the probe module).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,8 +9,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::fields::Errors;
-use crate::probe::config::ProbeFile;
-use crate::proxy::routing::profiles::Api;
 
 // === File struct ===
 
@@ -65,7 +63,74 @@ fn default_pool() -> usize {
     128
 }
 
+// === `[upstream.probe]` ===
+
+/// `[upstream.probe]`: a table of `[upstream]`, so parsed here; the probe module validates
+/// it (`probe::config`), as it owns what the probe does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeFile {
+    /// `kserve_v2` (`GET /v2/models/{model}` must answer 200 naming the model), `openai`
+    /// (`GET /v1/models` must list it in `data[].id`) or `ollama` (`GET /api/tags` must list
+    /// it in `models[].name`; its `digest` is compared with a record's
+    /// `artefact.ollama_digest`).
+    pub kind: String,
+    /// Time between probes.
+    #[serde(default = "default_probe_interval")]
+    pub interval: String,
+    /// How long one probe request may take before the server counts as unreachable.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: String,
+}
+
+fn default_probe_interval() -> String {
+    "5s".into()
+}
+fn default_probe_timeout() -> String {
+    "2s".into()
+}
+
 // === Validated config ===
+
+/// An API a model server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Api {
+    Openai,
+    KserveV1,
+    KserveV2,
+    Triton,
+    Ollama,
+    Vllm,
+    Tgi,
+}
+
+impl Api {
+    pub const ALL: [Api; 7] = [
+        Api::Openai,
+        Api::KserveV1,
+        Api::KserveV2,
+        Api::Triton,
+        Api::Ollama,
+        Api::Vllm,
+        Api::Tgi,
+    ];
+
+    pub fn parse(s: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Api::Openai => "openai",
+            Api::KserveV1 => "kserve_v1",
+            Api::KserveV2 => "kserve_v2",
+            Api::Triton => "triton",
+            Api::Ollama => "ollama",
+            Api::Vllm => "vllm",
+            Api::Tgi => "tgi",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {

@@ -75,7 +75,17 @@ def count(targets: list[tuple[str, list[str], int]], work: Path, setup: dict, to
             for w in workloads:
                 post = body if w == "post" else None
                 path = "/v1/chat/completions" if post else get_path
-                _oha(oha, port, 200, token, post, path)  # warm: caches, pool, first verification
+                # Warm: caches, pool, first verification. Under valgrind the background
+                # services (first hash, registry read) can still be finishing when the port
+                # opens, so the warm-up is retried until one run is all 200.
+                for attempt in range(20):
+                    try:
+                        _oha(oha, port, 200, token, post, path)
+                        break
+                    except RuntimeError:
+                        if attempt == 19:
+                            raise
+                        time.sleep(1)
             subprocess.run([ctl, "--instr=on", pid], check=True, capture_output=True)
             result[name] = {}
             for w in workloads:

@@ -3,7 +3,7 @@
 //! it may carry. File structs, defaults, validation and the validated [`ModelConfig`].
 //! Data only: watching and hashing are [`crate::artefact`]'s; this file reads the hashing
 //! choices and the signer type from there and from [`crate::attestation`], and must not be
-//! imported by either (nor import [`crate::config`]).
+//! imported by either (nor import the top-level `config`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

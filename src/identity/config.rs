@@ -4,7 +4,7 @@
 //! `client_ca`), which mTLS uses. File structs, defaults, validation and the validated
 //! types ([`Issuer`], [`KeySource`], [`RemoteKeys`], [`CallerAuth`], [`ListenTls`],
 //! [`Profile`]). Data only: verifying tokens and fetching keys are [`crate::identity`]'s,
-//! which imports this file; this file must import nothing from it (nor [`crate::config`]).
+//! which imports this file; this file must import nothing from it (nor the top-level `config`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -250,7 +250,7 @@ pub fn parse_signature_algorithm(name: &str) -> Option<Algorithm> {
 // === [listen] caller authentication ===
 
 /// Checks the caller-authentication keys of `[listen]` (`caller_auth`, `tls_cert`,
-/// `tls_key`, `client_ca`; the file struct is [`crate::server::config::ListenFile`]); every
+/// `tls_key`, `client_ca`; the file struct is `process::ListenFile`); every
 /// problem goes to `errors`.
 pub fn validate_caller_auth(
     caller_auth_word: &str,

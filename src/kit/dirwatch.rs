@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::oms::FileIdentity;
+use crate::kit::file::FileIdentity;
 
 /// How long a burst of events is left to settle before the tree is looked at again.
 pub const SETTLE: Duration = Duration::from_millis(50);

@@ -15,8 +15,9 @@
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 /// What a file is, for its size cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,3 +165,43 @@ pub fn read_limited(path: &Path, limit: u64, name: &'static str) -> Result<Vec<u
 
 #[cfg(test)]
 mod tests;
+
+// === File identity ===
+
+/// What identifies one version of a file's content without reading it: if any of these
+/// differ, the file is hashed again.
+///
+/// The change time (ctime) is what makes this sound: size and mtime can both be put back by
+/// a user (`touch -d`, `utimensat`) after an edit in place, but ctime is set by the kernel on
+/// every content or metadata change and cannot be set from user space, so an edit that keeps
+/// the size and restores the mtime still changes it. The inode and device catch a file
+/// replaced by another (rename over it), whatever its times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileIdentity {
+    pub size: u64,
+    /// (seconds, nanoseconds) since the epoch.
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub inode: u64,
+    pub dev: u64,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+
+    /// The change time as a `SystemTime` (None if before the epoch or unrepresentable).
+    pub fn changed_at(&self) -> Option<SystemTime> {
+        let (s, ns) = self.ctime;
+        let secs = u64::try_from(s).ok()?;
+        let nanos = u32::try_from(ns).ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+    }
+}

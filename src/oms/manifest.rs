@@ -115,43 +115,7 @@ impl std::fmt::Display for Serialization {
     }
 }
 
-/// What identifies one version of a file's content without reading it: if any of these
-/// differ, the file is hashed again.
-///
-/// The change time (ctime) is what makes this sound: size and mtime can both be put back by
-/// a user (`touch -d`, `utimensat`) after an edit in place, but ctime is set by the kernel on
-/// every content or metadata change and cannot be set from user space, so an edit that keeps
-/// the size and restores the mtime still changes it. The inode and device catch a file
-/// replaced by another (rename over it), whatever its times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileIdentity {
-    pub size: u64,
-    /// (seconds, nanoseconds) since the epoch.
-    pub mtime: (i64, i64),
-    pub ctime: (i64, i64),
-    pub inode: u64,
-    pub dev: u64,
-}
-
-impl FileIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
-        FileIdentity {
-            size: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-            inode: meta.ino(),
-            dev: meta.dev(),
-        }
-    }
-
-    /// The change time as a `SystemTime` (None if before the epoch or unrepresentable).
-    fn changed_at(&self) -> Option<SystemTime> {
-        let (s, ns) = self.ctime;
-        let secs = u64::try_from(s).ok()?;
-        let nanos = u32::try_from(ns).ok()?;
-        SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-    }
-}
+pub use crate::kit::file::FileIdentity;
 
 /// Whether a digest recorded for a file with identity `recorded`, listed at `listed_at`, may
 /// stand for the file now seen with identity `now`: the identity is unchanged and the file

@@ -2,7 +2,7 @@
 //! is), `[trust]` (the approver keys) and `[tiers]` (evidence rules per exposure tier).
 //! File structs, defaults, validation and the validated values the decision reads. Data
 //! only: deciding is [`crate::policy`]'s; this file reads [`TierRule`] from there and must
-//! not be imported by it (nor import [`crate::config`]).
+//! not be imported by it (nor import the top-level `config`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

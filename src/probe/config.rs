@@ -1,38 +1,15 @@
 //! The `[upstream.probe]` table: which question the probe asks the model server and how
 //! often, its file struct, defaults, validation, and the validated [`Probe`] with its
 //! [`ProbeKind`]. Data only: the probing itself is [`crate::probe`]'s, which imports this
-//! file; this file must import nothing from the probe (nor from [`crate::config`]).
+//! file; this file must import nothing from the probe (nor from the top-level `config`).
 
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::fields::Errors;
 
 // === File struct ===
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbeFile {
-    /// `kserve_v2` (`GET /v2/models/{model}` must answer 200 naming the model), `openai`
-    /// (`GET /v1/models` must list it in `data[].id`) or `ollama` (`GET /api/tags` must list
-    /// it in `models[].name`; its `digest` is compared with a record's
-    /// `artefact.ollama_digest`).
-    pub kind: String,
-    /// Time between probes.
-    #[serde(default = "default_probe_interval")]
-    pub interval: String,
-    /// How long one probe request may take before the server counts as unreachable.
-    #[serde(default = "default_probe_timeout")]
-    pub timeout: String,
-}
-
-fn default_probe_interval() -> String {
-    "5s".into()
-}
-fn default_probe_timeout() -> String {
-    "2s".into()
-}
+pub use crate::upstream::ProbeFile;
 
 // === Validated config ===
 

@@ -3,7 +3,7 @@
 //! struct, defaults, validation and the validated types ([`RegistryConfig`],
 //! [`RegistrySource`], [`RemoteRegistry`], [`RemoteKind`], [`RegistryAuth`]). Data only:
 //! fetching and caching are [`crate::registry`]'s, which imports this file; this file must
-//! import nothing from it (nor [`crate::config`]).
+//! import nothing from it (nor the top-level `config`).
 
 use std::path::PathBuf;
 use std::time::Duration;

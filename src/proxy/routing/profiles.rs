@@ -42,45 +42,10 @@ pub fn parse_method(s: &str) -> Option<u8> {
     })
 }
 
-/// An API a model server speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Api {
-    Openai,
-    KserveV1,
-    KserveV2,
-    Triton,
-    Ollama,
-    Vllm,
-    Tgi,
-}
+pub use crate::upstream::Api;
 
+/// The route tables live here, beside the routes; the enum itself is `[upstream] api`'s.
 impl Api {
-    pub const ALL: [Api; 7] = [
-        Api::Openai,
-        Api::KserveV1,
-        Api::KserveV2,
-        Api::Triton,
-        Api::Ollama,
-        Api::Vllm,
-        Api::Tgi,
-    ];
-
-    pub fn parse(s: &str) -> Option<Api> {
-        Api::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Api::Openai => "openai",
-            Api::KserveV1 => "kserve_v1",
-            Api::KserveV2 => "kserve_v2",
-            Api::Triton => "triton",
-            Api::Ollama => "ollama",
-            Api::Vllm => "vllm",
-            Api::Tgi => "tgi",
-        }
-    }
-
     /// This API's routes, in match order (a more specific pattern before a general one).
     pub const fn routes(self) -> &'static [Route] {
         match self {

@@ -1,8 +1,8 @@
 //! The process sections: `[listen]` (where callers connect; its caller-authentication and
 //! TLS keys are checked by [`crate::identity::config`]), `[admin]` (the metrics and health
 //! listener), `[server]` (threads, shutdown) and `[log]`. File structs, defaults, validation
-//! and validated values. Data only: starting the process is [`crate::server`]'s, which
-//! reaches this file through [`crate::config`]; this file must not import it.
+//! and validated values. Data only: starting the process is the `server` module's, which
+//! reaches this file through the top-level `config`; this file must not import it.
 
 use std::net::SocketAddr;
 use std::time::Duration;

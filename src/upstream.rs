@@ -31,7 +31,8 @@ pub struct UpstreamFile {
     pub connect_timeout: String,
     /// How long provgate waits for the model server on one read: the first byte of an
     /// answer, or the next chunk of a streamed one. Past it the client gets 504
-    /// `upstream_timeout`. Long enough for a slow, unstreamed generation.
+    /// `upstream_timeout`. Long enough for a slow, unstreamed generation. `0s` turns it off
+    /// (pingora's per-read timer costs about 2.4k instructions per request, BENCHMARKS.md).
     #[serde(default = "default_read_timeout")]
     pub read_timeout: String,
     /// Idle connections kept per upstream for reuse.
@@ -146,7 +147,8 @@ pub struct Upstream {
     pub sni: String,
     pub forward_token: bool,
     pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    /// `None`: no read timeout (`0s`).
+    pub read_timeout: Option<Duration>,
     pub keepalive_pool: usize,
     /// The route profiles of the APIs the server speaks.
     pub api: Vec<Api>,
@@ -201,7 +203,7 @@ impl UpstreamFile {
             sni,
             forward_token: self.forward_token,
             connect_timeout,
-            read_timeout,
+            read_timeout: (!read_timeout.is_zero()).then_some(read_timeout),
             keepalive_pool: self.keepalive_pool,
             api,
         }

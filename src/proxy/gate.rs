@@ -124,7 +124,7 @@ impl Gate {
         let tls = upstream.protocol == UpstreamProtocol::Https;
         let mut peer = HttpPeer::new(upstream.address, tls, upstream.sni.clone());
         peer.options.connection_timeout = Some(upstream.connect_timeout);
-        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.read_timeout = upstream.read_timeout;
         match upstream.protocol {
             UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
             UpstreamProtocol::H2c => peer.options.set_http_version(2, 2),

@@ -585,8 +585,8 @@ async fn an_http_410_revokes_whatever_its_body() {
     );
 }
 
-/// Issue 16 item 4: the HTTP registry flapping (errors for 700 ms, answers for 500 ms, for
-/// 6 s; CI-sized) costs no request while each outage is shorter than `max_stale`. Before the
+/// Issue 16 item 4: the HTTP registry flapping (errors for 700 ms, answers for 1.1 s, for
+/// 9 s; CI-sized) costs no request while each outage is shorter than `max_stale`. Before the
 /// retries were jittered, a 1 s retry period against this 1.2 s cycle could meet three
 /// outages in a row: with `max_stale = 3s`, 19 of 114 requests got `trust_data_unavailable`
 /// with the registry up half the time (whether it happens depends on the phase: this test,
@@ -617,7 +617,10 @@ async fn a_flapping_http_registry_costs_no_request_within_max_stale() {
                 } else {
                     registry.answer(200, &record, None);
                 }
-                tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 700 } else { 500 })).await;
+                // Up 1.1 s: longer than the longest retry wait (refresh_interval, 1 s), so no
+                // jittered schedule can step over an up window.
+                tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 700 } else { 1100 }))
+                    .await;
             }
             registry.answer(200, &record, None);
         })

@@ -6,31 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// The fixture's config with its one `[artefact]` replaced by `sections`.
-fn config_with(
-    fx: &Fixture,
-    pg: (std::net::SocketAddr, std::net::SocketAddr),
-    up: std::net::SocketAddr,
-    sections: &str,
-) -> String {
-    let one = fx.config(pg.0, pg.1, up);
-    let start = one.find("[artefact]").unwrap();
-    let end = start + one[start..].find("[registry]").unwrap();
-    format!("{}{sections}\n{}", &one[..start], &one[end..])
-}
-
-/// A second model directory under the fixture, with its own content.
-fn model_dir(fx: &Fixture, name: &str, content: &[u8]) -> std::path::PathBuf {
-    let dir = fx.path(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.safetensors"), content).unwrap();
-    dir
-}
-
-fn digest_of(dir: &std::path::Path) -> provgate::digest::Digest {
-    provgate::oms::compute_manifest(dir, 1).unwrap().root
-}
-
 async fn post(
     pg: &Provgate,
     path: &str,

@@ -318,27 +318,7 @@ async fn a_flood_of_unknown_kids_is_rate_limited() {
     pg.wait_ready().await;
     let before = issuer.fetches.load(Ordering::SeqCst);
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..60 {
-        let (rogue, _) = SigningKey::generate(KeyKind::Es256).unwrap();
-        let token = provgate::identity::mint_token(
-            &rogue,
-            ISSUER,
-            CALLER,
-            &["provgate".to_string()],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-        let (c, url) = (pg.client.clone(), pg.url("/v1/models"));
-        tasks.push(tokio::spawn(async move {
-            let r = c.get(url).bearer_auth(token).send().await.unwrap();
-            error_of(r).await
-        }));
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), (401, "token_invalid".to_string()));
-    }
+    unknown_kid_burst(&pg, 60, Duration::from_millis(25)).await;
     let elapsed = t.elapsed().as_secs_f64();
     let fetched = issuer.fetches.load(Ordering::SeqCst) - before;
     let bound = elapsed.ceil() as u64 + 1;
@@ -439,27 +419,7 @@ async fn an_unknown_kid_burst_costs_one_refetch() {
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let before = issuer.fetches.load(Ordering::SeqCst);
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (rogue, _) = SigningKey::generate(KeyKind::Es256).unwrap();
-        let token = provgate::identity::mint_token(
-            &rogue,
-            ISSUER,
-            CALLER,
-            &["provgate".to_string()],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-        let (c, url) = (pg.client.clone(), pg.url("/v1/models"));
-        tasks.push(tokio::spawn(async move {
-            let r = c.get(url).bearer_auth(token).send().await.unwrap();
-            error_of(r).await
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), (401, "token_invalid".to_string()));
-    }
+    unknown_kid_burst(&pg, 50, Duration::from_millis(20)).await;
     // Past the point where a leftover ask would have fetched again (6 s).
     tokio::time::sleep(Duration::from_secs(7).saturating_sub(t.elapsed())).await;
     let fetched = issuer.fetches.load(Ordering::SeqCst) - before;
@@ -689,4 +649,30 @@ async fn keys_never_come_over_plaintext_from_discovery_or_a_redirect() {
         0,
         "no plaintext key fetch was made"
     );
+}
+
+/// Sends `n` tokens signed by keys the issuer never published (each with its own unknown
+/// `kid`), one every `spacing`, all at once in flight; every one must be refused 401.
+async fn unknown_kid_burst(pg: &Provgate, n: usize, spacing: Duration) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (rogue, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let token = provgate::identity::mint_token(
+            &rogue,
+            ISSUER,
+            CALLER,
+            &["provgate".to_string()],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let (c, url) = (pg.client.clone(), pg.url("/v1/models"));
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(token).send().await.unwrap();
+            error_of(r).await
+        }));
+        tokio::time::sleep(spacing).await;
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (401, "token_invalid".to_string()));
+    }
 }

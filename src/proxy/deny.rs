@@ -40,6 +40,13 @@ pub async fn write_denial(
         DenyReason::TokenInvalid => Some("Bearer realm=\"provgate\", error=\"invalid_token\""),
         _ => None,
     };
+    // A body still unread (a denial decided from the headers alone) may not drain in time:
+    // say `Connection: close` up front, so the client never sends its next request on a
+    // connection provgate is about to close.
+    let unread = !session.is_body_done();
+    if unread {
+        session.set_keepalive(None);
+    }
     write_json(
         session,
         reason.status(),
@@ -48,7 +55,9 @@ pub async fn write_denial(
         challenge,
     )
     .await?;
-    drain_unread_body(session).await;
+    if unread {
+        drain_unread_body(session).await;
+    }
     Ok(())
 }
 
@@ -172,9 +181,6 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 /// data sends (nginx's "lingering close"). A longer or slower body is left, and pingora closes
 /// the connection.
 async fn drain_unread_body(session: &mut Session) {
-    if session.is_body_done() {
-        return;
-    }
     let drained = tokio::time::timeout(DRAIN_TIME, async {
         let mut read = 0usize;
         while let Ok(Some(chunk)) = session.read_request_body().await {

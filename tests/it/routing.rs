@@ -605,4 +605,9 @@ async fn a_refused_body_still_being_sent_gets_its_answer() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("\"error\":\"request_too_large\""), "{text}");
+    // The connection is not kept: the client is told so, and sends no next request on it.
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
 }

@@ -306,18 +306,18 @@ impl ProxyHttp for Gate {
         ctx: &mut RequestCtx,
     ) -> pingora::proxy::FailToProxy {
         if let Some(reason) = ctx.late_denial {
-            // The body was read to its end before the denial, so the connection can carry
-            // the client's next request, unless the upstream already began an answer.
-            let mut written = false;
+            // The upstream exchange was cut off mid-request: the connection is not kept (and
+            // the answer says so), so a client never sends its next request on a connection
+            // pingora may close. A denial of a held body is rare; a reconnect costs little.
+            session.set_keepalive(None);
             if session.response_written().is_none() {
-                match write_denial(session, reason, &ctx.request_id).await {
-                    Ok(()) => written = true,
-                    Err(err) => tracing::debug!(error = %err, "writing a held body's denial"),
+                if let Err(err) = write_denial(session, reason, &ctx.request_id).await {
+                    tracing::debug!(error = %err, "writing a held body's denial");
                 }
             }
             return pingora::proxy::FailToProxy {
                 error_code: reason.status(),
-                can_reuse_downstream: written,
+                can_reuse_downstream: false,
             };
         }
         let Some(failure) = Failure::of(e) else {

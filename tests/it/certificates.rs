@@ -206,6 +206,11 @@ async fn a_record_pinning_a_certificate_signer_refuses_another_identity() {
     let audit = fx.audit_record(&id).await;
     assert_eq!(audit["model_signer"], "release", "{audit}");
     assert_eq!(audit["model_signer_identity"], SIGNER_ID, "{audit}");
+    // The metric names the configured signer, never the certificate identity.
+    let valid = format!(
+        "provgate_artefact_signature{{model=\"{MODEL}\",signer=\"release\",state=\"valid\"}}"
+    );
+    assert_eq!(pg.metric(&valid).await, 1.0, "{}", pg.metrics().await);
 
     pki.sign(&fx.model_dir(), "org", "someone");
     pg.until_answer(&token, 403, None, std::time::Duration::from_secs(5))
@@ -228,4 +233,118 @@ async fn a_record_pinning_a_certificate_signer_refuses_another_identity() {
         "{}",
         pg.logs()
     );
+}
+
+const APPROVER_ID: &str = "spiffe://example.org/ns/release/sa/approver";
+
+/// Mints a record with PyJWT, signed by leaf `leaf`'s key with its chain as `x5c`.
+fn pyjwt_x5c(fx: &Fixture, pki: &Pki<'_>, leaf: &str) -> String {
+    let out = fx.path(&format!("{leaf}.jwt"));
+    run(Command::new(python())
+        .arg(script("pyjwt_x5c.py"))
+        .arg(&out)
+        .arg(fx.digest().to_string())
+        .args([MODEL, WORKLOAD, CALLER])
+        .arg(pki.dir.join(format!("{leaf}.key")))
+        .arg(pki.dir.join(format!("{leaf}-chain.pem"))));
+    std::fs::read_to_string(out).unwrap()
+}
+
+/// An approval record minted by PyJWT with an `x5c` chain is accepted from a configured
+/// certificate-bound approver, and the audit line names it; records whose chain is another
+/// CA's, whose leaf expired or names another identity are refused with the reason logged;
+/// `provgate approve --cert-chain` makes a record that is accepted too.
+#[tokio::test(flavor = "multi_thread")]
+async fn x5c_records_from_a_certificate_bound_approver() {
+    let mut fx = Fixture::new();
+    let pki = Pki { dir: fx.dir.path() };
+    let org = pki.ca("org");
+    pki.ca("rogue");
+    pki.leaf("org", "approver", APPROVER_ID, false);
+    pki.leaf(
+        "org",
+        "intern",
+        "spiffe://example.org/ns/dev/sa/intern",
+        false,
+    );
+    pki.leaf("org", "old", APPROVER_ID, true);
+    pki.leaf("rogue", "impostor", APPROVER_ID, false);
+    fx.extra = format!(
+        "[[trust.approvers]]\nname = \"release\"\nca_bundle = \"{}\"\nidentity = \"{APPROVER_ID}\"\nroles = [\"owner\"]\n",
+        org.display()
+    );
+    fx.log_allowed = true;
+    fx.write_record("rec.jwt", &pyjwt_x5c(&fx, &pki, "approver"));
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200, "{}", pg.logs());
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(
+        audit["record_signers"],
+        serde_json::json!([format!("x509:{APPROVER_ID}")]),
+        "{audit}"
+    );
+    assert_eq!(audit["version_id"], "py-x5c-v1");
+
+    for (leaf, why) in [
+        (
+            "intern",
+            format!("names spiffe://example.org/ns/dev/sa/intern, not {APPROVER_ID}"),
+        ),
+        ("old", "expired".to_string()),
+        ("impostor", "does not validate to the CA bundle".to_string()),
+    ] {
+        fx.write_record("rec.jwt", &pyjwt_x5c(&fx, &pki, leaf));
+        pg.until_answer(&token, 403, None, std::time::Duration::from_secs(5))
+            .await;
+        assert!(
+            pg.logs().contains(&why),
+            "{leaf}: {why} not in\n{}",
+            pg.logs()
+        );
+        fx.write_record("rec.jwt", &pyjwt_x5c(&fx, &pki, "approver"));
+        pg.until_answer(&token, 200, None, std::time::Duration::from_secs(5))
+            .await;
+    }
+
+    // The same approver through provgate's own tool.
+    std::fs::remove_file(fx.registry_dir().join("rec.jwt")).unwrap();
+    pg.until_answer(&token, 403, None, std::time::Duration::from_secs(5))
+        .await;
+    let out = fx.path("cli.jwt");
+    let output = run_cli(
+        &[
+            "approve",
+            "--key",
+            pki.dir.join("approver.key").to_str().unwrap(),
+            "--cert-chain",
+            pki.dir.join("approver-chain.pem").to_str().unwrap(),
+            "--iss",
+            "release-pipeline@example.org",
+            "--model",
+            MODEL,
+            "--version-id",
+            "cli-x5c",
+            "--digest",
+            &fx.digest().to_string(),
+            "--workload",
+            WORKLOAD,
+            "--caller",
+            CALLER,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{output:?}");
+    fx.write_record("rec.jwt", &std::fs::read_to_string(&out).unwrap());
+    pg.until_answer(&token, 200, None, std::time::Duration::from_secs(5))
+        .await;
 }

@@ -345,7 +345,8 @@ fn verify_bundle(
                     break 'signers;
                 }
                 Err(why) => {
-                    if matches!(k.trust, SignerTrust::Certificate(_)) {
+                    // A key either made it or not; identity forms say why not.
+                    if !matches!(k.trust, SignerTrust::Key { .. }) {
                         refusals.push(format!("{}: {why}", k.name));
                     }
                 }

@@ -504,13 +504,38 @@ pub fn sign_with_chain(
     claims: &ApprovalClaims,
     key: &SigningKey,
     chain: &[Vec<u8>],
-) -> Result<String, jsonwebtoken::errors::Error> {
+) -> Result<String, ApprovalError> {
     use base64::engine::general_purpose::STANDARD;
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    use x509_parser::prelude::FromDer;
+    // The leaf must certify this key, or the record could never verify.
+    let leaf = chain
+        .first()
+        .ok_or_else(|| ApprovalError::Signing("the certificate chain is empty".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| ApprovalError::Signing(format!("the leaf certificate: {e}")))?;
+    let certified = cert.public_key().subject_public_key.data.to_vec();
+    let ours = match &key.public_jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) => {
+            let mut point = vec![0x04];
+            point.extend(URL_SAFE_NO_PAD.decode(&p.x).unwrap_or_default());
+            point.extend(URL_SAFE_NO_PAD.decode(&p.y).unwrap_or_default());
+            point
+        }
+        AlgorithmParameters::OctetKeyPair(p) => URL_SAFE_NO_PAD.decode(&p.x).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if certified != ours {
+        return Err(ApprovalError::Signing(
+            "the leaf certificate is not for this key".into(),
+        ));
+    }
     let mut header = Header::new(key.alg);
     header.typ = Some(RECORD_TYP.to_string());
     header.kid = Some(key.kid.clone());
     header.x5c = Some(chain.iter().map(|c| STANDARD.encode(c)).collect());
     jsonwebtoken::encode(&header, claims, &key.key)
+        .map_err(|e| ApprovalError::Signing(e.to_string()))
 }
 
 /// Does `identity` match one of `patterns` (exact, or a prefix ending in `*`)?

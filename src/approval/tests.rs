@@ -358,7 +358,15 @@ mod x5c {
 
     /// A leaf with SAN `id` (and its key, as a SigningKey) under `ca`.
     fn leaf(ca: &Issuer<'static, KeyPair>, id: &str, expired: bool) -> (SigningKey, Vec<u8>) {
-        let key = KeyPair::generate().unwrap();
+        leaf_of(ca, id, expired, KeyPair::generate().unwrap())
+    }
+
+    fn leaf_of(
+        ca: &Issuer<'static, KeyPair>,
+        id: &str,
+        expired: bool,
+        key: KeyPair,
+    ) -> (SigningKey, Vec<u8>) {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -387,13 +395,19 @@ mod x5c {
     #[test]
     fn a_record_with_a_chain_to_a_configured_approver_verifies_as_its_identity() {
         let (ca, pem) = ca("org");
-        let (key, der) = leaf(&ca, ID, false);
         let (set, _d) = approvers(&pem, ID);
-        let jws = sign_with_chain(&claims(), &key, &[der]).unwrap();
-        let rec = verify(&jws, &set).unwrap();
-        assert_eq!(rec.kid, format!("x509:{ID}"));
-        assert_eq!(rec.signers, vec![format!("x509:{ID}")]);
-        assert_eq!(rec.claims, claims());
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let (key, der) = leaf_of(&ca, ID, false, KeyPair::generate_for(alg).unwrap());
+            let jws = sign_with_chain(&claims(), &key, &[der]).unwrap();
+            let rec = verify(&jws, &set).unwrap();
+            assert_eq!(rec.kid, format!("x509:{ID}"), "{:?}", key.alg);
+            assert_eq!(rec.signers, vec![format!("x509:{ID}")]);
+            assert_eq!(rec.claims, claims());
+        }
     }
 
     #[test]
@@ -430,10 +444,18 @@ mod x5c {
         let r = reason(&sign_with_chain(&claims(), &key, &[der]).unwrap());
         assert!(r.contains(&format!("names {other}, not {ID}")), "{r}");
 
-        // The chain is the approver's, the signature another key's.
+        // The chain is the approver's, the signature another key's (made by hand: the
+        // signing helper refuses a chain that does not certify its key).
         let (_, der) = leaf(&org, ID, false);
         let (thief, _) = SigningKey::generate(KeyKind::Es256).unwrap();
-        let jws = sign_with_chain(&claims(), &thief, &[der]).unwrap();
+        assert!(matches!(
+            sign_with_chain(&claims(), &thief, std::slice::from_ref(&der)),
+            Err(ApprovalError::Signing(_))
+        ));
+        let mut header = Header::new(thief.alg);
+        header.typ = Some(RECORD_TYP.into());
+        header.x5c = Some(vec![base64::engine::general_purpose::STANDARD.encode(&der)]);
+        let jws = jsonwebtoken::encode(&header, &claims(), &thief.key).unwrap();
         assert_eq!(verify(&jws, &set).unwrap_err(), ApprovalError::Signature);
 
         // Not base64, or empty.

@@ -504,3 +504,22 @@ fn a_log_from_before_segments_continues_and_rotates() {
     assert!(segments::rotated_path(&path, 1).exists());
     assert_eq!(problems(&path, None), vec![]);
 }
+
+#[test]
+fn ocsf_export_keeps_who_signed_in_unmapped() {
+    let mut e = event(1);
+    e.model_signer = Some("release".into());
+    e.model_signer_identity = Some("spiffe://example.org/ci".into());
+    e.record_signers = vec!["x509:spiffe://example.org/approver".into()];
+    let v = serde_json::to_value(&e).unwrap();
+    let o = super::ocsf::event(&v).unwrap();
+    assert_eq!(o["unmapped"]["model_signer"], "release");
+    assert_eq!(
+        o["unmapped"]["model_signer_identity"],
+        "spiffe://example.org/ci"
+    );
+    assert_eq!(
+        o["unmapped"]["record_signers"],
+        serde_json::json!(["x509:spiffe://example.org/approver"])
+    );
+}

@@ -1,5 +1,6 @@
 //! Approval records: signed statements (JWS compact, `typ: approval+jwt`, ES256/ES384 or
-//! EdDSA) that bind one artefact digest to a model version, its evidence, an expiry, the
+//! EdDSA, by a pinned approver key or by a key whose `x5c` chain names a certificate-bound
+//! approver) that bind one artefact digest to a model version, its evidence, an expiry, the
 //! workloads allowed to serve it and the callers allowed to call it.
 //!
 //! This module verifies a record's signature and shape once, when the registry loads it, and

@@ -1,7 +1,8 @@
 //! OMS signatures: `model.sig` in the model directory, as the `model_signing` tool writes it
-//! with `sign key` (a Sigstore bundle holding a DSSE envelope over an in-toto statement,
-//! predicate type `https://model_signing/signature/v1.0`), verified against pinned signer
-//! public keys (EC P-256 or P-384, PEM).
+//! with `sign key` or `sign certificate` (a Sigstore bundle holding a DSSE envelope over an
+//! in-toto statement, predicate type `https://model_signing/signature/v1.0`), verified
+//! against pinned signers: public keys (EC P-256 or P-384, PEM) or certificate identities (a
+//! CA bundle and a SAN identity; the chain is checked by [`crate::x509`]).
 //!
 //! A signature is valid only if it is by a pinned signer, its statement's resources equal
 //! what is on disk exactly (no extra file, no missing file, every digest equal; `files` or

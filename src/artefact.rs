@@ -337,7 +337,8 @@ impl Turn<'_> {
                         tracing::warn!(model = %w.model, reason = %reason, "model.sig does not verify")
                     }
                     s => tracing::info!(model = %w.model, signature = s.label(),
-                        signer = s.signer().unwrap_or("-"), "artefact signature checked"),
+                        signer = s.signer().unwrap_or("-"),
+                        signer_identity = s.identity().unwrap_or("-"), "artefact signature checked"),
                 }
                 tracing::info!(model = %w.model, digest = %m.root,
                     serialization = %m.serialization, files = m.files.len(),

@@ -81,13 +81,24 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
-    /// Verify a model directory's OMS signature (model.sig) against pinned signer keys;
-    /// exit 0 when it is valid.
+    /// Verify a model directory's OMS signature (model.sig) against pinned signer keys or a
+    /// certificate identity; exit 0 when it is valid.
     VerifySignature {
         dir: PathBuf,
         /// A pinned signer, as `NAME=PUBLIC_KEY.pem` (EC P-256 or P-384; repeat).
-        #[arg(long = "signer", required = true)]
+        #[arg(long = "signer", required_unless_present = "ca_bundle")]
         signers: Vec<String>,
+        /// A certificate signer (`model_signing sign certificate`): the PEM CA bundle its
+        /// chain must validate to (now), with `--identity`.
+        #[arg(long, requires = "identity")]
+        ca_bundle: Option<PathBuf>,
+        /// The identity the certificate signer's leaf must carry: `spiffe://...` (any
+        /// `scheme://` URI SAN), `email:ADDRESS` or `dns:NAME`.
+        #[arg(long, requires = "ca_bundle")]
+        identity: Option<String>,
+        /// The name the certificate signer is reported under.
+        #[arg(long, default_value = "certificate")]
+        certificate_signer: String,
         /// Hashing threads [default: one per core].
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         threads: Option<u64>,
@@ -497,10 +508,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::VerifySignature {
             dir,
             signers,
+            ca_bundle,
+            identity,
+            certificate_signer,
             threads,
             progress,
         } => {
             let mut keys = Vec::new();
+            if let (Some(ca), Some(id)) = (&ca_bundle, &identity) {
+                keys.push(
+                    provgate::oms::Signer::certificate(&certificate_signer, ca, id)
+                        .map_err(|e| anyhow!("--ca-bundle/--identity: {e}"))?,
+                );
+            }
             for s in &signers {
                 let (name, path) = s
                     .split_once('=')
@@ -520,8 +540,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 provgate::oms::verify_dir_with(&dir, &keys, None, opts)
             });
             match state {
-                provgate::oms::SignatureState::Valid { signer } => {
-                    println!("{}: valid, signed by {signer}", dir.display());
+                provgate::oms::SignatureState::Valid { signer, identity } => {
+                    match identity {
+                        Some(id) => println!(
+                            "{}: valid, signed by {signer} (certificate identity {id})",
+                            dir.display()
+                        ),
+                        None => println!("{}: valid, signed by {signer}", dir.display()),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 provgate::oms::SignatureState::Absent => {

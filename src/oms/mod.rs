@@ -20,6 +20,6 @@ pub use manifest::{
 };
 pub use progress::{HashProgress, ProgressSnapshot};
 pub use signature::{
-    signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SignerError,
+    signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SignerError, SignerTrust,
     SIGNATURE_FILE,
 };

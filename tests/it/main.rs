@@ -27,4 +27,5 @@ mod policy;
 mod progress;
 mod registries;
 mod routing;
+mod sigstore;
 mod traces;

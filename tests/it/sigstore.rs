@@ -181,6 +181,13 @@ async fn a_record_pinning_a_sigstore_signer_needs_that_identity() {
     let token = fx.token(CALLER);
     let resp = pg.get("/v1/models", Some(&token)).await;
     assert_eq!(resp.status(), 200, "{}", pg.logs());
+    // The log names who signed: the certificate's subject.
+    let logs = pg.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("artefact signature checked") && l.contains(KEYLESS_SUBJECT)),
+        "{logs}"
+    );
 
     // The signature replaced by one whose statement was changed after signing.
     let bad = tampered_signature(&fx.model_dir());
@@ -203,6 +210,15 @@ async fn a_record_pinning_a_sigstore_signer_needs_that_identity() {
     let token = other.token(CALLER);
     let resp = pg2.get("/v1/models", Some(&token)).await;
     assert_eq!(resp.status(), 403, "{}", pg2.logs());
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "approval_invalid");
+    assert_eq!(
+        other.audit_record(&id).await["detail"],
+        "artefact is not signed by the record's signer"
+    );
+    assert!(pg2.logs().contains("certificate subject"), "{}", pg2.logs());
 }

@@ -75,6 +75,10 @@ pub struct KeySet {
     pub keys: Vec<VerifyingKey>,
     /// Keys in the document that could not be used, with why (logged once at load).
     pub skipped: Vec<String>,
+    /// Certificate-bound approvers (`[[trust.approvers]]` with `ca_bundle` and `identity`):
+    /// an approval record whose header carries an `x5c` chain is verified against these
+    /// only. Always empty for caller token issuers, where `x5c` stays refused.
+    pub certificates: Vec<std::sync::Arc<crate::x509::CertIdentity>>,
 }
 
 impl KeySet {

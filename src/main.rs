@@ -402,6 +402,11 @@ struct ApproveArgs {
     /// record flags are not used).
     #[arg(long, value_name = "EXISTING", conflicts_with_all = ["dir", "digest"])]
     cosign: Option<PathBuf>,
+    /// The key's certificate chain (PEM, leaf first, then intermediates): the record's
+    /// header carries it as `x5c`, for a `[[trust.approvers]]` entry with `ca_bundle` and
+    /// `identity`.
+    #[arg(long, value_name = "CHAIN_PEM", conflicts_with = "cosign")]
+    cert_chain: Option<PathBuf>,
     /// Approver identity (`iss`).
     #[arg(long, required_unless_present = "cosign")]
     iss: Option<String>,
@@ -917,7 +922,23 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             bail!("--ollama-digest {d:?}: expected 64 hex digits, optionally sha256:-prefixed");
         }
     }
-    let jws = approval::sign(&claims, &key)?;
+    let jws = match &a.cert_chain {
+        None => approval::sign(&claims, &key)?,
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let chain: Vec<Vec<u8>> = pem::parse_many(&text)
+                .map_err(|e| anyhow!("--cert-chain {}: {e}", path.display()))?
+                .into_iter()
+                .filter(|b| b.tag() == "CERTIFICATE")
+                .map(|b| b.into_contents())
+                .collect();
+            if chain.is_empty() {
+                bail!("--cert-chain {}: no CERTIFICATE block", path.display());
+            }
+            approval::sign_with_chain(&claims, &key, &chain)?
+        }
+    };
     if let (Some(url), Some(version)) = (&a.publish_mlflow, &a.mlflow_version) {
         publish_mlflow(
             url,

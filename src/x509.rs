@@ -211,11 +211,39 @@ impl Leaf<'_> {
             .ok_or(X509Error::Signature)
     }
 
-    /// The leaf's SubjectPublicKeyInfo contents (algorithm and key), for a verifier that
-    /// needs the raw key (JWS fixed-size ECDSA signatures).
-    pub fn subject_public_key_info(&self) -> rustls::pki_types::SubjectPublicKeyInfoDer<'_> {
-        self.cert.subject_public_key_info()
+    /// The leaf's public key, for a verifier that needs the raw key (JWS fixed-size ECDSA
+    /// signatures, which webpki's algorithms do not take).
+    pub fn public_key(&self) -> Result<PublicKey, X509Error> {
+        let der = self.cert.subject_public_key_info();
+        let (_, spki) =
+            x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref()).map_err(|e| {
+                X509Error::Certificate {
+                    index: 0,
+                    detail: format!("public key: {e}"),
+                }
+            })?;
+        Ok(PublicKey {
+            algorithm: spki.algorithm.algorithm.to_id_string(),
+            curve: spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string()),
+            key: spki.subject_public_key.data.to_vec(),
+        })
     }
+}
+
+/// A leaf's public key as its certificate states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// The key algorithm's OID (`1.2.840.10045.2.1` EC, `1.3.101.112` Ed25519).
+    pub algorithm: String,
+    /// The named curve's OID, for an EC key.
+    pub curve: Option<String>,
+    /// The key: an uncompressed EC point, or the 32 bytes of an Ed25519 key.
+    pub key: Vec<u8>,
 }
 
 /// The current time as webpki takes it.
@@ -258,7 +286,7 @@ impl CertIdentity {
                 None,
                 None,
             )
-            .map_err(|e| X509Error::Chain(e.to_string()))?;
+            .map_err(|e| X509Error::Chain(chain_reason(&e)))?;
 
         // The anchor webpki chose: check the CA's own validity window.
         let anchor = path.anchor();
@@ -328,6 +356,33 @@ impl CertIdentity {
             cert,
             identity: self.identity.to_string(),
         })
+    }
+}
+
+/// What a webpki refusal means, in words (the error's own name stays in the text).
+fn chain_reason(e: &webpki::Error) -> String {
+    let at = |t: &UnixTime| {
+        x509_parser::time::ASN1Time::from_timestamp(t.as_secs() as i64)
+            .map_or_else(|_| t.as_secs().to_string(), |t| t.to_string())
+    };
+    match e {
+        webpki::Error::CertExpired { time, not_after } => format!(
+            "a certificate of the chain expired (not after {}, checked at {}; CertExpired)",
+            at(not_after),
+            at(time)
+        ),
+        webpki::Error::CertNotValidYet { time, not_before } => format!(
+            "a certificate of the chain is not valid yet (not before {}, checked at {}; CertNotValidYet)",
+            at(not_before),
+            at(time)
+        ),
+        webpki::Error::UnknownIssuer => {
+            "no path to a CA of the bundle (issued by another CA; UnknownIssuer)".to_string()
+        }
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "a certificate's signature does not verify with its issuer's key (issued by another CA?; InvalidSignatureForPublicKey)".to_string()
+        }
+        other => format!("{other:?}"),
     }
 }
 

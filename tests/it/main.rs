@@ -8,6 +8,7 @@
 mod support;
 
 mod audit;
+mod certificates;
 mod cli;
 mod connections;
 mod doors;

@@ -165,6 +165,7 @@ async fn a_record_pinning_a_sigstore_signer_needs_that_identity() {
         std::fs::remove_dir_all(fx.model_dir()).unwrap();
         copy_model("v1.0.0", &fx.model_dir());
         fx.extra = extra;
+        fx.log_allowed = true;
         let mut claims = fx.claims();
         // The served digest is the root the keyless signature's statement names.
         assert_eq!(
@@ -181,6 +182,14 @@ async fn a_record_pinning_a_sigstore_signer_needs_that_identity() {
     let token = fx.token(CALLER);
     let resp = pg.get("/v1/models", Some(&token)).await;
     assert_eq!(resp.status(), 200, "{}", pg.logs());
+    // The audit line names who signed the model: the signer and its certificate subject.
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(audit["model_signer"], "ibm-release", "{audit}");
+    assert_eq!(audit["model_signer_identity"], KEYLESS_SUBJECT, "{audit}");
     // The log names who signed: the certificate's subject.
     let logs = pg.logs();
     assert!(

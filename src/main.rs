@@ -86,7 +86,7 @@ enum Command {
     VerifySignature {
         dir: PathBuf,
         /// A pinned signer, as `NAME=PUBLIC_KEY.pem` (EC P-256 or P-384; repeat).
-        #[arg(long = "signer", required_unless_present = "ca_bundle")]
+        #[arg(long = "signer", required_unless_present_any = ["ca_bundle", "sigstore_trusted_root"])]
         signers: Vec<String>,
         /// A certificate signer (`model_signing sign certificate`): the PEM CA bundle its
         /// chain must validate to (now), with `--identity`.
@@ -99,6 +99,27 @@ enum Command {
         /// The name the certificate signer is reported under.
         #[arg(long, default_value = "certificate")]
         certificate_signer: String,
+        /// A Sigstore (keyless) signer (`model_signing sign sigstore`): the pinned
+        /// `trusted_root.json` the bundle must verify against (offline), with `--issuer` and
+        /// `--subject` or `--subject-pattern`.
+        #[arg(long, requires = "issuer")]
+        sigstore_trusted_root: Option<PathBuf>,
+        /// The OIDC issuer the Sigstore certificate must name, exact.
+        #[arg(long, requires = "sigstore_trusted_root")]
+        issuer: Option<String>,
+        /// The Sigstore certificate's subject (SAN email or URI), exact.
+        #[arg(
+            long,
+            requires = "sigstore_trusted_root",
+            conflicts_with = "subject_pattern"
+        )]
+        subject: Option<String>,
+        /// A regular expression the whole Sigstore certificate subject must match.
+        #[arg(long, requires = "sigstore_trusted_root")]
+        subject_pattern: Option<String>,
+        /// The name the Sigstore signer is reported under.
+        #[arg(long, default_value = "sigstore")]
+        sigstore_signer: String,
         /// Hashing threads [default: one per core].
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         threads: Option<u64>,
@@ -516,10 +537,29 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ca_bundle,
             identity,
             certificate_signer,
+            sigstore_trusted_root,
+            issuer,
+            subject,
+            subject_pattern,
+            sigstore_signer,
             threads,
             progress,
         } => {
             let mut keys = Vec::new();
+            if let (Some(root), Some(issuer)) = (&sigstore_trusted_root, &issuer) {
+                use provgate::oms::sigstore::SubjectMatch;
+                let subject = match (subject, subject_pattern) {
+                    (Some(s), None) => SubjectMatch::Exact(s),
+                    (None, Some(p)) => {
+                        SubjectMatch::pattern(&p).map_err(|e| anyhow!("--subject-pattern: {e}"))?
+                    }
+                    _ => bail!("--sigstore-trusted-root needs --subject or --subject-pattern"),
+                };
+                keys.push(
+                    provgate::oms::Signer::sigstore(&sigstore_signer, root, issuer, subject)
+                        .map_err(|e| anyhow!("--sigstore-trusted-root: {e}"))?,
+                );
+            }
             if let (Some(ca), Some(id)) = (&ca_bundle, &identity) {
                 keys.push(
                     provgate::oms::Signer::certificate(&certificate_signer, ca, id)

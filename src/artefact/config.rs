@@ -73,7 +73,9 @@ pub struct ArtefactFile {
 /// One `[[artefact.signers]]` entry: a name and exactly one identity form, chosen in
 /// [`SignerFile::load`] (one arm per form):
 /// - a key: `public_key`;
-/// - a certificate identity: `ca_bundle` and `identity`.
+/// - a certificate identity: `ca_bundle` and `identity`;
+/// - a Sigstore (keyless) identity: `sigstore_trusted_root`, `issuer`, and `subject` or
+///   `subject_pattern`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerFile {
@@ -90,11 +92,36 @@ pub struct SignerFile {
     /// `spiffe://...` (or any `scheme://` URI), `email:ADDRESS` or `dns:NAME`.
     #[serde(default)]
     pub identity: Option<String>,
+    /// Sigstore form (`model_signing sign sigstore`): the pinned `trusted_root.json` (Fulcio
+    /// CAs, Rekor and CT keys), read once at load, never fetched.
+    #[serde(default)]
+    pub sigstore_trusted_root: Option<String>,
+    /// Sigstore form: the OIDC issuer the certificate names, exact (e.g.
+    /// `https://token.actions.githubusercontent.com`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Sigstore form: the certificate subject (SAN email or URI, e.g. a workflow
+    /// `https://github.com/ORG/REPO/.github/workflows/release.yml@refs/heads/main`), exact.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Sigstore form, instead of `subject`: a regular expression the whole subject must match
+    /// (anchored at both ends).
+    #[serde(default)]
+    pub subject_pattern: Option<String>,
 }
 
 impl SignerFile {
     /// Loads the signer this entry describes, or says which field is wrong.
     pub fn load(&self) -> Result<Signer, (&'static str, String)> {
+        if let Some(root) = &self.sigstore_trusted_root {
+            return self.load_sigstore(root);
+        }
+        if self.issuer.is_some() || self.subject.is_some() || self.subject_pattern.is_some() {
+            return Err((
+                "sigstore_trusted_root",
+                "issuer, subject and subject_pattern need sigstore_trusted_root".to_string(),
+            ));
+        }
         match (&self.public_key, &self.ca_bundle, &self.identity) {
             (Some(key), None, None) => Signer::from_pem_file(&self.name, Path::new(key))
                 .map_err(|e| ("public_key", e.to_string())),
@@ -107,10 +134,44 @@ impl SignerFile {
                 }),
             _ => Err((
                 "public_key",
-                "give public_key, or ca_bundle and identity (one identity form per signer)"
+                "give public_key, or ca_bundle and identity, or sigstore_trusted_root, issuer \
+                 and subject (one identity form per signer)"
                     .to_string(),
             )),
         }
+    }
+
+    /// The Sigstore arm of [`SignerFile::load`].
+    fn load_sigstore(&self, root: &str) -> Result<Signer, (&'static str, String)> {
+        if self.public_key.is_some() || self.ca_bundle.is_some() || self.identity.is_some() {
+            return Err((
+                "sigstore_trusted_root",
+                "a sigstore signer takes no public_key, ca_bundle or identity (one identity \
+                 form per signer)"
+                    .to_string(),
+            ));
+        }
+        let issuer = self
+            .issuer
+            .as_deref()
+            .ok_or(("issuer", "required with sigstore_trusted_root".to_string()))?;
+        let subject = match (&self.subject, &self.subject_pattern) {
+            (Some(s), None) if !s.is_empty() => {
+                crate::oms::sigstore::SubjectMatch::Exact(s.clone())
+            }
+            (None, Some(p)) => crate::oms::sigstore::SubjectMatch::pattern(p)
+                .map_err(|e| ("subject_pattern", e.to_string()))?,
+            _ => {
+                return Err((
+                    "subject",
+                    "give subject or subject_pattern (one of them, not empty)".to_string(),
+                ))
+            }
+        };
+        Signer::sigstore(&self.name, Path::new(root), issuer, subject).map_err(|e| match e {
+            crate::oms::SignerError::EmptyIssuer => ("issuer", e.to_string()),
+            e => ("sigstore_trusted_root", e.to_string()),
+        })
     }
 }
 

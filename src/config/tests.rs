@@ -834,3 +834,57 @@ fn signers_and_approvers_take_one_identity_form_each() {
         );
     }
 }
+
+#[test]
+fn a_sigstore_signer_names_a_trusted_root_an_issuer_and_one_subject_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/sigstore/trusted_root.json"
+    );
+    let with = |lines: &str| {
+        let text = good(dir.path()).replace(
+            "path = \"/models/m\"\n",
+            &format!("path = \"/models/m\"\n[[artefact.signers]]\nname = \"ci\"\n{lines}\n"),
+        );
+        FileConfig::parse(&text).unwrap().validate()
+    };
+    let issuer = "issuer = \"https://token.actions.githubusercontent.com\"";
+    for subject in [
+        "subject = \"https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main\"",
+        "subject_pattern = 'https://github\\.com/org/repo/\\.github/workflows/release\\.yml@refs/tags/v.*'",
+    ] {
+        let c = with(&format!("sigstore_trusted_root = \"{root}\"\n{issuer}\n{subject}"))
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        let signer = &c.models[0].signers[0];
+        assert_eq!(signer.name, "ci");
+        assert!(matches!(
+            signer.trust,
+            crate::oms::SignerTrust::Sigstore { .. }
+        ));
+    }
+    for (lines, field) in [
+        (format!("sigstore_trusted_root = \"{root}\"\nsubject = \"x\""), "signers[0].issuer"),
+        (format!("sigstore_trusted_root = \"{root}\"\n{issuer}"), "signers[0].subject"),
+        (
+            format!("sigstore_trusted_root = \"{root}\"\n{issuer}\nsubject = \"x\"\nsubject_pattern = \"x\""),
+            "signers[0].subject",
+        ),
+        (
+            format!("sigstore_trusted_root = \"{root}\"\n{issuer}\nsubject_pattern = \"(\""),
+            "signers[0].subject_pattern",
+        ),
+        (
+            format!("sigstore_trusted_root = \"{root}\"\n{issuer}\nsubject = \"x\"\npublic_key = \"k.pem\""),
+            "signers[0].sigstore_trusted_root",
+        ),
+        (
+            format!("sigstore_trusted_root = \"/nonexistent/root.json\"\n{issuer}\nsubject = \"x\""),
+            "signers[0].sigstore_trusted_root",
+        ),
+        (format!("{issuer}\nsubject = \"x\""), "signers[0].sigstore_trusted_root"),
+    ] {
+        let e = with(&lines).unwrap_err().to_string();
+        assert!(e.contains(field), "{lines}: {e}");
+    }
+}

@@ -12,6 +12,7 @@
 pub mod manifest;
 pub mod progress;
 pub mod signature;
+pub mod sigstore;
 
 pub use manifest::{
     compute_manifest, hash_dir, list_files, FileIdentity, HashError, HashOptions, HashStats,

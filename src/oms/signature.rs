@@ -1,8 +1,10 @@
 //! OMS signatures: `model.sig` in the model directory, as the `model_signing` tool writes it
-//! with `sign key` or `sign certificate` (a Sigstore bundle holding a DSSE envelope over an
-//! in-toto statement, predicate type `https://model_signing/signature/v1.0`), verified
-//! against pinned signers: public keys (EC P-256 or P-384, PEM) or certificate identities (a
-//! CA bundle and a SAN identity; the chain is checked by [`crate::x509`]).
+//! with `sign key` (a Sigstore bundle holding a DSSE envelope over an in-toto statement,
+//! predicate type `https://model_signing/signature/v1.0`), verified against pinned signer
+//! public keys (EC P-256 or P-384, PEM); `sign certificate` bundles against a CA bundle and
+//! a SAN identity (the chain is checked by [`crate::x509`]); `sign sigstore` (keyless)
+//! bundles against a pinned Sigstore trusted root and an OIDC identity
+//! ([`super::sigstore`] verifies the bundle, this module the statement).
 //!
 //! A signature is valid only if it is by a pinned signer, its statement's resources equal
 //! what is on disk exactly (no extra file, no missing file, every digest equal; `files` or
@@ -23,6 +25,9 @@ use x509_parser::prelude::FromDer;
 use rustls::pki_types::CertificateDer;
 
 use super::manifest::{hash_dir, HashOptions, Manifest, Serialization};
+use super::sigstore::{
+    PatternError, SigstoreIdentity, SubjectMatch, TrustedRoot, TrustedRootError,
+};
 use crate::x509::{CaBundle, CertIdentity, X509Error};
 
 /// The signature file's name inside the model directory.
@@ -50,6 +55,13 @@ pub enum SignerTrust {
     /// `model_signing sign certificate`: the bundle's `x509CertificateChain` must validate to
     /// the CA bundle now, name the identity, and its leaf key must have made the signature.
     Certificate(CertIdentity),
+    /// `model_signing sign sigstore` (keyless): the bundle must verify against the pinned
+    /// trusted root (Fulcio chain at the signing time, Rekor entry, signing time inside the
+    /// leaf's validity) and its certificate carry the issuer and subject.
+    Sigstore {
+        root: TrustedRoot,
+        identity: SigstoreIdentity,
+    },
 }
 
 impl std::fmt::Debug for SignerTrust {
@@ -60,6 +72,11 @@ impl std::fmt::Debug for SignerTrust {
                 .debug_struct("Certificate")
                 .field("ca", &c.ca.path)
                 .field("identity", &c.identity.to_string())
+                .finish(),
+            SignerTrust::Sigstore { identity, .. } => f
+                .debug_struct("Sigstore")
+                .field("issuer", &identity.issuer)
+                .field("subject", &identity.subject.to_string())
                 .finish(),
         }
     }
@@ -78,6 +95,12 @@ pub enum SignerError {
     Curve { path: String, curve: Option<String> },
     #[error(transparent)]
     Certificate(#[from] X509Error),
+    #[error(transparent)]
+    TrustedRoot(#[from] TrustedRootError),
+    #[error(transparent)]
+    SubjectPattern(#[from] PatternError),
+    #[error("a sigstore signer's issuer must not be empty")]
+    EmptyIssuer,
 }
 
 impl Signer {
@@ -136,6 +159,31 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// A Sigstore (keyless) signer: a pinned `trusted_root.json`, the OIDC issuer (exact) and
+    /// the certificate subject the bundle's leaf must carry.
+    pub fn sigstore(
+        name: &str,
+        trusted_root: &Path,
+        issuer: &str,
+        subject: SubjectMatch,
+    ) -> Result<Signer, SignerError> {
+        if issuer.trim().is_empty() {
+            return Err(SignerError::EmptyIssuer);
+        }
+        Ok(Signer {
+            name: name.to_string(),
+            trust: SignerTrust::Sigstore {
+                root: TrustedRoot::from_file(trusted_root)?,
+                identity: SigstoreIdentity {
+                    issuer: issuer.to_string(),
+                    subject,
+                },
+            },
+        })
+    }
+}
+
 /// ECDSA algorithms `model_signing` signs with (the hash follows the curve); webpki checks
 /// that the leaf's key fits.
 static LEAF_ALGS: &[&dyn rustls::pki_types::SignatureVerificationAlgorithm] = &[
@@ -168,6 +216,18 @@ impl SignerTrust {
                 leaf.verify(LEAF_ALGS, pae, sig)
                     .map_err(|e| e.to_string())?;
                 Ok(Some(leaf.identity))
+            }
+            SignerTrust::Sigstore { root, identity } => {
+                // The whole bundle is verified (the envelope's one signature among it); the
+                // payload it vouches for must be the one `pae` ends with, which the caller
+                // then compares with the directory.
+                let json = serde_json::to_vec(bundle).map_err(|e| e.to_string())?;
+                let v = super::sigstore::verify_bundle(&json, root, identity)
+                    .map_err(|e| e.to_string())?;
+                if !pae.ends_with(&v.payload) {
+                    return Err("the verified payload is not the envelope's".to_string());
+                }
+                Ok(Some(v.subject))
             }
         }
     }

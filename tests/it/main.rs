@@ -28,4 +28,5 @@ mod policy;
 mod progress;
 mod registries;
 mod routing;
+mod sigstore;
 mod traces;

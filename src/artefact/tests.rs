@@ -33,6 +33,7 @@ fn the_watcher_publishes_and_follows_changes() {
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -73,6 +74,7 @@ fn the_watcher_follows_an_edit_in_place_under_shards() {
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -162,6 +164,7 @@ fn a_stop_abandons_a_hash_in_progress() {
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -191,6 +194,7 @@ fn scrubber(dir: &std::path::Path, handle: &Arc<ArtefactHandle>, rate: u64) -> S
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     }
 }
 

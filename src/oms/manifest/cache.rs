@@ -125,7 +125,8 @@ impl CacheKey {
     }
 
     /// The key provgate manages at `path`: read if present (it must be a regular file, not a
-    /// link, readable by its owner only), else created with [`KEY_BYTES`] random bytes, mode
+    /// link, owned by this process's user and readable by that user only: a key someone else
+    /// put there could seal their own cache), else created with [`KEY_BYTES`] random bytes, mode
     /// 0600, published by a hard link so that two watchers starting together agree on one.
     pub fn load_or_create(path: &Path) -> Result<CacheKey, CacheError> {
         let key_err = |why| CacheError::Key {
@@ -139,6 +140,9 @@ impl CacheKey {
                 }
                 if meta.mode() & 0o077 != 0 {
                     return Err(key_err("readable or writable by others than its owner"));
+                }
+                if own_uid() != Some(meta.uid()) {
+                    return Err(key_err("not owned by the user provgate runs as"));
                 }
                 CacheKey::from_file(path)
             }
@@ -172,6 +176,12 @@ impl CacheKey {
         let tag = hex::decode(tag_hex).map_err(|_| CacheError::Seal)?;
         hmac::verify(&self.0, body, &tag).map_err(|_| CacheError::Seal)
     }
+}
+
+/// The effective user ID of this process: the owner of `/proc/self` (no unsafe `geteuid`);
+/// None when it cannot be read, which refuses the managed key.
+fn own_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 // === Format ===

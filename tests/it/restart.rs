@@ -309,12 +309,13 @@ async fn approved_digests_paired_with_live_identities_without_the_key_are_ignore
     cache::write_sealed(&cache_path(&fx), &forger, &body).unwrap();
 
     let pg = run(&fx, &up).await;
+    // Every file read: the forged digests were not used.
+    assert_eq!(hash(&pg).await["bytes_done"], MODEL_BYTES);
     assert!(
         pg.logs().contains("the seal does not verify"),
         "{}",
         pg.logs()
     );
-    assert_eq!(hash(&pg).await["bytes_done"], MODEL_BYTES);
     pg.until_answer(
         &token,
         403,

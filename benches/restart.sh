@@ -6,9 +6,9 @@
 # one line per start (case, seconds to ready, bytes read according to /readyz), and the
 # start scrub's duration for the cached case; deletes the data on exit.
 #
-# Run: [FILES=10] [MIB=1024] [ROUNDS=3] benches/restart.sh [PROVGATE_BINARY]
+# Run: [FILES=10] [MIB=1024] [ROUNDS=3] [SPARSE=1] benches/restart.sh [PROVGATE_BINARY]
 #   (default: $CARGO_TARGET_DIR or target, /release/provgate; build it with
-#   `cargo build --release` first). Needs FILES x MIB MiB free under $WORK (default
+#   `cargo build --release` first). Unless SPARSE=1 (holes, no disk), needs FILES x MIB MiB free under $WORK (default
 #   /work/tmp, else $TMPDIR): check `df` first.
 #
 # Reference (2026-12-01, 2-core machine shared with other builds): BENCHMARKS.md "Restart".
@@ -23,9 +23,16 @@ work="$(mktemp -d "$base/restart-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 mkdir -p "$work/model" "$work/records" "$work/audit"
-python3 - "$work/model" "$files" "$mib" <<'PY'
+python3 - "$work/model" "$files" "$mib" "${SPARSE:-0}" <<'PY'
 import os, sys
 d, n, g = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if sys.argv[4] == "1":
+    # Sparse files: no disk used; reading a hole costs a zero-filled page instead of a
+    # page-cache copy, and the SHA-256 the same.
+    for i in range(n):
+        with open(os.path.join(d, f"model-{i:05d}-of-{n:05d}.safetensors"), "wb") as f:
+            f.truncate(g << 20)
+    sys.exit(0)
 # 64 MiB of random bytes, written over and over with the file and block number in front of
 # each MiB (the content only has to be distinct per file; generating 10 GiB of fresh
 # randomness costs minutes on a busy machine).

@@ -40,8 +40,10 @@ use crate::telemetry::Metrics;
 pub mod config;
 
 // The watcher's settings name the OMS serialization; the rest of OMS is `crate::oms`'s.
+use crate::oms::manifest::cache::{self, CacheError, CacheKey};
 use crate::oms::{hash_dir, HashError, HashOptions, HashProgress, Manifest};
 pub use crate::oms::{Serialization, DEFAULT_SHARD_SIZE};
+use config::{CacheKeySource, ManifestCache};
 
 /// The fingerprint the watcher compares: the tree, and a single file's signature beside it.
 pub fn dir_fingerprint(root: &Path) -> Fingerprint {
@@ -95,6 +97,9 @@ pub struct ArtefactHandle {
     distrust: AtomicBool,
     /// How far the hash in progress (or the last one) has got.
     progress: Arc<HashProgress>,
+    /// Set by the watcher when the digest it published reused digests persisted by an
+    /// earlier process: the scrub reads every file at once instead of after its interval.
+    scrub_now: AtomicBool,
 }
 
 impl Default for ArtefactHandle {
@@ -103,6 +108,7 @@ impl Default for ArtefactHandle {
             state: Published::new(ArtefactState::Pending),
             distrust: AtomicBool::new(false),
             progress: Arc::default(),
+            scrub_now: AtomicBool::new(false),
         }
     }
 }
@@ -128,6 +134,17 @@ impl ArtefactHandle {
     /// directly by benchmarks and embedders.
     pub fn set(&self, state: ArtefactState) {
         self.state.store(state);
+    }
+
+    /// Asks the scrub to read every file now (the published digest rests on digests
+    /// persisted by an earlier process).
+    pub fn request_scrub(&self) {
+        self.scrub_now.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes a pending [`ArtefactHandle::request_scrub`].
+    pub fn take_scrub_request(&self) -> bool {
+        self.scrub_now.swap(false, Ordering::Relaxed)
     }
 
     fn mark_settled(&self) {
@@ -266,15 +283,20 @@ pub struct ArtefactWatcher {
     pub signers: Arc<Vec<crate::oms::Signer>>,
     /// Beaten between looks and between reads ([`crate::kit::watchdog`]).
     pub heartbeat: Option<Arc<Heartbeat>>,
+    /// Where the manifest is persisted between runs; None: every start reads every file.
+    pub manifest_cache: Option<ManifestCache>,
 }
 
 impl ArtefactWatcher {
     /// Hashes at start, then on every change, until `stop` is set (which also abandons a
     /// hash in progress). Blocks: runs on its own thread (the blocking pool of its service).
     pub fn run(self, stop: Arc<AtomicBool>) {
+        let (cache, previous) = self.open_cache();
         let mut turn = Turn {
             series: ArtefactMetrics::new(&self.metrics, &self.model),
-            previous: None,
+            from_cache: previous.is_some(),
+            previous,
+            cache,
             stop: stop.clone(),
             watcher: &self,
         };
@@ -284,12 +306,60 @@ impl ArtefactWatcher {
     }
 }
 
+impl ArtefactWatcher {
+    /// The persisted manifest's key and what the cache holds, if it is sealed by that key
+    /// and of this model directory under this serialization; any problem is logged and
+    /// costs a full hash, never a start.
+    fn open_cache(&self) -> (Option<(PathBuf, Arc<CacheKey>)>, Option<Manifest>) {
+        let Some(c) = &self.manifest_cache else {
+            return (None, None);
+        };
+        let key = match &c.key {
+            CacheKeySource::Configured(k) => Ok(k.clone()),
+            CacheKeySource::Managed(p) => CacheKey::load_or_create(p).map(Arc::new),
+        };
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(model = %self.model, error = %e,
+                    "manifest cache off: no key to seal it; every start reads every file");
+                return (None, None);
+            }
+        };
+        let cache = Some((c.path.clone(), key.clone()));
+        let Ok(root) = self.path.canonicalize() else {
+            return (cache, None);
+        };
+        match cache::load(&c.path, &key, &root, self.serialization) {
+            Ok(m) => {
+                tracing::info!(model = %self.model, path = %c.path.display(), files = m.files.len(),
+                    digest = %m.root, "manifest cache loaded; files whose identity is unchanged are not read again");
+                (cache, Some(m))
+            }
+            Err(CacheError::Read(e)) if e.is_not_found() => {
+                tracing::info!(model = %self.model, path = %c.path.display(),
+                    "no manifest cache yet; hashing every file");
+                (cache, None)
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.model, path = %c.path.display(), error = %e,
+                    "manifest cache ignored; hashing every file");
+                (cache, None)
+            }
+        }
+    }
+}
+
 /// The watcher's hooks into the directory watch, with what it remembers between hashes.
 struct Turn<'w> {
     watcher: &'w ArtefactWatcher,
     series: ArtefactMetrics,
     /// The last manifest computed: its digests stand for files whose identity is unchanged.
     previous: Option<Manifest>,
+    /// `previous` was read from the persisted manifest and nothing has been published since.
+    from_cache: bool,
+    /// Where to persist each complete manifest, and the key that seals it.
+    cache: Option<(PathBuf, Arc<CacheKey>)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -394,8 +464,50 @@ impl Turn<'_> {
             }
         };
         // One atomic swap: readers see the old state (Hashing) or the new one, never a mix.
+        let ready = state.digest().is_some();
         self.publish(state);
         w.handle.mark_settled();
+        if let (true, Some(m)) = (ready, &self.previous) {
+            self.persist(m);
+        }
+        self.from_cache = false;
+    }
+
+    /// After a complete hash was published: says what the persisted manifest saved on the
+    /// first one, asks for a scrub if it reused anything, and persists this manifest.
+    fn persist(&self, m: &Manifest) {
+        let w = self.watcher;
+        if self.from_cache {
+            tracing::info!(model = %w.model, reused_files = m.stats.reused_files,
+                hashed_files = m.stats.hashed_files, hashed_bytes = m.stats.hashed_bytes,
+                "manifest cache: reused {} files, read {} bytes",
+                m.stats.reused_files, m.stats.hashed_bytes);
+            if m.stats.reused_files > 0 {
+                // The reused digests are checked by reading every file in the background,
+                // at the scrub's rate, without taking the artefact out of service.
+                w.handle.request_scrub();
+            }
+        }
+        let Some((path, key)) = &self.cache else {
+            return;
+        };
+        let stored = w
+            .path
+            .canonicalize()
+            .map_err(|e| CacheError::Io {
+                path: w.path.display().to_string(),
+                source: e,
+            })
+            .and_then(|root| cache::store(path, key, &root, m));
+        match stored {
+            Ok(bytes) => {
+                tracing::debug!(model = %w.model, path = %path.display(), bytes, "manifest cache written")
+            }
+            Err(e) => {
+                tracing::warn!(model = %w.model, path = %path.display(), error = %e,
+                    "manifest cache not written; the next start reads every file")
+            }
+        }
     }
 
     fn publish(&self, state: ArtefactState) {
@@ -447,6 +559,9 @@ pub struct Scrubber {
     pub signers: Arc<Vec<crate::oms::Signer>>,
     /// Beaten while waiting and between reads.
     pub heartbeat: Option<Arc<Heartbeat>>,
+    /// The model's persisted manifest, removed when a scrub finds content it does not
+    /// describe.
+    pub manifest_cache: Option<PathBuf>,
 }
 
 impl Scrubber {
@@ -457,6 +572,11 @@ impl Scrubber {
             while Instant::now() < until {
                 if stop.load(Ordering::Relaxed) {
                     return;
+                }
+                if self.handle.take_scrub_request() {
+                    tracing::info!(model = %self.model,
+                        "artefact scrub now: the published digest reused digests persisted by an earlier run");
+                    break;
                 }
                 if let Some(h) = &self.heartbeat {
                     h.beat();
@@ -527,6 +647,15 @@ impl Scrubber {
             return ScrubOutcome::Skipped;
         }
         self.handle.distrust.store(true, Ordering::Relaxed);
+        if let Some(path) = &self.manifest_cache {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(model = %self.model, path = %path.display(), error = %e,
+                        "manifest cache not removed after a scrub mismatch")
+                }
+                _ => {}
+            }
+        }
         let _ = self
             .metrics
             .artefact_info

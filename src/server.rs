@@ -129,6 +129,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
     for m in &config.models {
         let artefact = Arc::new(ArtefactHandle::default());
         ArtefactMetrics::new(&metrics, &m.model).set(&artefact.load());
+        // The persisted manifest's default place is beside the audit log.
+        let audit_dir = match config.audit.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let manifest_cache = m.manifest_cache(audit_dir);
+        if manifest_cache.is_some() && m.scrub_interval.is_none() {
+            tracing::warn!(model = %m.model,
+                "manifest cache on with the scrub off: digests reused at start are not read again until a file changes");
+        }
         let watcher = ArtefactWatcher {
             model: m.model.clone(),
             path: m.path.clone(),
@@ -140,6 +150,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             metrics: metrics.clone(),
             signers: m.signers.clone(),
             heartbeat: Some(watchdog.register(format!("artefact {}", m.model), STALL_BOUND)),
+            manifest_cache: manifest_cache.clone(),
         };
         blocking.push(Blocking::service(
             &format!("artefact {}", m.model),
@@ -157,6 +168,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 metrics: metrics.clone(),
                 signers: m.signers.clone(),
                 heartbeat: Some(watchdog.register(format!("scrub {}", m.model), STALL_BOUND)),
+                manifest_cache: manifest_cache.as_ref().map(|c| c.path.clone()),
             };
             blocking.push(Blocking::service(
                 &format!("scrub {}", m.model),

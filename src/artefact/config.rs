@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::artefact::{Serialization, DEFAULT_SHARD_SIZE};
 use crate::fields::Errors;
+use crate::oms::manifest::cache::{self, CacheKey};
 use crate::oms::Signer;
 
 // === File structs ===
@@ -68,6 +69,17 @@ pub struct ArtefactFile {
     /// this divided by one core's SHA-256 speed (about 1.35 GiB/s), spread over time.
     #[serde(default = "default_scrub_rate")]
     pub scrub_rate: String,
+    /// Where the model's manifest (per-file digests and identities) is persisted after each
+    /// complete hash, so that a restart over an unchanged model reads no file again. Default:
+    /// `manifest-<model>.json` in the directory of `[audit] path`; "off" turns it off. README
+    /// "Restart without re-hashing".
+    #[serde(default)]
+    pub manifest_cache: Option<String>,
+    /// The key (a file of at least 32 bytes, e.g. a Kubernetes Secret mounted read-only) that
+    /// seals the persisted manifest. Default: `manifest-cache.key` beside the cache, created
+    /// with 32 random bytes and mode 0600 on first use.
+    #[serde(default)]
+    pub manifest_cache_key: Option<String>,
 }
 
 /// One `[[artefact.signers]]` entry: a name and exactly one identity form, chosen in
@@ -214,6 +226,53 @@ pub struct ModelConfig {
     pub scrub_rate: u64,
     /// For an adapter: the name of the model it is applied to.
     pub base: Option<String>,
+    /// Where the manifest is persisted (see [`ModelConfig::manifest_cache`]).
+    pub manifest_cache: CacheSetting,
+}
+
+/// The `manifest_cache` and `manifest_cache_key` settings of one model.
+#[derive(Debug, Clone)]
+pub enum CacheSetting {
+    Off,
+    /// `path` None: the default file beside the audit log; `key` None: the managed key.
+    On {
+        path: Option<PathBuf>,
+        key: Option<Arc<CacheKey>>,
+    },
+}
+
+/// A model's persisted manifest: where it is, and the key that seals it.
+#[derive(Debug, Clone)]
+pub struct ManifestCache {
+    pub path: PathBuf,
+    pub key: CacheKeySource,
+}
+
+/// Where the sealing key comes from.
+#[derive(Debug, Clone)]
+pub enum CacheKeySource {
+    /// `manifest_cache_key`, loaded (and checked) with the configuration.
+    Configured(Arc<CacheKey>),
+    /// The key file provgate creates and reads at this path.
+    Managed(PathBuf),
+}
+
+impl ModelConfig {
+    /// The persisted manifest of this model, with defaults resolved against `audit_dir`
+    /// (the directory of `[audit] path`); None when turned off.
+    pub fn manifest_cache(&self, audit_dir: &Path) -> Option<ManifestCache> {
+        let CacheSetting::On { path, key } = &self.manifest_cache else {
+            return None;
+        };
+        let path = path
+            .clone()
+            .unwrap_or_else(|| audit_dir.join(cache::default_file_name(&self.model)));
+        let key = match key {
+            Some(k) => CacheKeySource::Configured(k.clone()),
+            None => CacheKeySource::Managed(path.with_file_name(cache::DEFAULT_KEY_FILE)),
+        };
+        Some(ManifestCache { path, key })
+    }
 }
 
 /// Checks `[artefact]` or `[[artefacts]]` (exactly one of the two) and loads each model's
@@ -255,6 +314,17 @@ pub fn validate_models(
             );
         }
         models.push(a.validate(&key, cores, errors));
+    }
+    let mut caches = std::collections::HashSet::new();
+    for (i, m) in models.iter().enumerate() {
+        if let CacheSetting::On { path: Some(p), .. } = &m.manifest_cache {
+            if !caches.insert(p.clone()) {
+                errors.push(
+                    format_args!("artefacts[{i}].manifest_cache"),
+                    format_args!("{} is another model's cache", p.display()),
+                );
+            }
+        }
     }
     for (i, m) in models.iter().enumerate() {
         let Some(base) = &m.base else { continue };
@@ -320,7 +390,33 @@ impl ArtefactFile {
                 Serialization::Files
             }
         };
+        let manifest_cache = match self.manifest_cache.as_deref() {
+            Some("off") => CacheSetting::Off,
+            Some("") => {
+                errors.push(
+                    format_args!("{key}.manifest_cache"),
+                    "must be a path or \"off\"",
+                );
+                CacheSetting::Off
+            }
+            path => CacheSetting::On {
+                path: path.map(PathBuf::from),
+                key: self.manifest_cache_key.as_deref().and_then(|k| {
+                    CacheKey::from_file(Path::new(k))
+                        .map_err(|e| errors.push(format_args!("{key}.manifest_cache_key"), e))
+                        .ok()
+                        .map(Arc::new)
+                }),
+            },
+        };
+        if matches!(manifest_cache, CacheSetting::Off) && self.manifest_cache_key.is_some() {
+            errors.push(
+                format_args!("{key}.manifest_cache_key"),
+                "only used when manifest_cache is not \"off\"",
+            );
+        }
         ModelConfig {
+            manifest_cache,
             model: self.model.clone(),
             path: PathBuf::from(&self.path),
             poll_interval,

@@ -33,6 +33,7 @@ fn the_watcher_publishes_and_follows_changes() {
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -73,6 +74,7 @@ fn the_watcher_follows_an_edit_in_place_under_shards() {
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -162,6 +164,7 @@ fn a_stop_abandons_a_hash_in_progress() {
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     };
     let s = stop.clone();
     let t = std::thread::spawn(move || w.run(s));
@@ -191,6 +194,7 @@ fn scrubber(dir: &std::path::Path, handle: &Arc<ArtefactHandle>, rate: u64) -> S
         metrics: Arc::new(Metrics::new()),
         signers: Arc::new(Vec::new()),
         heartbeat: None,
+        manifest_cache: None,
     }
 }
 
@@ -291,4 +295,86 @@ fn a_scrub_keeps_to_its_rate_and_stops_when_asked() {
     assert_eq!(slow.scrub_once(&stop), ScrubOutcome::Stopped);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     stopper.join().unwrap();
+}
+
+// === Persisted manifest settings ===
+
+fn section(extra: &str) -> config::ArtefactFile {
+    toml::from_str(&format!("model = \"m\"\npath = \"/models/m\"\n{extra}")).unwrap()
+}
+
+fn models(files: &[config::ArtefactFile]) -> (Vec<config::ModelConfig>, Vec<String>) {
+    let mut errors = crate::fields::Errors::new();
+    let m = config::validate_models(None, files, &mut errors);
+    (m, errors.into_messages())
+}
+
+#[test]
+fn the_manifest_cache_defaults_beside_the_audit_log_with_a_managed_key() {
+    let (m, errors) = models(&[section("")]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let c = m[0].manifest_cache(Path::new("/var/log/provgate")).unwrap();
+    assert_eq!(c.path, Path::new("/var/log/provgate/manifest-m.json"));
+    assert!(matches!(&c.key, config::CacheKeySource::Managed(p)
+        if p == Path::new("/var/log/provgate/manifest-cache.key")));
+
+    let (m, errors) = models(&[section("manifest_cache = \"off\"")]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(m[0].manifest_cache(Path::new("/x")).is_none());
+}
+
+#[test]
+fn manifest_cache_settings_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let short = tmp.path().join("short.key");
+    std::fs::write(&short, b"too short").unwrap();
+    let good = tmp.path().join("good.key");
+    std::fs::write(&good, [3u8; 32]).unwrap();
+
+    let (m, errors) = models(&[section(&format!(
+        "manifest_cache = \"/c/m.json\"\nmanifest_cache_key = \"{}\"",
+        good.display()
+    ))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let c = m[0].manifest_cache(Path::new("/ignored")).unwrap();
+    assert_eq!(c.path, Path::new("/c/m.json"));
+    assert!(matches!(c.key, config::CacheKeySource::Configured(_)));
+
+    for (extra, field) in [
+        (
+            format!("manifest_cache_key = \"{}\"", short.display()),
+            "manifest_cache_key",
+        ),
+        (
+            "manifest_cache_key = \"/no/such/key\"".to_string(),
+            "manifest_cache_key",
+        ),
+        ("manifest_cache = \"\"".to_string(), "manifest_cache"),
+        (
+            format!(
+                "manifest_cache = \"off\"\nmanifest_cache_key = \"{}\"",
+                good.display()
+            ),
+            "manifest_cache_key",
+        ),
+    ] {
+        let (_, errors) = models(&[section(&extra)]);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("artefacts[0].{field}"))),
+            "{extra}: {errors:?}"
+        );
+    }
+    let two = |name: &str| {
+        toml::from_str::<config::ArtefactFile>(&format!(
+            "model = \"{name}\"\npath = \"/models/{name}\"\nmanifest_cache = \"/c/same.json\""
+        ))
+        .unwrap()
+    };
+    let (_, errors) = models(&[two("a"), two("b")]);
+    assert!(
+        errors.iter().any(|e| e.contains("another model's cache")),
+        "{errors:?}"
+    );
 }

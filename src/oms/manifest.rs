@@ -716,5 +716,7 @@ pub fn posix(rel: &Path) -> String {
         .join("/")
 }
 
+pub mod cache;
+
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,7 @@ mod mtls;
 mod policy;
 mod progress;
 mod registries;
+mod restart;
 mod routing;
 mod sigstore;
 mod traces;

@@ -461,7 +461,7 @@ impl Ctx {
         }
     }
 
-    /// The next moment something is due (a poll, a retry, a revalidation), at most a
+    /// The next moment something falls due (a poll, a retry, a revalidation), at most a
     /// [`HEARTBEAT`] away.
     fn next_deadline(&self, state: &State) -> Instant {
         let now = Instant::now();
@@ -472,7 +472,9 @@ impl Ctx {
             .values()
             .map(|t| &t.schedule)
             .chain(state.list.iter().map(|l| &l.schedule));
-        for s in schedules.filter(|s| !s.in_flight) {
+        // One already due and not in flight waits for a free slot: a finished fetch wakes
+        // the loop then (sleeping until a past deadline would spin).
+        for s in schedules.filter(|s| !s.in_flight && s.due > now) {
             next = next.min(s.due);
         }
         for t in state.digests.values().filter(|t| !t.schedule.in_flight) {

@@ -191,7 +191,9 @@ impl RegistryFile {
                 .min(max_stale / 2)
                 .max(refresh_interval),
         };
-        errors.more_than_zero("registry.min_refresh", min_refresh);
+        if self.min_refresh.is_some() {
+            errors.more_than_zero("registry.min_refresh", min_refresh);
+        }
         if min_refresh > refresh_interval {
             errors.push(
                 "registry.min_refresh",

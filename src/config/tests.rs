@@ -332,6 +332,22 @@ fn remote_registries_validate_their_own_keys() {
         other => panic!("expected a remote registry, got {other:?}"),
     }
     assert_eq!(c.registry.refresh_interval, Duration::from_secs(2));
+    // The pace's bounds by default: 1 s, and 4 x refresh_interval within max_stale / 2.
+    assert_eq!(c.registry.min_refresh, Duration::from_secs(1));
+    assert_eq!(c.registry.max_refresh, Duration::from_secs(8));
+
+    let path = "kind = \"http\"\nurl = \"http://127.0.0.1:1\"\nallow_plaintext = true\nlayout = \"path\"\nwatch = \"30s\"";
+    let c = FileConfig::parse(&with_registry(path))
+        .unwrap()
+        .validate()
+        .unwrap();
+    match &c.registry.source {
+        RegistrySource::Remote(r) => {
+            assert_eq!(r.layout, crate::registry::config::Layout::Path);
+            assert_eq!(r.watch, Some(Duration::from_secs(30)));
+        }
+        other => panic!("expected a remote registry, got {other:?}"),
+    }
 
     // The old name of refresh_interval still reads.
     let dir_alias = format!("{dir_section}\nrescan_interval = \"3s\"");
@@ -377,6 +393,30 @@ fn remote_registries_validate_their_own_keys() {
         (
             "kind = \"http\"\nurl = \"http://x\"\nrefresh_interval = \"10s\"\nmax_stale = \"5s\"",
             "registry.max_stale",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\nallow_plaintext = true\nlayout = \"flat\"",
+            "registry.layout: \"flat\" is not one of",
+        ),
+        (
+            "kind = \"mlflow\"\nurl = \"http://x\"\nallow_plaintext = true\nlayout = \"path\"",
+            "registry.layout: \"path\" is for kind \"http\"",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\nallow_plaintext = true\nwatch = \"30s\"",
+            "registry.watch: needs layout = \"path\"",
+        ),
+        (
+            "kind = \"dir\"\npath = \"/tmp\"\nwatch = \"30s\"",
+            "registry.watch: not used",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\nallow_plaintext = true\nmin_refresh = \"10s\"",
+            "registry.min_refresh: must be at most registry.refresh_interval",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\nallow_plaintext = true\nmax_refresh = \"10m\"",
+            "registry.max_refresh: must be between",
         ),
     ] {
         let err = FileConfig::parse(&with_registry(body))

@@ -231,7 +231,7 @@ impl Gate {
         now_ms: u64,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let Decision::Allow { record } = &adapter else {
+        let Decision::Allow { record, .. } = &adapter else {
             return adapter;
         };
         let Some(pinned) = record.claims.artefact.base_digest else {

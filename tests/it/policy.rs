@@ -408,3 +408,122 @@ async fn an_issuer_key_added_to_its_file_while_running_is_trusted() {
             >= 1.0
     );
 }
+
+/// `provgate except` through the binary: an exception by the fixture's approver for its
+/// record `v42`, waiving `waives` (`--waive-evidence red-team`, say), valid for `ttl`.
+fn except_cli(fx: &Fixture, jti: &str, waives: &[&str], ttl: &str) -> String {
+    let key = fx.path("approver.key");
+    let digest = fx.digest().to_string();
+    let mut args = vec![
+        "except",
+        "--key",
+        key.to_str().unwrap(),
+        "--iss",
+        "security@example.org",
+        "--model",
+        &fx.model,
+        "--version-id",
+        "v42",
+        "--digest",
+        &digest,
+        "--reason",
+        "red-team report due Friday",
+        "--ticket",
+        "https://tickets.example.org/SEC-42",
+        "--ttl",
+        ttl,
+        "--jti",
+        jti,
+    ];
+    args.extend_from_slice(waives);
+    let out = run_cli(&args, None);
+    assert!(
+        out.status.success(),
+        "except: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_from_a_directory_waives_missing_evidence_until_revoked() {
+    let mut fx = Fixture::new();
+    fx.extra = "[tiers.exempt]\nrequired_evidence = [\"security-test\", \"red-team\"]\n\
+                exceptions = true\nmax_exception_lifetime = \"2d\"\n"
+        .into();
+    let mut c = fx.claims();
+    c.tier = "exempt".into();
+    // The record has a passing security test and no red-team result.
+    fx.approve("rec.jwt", &c);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"exempt\""),
+    );
+    let pg = Provgate::spawn(fx.dir.path(), "exempt", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+
+    // An exception longer than the tier allows (3d > 2d) waives nothing.
+    let too_long = except_cli(&fx, "x-long", &["--waive-evidence", "red-team"], "3d");
+    let dir = fx.registry_dir().join("exceptions");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(fx.path(".x-long.tmp"), &too_long).unwrap();
+    std::fs::rename(fx.path(".x-long.tmp"), dir.join("x-long.jwt")).unwrap();
+    pg.eventually(Duration::from_secs(10), || async {
+        let resp = pg.get("/v1/models", Some(&token)).await;
+        assert_eq!(resp.status(), 403);
+        let id = resp.headers()["x-provgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        fx.audit_record(&id).await["detail"] == "exception is valid longer than its tier allows"
+    })
+    .await;
+
+    // One within the tier's maximum, beside the record (told apart by its typ): allowed,
+    // audited with the exception's ID although allowed requests are not otherwise audited.
+    let x1 = except_cli(&fx, "x1", &["--waive-evidence", "red-team"], "1d");
+    fx.write_record("x1.jwt", &x1);
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await.0 == 200
+    })
+    .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(audit["decision"], "allow", "{audit}");
+    assert_eq!(audit["exceptions"][0]["id"], "x1", "{audit}");
+    assert_eq!(audit["exceptions"][0]["waives"], "evidence:red-team");
+    assert_eq!(
+        audit["exceptions"][0]["ticket"],
+        "https://tickets.example.org/SEC-42"
+    );
+    let model = &fx.model;
+    let allowed = pg
+        .metric(&format!(
+            "provgate_exception_requests_total{{model=\"{model}\",version_id=\"v42\"}}"
+        ))
+        .await;
+    assert!(allowed >= 2.0, "exception requests counted: {allowed}");
+    let exp = audit["exceptions"][0]["exp"].as_f64().unwrap();
+    let gauge = pg
+        .metric(&format!(
+            "provgate_exception_expiry_timestamp_seconds{{model=\"{model}\",version_id=\"v42\"}}"
+        ))
+        .await;
+    assert_eq!(gauge, exp);
+
+    // revoked.txt names the exception: refused again, no restart.
+    fx.write_record("revoked.txt", "x1\n");
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (403, "approval_revoked".into())
+    })
+    .await;
+}

@@ -348,37 +348,9 @@ pub fn validate_tiers(
             }
         }
     }
-    let mut distinct: Vec<&ApproverScope> = Vec::new();
-    for a in approvers.values() {
-        if !distinct.iter().any(|d| d.name == a.name) {
-            distinct.push(a);
-        }
-    }
+    check_tier_roles(&rules, approvers, errors);
     for name in &names {
         let rule = &rules[*name];
-        for role in &rule.quorum {
-            let holders = distinct
-                .iter()
-                .filter(|a| a.roles.contains(role) && identity_matches(&a.tiers, name))
-                .count();
-            if holders == 0 {
-                errors.push(
-                    format_args!("tiers.{name}.quorum"),
-                    format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with role {role:?}"),
-                );
-            }
-        }
-        if !rule.exception_roles.is_empty()
-            && !distinct.iter().any(|a| {
-                identity_matches(&a.tiers, name)
-                    && a.roles.iter().any(|r| rule.exception_roles.contains(r))
-            })
-        {
-            errors.push(
-                format_args!("tiers.{name}.exception_roles"),
-                format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with one of these roles"),
-            );
-        }
         let mut seen = Vec::new();
         for role in &rule.quorum {
             if seen.contains(&role) {
@@ -402,6 +374,51 @@ pub fn validate_tiers(
         }
     };
     (rules, tier, rule)
+}
+
+/// Every quorum role and exception role of every tier is held by some approver who may
+/// approve that tier (at start an error; after a reload that withdrew one, a warning).
+pub fn check_tier_roles(
+    rules: &HashMap<String, TierRule>,
+    approvers: &HashMap<String, Arc<ApproverScope>>,
+    errors: &mut Errors,
+) {
+    let mut distinct: Vec<&ApproverScope> = Vec::new();
+    for a in approvers.values() {
+        if !distinct.iter().any(|d| d.name == a.name) {
+            distinct.push(a);
+        }
+    }
+    let mut names: Vec<&String> = rules.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(rule) = rules.get(name) else {
+            continue;
+        };
+        for role in &rule.quorum {
+            let holders = distinct
+                .iter()
+                .filter(|a| a.roles.contains(role) && identity_matches(&a.tiers, name))
+                .count();
+            if holders == 0 {
+                errors.push(
+                    format_args!("tiers.{name}.quorum"),
+                    format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with role {role:?}"),
+                );
+            }
+        }
+        if !rule.exception_roles.is_empty()
+            && !distinct.iter().any(|a| {
+                identity_matches(&a.tiers, name)
+                    && a.roles.iter().any(|r| rule.exception_roles.contains(r))
+            })
+        {
+            errors.push(
+                format_args!("tiers.{name}.exception_roles"),
+                format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with one of these roles"),
+            );
+        }
+    }
 }
 
 /// The issuers whose callers bare caller patterns match ([`crate::policy::Policy::bare_issuers`]):

@@ -527,3 +527,89 @@ async fn an_exception_from_a_directory_waives_missing_evidence_until_revoked() {
     })
     .await;
 }
+
+/// Rewrites the running `critical` config atomically (rename), as an operator's tooling would.
+fn write_config(q: &Quorum, text: &str) {
+    let tmp = q.fx.path(".critical.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, q.fx.path("critical.toml")).unwrap();
+}
+
+async fn config_reloads(pg: &Provgate, result: &str) -> f64 {
+    pg.metric(&format!(
+        "provgate_trust_reloads_total{{result=\"{result}\",what=\"trust_config\"}}"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approver_removed_from_the_config_while_running_ends_its_approvals() {
+    let q = quorum(None);
+    let fx = &q.fx;
+    let owner_only = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    fx.write_record("rec.jws", &cosign_cli(&q, &owner_only, &[]));
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (200, String::new()));
+    let original = std::fs::read_to_string(fx.path("critical.toml")).unwrap();
+
+    // A [trust] section that does not validate (one key, two approvers) keeps the previous
+    // approvers, and says so in the log and the metric.
+    let security_block = format!(
+        "[[trust.approvers]]\nname = \"security-review\"\nkeys = [\"{}\"]\nroles = [\"security\"]\n",
+        q.security.kid
+    );
+    assert!(original.contains(&security_block));
+    let clash = original.replace(
+        &security_block,
+        &format!(
+            "[[trust.approvers]]\nname = \"security-review\"\nkeys = [\"{}\", \"{}\"]\nroles = [\"security\"]\n",
+            q.security.kid, fx.approver.kid
+        ),
+    );
+    write_config(&q, &clash);
+    pg.eventually(Duration::from_secs(10), || async {
+        config_reloads(&pg, "error").await >= 1.0
+    })
+    .await;
+    assert_eq!(status(&pg, &token).await, (200, String::new()));
+    assert!(
+        pg.logs().contains("approvers not reloaded"),
+        "{}",
+        pg.logs()
+    );
+
+    // The security approver's role is taken away in the config: the co-signed record no
+    // longer meets the quorum, without a restart.
+    let demoted = original.replace(
+        &security_block,
+        &security_block.replace("roles = [\"security\"]", "roles = [\"auditor\"]"),
+    );
+    write_config(&q, &demoted);
+    let took = pg
+        .eventually(Duration::from_secs(10), || async {
+            status(&pg, &token).await == (403, "approval_invalid".into())
+        })
+        .await;
+    eprintln!("approver role withdrawn within {took:?}");
+    assert!(config_reloads(&pg, "ok").await >= 1.0);
+
+    // Removed altogether: still refused; restored, and a SIGHUP: allowed again.
+    write_config(&q, &original.replace(&security_block, ""));
+    pg.eventually(Duration::from_secs(10), || async {
+        config_reloads(&pg, "ok").await >= 2.0
+    })
+    .await;
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+    write_config(&q, &original);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pg.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (200, String::new())
+    })
+    .await;
+}

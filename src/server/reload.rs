@@ -116,7 +116,7 @@ impl Reload {
             Ok(f) => f.trust,
             Err(e) => return refuse(self, &e),
         };
-        if PathBuf::from(&file.approver_keys) != self.approver_keys {
+        if std::path::Path::new(&file.approver_keys) != self.approver_keys {
             return refuse(
                 self,
                 &"trust.approver_keys names another file: that needs a restart",

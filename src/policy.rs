@@ -557,7 +557,11 @@ fn check_record(
         if passed(kind) {
             continue;
         }
-        match waivers.find(|w| matches!(w, Waiver::Evidence(k) if k == kind)) {
+        let imposed = [
+            policy.tier_rule.required_evidence.contains(kind),
+            record_rule.required_evidence.contains(kind),
+        ];
+        match waivers.find(imposed, |w| matches!(w, Waiver::Evidence(k) if k == kind)) {
             Ok(e) => use_exception(&mut used, e),
             Err(why) => {
                 return Err(why.unwrap_or((
@@ -604,10 +608,13 @@ struct Waivers<'a> {
 
 impl<'a> Waivers<'a> {
     /// The first exception in force that waives what `waives` accepts for this record.
+    /// `imposed`: whether the deployment's tier and the record's tier (in that order) impose
+    /// the requirement; each that does must allow the exception.
     /// `Err(None)`: no exception for this record waives it (one for another model, version
     /// or digest is ignored); `Err(Some(..))`: one does but may not be used, and why.
     fn find(
         &self,
+        imposed: [bool; 2],
         waives: impl Fn(&Waiver) -> bool,
     ) -> Result<&'a Arc<ExceptionRecord>, Option<(DenyReason, &'static str)>> {
         let mut why = None;
@@ -621,7 +628,7 @@ impl<'a> Waivers<'a> {
             {
                 continue;
             }
-            match self.usable(c) {
+            match self.usable(c, imposed) {
                 Ok(()) => return Ok(e),
                 Err(w) => {
                     why.get_or_insert(w);
@@ -631,23 +638,32 @@ impl<'a> Waivers<'a> {
         Err(why)
     }
 
-    /// Whether an exception that applies to this record may be used now.
-    fn usable(&self, c: &ExceptionCandidate) -> Result<(), (DenyReason, &'static str)> {
+    /// Whether an exception that applies to this record may be used now, under the rules
+    /// of the tiers that impose what it waives.
+    fn usable(
+        &self,
+        c: &ExceptionCandidate,
+        imposed: [bool; 2],
+    ) -> Result<(), (DenyReason, &'static str)> {
         let e = &c.exception;
-        let (deployment, record) = (&self.policy.tier_rule, self.record_rule);
+        let tiers = [&self.policy.tier_rule, self.record_rule];
+        let mut rules = tiers
+            .iter()
+            .zip(imposed)
+            .filter_map(|(r, on)| on.then_some(*r));
         if c.revoked {
             return Err((DenyReason::ApprovalRevoked, "the exception is revoked"));
         }
-        if !(deployment.exceptions && record.exceptions) {
+        if !rules.clone().all(|r| r.exceptions) {
             return Err((
                 DenyReason::ApprovalInvalid,
                 "an exception was offered but the tier allows none",
             ));
         }
-        let max = deployment
-            .max_exception_lifetime
-            .min(record.max_exception_lifetime);
-        if e.lifetime() > max {
+        if rules
+            .clone()
+            .any(|r| e.lifetime() > r.max_exception_lifetime)
+        {
             return Err((
                 DenyReason::ApprovalInvalid,
                 "exception is valid longer than its tier allows",
@@ -656,7 +672,7 @@ impl<'a> Waivers<'a> {
         let tier = &self.record.claims.tier;
         let in_scope = self.policy.approvers.get(&e.kid).is_some_and(|a| {
             a.covers(self.model, tier, &self.policy.tier)
-                && [deployment, record].iter().all(|r| {
+                && rules.all(|r| {
                     r.exception_roles.is_empty()
                         || a.roles.iter().any(|x| r.exception_roles.contains(x))
                 })
@@ -727,7 +743,11 @@ fn check_signers(
     let mut why = None;
     let mut waivable: Vec<(&str, &Arc<ExceptionRecord>)> = Vec::new();
     for role in &roles {
-        match waivers.find(|w| matches!(w, Waiver::Role(r) if r == role)) {
+        let imposed = [
+            policy.tier_rule.quorum.iter().any(|r| r == role),
+            record_rule.quorum.iter().any(|r| r == role),
+        ];
+        match waivers.find(imposed, |w| matches!(w, Waiver::Role(r) if r == role)) {
             Ok(e) => waivable.push((role, e)),
             Err(w) => {
                 if why.is_none() {

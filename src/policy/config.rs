@@ -104,7 +104,8 @@ pub struct TierFile {
     pub workloads: Vec<String>,
     /// Whether signed exceptions may waive one of this tier's requirements (an evidence
     /// kind or a quorum role). Default `false`: an exception weakens the tier, so a tier
-    /// opts in; both the deployment's tier and the record's must allow it.
+    /// opts in; every tier that imposes the waived requirement (the deployment's, the
+    /// record's) must allow it.
     #[serde(default)]
     pub exceptions: bool,
     /// The longest validity (`exp - nbf`) an exception may have; default

@@ -824,6 +824,15 @@ fn decision_table() {
                 c.want = Err(ApprovalInvalid)
             },
         ),
+        with(
+            base("the deployment's requirement is waived whatever tier the record claims"),
+            |c| {
+                c.tier = "exceptional";
+                c.entry =
+                    lacking_red_team("internal", &["k"], vec![exception("x1", "sec", red_team())]);
+                c.want_exceptions = &["x1"];
+            },
+        ),
         with(base("a tier that allows no exceptions refuses one"), |c| {
             c.tier = "customer-facing";
             c.entry = lacking_red_team(

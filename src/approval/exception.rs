@@ -148,3 +148,6 @@ fn is_uri(s: &str) -> bool {
         && !rest.is_empty()
         && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
 }
+
+#[cfg(test)]
+mod tests;

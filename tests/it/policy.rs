@@ -613,3 +613,60 @@ async fn an_approver_removed_from_the_config_while_running_ends_its_approvals() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_from_mlflow_waives_missing_evidence() {
+    let Some(ml) = crate::registries::shared_mlflow().await else {
+        return;
+    };
+    let mut fx = Fixture::new();
+    fx.registry = Some(crate::registries::remote_registry(
+        "mlflow", &ml.url, "1h", "",
+    ));
+    fx.model = "excepted-mlflow".into();
+    // A digest of its own (the shared server finds versions by digest).
+    std::fs::write(fx.model_dir().join("excepted.txt"), b"exception").unwrap();
+    fx.extra = "[tiers.exempt]\nrequired_evidence = [\"security-test\", \"red-team\"]\n\
+                exceptions = true\nmax_exception_lifetime = \"2d\"\n"
+        .into();
+    let version = ml.create_version(&fx.model).await;
+    let mut c = fx.claims();
+    c.tier = "exempt".into();
+    let record = provgate::approval::sign(&c, &fx.approver).unwrap();
+    let digest = fx.digest().to_string();
+    ml.set_tag(&fx.model, &version, "provgate.artefact_digest", &digest)
+        .await;
+    ml.set_tag(&fx.model, &version, "provgate.approval", &record)
+        .await;
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"exempt\""),
+    );
+    let pg = Provgate::spawn(fx.dir.path(), "exempt", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+    let x = except_cli(&fx, "x-mlflow", &["--waive-evidence", "red-team"], "1d");
+    ml.set_tag(&fx.model, &version, "provgate.exception.redteam", &x)
+        .await;
+    pg.eventually(Duration::from_secs(15), || async {
+        status(&pg, &token).await.0 == 200
+    })
+    .await;
+    let allowed = pg
+        .metric(&format!(
+            "provgate_exception_requests_total{{model=\"{}\",version_id=\"v42\"}}",
+            fx.model
+        ))
+        .await;
+    assert!(allowed >= 1.0);
+    // The tag removed: refused again.
+    ml.delete_tag(&fx.model, &version, "provgate.exception.redteam")
+        .await;
+    pg.eventually(Duration::from_secs(15), || async {
+        status(&pg, &token).await == (403, "approval_invalid".into())
+    })
+    .await;
+}

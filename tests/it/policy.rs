@@ -670,3 +670,83 @@ async fn an_exception_from_mlflow_waives_missing_evidence() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_from_the_http_registry_waives_a_quorum_role() {
+    let registry = crate::registries::HttpRegistry::start("t").await;
+    let mut q = quorum(None);
+    std::fs::write(q.fx.path("registry.token"), "t\n").unwrap();
+    q.fx.registry = Some(crate::registries::remote_registry(
+        "http",
+        &format!("http://{}/", registry.addr),
+        "1h",
+        &format!("token_file = \"{}\"", q.fx.path("registry.token").display()),
+    ));
+    // The critical tier lets the security approver waive its own review for a day.
+    q.fx.extra = q.fx.extra.replace(
+        "quorum = [\"owner\", \"security\"]\n",
+        "quorum = [\"owner\", \"security\"]\nexceptions = true\n\
+         max_exception_lifetime = \"1d\"\nexception_roles = [\"security\"]\n",
+    );
+    assert!(q.fx.extra.contains("exception_roles"));
+    let owner_only = provgate::approval::sign(&q.fx.claims(), &q.fx.approver).unwrap();
+    registry.answer(200, format!("{owner_only}\n"), None);
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    let token = q.fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+
+    // The same answer with an exception line (told apart by its typ), signed by the
+    // security approver's key through `provgate except`.
+    let key = q.fx.path("security.key");
+    let digest = q.fx.digest().to_string();
+    let out = run_cli(
+        &[
+            "except",
+            "--key",
+            key.to_str().unwrap(),
+            "--iss",
+            "security@example.org",
+            "--model",
+            &q.fx.model,
+            "--version-id",
+            "v42",
+            "--digest",
+            &digest,
+            "--waive-role",
+            "security",
+            "--reason",
+            "pen test booked",
+            "--ticket",
+            "urn:ticket:SEC-9",
+            "--ttl",
+            "12h",
+            "--jti",
+            "x-http",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exception = String::from_utf8(out.stdout).unwrap();
+    registry.answer(
+        200,
+        format!("{owner_only}\n{}\n", exception.trim()),
+        Some("\"2\""),
+    );
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (200, String::new())
+    })
+    .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = q.fx.audit_record(&id).await;
+    assert_eq!(audit["exceptions"][0]["id"], "x-http", "{audit}");
+    assert_eq!(audit["exceptions"][0]["waives"], "role:security");
+}

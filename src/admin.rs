@@ -81,6 +81,7 @@ impl Admin {
             }
         }
         self.metrics.approval_expiry.reset();
+        self.metrics.exception_expiry.reset();
         self.metrics.approval_record_age.reset();
         for (model, artefact, _) in &self.models {
             let p = artefact.progress().snapshot();
@@ -116,6 +117,27 @@ impl Admin {
                     .approval_record_age
                     .with_label_values(&labels)
                     .set(now.saturating_sub(c.record.claims.iat) as f64);
+                // Exceptions for this record that are in force now (whether the tier lets
+                // them count is the decision's): the one expiring first.
+                let soonest = entry
+                    .exceptions
+                    .iter()
+                    .filter(|x| !x.revoked)
+                    .map(|x| &x.exception)
+                    .filter(|x| {
+                        x.claims.sub == *model
+                            && x.claims.version_id == c.record.claims.version_id
+                            && x.not_before() <= now
+                            && now < x.claims.exp
+                    })
+                    .map(|x| x.claims.exp)
+                    .min();
+                if let Some(exp) = soonest {
+                    self.metrics
+                        .exception_expiry
+                        .with_label_values(&labels)
+                        .set(exp as f64);
+                }
             }
         }
     }

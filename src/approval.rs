@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::keys::{KeySet, SigningKey};
 
+pub mod exception;
+
+pub use exception::{ExceptionRecord, Waiver, EXCEPTION_TYP};
+
 /// The JWS `typ` of an approval record (RFC 8725 section 3.11 explicit typing).
 pub const RECORD_TYP: &str = "approval+jwt";
 
@@ -129,8 +133,8 @@ pub enum ApprovalError {
     Malformed,
     #[error("unsupported header: {0}")]
     Header(String),
-    #[error("typ must be \"{RECORD_TYP}\"")]
-    Typ,
+    #[error("typ must be \"{0}\"")]
+    Typ(&'static str),
     #[error("algorithm {0:?} is not allowed for approval records")]
     Algorithm(String),
     #[error("no approver key matches kid {0:?}")]
@@ -218,6 +222,35 @@ pub fn verify(text: &str, approvers: &KeySet) -> Result<ApprovalRecord, Approval
     Ok(record)
 }
 
+/// What a registry document turned out to be, verified.
+#[derive(Debug)]
+pub enum Verified {
+    Record(ApprovalRecord),
+    Exception(ExceptionRecord),
+}
+
+/// Is this document an exception (a compact JWS whose protected header says
+/// `typ: exception+jwt`)? Read unverified, only to choose the verifier.
+pub fn is_exception(text: &str) -> bool {
+    let text = text.trim();
+    !text.starts_with('{')
+        && read_header(text, true)
+            .ok()
+            .and_then(|h| h.typ)
+            .is_some_and(|t| typ_matches(&t, EXCEPTION_TYP))
+}
+
+/// Verifies a registry document of either kind: an exception when its header says so
+/// ([`is_exception`]), else an approval record ([`verify`]). Every backend passes what it
+/// fetched through here, so they all carry exceptions beside records.
+pub fn verify_any(text: &str, approvers: &KeySet) -> Result<Verified, ApprovalError> {
+    if is_exception(text) {
+        exception::verify(text, approvers).map(Verified::Exception)
+    } else {
+        verify(text, approvers).map(Verified::Record)
+    }
+}
+
 /// Adds a signature by `key` to an existing record (compact or co-signed) over the same
 /// payload, returning the co-signed record (one line of JSON). The payload is not re-encoded,
 /// so every signature covers exactly the same bytes. Refuses a key that already signed.
@@ -271,10 +304,31 @@ pub fn cosign(existing: &str, key: &SigningKey) -> Result<String, ApprovalError>
 
 /// Verifies one compact JWS (`signers` left empty for the caller to fill).
 fn verify_compact(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalError> {
+    let (claims, kid) = decode_compact::<ApprovalClaims>(jws, approvers, RECORD_TYP)?;
+    check_shape(&claims)?;
+    let version_header = http::HeaderValue::from_str(&claims.version_id)
+        .map_err(|_| ApprovalError::Payload("version_id must be printable ASCII".into()))?;
+    Ok(ApprovalRecord {
+        version_header,
+        version_id: Arc::from(claims.version_id.as_str()),
+        claims,
+        kid,
+        signers: Vec::new(),
+    })
+}
+
+/// Verifies one compact JWS of type `typ` against the approver keys (or, with `x5c`, the
+/// certificate-bound approvers) and reads its claims, returning them with the signer ID that
+/// verified (a `kid`, or [`certificate_signer_id`]). Shape checks are the caller's.
+fn decode_compact<T: serde::de::DeserializeOwned>(
+    jws: &str,
+    approvers: &KeySet,
+    typ: &'static str,
+) -> Result<(T, String), ApprovalError> {
     let header = read_header(jws, !approvers.certificates.is_empty())?;
     match header.typ.as_deref() {
-        Some(t) if typ_matches(t) => {}
-        _ => return Err(ApprovalError::Typ),
+        Some(t) if typ_matches(t, typ) => {}
+        _ => return Err(ApprovalError::Typ(typ)),
     }
     if !RECORD_ALGORITHMS.contains(&header.alg) {
         return Err(ApprovalError::Algorithm(format!("{:?}", header.alg)));
@@ -289,12 +343,12 @@ fn verify_compact(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, Appro
     if let Some(x5c) = &header.x5c {
         // A certificate-bound record: the chain, not a kid, says who signed.
         let (key, signer) = x5c_key(x5c, header.alg, approvers)?;
-        return record_from(check_signature(jws, &key, &validation)?, signer);
+        return Ok((claims_from(check_signature(jws, &key, &validation)?)?, signer));
     }
     let mut last_err = ApprovalError::UnknownKey(header.kid.clone());
     for key in approvers.candidates(header.kid.as_deref(), header.alg) {
         match check_signature(jws, &key.key, &validation) {
-            Ok(claims) => return record_from(claims, key.kid.clone().unwrap_or_default()),
+            Ok(claims) => return Ok((claims_from(claims)?, key.kid.clone().unwrap_or_default())),
             Err(e) => last_err = e,
         }
     }
@@ -318,21 +372,9 @@ fn check_signature(
         })
 }
 
-/// Reads and checks the claims of a record whose signature verified; `signer` is the
-/// signer ID recorded (a `kid`, or [`certificate_signer_id`]).
-fn record_from(claims: serde_json::Value, signer: String) -> Result<ApprovalRecord, ApprovalError> {
-    let claims: ApprovalClaims =
-        serde_json::from_value(claims).map_err(|e| ApprovalError::Payload(e.to_string()))?;
-    check_shape(&claims)?;
-    let version_header = http::HeaderValue::from_str(&claims.version_id)
-        .map_err(|_| ApprovalError::Payload("version_id must be printable ASCII".into()))?;
-    Ok(ApprovalRecord {
-        version_header,
-        version_id: Arc::from(claims.version_id.as_str()),
-        claims,
-        kid: signer,
-        signers: Vec::new(),
-    })
+/// Reads the claims of a document whose signature verified.
+fn claims_from<T: serde::de::DeserializeOwned>(claims: serde_json::Value) -> Result<T, ApprovalError> {
+    serde_json::from_value(claims).map_err(|e| ApprovalError::Payload(e.to_string()))
 }
 
 /// The verification key of an `x5c` record: the leaf's, once the chain validates (now: the
@@ -423,10 +465,10 @@ pub fn peek_claims(jws: &str) -> Option<(Option<Digest>, Option<String>)> {
     Some((digest, jti))
 }
 
-fn typ_matches(t: &str) -> bool {
+fn typ_matches(t: &str, want: &str) -> bool {
     // RFC 7515 4.1.9: compare case-insensitively; the "application/" prefix may be present.
     let t = t.strip_prefix("application/").unwrap_or(t);
-    t.eq_ignore_ascii_case(RECORD_TYP)
+    t.eq_ignore_ascii_case(want)
 }
 
 /// Parses the protected header, refusing what this verifier does not implement. `x5c` is

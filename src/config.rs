@@ -115,6 +115,9 @@ pub struct Config {
     /// `[trust]` as written, for reloads: the key file and the approvers.
     pub approver_keys_path: PathBuf,
     pub approver_files: Vec<ApproverFile>,
+    /// The file this configuration was loaded from (its `[trust]` section is re-read on
+    /// change and SIGHUP); `None` when it was parsed from text.
+    pub source: Option<PathBuf>,
     pub callers: Callers,
     pub tiers: HashMap<String, TierRule>,
     /// The deployment's tier (`[workload] tier`, else `default`) and its rule.
@@ -233,6 +236,7 @@ impl FileConfig {
             approver_scopes: trust.approvers,
             approver_keys_path: PathBuf::from(&self.trust.approver_keys),
             approver_files: self.trust.approvers.clone(),
+            source: None,
             tier,
             tier_rule,
             callers,
@@ -247,7 +251,9 @@ impl FileConfig {
 
 /// Loads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    FileConfig::load(path)?.validate()
+    let mut config = FileConfig::load(path)?.validate()?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
 }
 
 #[cfg(test)]

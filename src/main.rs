@@ -67,6 +67,11 @@ enum Command {
     },
     /// Sign an approval record.
     Approve(Box<ApproveArgs>),
+    /// Sign an exception: a time-boxed waiver of one evidence kind or quorum role for one
+    /// model version and digest (`typ: exception+jwt`). Put it in the registry beside the
+    /// record (a directory's `*.jwt` or `exceptions/`, an MLflow tag `provgate.exception`,
+    /// a line of an HTTP registry's answer).
+    Except(Box<ExceptArgs>),
     /// Mint a workload token (for demos and tests; production callers get theirs from SPIFFE,
     /// Kubernetes or an OIDC provider).
     Token {
@@ -392,6 +397,46 @@ impl SerializationArgs {
 }
 
 #[derive(Args)]
+struct ExceptArgs {
+    /// Approver private key (PKCS#8 PEM, from `provgate keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Approver identity (`iss`).
+    #[arg(long)]
+    iss: String,
+    /// Model name (`sub`).
+    #[arg(long)]
+    model: String,
+    /// The version ID of the record it applies to.
+    #[arg(long)]
+    version_id: String,
+    /// The artefact digest it applies to (`sha256:<hex>`).
+    #[arg(long)]
+    digest: String,
+    /// The evidence kind it waives...
+    #[arg(long, value_name = "KIND", required_unless_present = "waive_role")]
+    waive_evidence: Option<String>,
+    /// ...or the quorum role it waives.
+    #[arg(long, value_name = "ROLE", conflicts_with = "waive_evidence")]
+    waive_role: Option<String>,
+    /// Why.
+    #[arg(long)]
+    reason: String,
+    /// The ticket tracking it (a URI).
+    #[arg(long)]
+    ticket: String,
+    /// Validity from now; must be within the tier's `max_exception_lifetime`.
+    #[arg(long, default_value = "3d", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Exception ID (`jti`); default: random.
+    #[arg(long)]
+    jti: Option<String>,
+    /// Write it here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ApproveArgs {
     /// Approver private key (PKCS#8 PEM, from `provgate keygen`).
     #[arg(long)]
@@ -610,6 +655,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Approve(args) => approve(*args),
+        Command::Except(args) => except(*args),
         Command::Token {
             key,
             iss,
@@ -962,6 +1008,64 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             eprintln!(
                 "record {} for {} written to {}",
                 claims.jti,
+                claims.artefact.digest,
+                path.display()
+            );
+        }
+        None => println!("{jws}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn random_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow!("no randomness for an ID: {e}"))?;
+    Ok(hex::encode(b))
+}
+
+fn except(a: ExceptArgs) -> Result<ExitCode> {
+    use provgate::approval::exception::{self, ExceptionClaims};
+    let key = SigningKey::from_pem_file(&a.key)?;
+    let digest = a
+        .digest
+        .parse()
+        .map_err(|e| anyhow!("--digest {:?}: {e}", a.digest))?;
+    let waives = match (a.waive_evidence, a.waive_role) {
+        (Some(kind), None) => approval::Waiver::Evidence(kind),
+        (None, Some(role)) => approval::Waiver::Role(role),
+        _ => bail!("give one of --waive-evidence, --waive-role"),
+    };
+    let now = provgate::unix_now();
+    let claims = ExceptionClaims {
+        iss: a.iss,
+        sub: a.model,
+        jti: match a.jti {
+            Some(j) => j,
+            None => random_id()?,
+        },
+        iat: now,
+        nbf: Some(now),
+        exp: now + a.ttl.as_secs(),
+        version_id: a.version_id,
+        artefact: ArtefactRef {
+            digest,
+            signer: None,
+            ollama_digest: None,
+            base_digest: None,
+        },
+        waives,
+        reason: a.reason,
+        ticket: a.ticket,
+    };
+    let jws = exception::sign(&claims, &key)?;
+    match a.out {
+        Some(path) => {
+            std::fs::write(&path, format!("{jws}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "exception {} ({}) for {} written to {}",
+                claims.jti,
+                claims.waives.describe(),
                 claims.artefact.digest,
                 path.display()
             );

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::approval::{identity_matches, ApprovalRecord};
+use crate::approval::{identity_matches, ApprovalRecord, ExceptionRecord, Waiver};
 use crate::digest::Digest;
 use crate::identity::Caller;
-use crate::registry::RegistryEntry;
+use crate::registry::{ExceptionCandidate, RegistryEntry};
 
 pub mod config;
 
@@ -186,6 +186,14 @@ pub struct TierRule {
     /// Workload identities this tier may run on (exact, or a prefix ending in `*`); empty:
     /// any. Confines, say, an experimental tier to sandbox namespaces.
     pub workloads: Vec<String>,
+    /// Whether an exception may waive one of this tier's requirements. Off unless the tier
+    /// says so: an exception weakens the tier, so it is opted into, never inherited.
+    pub exceptions: bool,
+    /// The longest an exception may be valid (`exp` minus `nbf`), in seconds; one valid
+    /// longer waives nothing. Meaningful only with `exceptions`.
+    pub max_exception_lifetime: u64,
+    /// Roles one of which the exception's approver must hold; empty: any approver in scope.
+    pub exception_roles: Vec<String>,
 }
 
 impl TierRule {
@@ -272,6 +280,8 @@ impl Policy {
 pub enum Decision {
     Allow {
         record: Arc<ApprovalRecord>,
+        /// The exceptions the record needed (empty: the record met its tiers alone).
+        exceptions: Vec<Arc<ExceptionRecord>>,
     },
     /// A route `[[routing.allow]]` opens to this caller: allowed without a record, and
     /// always audited.
@@ -296,9 +306,17 @@ impl Decision {
 
     pub fn record(&self) -> Option<&Arc<ApprovalRecord>> {
         match self {
-            Decision::Allow { record } => Some(record),
+            Decision::Allow { record, .. } => Some(record),
             Decision::Opened => None,
             Decision::Deny { record, .. } => record.as_ref(),
+        }
+    }
+
+    /// The exceptions an allowed request needed (empty otherwise).
+    pub fn exceptions(&self) -> &[Arc<ExceptionRecord>] {
+        match self {
+            Decision::Allow { exceptions, .. } => exceptions,
+            Decision::Opened | Decision::Deny { .. } => &[],
         }
     }
 
@@ -410,10 +428,21 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
     // reason is the one reported.
     let mut first_denial = None;
     for candidate in &entry.records {
-        match check_record(policy, model, server, candidate, caller, signer, input.now) {
-            Ok(()) => {
+        let checked = check_record(
+            policy,
+            model,
+            server,
+            candidate,
+            &entry.exceptions,
+            caller,
+            signer,
+            input.now,
+        );
+        match checked {
+            Ok(exceptions) => {
                 return Decision::Allow {
                     record: candidate.record.clone(),
+                    exceptions,
                 }
             }
             Err((reason, detail)) => {
@@ -434,15 +463,18 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
     })
 }
 
+/// Checks one record; on success, the exceptions it needed (usually none: no allocation).
+#[allow(clippy::too_many_arguments)]
 fn check_record(
     policy: &Policy,
     model: &str,
     server: ServerView<'_>,
     candidate: &crate::registry::Candidate,
+    exceptions: &[ExceptionCandidate],
     caller: &Caller,
     signer: Option<&str>,
     now: u64,
-) -> Result<(), (DenyReason, &'static str)> {
+) -> Result<Vec<Arc<ExceptionRecord>>, (DenyReason, &'static str)> {
     let record = &candidate.record;
     let claims = &record.claims;
     if candidate.revoked {
@@ -507,17 +539,41 @@ fn check_record(
             .iter()
             .any(|e| &e.kind == kind && e.verdict.eq_ignore_ascii_case("pass"))
     };
-    if !(policy.tier_rule.required_evidence.iter().all(passed)
-        && record_rule.required_evidence.iter().all(passed))
-    {
-        return Err((
-            DenyReason::ApprovalInvalid,
-            "record lacks evidence its tier requires",
-        ));
+    let waivers = Waivers {
+        policy,
+        model,
+        record,
+        record_rule,
+        exceptions,
+        now,
+    };
+    let mut used: Vec<Arc<ExceptionRecord>> = Vec::new();
+    let required = policy
+        .tier_rule
+        .required_evidence
+        .iter()
+        .chain(&record_rule.required_evidence);
+    for kind in required {
+        if passed(kind) {
+            continue;
+        }
+        let imposed = [
+            policy.tier_rule.required_evidence.contains(kind),
+            record_rule.required_evidence.contains(kind),
+        ];
+        match waivers.find(imposed, |w| matches!(w, Waiver::Evidence(k) if k == kind)) {
+            Ok(e) => use_exception(&mut used, e),
+            Err(why) => {
+                return Err(why.unwrap_or((
+                    DenyReason::ApprovalInvalid,
+                    "record lacks evidence its tier requires",
+                )))
+            }
+        }
     }
     policy.tier_rule.admits(record, &policy.workload_identity)?;
     record_rule.admits(record, &policy.workload_identity)?;
-    check_signers(policy, model, record, record_rule)?;
+    check_signers(policy, model, record, record_rule, &waivers, &mut used)?;
     let bare_ok = policy.bare_ok(&caller.iss);
     if !claims
         .callers
@@ -529,17 +585,126 @@ fn check_record(
             "caller is not in the record's callers",
         ));
     }
-    Ok(())
+    Ok(used)
+}
+
+fn use_exception(used: &mut Vec<Arc<ExceptionRecord>>, e: &Arc<ExceptionRecord>) {
+    if !used.iter().any(|u| Arc::ptr_eq(u, e)) {
+        used.push(e.clone());
+    }
+}
+
+// === Exceptions ===
+
+/// The exceptions the registry holds for the served digest, seen from one record.
+struct Waivers<'a> {
+    policy: &'a Policy,
+    model: &'a str,
+    record: &'a ApprovalRecord,
+    record_rule: &'a TierRule,
+    exceptions: &'a [ExceptionCandidate],
+    now: u64,
+}
+
+impl<'a> Waivers<'a> {
+    /// The first exception in force that waives what `waives` accepts for this record.
+    /// `imposed`: whether the deployment's tier and the record's tier (in that order) impose
+    /// the requirement; each that does must allow the exception.
+    /// `Err(None)`: no exception for this record waives it (one for another model, version
+    /// or digest is ignored); `Err(Some(..))`: one does but may not be used, and why.
+    fn find(
+        &self,
+        imposed: [bool; 2],
+        waives: impl Fn(&Waiver) -> bool,
+    ) -> Result<&'a Arc<ExceptionRecord>, Option<(DenyReason, &'static str)>> {
+        let mut why = None;
+        for c in self.exceptions {
+            let e = &c.exception;
+            let claims = &e.claims;
+            if !waives(&claims.waives)
+                || claims.sub != self.model
+                || claims.version_id != self.record.claims.version_id
+                || claims.artefact.digest != self.record.claims.artefact.digest
+            {
+                continue;
+            }
+            match self.usable(c, imposed) {
+                Ok(()) => return Ok(e),
+                Err(w) => {
+                    why.get_or_insert(w);
+                }
+            }
+        }
+        Err(why)
+    }
+
+    /// Whether an exception that applies to this record may be used now, under the rules
+    /// of the tiers that impose what it waives.
+    fn usable(
+        &self,
+        c: &ExceptionCandidate,
+        imposed: [bool; 2],
+    ) -> Result<(), (DenyReason, &'static str)> {
+        let e = &c.exception;
+        let tiers = [&self.policy.tier_rule, self.record_rule];
+        let mut rules = tiers
+            .iter()
+            .zip(imposed)
+            .filter_map(|(r, on)| on.then_some(*r));
+        if c.revoked {
+            return Err((DenyReason::ApprovalRevoked, "the exception is revoked"));
+        }
+        if !rules.clone().all(|r| r.exceptions) {
+            return Err((
+                DenyReason::ApprovalInvalid,
+                "an exception was offered but the tier allows none",
+            ));
+        }
+        if rules
+            .clone()
+            .any(|r| e.lifetime() > r.max_exception_lifetime)
+        {
+            return Err((
+                DenyReason::ApprovalInvalid,
+                "exception is valid longer than its tier allows",
+            ));
+        }
+        let tier = &self.record.claims.tier;
+        let in_scope = self.policy.approvers.get(&e.kid).is_some_and(|a| {
+            a.covers(self.model, tier, &self.policy.tier)
+                && rules.all(|r| {
+                    r.exception_roles.is_empty()
+                        || a.roles.iter().any(|x| r.exception_roles.contains(x))
+                })
+        });
+        if !in_scope {
+            return Err((
+                DenyReason::ApprovalInvalid,
+                "exception signed outside its approvers' scope (model, tier or role)",
+            ));
+        }
+        if self.now < e.not_before() {
+            return Err((DenyReason::ApprovalExpired, "exception not yet valid"));
+        }
+        if self.now >= e.claims.exp {
+            return Err((DenyReason::ApprovalExpired, "exception expired"));
+        }
+        Ok(())
+    }
 }
 
 /// The record's signers, through their configured approvers: at least one in scope for this
 /// model at the record's and the deployment's tier, and the quorum of both tiers met by
 /// distinct in-scope approvers (two keys of one approver count once).
+/// A quorum role no signer can fill may be waived by an exception for that role (recorded
+/// in `used`); at least one in-scope approver must still have signed.
 fn check_signers(
     policy: &Policy,
     model: &str,
     record: &ApprovalRecord,
     record_rule: &TierRule,
+    waivers: &Waivers<'_>,
+    used: &mut Vec<Arc<ExceptionRecord>>,
 ) -> Result<(), (DenyReason, &'static str)> {
     let tier = &record.claims.tier;
     let scoped = |kid: &String| {
@@ -571,13 +736,52 @@ fn check_signers(
         }
     }
     if assign(&roles, &distinct, 0) {
-        Ok(())
-    } else {
-        Err((
-            DenyReason::ApprovalInvalid,
-            "quorum not met: the tier's roles need distinct approvers who signed",
-        ))
+        return Ok(());
     }
+    // The roles an exception may waive; try the smallest sets of waivers first, so no
+    // exception is used (and audited) that the record did not need.
+    let mut why = None;
+    let mut waivable: Vec<(&str, &Arc<ExceptionRecord>)> = Vec::new();
+    for role in &roles {
+        let imposed = [
+            policy.tier_rule.quorum.iter().any(|r| r == role),
+            record_rule.quorum.iter().any(|r| r == role),
+        ];
+        match waivers.find(imposed, |w| matches!(w, Waiver::Role(r) if r == role)) {
+            Ok(e) => waivable.push((role, e)),
+            Err(w) => {
+                if why.is_none() {
+                    why = w;
+                }
+            }
+        }
+    }
+    waivable.truncate(16);
+    let mut masks: Vec<u32> = (1..1u32 << waivable.len()).collect();
+    masks.sort_by_key(|m| m.count_ones());
+    for mask in masks {
+        let chosen = |i: usize| mask & (1 << i) != 0;
+        let rest: Vec<&str> = roles
+            .iter()
+            .copied()
+            .filter(|r| {
+                !waivable
+                    .iter()
+                    .enumerate()
+                    .any(|(i, (w, _))| chosen(i) && w == r)
+            })
+            .collect();
+        if assign(&rest, &distinct, 0) {
+            for (_, e) in waivable.iter().enumerate().filter(|(i, _)| chosen(*i)) {
+                use_exception(used, e.1);
+            }
+            return Ok(());
+        }
+    }
+    Err(why.unwrap_or((
+        DenyReason::ApprovalInvalid,
+        "quorum not met: the tier's roles need distinct approvers who signed",
+    )))
 }
 
 fn no_scoped_signer(policy: &Policy, record: &ApprovalRecord) -> (DenyReason, &'static str) {

@@ -2,8 +2,9 @@
 //! through.
 //!
 //! Backends:
-//! - `dir` (embedded): a directory of record files (`*.jwt` or `*.jws`, one compact JWS each)
-//!   plus `revoked.txt` (one record ID per line, `#` comments), reloaded when it changes
+//! - `dir` (embedded): a directory of record files (`*.jwt` or `*.jws`, one compact JWS each;
+//!   exceptions, `typ: exception+jwt`, beside them or in `exceptions/`)
+//!   plus `revoked.txt` (one record or exception ID per line, `#` comments), reloaded when it changes
 //!   (inotify, with a periodic rescan as a fallback);
 //! - `mlflow` and `http` ([`remote`]): asked about each served digest on its own schedule
 //!   (and, for `http` with `layout = "path"`, about the signed revocation list,
@@ -31,7 +32,7 @@ use prometheus::{Histogram, IntCounter};
 // tokio's clock is std's outside a runtime, and can be paused in tests.
 use tokio::time::Instant;
 
-use crate::approval::{self, ApprovalRecord};
+use crate::approval::{self, ApprovalRecord, ExceptionRecord, Verified};
 use crate::digest::Digest;
 use crate::keys::KeySet;
 use crate::kit::dirwatch::{DirWatch, Fingerprint, Hooks};
@@ -41,10 +42,22 @@ use crate::telemetry::Metrics;
 /// The revocation list's file name inside the registry directory.
 pub const REVOCATION_FILE: &str = "revoked.txt";
 
+/// A subdirectory of the registry directory holding only exceptions (`*.jwt`/`*.jws`).
+/// Exceptions may also sit beside records: their `typ` tells them apart.
+pub const EXCEPTIONS_DIR: &str = "exceptions";
+
 /// One verified record for a digest, with its registry-side state.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub record: Arc<ApprovalRecord>,
+    pub revoked: bool,
+}
+
+/// One verified exception for a digest, with its registry-side state.
+#[derive(Debug, Clone)]
+pub struct ExceptionCandidate {
+    pub exception: Arc<ExceptionRecord>,
+    /// `revoked.txt` (or the registry) names its ID.
     pub revoked: bool,
 }
 
@@ -53,6 +66,9 @@ pub struct Candidate {
 pub struct RegistryEntry {
     /// Verified records, newest (`iat`) first.
     pub records: Vec<Candidate>,
+    /// Verified exceptions claiming this digest, in no particular order. Which (if any)
+    /// applies to a record is the decision's business.
+    pub exceptions: Vec<ExceptionCandidate>,
     /// Records that claimed this digest but failed verification, with why (for the log).
     pub invalid: Vec<String>,
     /// The earliest `revalidate_after` among `records`.
@@ -112,11 +128,18 @@ impl RegistryEntry {
             .min();
         RegistryEntry {
             records,
+            exceptions: Vec::new(),
             invalid,
             revalidate_after,
             revoked: false,
             clocks: Vec::new(),
         }
+    }
+
+    /// The same entry carrying `exceptions`.
+    pub fn with_exceptions(mut self, exceptions: Vec<ExceptionCandidate>) -> RegistryEntry {
+        self.exceptions = exceptions;
+        self
     }
 }
 
@@ -128,6 +151,8 @@ pub struct Snapshot {
     /// record), or has not been asked about yet (a remote registry is asked per digest).
     pub exhaustive: bool,
     pub valid_records: usize,
+    /// Verified exceptions (invalid ones count in `invalid_records`).
+    pub valid_exceptions: usize,
     pub invalid_records: usize,
     pub revoked_ids: usize,
 }
@@ -198,19 +223,32 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         source,
     };
     let revoked = read_revocations(&dir.join(REVOCATION_FILE))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("jwt") | Some("jws")
-            )
-        })
-        .collect();
-    files.sort();
+    let documents = |dir: &Path| -> Result<Vec<PathBuf>, std::io::Error> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("jwt") | Some("jws")
+                )
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    };
+    let mut files = documents(dir).map_err(io_err)?;
+    // Exceptions may also live in their own subdirectory; a file there must be one.
+    let exceptions_dir = dir.join(EXCEPTIONS_DIR);
+    let only_exceptions = match documents(&exceptions_dir) {
+        Ok(more) => more,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(e)),
+    };
+    let first_exception_only = files.len();
+    files.extend(only_exceptions);
 
     let mut building: HashMap<Digest, (Vec<Candidate>, Vec<String>)> = HashMap::new();
+    let mut exceptions: HashMap<Digest, Vec<ExceptionCandidate>> = HashMap::new();
     let mut snapshot = Snapshot {
         exhaustive: true,
         revoked_ids: revoked.len(),
@@ -218,7 +256,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
     };
     let mut seen_ids = HashSet::new();
     let mut rejects = RejectLog::new("dir");
-    for file in files {
+    for (i, file) in files.into_iter().enumerate() {
         let text = match crate::kit::file::read_string(&file, crate::kit::file::Kind::Record) {
             Ok(t) => t,
             Err(e) => {
@@ -227,8 +265,24 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                 continue;
             }
         };
-        match approval::verify(&text, approvers) {
-            Ok(record) => {
+        let verified = if i >= first_exception_only {
+            approval::exception::verify(&text, approvers).map(Verified::Exception)
+        } else {
+            approval::verify_any(&text, approvers)
+        };
+        match verified {
+            Ok(Verified::Exception(e)) => {
+                let revoked = revoked.contains(&e.claims.jti);
+                exceptions
+                    .entry(e.claims.artefact.digest)
+                    .or_default()
+                    .push(ExceptionCandidate {
+                        exception: Arc::new(e),
+                        revoked,
+                    });
+                snapshot.valid_exceptions += 1;
+            }
+            Ok(Verified::Record(record)) => {
                 if !seen_ids.insert(record.claims.jti.clone()) {
                     tracing::warn!(file = %file.display(), record_id = %record.claims.jti,
                         "duplicate record ID; both copies kept");
@@ -243,6 +297,11 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                         revoked,
                     });
                 snapshot.valid_records += 1;
+            }
+            Err(e) if i >= first_exception_only || approval::is_exception(&text) => {
+                // A bad exception waives nothing; it does not make the records invalid.
+                rejects.reject(&file.display(), &e);
+                snapshot.invalid_records += 1;
             }
             Err(e) => {
                 rejects.reject(&file.display(), &e);
@@ -260,12 +319,34 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         }
     }
     rejects.finish();
+    for digest in exceptions.keys() {
+        building.entry(*digest).or_default();
+    }
     for (digest, (records, invalid)) in building {
-        snapshot
-            .by_digest
-            .insert(digest, Arc::new(RegistryEntry::new(records, invalid)));
+        let entry = RegistryEntry::new(records, invalid)
+            .with_exceptions(exceptions.remove(&digest).unwrap_or_default());
+        snapshot.by_digest.insert(digest, Arc::new(entry));
     }
     Ok(snapshot)
+}
+
+/// A verified exception fetched for `digest` from a remote registry: refused when it names
+/// another digest (filed under the wrong one, it waives nothing).
+pub(crate) fn exception_for(
+    exception: ExceptionRecord,
+    digest: &Digest,
+    revoked: bool,
+) -> Result<ExceptionCandidate, String> {
+    if exception.claims.artefact.digest != *digest {
+        return Err(format!(
+            "exception {} is for {}, not the digest it is filed under",
+            exception.claims.jti, exception.claims.artefact.digest
+        ));
+    }
+    Ok(ExceptionCandidate {
+        exception: Arc::new(exception),
+        revoked,
+    })
 }
 
 /// Reads `revoked.txt` (bounded, non-blocking: a FIFO or an oversized list fails the

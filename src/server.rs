@@ -296,6 +296,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             policy: policy.clone(),
             approver_keys: config.approver_keys_path.clone(),
             approvers: config.approver_files.clone(),
+            config: config.source.clone(),
             issuers: file_issuers
                 .into_iter()
                 .filter_map(|(name, path)| {

@@ -29,6 +29,9 @@ pub mod names {
     pub const ARTEFACT_HASH_BYTES: &str = "provgate_artefact_hash_bytes";
     pub const APPROVAL_EXPIRY_TIMESTAMP_SECONDS: &str =
         "provgate_approval_expiry_timestamp_seconds";
+    pub const EXCEPTION_EXPIRY_TIMESTAMP_SECONDS: &str =
+        "provgate_exception_expiry_timestamp_seconds";
+    pub const EXCEPTION_REQUESTS_TOTAL: &str = "provgate_exception_requests_total";
     pub const REGISTRY_RECORDS: &str = "provgate_registry_records";
     pub const REGISTRY_REVOKED_IDS: &str = "provgate_registry_revoked_ids";
     pub const REGISTRY_FETCHES_TOTAL: &str = "provgate_registry_fetches_total";
@@ -85,6 +88,10 @@ pub struct Metrics {
     /// Per model, `kind` = `done` | `total`: bytes of the hash in progress (or the last one).
     pub artefact_hash_bytes: IntGaugeVec,
     pub approval_expiry: GaugeVec,
+    /// The earliest expiry among the exceptions in force for the served record.
+    pub exception_expiry: GaugeVec,
+    /// Requests allowed only under an exception, by model and version ID.
+    pub exception_requests: IntCounterVec,
     pub registry_records_valid: IntGauge,
     pub registry_records_invalid: IntGauge,
     pub registry_revoked_ids: IntGauge,
@@ -239,6 +246,20 @@ impl Metrics {
             Opts::new(
                 APPROVAL_EXPIRY_TIMESTAMP_SECONDS,
                 "Expiry (Unix seconds) of the approval record in force for the served artefact."
+            ),
+            &["model", "version_id"]
+        ));
+        let exception_expiry = reg!(GaugeVec::new(
+            Opts::new(
+                EXCEPTION_EXPIRY_TIMESTAMP_SECONDS,
+                "Earliest expiry (Unix seconds) among the signed exceptions in force for the served artefact's record."
+            ),
+            &["model", "version_id"]
+        ));
+        let exception_requests = reg!(IntCounterVec::new(
+            Opts::new(
+                EXCEPTION_REQUESTS_TOTAL,
+                "Requests allowed only under a signed exception (also counted as decision=allow in provgate_requests_total)."
             ),
             &["model", "version_id"]
         ));
@@ -427,6 +448,8 @@ impl Metrics {
             background_stalled,
             artefact_hash_bytes,
             approval_expiry,
+            exception_expiry,
+            exception_requests,
             registry_revoked_ids,
             registry_fetches,
             registry_fetch_duration,

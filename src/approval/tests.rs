@@ -139,9 +139,11 @@ fn unsafe_headers_are_refused() {
 
 #[test]
 fn typ_accepts_the_media_type_spellings() {
-    assert!(typ_matches("approval+jwt"));
-    assert!(typ_matches("application/Approval+JWT"));
-    assert!(!typ_matches("jwt"));
+    assert!(typ_matches("approval+jwt", RECORD_TYP));
+    assert!(typ_matches("application/Approval+JWT", RECORD_TYP));
+    assert!(!typ_matches("jwt", RECORD_TYP));
+    assert!(typ_matches("application/exception+JWT", EXCEPTION_TYP));
+    assert!(!typ_matches("exception+jwt", RECORD_TYP));
 }
 
 #[test]

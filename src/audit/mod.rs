@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::config::{AuditConfig, WriteFailure};
-pub use self::record::{line_hash, AuditEvent, EvidenceRef, GENESIS, MAX_LINE_BYTES};
+pub use self::record::{line_hash, AuditEvent, EvidenceRef, ExceptionRef, GENESIS, MAX_LINE_BYTES};
 use self::writer::{Shared, Writer};
 use crate::policy::{Decision, DenyReason};
 use crate::telemetry::Metrics;

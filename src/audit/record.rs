@@ -92,6 +92,9 @@ pub struct AuditEvent {
     /// certificate-bound approver.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub record_signers: Vec<String>,
+    /// The signed exceptions an allowed request needed (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub exceptions: Vec<ExceptionRef>,
     pub status: u16,
     pub latency_ms: f64,
     /// The fields that were cut to their bound, each with its original length in bytes
@@ -106,6 +109,17 @@ pub struct EvidenceRef {
     pub uri: String,
     pub digest: String,
     pub verdict: String,
+}
+
+/// An exception a request was allowed under: its ID, what it waived, its ticket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExceptionRef {
+    pub id: String,
+    /// `evidence:KIND` or `role:ROLE`.
+    pub waives: String,
+    pub ticket: String,
+    /// Its expiry, Unix seconds.
+    pub exp: u64,
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary; returns the original length
@@ -174,6 +188,20 @@ impl AuditEvent {
         if self.evidence.len() > EVIDENCE_ENTRIES {
             cut.insert("evidence", self.evidence.len());
             self.evidence.truncate(EVIDENCE_ENTRIES);
+        }
+        if self.exceptions.len() > EVIDENCE_ENTRIES {
+            cut.insert("exceptions", self.exceptions.len());
+            self.exceptions.truncate(EVIDENCE_ENTRIES);
+        }
+        for e in &mut self.exceptions {
+            let long = [
+                cut_to(&mut e.id, RECORD_ID),
+                cut_to(&mut e.waives, EVIDENCE_KIND + 16),
+                cut_to(&mut e.ticket, EVIDENCE_URI),
+            ];
+            if long.iter().any(Option::is_some) {
+                cut.entry("exceptions").or_insert(0);
+            }
         }
         for e in &mut self.evidence {
             let long = [
@@ -347,6 +375,7 @@ pub fn synthetic(i: u64, long_path: bool) -> AuditEvent {
         model_signer: None,
         model_signer_identity: None,
         record_signers: vec![],
+        exceptions: vec![],
         status,
         latency_ms: 0.25,
         cut: BTreeMap::new(),

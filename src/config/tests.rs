@@ -928,3 +928,55 @@ fn a_sigstore_signer_names_a_trusted_root_an_issuer_and_one_subject_form() {
         assert!(e.contains(field), "{lines}: {e}");
     }
 }
+
+#[test]
+fn exceptions_are_off_unless_a_tier_allows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = good(dir.path());
+    let c = FileConfig::parse(&text).unwrap().validate().unwrap();
+    assert!(!c.tiers["customer-facing"].exceptions);
+    assert!(!c.tiers["default"].exceptions);
+    // Allowed: the lifetime defaults to seven days.
+    let allowed = text.replace(
+        "required_evidence = [\"security-test\", \"red-team\"]",
+        "required_evidence = [\"security-test\", \"red-team\"]\nexceptions = true",
+    );
+    let c = FileConfig::parse(&allowed).unwrap().validate().unwrap();
+    let rule = &c.tiers["customer-facing"];
+    assert!(rule.exceptions);
+    assert_eq!(rule.max_exception_lifetime, 7 * 86_400);
+    let c = FileConfig::parse(&allowed.replace(
+        "exceptions = true",
+        "exceptions = true\nmax_exception_lifetime = \"36h\"",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(c.tiers["customer-facing"].max_exception_lifetime, 36 * 3600);
+    // A lifetime or roles without exceptions is inconsistent; so is a zero lifetime, and
+    // exception roles no approver holds.
+    for (bad, field) in [
+        (
+            "max_exception_lifetime = \"1d\"",
+            "tiers.customer-facing.exceptions",
+        ),
+        (
+            "exception_roles = [\"security\"]",
+            "tiers.customer-facing.exceptions",
+        ),
+        (
+            "exceptions = true\nmax_exception_lifetime = \"0s\"",
+            "tiers.customer-facing.max_exception_lifetime",
+        ),
+        (
+            "exceptions = true\nexception_roles = [\"security\"]",
+            "tiers.customer-facing.exception_roles",
+        ),
+    ] {
+        let errs = config_errors(&text.replace(
+            "required_evidence = [\"security-test\", \"red-team\"]",
+            &format!("required_evidence = [\"security-test\", \"red-team\"]\n{bad}"),
+        ));
+        assert!(errs.iter().any(|e| e.starts_with(field)), "{bad}: {errs:?}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The policy sections: `[mode]` (enforce or dry-run), `[workload]` (who this deployment
-//! is), `[trust]` (the approver keys) and `[tiers]` (evidence rules per exposure tier).
+//! is), `[trust]` (the approver keys) and `[tiers]` (evidence, quorum, lifetime, workload and
+//! exception rules per exposure tier).
 //! File structs, defaults, validation and the validated values the decision reads. Data
 //! only: deciding is [`crate::policy`]'s; this file reads [`TierRule`] from there and must
 //! not be imported by it (nor import the top-level `config`).
@@ -113,7 +114,24 @@ pub struct TierFile {
     /// Workload identities this tier may run on (exact, or `prefix*`); default any.
     #[serde(default)]
     pub workloads: Vec<String>,
+    /// Whether signed exceptions may waive one of this tier's requirements (an evidence
+    /// kind or a quorum role). Default `false`: an exception weakens the tier, so a tier
+    /// opts in; every tier that imposes the waived requirement (the deployment's, the
+    /// record's) must allow it.
+    #[serde(default)]
+    pub exceptions: bool,
+    /// The longest validity (`exp - nbf`) an exception may have; default
+    /// [`DEFAULT_MAX_EXCEPTION_LIFETIME`]. Only with `exceptions = true`.
+    #[serde(default)]
+    pub max_exception_lifetime: Option<String>,
+    /// Roles one of which an exception's approver must hold (e.g. `["security"]`);
+    /// default any approver in scope. Only with `exceptions = true`.
+    #[serde(default)]
+    pub exception_roles: Vec<String>,
 }
+
+/// An exception's longest validity when a tier allows exceptions and names no maximum.
+pub const DEFAULT_MAX_EXCEPTION_LIFETIME: &str = "7d";
 
 fn everything() -> Vec<String> {
     vec!["*".into()]
@@ -331,11 +349,40 @@ pub fn validate_tiers(
                     "must be at least 1s",
                 );
             }
+            if !t.exceptions
+                && (t.max_exception_lifetime.is_some() || !t.exception_roles.is_empty())
+            {
+                errors.push(
+                    format_args!("tiers.{name}.exceptions"),
+                    "max_exception_lifetime and exception_roles need exceptions = true",
+                );
+            }
+            let max_exception_lifetime = if t.exceptions {
+                let d = t
+                    .max_exception_lifetime
+                    .as_deref()
+                    .unwrap_or(DEFAULT_MAX_EXCEPTION_LIFETIME);
+                let secs = errors
+                    .duration(&format!("tiers.{name}.max_exception_lifetime"), d)
+                    .as_secs();
+                if secs == 0 {
+                    errors.push(
+                        format_args!("tiers.{name}.max_exception_lifetime"),
+                        "must be at least 1s",
+                    );
+                }
+                secs
+            } else {
+                0
+            };
             let rule = TierRule {
                 required_evidence: t.required_evidence,
                 quorum: t.quorum,
                 max_lifetime,
                 workloads: t.workloads,
+                exceptions: t.exceptions,
+                max_exception_lifetime,
+                exception_roles: t.exception_roles,
             };
             (name, rule)
         })
@@ -353,26 +400,9 @@ pub fn validate_tiers(
             }
         }
     }
-    let mut distinct: Vec<&ApproverScope> = Vec::new();
-    for a in approvers.values() {
-        if !distinct.iter().any(|d| d.name == a.name) {
-            distinct.push(a);
-        }
-    }
+    check_tier_roles(&rules, approvers, errors);
     for name in &names {
         let rule = &rules[*name];
-        for role in &rule.quorum {
-            let holders = distinct
-                .iter()
-                .filter(|a| a.roles.contains(role) && identity_matches(&a.tiers, name))
-                .count();
-            if holders == 0 {
-                errors.push(
-                    format_args!("tiers.{name}.quorum"),
-                    format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with role {role:?}"),
-                );
-            }
-        }
         let mut seen = Vec::new();
         for role in &rule.quorum {
             if seen.contains(&role) {
@@ -396,6 +426,51 @@ pub fn validate_tiers(
         }
     };
     (rules, tier, rule)
+}
+
+/// Every quorum role and exception role of every tier is held by some approver who may
+/// approve that tier (at start an error; after a reload that withdrew one, a warning).
+pub fn check_tier_roles(
+    rules: &HashMap<String, TierRule>,
+    approvers: &HashMap<String, Arc<ApproverScope>>,
+    errors: &mut Errors,
+) {
+    let mut distinct: Vec<&ApproverScope> = Vec::new();
+    for a in approvers.values() {
+        if !distinct.iter().any(|d| d.name == a.name) {
+            distinct.push(a);
+        }
+    }
+    let mut names: Vec<&String> = rules.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(rule) = rules.get(name) else {
+            continue;
+        };
+        for role in &rule.quorum {
+            let holders = distinct
+                .iter()
+                .filter(|a| a.roles.contains(role) && identity_matches(&a.tiers, name))
+                .count();
+            if holders == 0 {
+                errors.push(
+                    format_args!("tiers.{name}.quorum"),
+                    format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with role {role:?}"),
+                );
+            }
+        }
+        if !rule.exception_roles.is_empty()
+            && !distinct.iter().any(|a| {
+                identity_matches(&a.tiers, name)
+                    && a.roles.iter().any(|r| rule.exception_roles.contains(r))
+            })
+        {
+            errors.push(
+                format_args!("tiers.{name}.exception_roles"),
+                format_args!("no approver in [[trust.approvers]] may approve tier {name:?} with one of these roles"),
+            );
+        }
+    }
 }
 
 /// The issuers whose callers bare caller patterns match ([`crate::policy::Policy::bare_issuers`]):

@@ -1,8 +1,9 @@
 //! The decision as a table: each row builds one situation and names the expected outcome.
 
 use super::*;
+use crate::approval::exception::ExceptionClaims;
 use crate::approval::{ApprovalClaims, ArtefactRef, CallerPattern, Evidence};
-use crate::registry::Candidate;
+use crate::registry::{Candidate, ExceptionCandidate};
 
 const NOW: u64 = 1_800_000_000;
 const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/model-serving";
@@ -41,6 +42,27 @@ fn policy() -> Policy {
         },
     );
     tiers.insert(DEFAULT_TIER.to_string(), TierRule::default());
+    // Like customer-facing, but exceptions (signed by a security approver, for at most
+    // three days) may waive a requirement.
+    tiers.insert(
+        "exceptional".to_string(),
+        TierRule {
+            required_evidence: vec!["security-test".into(), "red-team".into()],
+            exceptions: true,
+            max_exception_lifetime: 3 * 86_400,
+            exception_roles: vec!["security".into()],
+            ..TierRule::default()
+        },
+    );
+    tiers.insert(
+        "critical-x".to_string(),
+        TierRule {
+            quorum: vec!["owner".into(), "security".into()],
+            exceptions: true,
+            max_exception_lifetime: 86_400,
+            ..TierRule::default()
+        },
+    );
     tiers.insert(
         "critical".to_string(),
         TierRule {
@@ -136,11 +158,71 @@ fn signed_by(list: Vec<(ApprovalClaims, bool)>, kids: &[&str]) -> RegistryEntry 
                 revoked,
             })
             .collect(),
+        exceptions: vec![],
         invalid: vec![],
         revalidate_after: None,
         revoked: false,
         clocks: Vec::new(),
     }
+}
+
+/// An exception `jti` for record `v1` of model `m` on [`digest`], signed with `kid`, in force
+/// from `NOW - 10` to `NOW + 100`.
+fn exception(jti: &str, kid: &str, waives: Waiver) -> ExceptionCandidate {
+    exception_with(jti, kid, waives, |_| {})
+}
+
+fn exception_with(
+    jti: &str,
+    kid: &str,
+    waives: Waiver,
+    f: impl FnOnce(&mut ExceptionClaims),
+) -> ExceptionCandidate {
+    let mut claims = ExceptionClaims {
+        iss: "security-team".into(),
+        sub: "m".into(),
+        jti: jti.into(),
+        iat: NOW - 10,
+        nbf: None,
+        exp: NOW + 100,
+        version_id: "v1".into(),
+        artefact: ArtefactRef {
+            digest: digest(),
+            signer: None,
+            ollama_digest: None,
+            base_digest: None,
+        },
+        waives,
+        reason: "red-team report due Friday".into(),
+        ticket: "https://tickets.example.org/SEC-42".into(),
+    };
+    f(&mut claims);
+    ExceptionCandidate {
+        exception: Arc::new(ExceptionRecord {
+            claims,
+            kid: kid.into(),
+        }),
+        revoked: false,
+    }
+}
+
+/// A record of tier `tier` with a passing security test only, signed by `kids`, beside
+/// `exceptions`.
+fn lacking_red_team(
+    tier: &str,
+    kids: &[&str],
+    exceptions: Vec<ExceptionCandidate>,
+) -> Option<RegistryEntry> {
+    let mut c = claims();
+    c.tier = tier.into();
+    c.evidence = vec![ev("security-test", "pass")];
+    let mut entry = signed_by(vec![(c, false)], kids);
+    entry.exceptions = exceptions;
+    Some(entry)
+}
+
+fn red_team() -> Waiver {
+    Waiver::Evidence("red-team".into())
 }
 
 fn caller(iss: &str, sub: &str) -> Caller {
@@ -174,6 +256,8 @@ struct Case {
     model: ModelView<'static>,
     signer: Option<&'static str>,
     want: Result<&'static str, DenyReason>,
+    /// The IDs of the exceptions an allowed request needed.
+    want_exceptions: &'static [&'static str],
 }
 
 fn base(name: &'static str) -> Case {
@@ -191,6 +275,7 @@ fn base(name: &'static str) -> Case {
         },
         signer: None,
         want: Ok("v1"),
+        want_exceptions: &[],
     }
 }
 
@@ -239,6 +324,7 @@ fn decision_table() {
         with(base("only a forged record for digest"), |c| {
             c.entry = Some(RegistryEntry {
                 records: vec![],
+                exceptions: vec![],
                 invalid: vec!["bad signature".into()],
                 revalidate_after: None,
                 revoked: false,
@@ -251,6 +337,7 @@ fn decision_table() {
             |c| {
                 c.entry = Some(RegistryEntry {
                     records: vec![],
+                    exceptions: vec![],
                     invalid: vec![],
                     revalidate_after: None,
                     revoked: true,
@@ -651,6 +738,228 @@ fn decision_table() {
             c.entry = Some(entry_of(vec![(new, true), (old, false)]));
             c.want = Err(ApprovalRevoked)
         }),
+        // === Exceptions ===
+        with(base("an exception waives one evidence kind"), |c| {
+            c.tier = "exceptional";
+            c.entry = lacking_red_team(
+                "exceptional",
+                &["k"],
+                vec![exception("x1", "sec", red_team())],
+            );
+            c.want_exceptions = &["x1"];
+        }),
+        with(base("without the exception the evidence is missing"), |c| {
+            c.tier = "exceptional";
+            c.entry = lacking_red_team("exceptional", &["k"], vec![]);
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(
+            base("an exception the record does not need is not used"),
+            |c| {
+                c.tier = "exceptional";
+                let mut r = claims();
+                r.tier = "exceptional".into();
+                r.evidence = vec![ev("security-test", "pass"), ev("red-team", "pass")];
+                let mut entry = entry_of(vec![(r, false)]);
+                entry.exceptions = vec![exception("x1", "sec", red_team())];
+                c.entry = Some(entry);
+            },
+        ),
+        with(base("an expired exception is refused"), |c| {
+            c.tier = "exceptional";
+            let x = exception_with("x1", "sec", red_team(), |x| {
+                x.iat = NOW - 200;
+                x.exp = NOW;
+            });
+            c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+            c.want = Err(ApprovalExpired)
+        }),
+        with(base("an exception not yet valid is refused"), |c| {
+            c.tier = "exceptional";
+            let x = exception_with("x1", "sec", red_team(), |x| x.nbf = Some(NOW + 1));
+            c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+            c.want = Err(ApprovalExpired)
+        }),
+        with(
+            base("an exception longer than the tier allows is refused"),
+            |c| {
+                c.tier = "exceptional";
+                let x = exception_with("x1", "sec", red_team(), |x| x.exp = x.iat + 3 * 86_400 + 1);
+                c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(
+            base("an exception as long as the tier allows is used"),
+            |c| {
+                c.tier = "exceptional";
+                let x = exception_with("x1", "sec", red_team(), |x| x.exp = x.iat + 3 * 86_400);
+                c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+                c.want_exceptions = &["x1"];
+            },
+        ),
+        with(base("an exception for another digest is ignored"), |c| {
+            c.tier = "exceptional";
+            let x = exception_with("x1", "sec", red_team(), |x| {
+                x.artefact.digest = Digest([8; 32])
+            });
+            c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("an exception for another version is ignored"), |c| {
+            c.tier = "exceptional";
+            let x = exception_with("x1", "sec", red_team(), |x| x.version_id = "v0".into());
+            c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("an exception for another model is ignored"), |c| {
+            c.tier = "exceptional";
+            let x = exception_with("x1", "sec", red_team(), |x| x.sub = "other".into());
+            c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(
+            base("an exception waiving another evidence kind does not help"),
+            |c| {
+                c.tier = "exceptional";
+                let x = exception("x1", "sec", Waiver::Evidence("security-test".into()));
+                c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(
+            base("the deployment's requirement is waived whatever tier the record claims"),
+            |c| {
+                c.tier = "exceptional";
+                c.entry =
+                    lacking_red_team("internal", &["k"], vec![exception("x1", "sec", red_team())]);
+                c.want_exceptions = &["x1"];
+            },
+        ),
+        with(base("a tier that allows no exceptions refuses one"), |c| {
+            c.tier = "customer-facing";
+            c.entry = lacking_red_team(
+                "customer-facing",
+                &["k"],
+                vec![exception("x1", "sec", red_team())],
+            );
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("the record's tier must allow exceptions too"), |c| {
+            c.tier = "exceptional";
+            c.entry = lacking_red_team(
+                "customer-facing",
+                &["k"],
+                vec![exception("x1", "sec", red_team())],
+            );
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("a revoked exception is refused"), |c| {
+            c.tier = "exceptional";
+            let mut x = exception("x1", "sec", red_team());
+            x.revoked = true;
+            c.entry = lacking_red_team("exceptional", &["k"], vec![x]);
+            c.want = Err(ApprovalRevoked)
+        }),
+        with(
+            base("a revoked exception beside a good one: the good one is used"),
+            |c| {
+                c.tier = "exceptional";
+                let mut x = exception("x1", "sec", red_team());
+                x.revoked = true;
+                c.entry = lacking_red_team(
+                    "exceptional",
+                    &["k"],
+                    vec![x, exception("x2", "sec", red_team())],
+                );
+                c.want_exceptions = &["x2"];
+            },
+        ),
+        with(
+            base("an exception by a key of no approver waives nothing"),
+            |c| {
+                c.tier = "exceptional";
+                c.entry = lacking_red_team(
+                    "exceptional",
+                    &["k"],
+                    vec![exception("x1", "stranger", red_team())],
+                );
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(
+            base("an exception by an approver outside its model scope"),
+            |c| {
+                c.tier = "critical-x";
+                c.entry = lacking_red_team(
+                    "critical-x",
+                    &["alice-1"],
+                    vec![exception("x1", "team-b", Waiver::Role("security".into()))],
+                );
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(
+            base("an exception by an approver without the tier's exception role"),
+            |c| {
+                c.tier = "exceptional";
+                c.entry = lacking_red_team(
+                    "exceptional",
+                    &["k"],
+                    vec![exception("x1", "alice-1", red_team())],
+                );
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(base("an exception waives a quorum role"), |c| {
+            c.tier = "critical-x";
+            c.entry = lacking_red_team(
+                "critical-x",
+                &["alice-1"],
+                vec![exception("x-sec", "sec", Waiver::Role("security".into()))],
+            );
+            c.want_exceptions = &["x-sec"];
+        }),
+        with(base("a role waiver does not replace every signer"), |c| {
+            c.tier = "critical-x";
+            let x = vec![
+                exception("x-sec", "sec", Waiver::Role("security".into())),
+                exception("x-own", "sec", Waiver::Role("owner".into())),
+            ];
+            // Signed by no configured approver at all.
+            c.entry = lacking_red_team("critical-x", &["stranger"], x);
+            c.want = Err(ApprovalInvalid)
+        }),
+        with(base("only the role waiver the record needs is used"), |c| {
+            c.tier = "critical-x";
+            let x = vec![
+                exception("x-own", "sec", Waiver::Role("owner".into())),
+                exception("x-sec", "sec", Waiver::Role("security".into())),
+            ];
+            c.entry = lacking_red_team("critical-x", &["alice-1"], x);
+            c.want_exceptions = &["x-sec"];
+        }),
+        with(
+            base("a quorum-role waiver in a tier without exceptions"),
+            |c| {
+                c.tier = "critical";
+                c.entry = lacking_red_team(
+                    "critical",
+                    &["alice-1"],
+                    vec![exception("x-sec", "sec", Waiver::Role("security".into()))],
+                );
+                c.want = Err(ApprovalInvalid)
+            },
+        ),
+        with(base("an expired role waiver"), |c| {
+            c.tier = "critical-x";
+            let x = exception_with("x-sec", "sec", Waiver::Role("security".into()), |x| {
+                x.iat = NOW - 200;
+                x.exp = NOW - 1;
+            });
+            c.entry = lacking_red_team("critical-x", &["alice-1"], vec![x]);
+            c.want = Err(ApprovalExpired)
+        }),
     ];
     for case in cases {
         let caller_value;
@@ -684,12 +993,19 @@ fn decision_table() {
         let mut policy = policy();
         policy.tier_rule = policy.tiers[case.tier].clone();
         policy.tier = case.tier.into();
-        let got = match decide(&policy, &input) {
-            Decision::Allow { record } => Ok(record.claims.version_id.clone()),
+        let decision = decide(&policy, &input);
+        let used: Vec<String> = decision
+            .exceptions()
+            .iter()
+            .map(|e| e.claims.jti.clone())
+            .collect();
+        let got = match decision {
+            Decision::Allow { record, .. } => Ok(record.claims.version_id.clone()),
             Decision::Opened => Ok("opened".into()),
             Decision::Deny { reason, .. } => Err(reason),
         };
         assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
+        assert_eq!(used, case.want_exceptions, "case {:?}", case.name);
     }
 }
 

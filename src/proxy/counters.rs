@@ -19,6 +19,9 @@ use crate::telemetry::Metrics;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Allow,
+    /// Allowed only under a signed exception: counted as `allow`, and in
+    /// `provgate_exception_requests_total`.
+    AllowException,
     /// Denied (enforce) or would have been (dry-run).
     Deny(DenyReason),
     /// Failed before it was decided.
@@ -29,6 +32,7 @@ pub enum Outcome {
 /// one lock-free map read and an atomic add, never a label-set hash and registry lookup.
 pub struct RequestCounters {
     vec: IntCounterVec,
+    exceptions: IntCounterVec,
     model: String,
     /// `deny` or `would_block`, fixed by the mode.
     deny_word: &'static str,
@@ -41,6 +45,8 @@ pub struct RequestCounters {
 /// The counters of one version: allow, each deny reason, error.
 pub struct VersionCounters {
     allow: IntCounter,
+    /// Resolved on first use: most versions never need an exception.
+    exception: std::sync::OnceLock<IntCounter>,
     deny: [IntCounter; DenyReason::ALL.len()],
     error: IntCounter,
 }
@@ -51,6 +57,7 @@ impl RequestCounters {
     pub fn new(metrics: &Metrics, model: &str, enforce: bool) -> RequestCounters {
         RequestCounters {
             vec: metrics.requests.clone(),
+            exceptions: metrics.exception_requests.clone(),
             model: model.to_string(),
             deny_word: if enforce { "deny" } else { "would_block" },
             by_version: ArcSwap::from_pointee(HashMap::default()),
@@ -71,6 +78,16 @@ impl RequestCounters {
         };
         match outcome {
             Outcome::Allow => counters.allow.inc(),
+            Outcome::AllowException => {
+                counters.allow.inc();
+                counters
+                    .exception
+                    .get_or_init(|| {
+                        self.exceptions
+                            .with_label_values(&[self.model.as_str(), version])
+                    })
+                    .inc();
+            }
             Outcome::Deny(r) => counters.deny[r.index()].inc(),
             Outcome::Error => counters.error.inc(),
         }
@@ -87,6 +104,7 @@ impl RequestCounters {
         let m = self.model.as_str();
         let counters = Arc::new(VersionCounters {
             allow: self.vec.with_label_values(&["allow", "none", m, version]),
+            exception: std::sync::OnceLock::new(),
             deny: DenyReason::ALL.map(|r| {
                 self.vec
                     .with_label_values(&[self.deny_word, r.as_str(), m, version])

@@ -231,7 +231,7 @@ impl Gate {
         now_ms: u64,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let Decision::Allow { record } = &adapter else {
+        let Decision::Allow { record, .. } = &adapter else {
             return adapter;
         };
         let Some(pinned) = record.claims.artefact.base_digest else {
@@ -255,7 +255,22 @@ impl Gate {
                 record: Some(record.clone()),
             };
         }
-        adapter
+        // Exceptions the base's record needed are the request's too (audited, counted).
+        match (adapter, base_decision) {
+            (
+                Decision::Allow {
+                    record,
+                    mut exceptions,
+                },
+                Decision::Allow {
+                    exceptions: base, ..
+                },
+            ) if !base.is_empty() => {
+                exceptions.extend(base);
+                Decision::Allow { record, exceptions }
+            }
+            (adapter, _) => adapter,
+        }
     }
 
     /// One decision against one configured model (or a routing failure).

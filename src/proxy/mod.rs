@@ -401,8 +401,12 @@ impl ProxyHttp for Gate {
         crate::kit::conn::request_finished();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let (outcome, version, duration) = match &ctx.decision {
-            Some(Decision::Allow { record }) => (
-                Outcome::Allow,
+            Some(Decision::Allow { record, exceptions }) => (
+                if exceptions.is_empty() {
+                    Outcome::Allow
+                } else {
+                    Outcome::AllowException
+                },
                 &*record.version_id,
                 &self.metrics.duration_allow,
             ),
@@ -429,6 +433,8 @@ impl ProxyHttp for Gate {
             {
                 self.audit(session, ctx, status, "allow")
             }
+            // So is a request allowed only under an exception, with the exception's ID.
+            Outcome::AllowException => self.audit(session, ctx, status, "allow"),
             Outcome::Deny(_) => self.audit(session, ctx, status, counters.deny_word()),
             _ => {}
         }
@@ -439,7 +445,7 @@ impl ProxyHttp for Gate {
 #[inline]
 fn allowed_record(d: &Decision) -> Option<&Arc<ApprovalRecord>> {
     match d {
-        Decision::Allow { record } => Some(record),
+        Decision::Allow { record, .. } => Some(record),
         Decision::Opened | Decision::Deny { .. } => None,
     }
 }

@@ -1,5 +1,6 @@
 //! The audit record of one request: the typed `AuditEvent` built from the request's context
-//! (decision, reason, caller, model, digest, record and its evidence, status, latency) and
+//! (decision, reason, caller, model, digest, record and its evidence, the exceptions it
+//! needed, status, latency) and
 //! handed to the audit log, once, from `logging`.
 //!
 //! Builds the event only: writing, chaining and rotating it are `audit`'s.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use pingora::proxy::Session;
 
 use crate::approval::ApprovalRecord;
-use crate::audit::{AuditEvent, EvidenceRef};
+use crate::audit::{AuditEvent, EvidenceRef, ExceptionRef};
 use crate::policy::Decision;
 use crate::proxy::gate::{Gate, RequestCtx};
 
@@ -77,6 +78,21 @@ impl Gate {
             model_signer: signature.and_then(|s| s.signer()).map(str::to_string),
             model_signer_identity: signature.and_then(|s| s.identity()).map(str::to_string),
             record_signers: record.map(|r| r.signers.clone()).unwrap_or_default(),
+            exceptions: ctx
+                .decision
+                .as_ref()
+                .map(|d| {
+                    d.exceptions()
+                        .iter()
+                        .map(|e| ExceptionRef {
+                            id: e.claims.jti.clone(),
+                            waives: e.claims.waives.describe(),
+                            ticket: e.claims.ticket.clone(),
+                            exp: e.claims.exp,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             status,
             latency_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
             cut: Default::default(),

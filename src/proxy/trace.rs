@@ -39,7 +39,7 @@ impl Gate {
             return;
         }
         let (decision, reason, record) = match &ctx.decision {
-            Some(Decision::Allow { record }) => ("allow", None, Some(record)),
+            Some(Decision::Allow { record, .. }) => ("allow", None, Some(record)),
             // A route `[[routing.allow]]` opens: allowed with no record, as the audit says.
             Some(Decision::Opened) => ("allow", None, None),
             Some(Decision::Deny { reason, record, .. }) => (

@@ -3,7 +3,8 @@
 //! A model version carries its approval in three tags:
 //! - `provgate.artefact_digest`: the OMS digest the version was approved for;
 //! - `provgate.approval`: the signed record (compact JWS);
-//! - `provgate.revoked`: `true` once the approval is withdrawn.
+//! - `provgate.revoked`: `true` once the approval is withdrawn;
+//! - `provgate.exception` (or `provgate.exception.NAME`, several): signed exceptions.
 //!
 //! provgate finds the versions for a digest with `model-versions/search` and a tag filter
 //! (MLflow needs backticks around a dotted tag key). A deleted version is no longer found,
@@ -18,6 +19,8 @@ use crate::kit::http::{send, FetchError};
 pub const TAG_DIGEST: &str = "provgate.artefact_digest";
 pub const TAG_APPROVAL: &str = "provgate.approval";
 pub const TAG_REVOKED: &str = "provgate.revoked";
+/// An exception for the version (`typ: exception+jwt`); several as `provgate.exception.NAME`.
+pub const TAG_EXCEPTION: &str = "provgate.exception";
 
 /// Versions asked for per page, and pages followed per digest.
 const PAGE_SIZE: u32 = 200;
@@ -78,7 +81,7 @@ impl Source for Mlflow {
         let mut page_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let page = self.search_page(digest, page_token.as_deref()).await?;
-            records.extend(page.model_versions.iter().filter_map(record_of));
+            records.extend(page.model_versions.iter().flat_map(records_of));
             page_token = page.next_page_token.filter(|t| !t.is_empty());
             if page_token.is_none() {
                 break;
@@ -135,18 +138,37 @@ impl ModelVersion {
     }
 }
 
-/// The record a model version carries, if any.
-fn record_of(version: &ModelVersion) -> Option<FetchedRecord> {
+/// The record a model version carries, if any, and its exceptions (tag
+/// `provgate.exception`, or several as `provgate.exception.NAME`), passed on as fetched:
+/// which is which is the verifier's (`typ`). A version's `provgate.revoked` covers both.
+fn records_of(version: &ModelVersion) -> Vec<FetchedRecord> {
     let origin = format!("model version {}/{}", version.name, version.version);
-    let Some(jws) = version.tag(TAG_APPROVAL).map(str::trim) else {
-        tracing::debug!(%origin, "model version carries the digest tag but no approval record");
-        return None;
-    };
-    Some(FetchedRecord {
-        jws: jws.to_string(),
-        revoked: revoked(version.tag(TAG_REVOKED)),
-        origin,
-    })
+    let revoked = revoked(version.tag(TAG_REVOKED));
+    let mut out = Vec::new();
+    match version.tag(TAG_APPROVAL).map(str::trim) {
+        Some(jws) => out.push(FetchedRecord {
+            jws: jws.to_string(),
+            revoked,
+            origin: origin.clone(),
+        }),
+        None => {
+            tracing::debug!(%origin, "model version carries the digest tag but no approval record");
+        }
+    }
+    for t in &version.tags {
+        let is_exception = t.key == TAG_EXCEPTION
+            || t.key
+                .strip_prefix(TAG_EXCEPTION)
+                .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1);
+        if is_exception {
+            out.push(FetchedRecord {
+                jws: t.value.trim().to_string(),
+                revoked,
+                origin: format!("{origin} tag {}", t.key),
+            });
+        }
+    }
+    out
 }
 
 /// `provgate.revoked`: absent or `false` is in force; `true` is revoked; anything else is

@@ -45,7 +45,7 @@ pub use super::source::{
     authorize, body, Ask, Failed, Fetched, FetchedRecord, Hints, Reply, Source, MAX_BODY,
 };
 use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot, SourceClock};
-use crate::approval::{self, ApprovalRecord};
+use crate::approval::{self, ApprovalRecord, Verified};
 use crate::digest::Digest;
 use crate::keys::KeySet;
 use crate::kit::backoff::{self, Backoff, Jitter};
@@ -745,13 +745,23 @@ impl Ctx {
         let mut verified = HashMap::new();
         let mut records = Vec::new();
         let mut invalid = Vec::new();
+        let mut exceptions = Vec::new();
         let mut rejects = super::RejectLog::new(self.label);
         for f in fetched {
             let record = match known.remove(&f.jws) {
                 Some(r) => Ok(r),
-                None => approval::verify(&f.jws, &self.approvers)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string()),
+                None => match approval::verify_any(&f.jws, &self.approvers) {
+                    Ok(Verified::Record(r)) => Ok(Arc::new(r)),
+                    Ok(Verified::Exception(e)) => {
+                        // Exceptions ride in the same answer, told apart by `typ`.
+                        match super::exception_for(e, digest, f.revoked) {
+                            Ok(c) => exceptions.push(c),
+                            Err(why) => rejects.reject(&f.origin, &why),
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
             };
             match record {
                 Ok(r) if r.claims.artefact.digest == *digest => {
@@ -779,7 +789,10 @@ impl Ctx {
                 "records rejected for the digest");
         }
         rejects.finish();
-        (RegistryEntry::new(records, invalid), verified)
+        (
+            RegistryEntry::new(records, invalid).with_exceptions(exceptions),
+            verified,
+        )
     }
 }
 

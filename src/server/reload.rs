@@ -1,12 +1,16 @@
-//! Trust reloads without a restart: the approver key file (`[trust] approver_keys`) and the
-//! issuers' key files (`jwks_file`) are re-read when they change (a stat every
-//! [`POLL`]: size, mtime, ctime, inode, so an atomic rename is seen) and on SIGHUP.
+//! Trust reloads without a restart: the approver key file (`[trust] approver_keys`), the
+//! configuration file's `[trust]` section (`[[trust.approvers]]`: names, keys, roles,
+//! scopes) and the issuers' key files (`jwks_file`) are re-read when they change (a stat
+//! every [`POLL`]: size, mtime, ctime, inode, so an atomic rename is seen) and on SIGHUP.
 //!
-//! A reload that fails (unreadable, unparsable or empty file) keeps the previous state and
-//! says why in the log and in `provgate_trust_reloads_total{result="error"}`. A good one swaps
-//! the policy's approvers (so a key removed from the file approves nothing from then on: its
-//! signatures on already-loaded records count for no approver) or the issuer's keys. Owns
-//! no decision and no request path; it only stores what the decision reads.
+//! A reload that fails (unreadable, unparsable or empty file; a `[trust]` section that does
+//! not validate) keeps the previous state and says why in the log and in
+//! `provgate_trust_reloads_total{what, result="error"}`. A good one swaps the policy's
+//! approvers (so a key removed from the key file, or an approver removed from the
+//! configuration, approves nothing from then on: its signatures on already-loaded records
+//! count for no approver) or the issuer's keys. Only `[trust]` is taken from a changed
+//! configuration file; every other section needs a restart. Owns no decision and no request
+//! path; it only stores what the decision reads.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::config::FileConfig;
 use crate::fields::Errors;
 use crate::identity::Issuer;
 use crate::keys::KeySet;
@@ -29,7 +34,10 @@ pub const POLL: Duration = Duration::from_millis(500);
 pub struct Reload {
     pub policy: Arc<ArcSwap<Policy>>,
     pub approver_keys: PathBuf,
+    /// `[[trust.approvers]]` as last loaded (replaced by a good configuration reload).
     pub approvers: Vec<ApproverFile>,
+    /// The configuration file whose `[trust]` section is re-read; `None`: not watched.
+    pub config: Option<PathBuf>,
     /// Issuers whose keys come from a file, with that file.
     pub issuers: Vec<(Arc<Issuer>, PathBuf)>,
     pub metrics: Arc<Metrics>,
@@ -37,7 +45,7 @@ pub struct Reload {
 
 impl Reload {
     /// Runs until the shutdown drops it.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -46,6 +54,7 @@ impl Reload {
             }
         };
         let mut seen_trust = fingerprint(&self.approver_keys, None);
+        let mut seen_config = self.config.as_ref().map(|p| fingerprint(p, None));
         let mut seen_issuers: Vec<Fingerprint> = self
             .issuers
             .iter()
@@ -64,9 +73,16 @@ impl Reload {
             if signalled {
                 tracing::info!("SIGHUP: re-reading trust files");
             }
+            let now_config = self.config.as_ref().map(|p| fingerprint(p, None));
+            let config_changed = signalled || now_config != seen_config;
+            seen_config = now_config;
             let now = fingerprint(&self.approver_keys, None);
-            if signalled || now != seen_trust {
-                seen_trust = now;
+            let keys_changed = signalled || now != seen_trust;
+            seen_trust = now;
+            if config_changed && self.config.is_some() {
+                // Re-binds the keys too: one reload for both.
+                self.reload_config();
+            } else if keys_changed {
                 self.reload_approvers();
             }
             for (i, (issuer, path)) in self.issuers.iter().enumerate() {
@@ -81,31 +97,85 @@ impl Reload {
 
     /// Re-reads the approver keys and rebinds them to the configured approvers.
     pub fn reload_approvers(&self) {
+        let approvers = self.approvers.clone();
+        self.rebind("approver_keys", &approvers);
+    }
+
+    /// Re-reads the configuration file's `[trust]` section and, when it validates, rebinds
+    /// the approver keys to its `[[trust.approvers]]`.
+    pub fn reload_config(&mut self) {
+        let Some(path) = self.config.clone() else {
+            return;
+        };
+        let refuse = |this: &Self, why: &dyn std::fmt::Display| {
+            this.count("trust_config", "error");
+            tracing::warn!(file = %path.display(), error = %why,
+                "trust configuration not reloaded; keeping the previous one");
+        };
+        let file = match FileConfig::load(&path) {
+            Ok(f) => f.trust,
+            Err(e) => return refuse(self, &e),
+        };
+        if std::path::Path::new(&file.approver_keys) != self.approver_keys {
+            return refuse(
+                self,
+                &"trust.approver_keys names another file: that needs a restart",
+            );
+        }
+        if file.approvers.is_empty() && !self.approvers.is_empty() {
+            // Without [[trust.approvers]] every key approves everything: a widening that
+            // must not happen by deleting lines from a running sidecar's configuration.
+            return refuse(
+                self,
+                &"no [[trust.approvers]] left: every key would approve every model and tier; restart to do that",
+            );
+        }
+        if self.rebind("trust_config", &file.approvers) {
+            self.approvers = file.approvers;
+        }
+    }
+
+    /// Loads the key file and binds it to `approvers`; on success stores the policy and says
+    /// so. Whether it succeeded.
+    fn rebind(&self, what: &'static str, approvers: &[ApproverFile]) -> bool {
         let keys = match KeySet::from_jwks_file(&self.approver_keys) {
             Ok(k) => k,
             Err(e) => {
-                self.count("approver_keys", "error");
+                self.count(what, "error");
                 tracing::warn!(file = %self.approver_keys.display(), error = %e,
                     "approver keys not reloaded; keeping the previous ones");
-                return;
+                return false;
             }
         };
         let mut errors = Errors::new();
-        let scopes = approver_scopes(&self.approvers, &keys, false, &mut errors);
+        let scopes = approver_scopes(approvers, &keys, false, &mut errors);
         if !errors.is_empty() {
-            self.count("approver_keys", "error");
+            self.count(what, "error");
             tracing::warn!(file = %self.approver_keys.display(), errors = ?errors.into_messages(),
-                "approver keys not reloaded; keeping the previous ones");
-            return;
+                "approvers not reloaded; keeping the previous ones");
+            return false;
         }
         let current = self.policy.load();
         let before = current.approvers.len();
         let mut next = Policy::clone(&current);
         next.approvers = scopes;
-        tracing::info!(file = %self.approver_keys.display(), keys_before = before,
-            keys = next.approvers.len(), "approver keys reloaded");
+        // A quorum role nobody can fill any more is not a reason to keep a withdrawn
+        // approver: the reload stands, and records of that tier are refused until fixed.
+        let mut unfillable = Errors::new();
+        crate::policy::config::check_tier_roles(&next.tiers, &next.approvers, &mut unfillable);
+        if !unfillable.is_empty() {
+            tracing::warn!(problems = ?unfillable.into_messages(),
+                "after this reload some tiers cannot be approved");
+        }
+        tracing::info!(
+            what,
+            keys_before = before,
+            keys = next.approvers.len(),
+            "approvers reloaded"
+        );
         self.policy.store(Arc::new(next));
-        self.count("approver_keys", "ok");
+        self.count(what, "ok");
+        true
     }
 
     fn reload_issuer(&self, issuer: &Issuer, path: &std::path::Path) {

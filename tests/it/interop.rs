@@ -546,3 +546,50 @@ async fn a_cosigned_record_minted_by_pyjwt_meets_the_quorum() {
     pg.until_answer(&token, 200, None, std::time::Duration::from_secs(5))
         .await;
 }
+
+/// An exception minted by PyJWT (the security approver waives its own quorum role for one
+/// version, for an hour) lets the owner's record through a two-role quorum, audited with
+/// the exception's ID; without it the record is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_minted_by_pyjwt_waives_a_quorum_role() {
+    let mut fx = Fixture::new();
+    let out = fx.dir.path().to_path_buf();
+    run(Command::new(python())
+        .arg(script("pyjwt_exception.py"))
+        .arg(&out)
+        .arg(fx.digest().to_string())
+        .args([MODEL, WORKLOAD, CALLER]));
+    fx.extra = "[tiers.critical]\nquorum = [\"owner\", \"security\"]\n\
+        exceptions = true\nmax_exception_lifetime = \"1d\"\nexception_roles = [\"security\"]\n\
+        [[trust.approvers]]\nname = \"owners\"\nkeys = [\"py-owner\"]\nroles = [\"owner\"]\n\
+        [[trust.approvers]]\nname = \"security\"\nkeys = [\"py-security\"]\nroles = [\"security\"]\n"
+        .into();
+    fx.log_allowed = false;
+    let record = std::fs::read_to_string(out.join("record-owner.jwt")).unwrap();
+    fx.write_record("py.jwt", &record);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"critical\""),
+    );
+    let pg = Provgate::spawn(&out, "excepted", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 403, "{}", pg.logs());
+
+    let exception = std::fs::read_to_string(out.join("exception-security.jwt")).unwrap();
+    fx.write_record("py-exception.jwt", &exception);
+    pg.until_answer(&token, 200, None, std::time::Duration::from_secs(5))
+        .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(audit["exceptions"][0]["id"], "py-exception-1", "{audit}");
+    assert_eq!(audit["exceptions"][0]["waives"], "role:security");
+}

@@ -408,3 +408,345 @@ async fn an_issuer_key_added_to_its_file_while_running_is_trusted() {
             >= 1.0
     );
 }
+
+/// `provgate except` through the binary: an exception by the fixture's approver for its
+/// record `v42`, waiving `waives` (`--waive-evidence red-team`, say), valid for `ttl`.
+fn except_cli(fx: &Fixture, jti: &str, waives: &[&str], ttl: &str) -> String {
+    let key = fx.path("approver.key");
+    let digest = fx.digest().to_string();
+    let mut args = vec![
+        "except",
+        "--key",
+        key.to_str().unwrap(),
+        "--iss",
+        "security@example.org",
+        "--model",
+        &fx.model,
+        "--version-id",
+        "v42",
+        "--digest",
+        &digest,
+        "--reason",
+        "red-team report due Friday",
+        "--ticket",
+        "https://tickets.example.org/SEC-42",
+        "--ttl",
+        ttl,
+        "--jti",
+        jti,
+    ];
+    args.extend_from_slice(waives);
+    let out = run_cli(&args, None);
+    assert!(
+        out.status.success(),
+        "except: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_from_a_directory_waives_missing_evidence_until_revoked() {
+    let mut fx = Fixture::new();
+    fx.extra = "[tiers.exempt]\nrequired_evidence = [\"security-test\", \"red-team\"]\n\
+                exceptions = true\nmax_exception_lifetime = \"2d\"\n"
+        .into();
+    let mut c = fx.claims();
+    c.tier = "exempt".into();
+    // The record has a passing security test and no red-team result.
+    fx.approve("rec.jwt", &c);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"exempt\""),
+    );
+    let pg = Provgate::spawn(fx.dir.path(), "exempt", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+
+    // An exception longer than the tier allows (3d > 2d) waives nothing.
+    let too_long = except_cli(&fx, "x-long", &["--waive-evidence", "red-team"], "3d");
+    let dir = fx.registry_dir().join("exceptions");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(fx.path(".x-long.tmp"), &too_long).unwrap();
+    std::fs::rename(fx.path(".x-long.tmp"), dir.join("x-long.jwt")).unwrap();
+    pg.eventually(Duration::from_secs(10), || async {
+        let resp = pg.get("/v1/models", Some(&token)).await;
+        assert_eq!(resp.status(), 403);
+        let id = resp.headers()["x-provgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        fx.audit_record(&id).await["detail"] == "exception is valid longer than its tier allows"
+    })
+    .await;
+
+    // One within the tier's maximum, beside the record (told apart by its typ): allowed,
+    // audited with the exception's ID although allowed requests are not otherwise audited.
+    let x1 = except_cli(&fx, "x1", &["--waive-evidence", "red-team"], "1d");
+    fx.write_record("x1.jwt", &x1);
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await.0 == 200
+    })
+    .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = fx.audit_record(&id).await;
+    assert_eq!(audit["decision"], "allow", "{audit}");
+    assert_eq!(audit["exceptions"][0]["id"], "x1", "{audit}");
+    assert_eq!(audit["exceptions"][0]["waives"], "evidence:red-team");
+    assert_eq!(
+        audit["exceptions"][0]["ticket"],
+        "https://tickets.example.org/SEC-42"
+    );
+    let model = &fx.model;
+    let allowed = pg
+        .metric(&format!(
+            "provgate_exception_requests_total{{model=\"{model}\",version_id=\"v42\"}}"
+        ))
+        .await;
+    assert!(allowed >= 2.0, "exception requests counted: {allowed}");
+    let exp = audit["exceptions"][0]["exp"].as_f64().unwrap();
+    let gauge = pg
+        .metric(&format!(
+            "provgate_exception_expiry_timestamp_seconds{{model=\"{model}\",version_id=\"v42\"}}"
+        ))
+        .await;
+    assert_eq!(gauge, exp);
+
+    // revoked.txt names the exception: refused again, no restart.
+    fx.write_record("revoked.txt", "x1\n");
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (403, "approval_revoked".into())
+    })
+    .await;
+}
+
+/// Rewrites the running `critical` config atomically (rename), as an operator's tooling would.
+fn write_config(q: &Quorum, text: &str) {
+    let tmp = q.fx.path(".critical.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, q.fx.path("critical.toml")).unwrap();
+}
+
+async fn config_reloads(pg: &Provgate, result: &str) -> f64 {
+    pg.metric(&format!(
+        "provgate_trust_reloads_total{{result=\"{result}\",what=\"trust_config\"}}"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approver_removed_from_the_config_while_running_ends_its_approvals() {
+    let q = quorum(None);
+    let fx = &q.fx;
+    let owner_only = provgate::approval::sign(&fx.claims(), &fx.approver).unwrap();
+    fx.write_record("rec.jws", &cosign_cli(&q, &owner_only, &[]));
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (200, String::new()));
+    let original = std::fs::read_to_string(fx.path("critical.toml")).unwrap();
+
+    // A [trust] section that does not validate (one key, two approvers) keeps the previous
+    // approvers, and says so in the log and the metric.
+    let security_block = format!(
+        "[[trust.approvers]]\nname = \"security-review\"\nkeys = [\"{}\"]\nroles = [\"security\"]\n",
+        q.security.kid
+    );
+    assert!(original.contains(&security_block));
+    let clash = original.replace(
+        &security_block,
+        &format!(
+            "[[trust.approvers]]\nname = \"security-review\"\nkeys = [\"{}\", \"{}\"]\nroles = [\"security\"]\n",
+            q.security.kid, fx.approver.kid
+        ),
+    );
+    write_config(&q, &clash);
+    pg.eventually(Duration::from_secs(10), || async {
+        config_reloads(&pg, "error").await >= 1.0
+    })
+    .await;
+    assert_eq!(status(&pg, &token).await, (200, String::new()));
+    assert!(
+        pg.logs().contains("approvers not reloaded"),
+        "{}",
+        pg.logs()
+    );
+
+    // The security approver's role is taken away in the config: the co-signed record no
+    // longer meets the quorum, without a restart.
+    let demoted = original.replace(
+        &security_block,
+        &security_block.replace("roles = [\"security\"]", "roles = [\"auditor\"]"),
+    );
+    write_config(&q, &demoted);
+    let took = pg
+        .eventually(Duration::from_secs(10), || async {
+            status(&pg, &token).await == (403, "approval_invalid".into())
+        })
+        .await;
+    eprintln!("approver role withdrawn within {took:?}");
+    assert!(config_reloads(&pg, "ok").await >= 1.0);
+
+    // Removed altogether: still refused; restored, and a SIGHUP: allowed again.
+    write_config(&q, &original.replace(&security_block, ""));
+    pg.eventually(Duration::from_secs(10), || async {
+        config_reloads(&pg, "ok").await >= 2.0
+    })
+    .await;
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+    write_config(&q, &original);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pg.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (200, String::new())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_from_mlflow_waives_missing_evidence() {
+    let Some(ml) = crate::registries::shared_mlflow().await else {
+        return;
+    };
+    let mut fx = Fixture::new();
+    fx.registry = Some(crate::registries::remote_registry(
+        "mlflow", &ml.url, "1h", "",
+    ));
+    fx.model = "excepted-mlflow".into();
+    // A digest of its own (the shared server finds versions by digest).
+    std::fs::write(fx.model_dir().join("excepted.txt"), b"exception").unwrap();
+    fx.extra = "[tiers.exempt]\nrequired_evidence = [\"security-test\", \"red-team\"]\n\
+                exceptions = true\nmax_exception_lifetime = \"2d\"\n"
+        .into();
+    let version = ml.create_version(&fx.model).await;
+    let mut c = fx.claims();
+    c.tier = "exempt".into();
+    let record = provgate::approval::sign(&c, &fx.approver).unwrap();
+    let digest = fx.digest().to_string();
+    ml.set_tag(&fx.model, &version, "provgate.artefact_digest", &digest)
+        .await;
+    ml.set_tag(&fx.model, &version, "provgate.approval", &record)
+        .await;
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.config(listen, admin, up.addr).replace(
+        &format!("identity = \"{WORKLOAD}\""),
+        &format!("identity = \"{WORKLOAD}\"\ntier = \"exempt\""),
+    );
+    let pg = Provgate::spawn(fx.dir.path(), "exempt", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+    let x = except_cli(&fx, "x-mlflow", &["--waive-evidence", "red-team"], "1d");
+    ml.set_tag(&fx.model, &version, "provgate.exception.redteam", &x)
+        .await;
+    pg.eventually(Duration::from_secs(15), || async {
+        status(&pg, &token).await.0 == 200
+    })
+    .await;
+    let allowed = pg
+        .metric(&format!(
+            "provgate_exception_requests_total{{model=\"{}\",version_id=\"v42\"}}",
+            fx.model
+        ))
+        .await;
+    assert!(allowed >= 1.0);
+    // The tag removed: refused again.
+    ml.delete_tag(&fx.model, &version, "provgate.exception.redteam")
+        .await;
+    pg.eventually(Duration::from_secs(15), || async {
+        status(&pg, &token).await == (403, "approval_invalid".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_from_the_http_registry_waives_a_quorum_role() {
+    let registry = crate::registries::HttpRegistry::start("t").await;
+    let mut q = quorum(None);
+    std::fs::write(q.fx.path("registry.token"), "t\n").unwrap();
+    q.fx.registry = Some(crate::registries::remote_registry(
+        "http",
+        &format!("http://{}/", registry.addr),
+        "1h",
+        &format!("token_file = \"{}\"", q.fx.path("registry.token").display()),
+    ));
+    // The critical tier lets the security approver waive its own review for a day.
+    q.fx.extra = q.fx.extra.replace(
+        "quorum = [\"owner\", \"security\"]\n",
+        "quorum = [\"owner\", \"security\"]\nexceptions = true\n\
+         max_exception_lifetime = \"1d\"\nexception_roles = [\"security\"]\n",
+    );
+    assert!(q.fx.extra.contains("exception_roles"));
+    let owner_only = provgate::approval::sign(&q.fx.claims(), &q.fx.approver).unwrap();
+    registry.answer(200, format!("{owner_only}\n"), None);
+    let up = Upstream::start().await;
+    let pg = start_critical(&q, &up).await;
+    let token = q.fx.token(CALLER);
+    assert_eq!(status(&pg, &token).await, (403, "approval_invalid".into()));
+
+    // The same answer with an exception line (told apart by its typ), signed by the
+    // security approver's key through `provgate except`.
+    let key = q.fx.path("security.key");
+    let digest = q.fx.digest().to_string();
+    let out = run_cli(
+        &[
+            "except",
+            "--key",
+            key.to_str().unwrap(),
+            "--iss",
+            "security@example.org",
+            "--model",
+            &q.fx.model,
+            "--version-id",
+            "v42",
+            "--digest",
+            &digest,
+            "--waive-role",
+            "security",
+            "--reason",
+            "pen test booked",
+            "--ticket",
+            "urn:ticket:SEC-9",
+            "--ttl",
+            "12h",
+            "--jti",
+            "x-http",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exception = String::from_utf8(out.stdout).unwrap();
+    registry.answer(
+        200,
+        format!("{owner_only}\n{}\n", exception.trim()),
+        Some("\"2\""),
+    );
+    pg.eventually(Duration::from_secs(10), || async {
+        status(&pg, &token).await == (200, String::new())
+    })
+    .await;
+    let resp = pg.get("/v1/models", Some(&token)).await;
+    let id = resp.headers()["x-provgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let audit = q.fx.audit_record(&id).await;
+    assert_eq!(audit["exceptions"][0]["id"], "x-http", "{audit}");
+    assert_eq!(audit["exceptions"][0]["waives"], "role:security");
+}

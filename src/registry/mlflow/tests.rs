@@ -16,13 +16,36 @@ fn version(tags: &[(&str, &str)]) -> ModelVersion {
 
 #[test]
 fn a_version_yields_its_record_and_revocation() {
-    let r = record_of(&version(&[(TAG_DIGEST, "d"), (TAG_APPROVAL, " a.b.c\n")])).unwrap();
-    assert_eq!(r.jws, "a.b.c");
-    assert!(!r.revoked);
-    assert_eq!(r.origin, "model version m/3");
-    let r = record_of(&version(&[(TAG_APPROVAL, "a.b.c"), (TAG_REVOKED, "TRUE")])).unwrap();
-    assert!(r.revoked);
-    assert!(record_of(&version(&[(TAG_DIGEST, "d")])).is_none());
+    let r = records_of(&version(&[(TAG_DIGEST, "d"), (TAG_APPROVAL, " a.b.c\n")]));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].jws, "a.b.c");
+    assert!(!r[0].revoked);
+    assert_eq!(r[0].origin, "model version m/3");
+    let r = records_of(&version(&[(TAG_APPROVAL, "a.b.c"), (TAG_REVOKED, "TRUE")]));
+    assert!(r[0].revoked);
+    assert!(records_of(&version(&[(TAG_DIGEST, "d")])).is_empty());
+}
+
+#[test]
+fn a_version_yields_its_exceptions_beside_its_record() {
+    let r = records_of(&version(&[
+        (TAG_APPROVAL, "a.b.c"),
+        ("provgate.exception", "e.x.1"),
+        ("provgate.exception.redteam", " e.x.2 "),
+        ("provgate.exceptional", "not.an.exception"),
+        ("provgate.exception.", "nameless.is.ignored"),
+    ]));
+    let jws: Vec<&str> = r.iter().map(|f| f.jws.as_str()).collect();
+    assert_eq!(jws, ["a.b.c", "e.x.1", "e.x.2"]);
+    assert_eq!(
+        r[2].origin,
+        "model version m/3 tag provgate.exception.redteam"
+    );
+    // An exception alone (no record on the version) is still carried.
+    assert_eq!(
+        records_of(&version(&[("provgate.exception", "e.x.1")])).len(),
+        1
+    );
 }
 
 #[test]

@@ -38,6 +38,7 @@ fn a_good_reload_rebinds_keys_and_a_bad_one_keeps_them() {
             tiers: vec!["*".into()],
         }],
         issuers: vec![],
+        config: None,
         metrics: metrics.clone(),
     };
     r.reload_approvers();

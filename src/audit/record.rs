@@ -267,6 +267,8 @@ pub fn line_hash(line: &[u8]) -> String {
 /// tests of the reading tools): reason by `i % 4`, model by `i % 3`, version by `i % 2`,
 /// caller by `i % 7` (none for `token_missing`), time 2026-11-01T00:00:00Z plus `i` × 100 ms.
 /// With `long_path`, a 5,000-byte target that the bounds cut.
+// `i % 4` and `i % 3` index arrays of four and three entries.
+#[allow(clippy::indexing_slicing)]
 pub fn synthetic(i: u64, long_path: bool) -> AuditEvent {
     const REASONS: [(&str, &str, u16); 4] = [
         ("token_missing", "no bearer token", 401),

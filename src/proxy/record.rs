@@ -46,7 +46,8 @@ impl Gate {
             client: session.client_addr().map(|a| a.to_string()),
             model: ctx
                 .model
-                .map_or_else(|| "none".to_string(), |i| self.models[i].name.clone()),
+                .and_then(|i| self.models.get(i))
+                .map_or_else(|| "none".to_string(), |g| g.name.clone()),
             requested_model: ctx.requested_model.clone(),
             served_digest: ctx.digest.map(|d| d.to_string()),
             version_id: record.map(|r| r.claims.version_id.clone()),

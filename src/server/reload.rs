@@ -69,10 +69,10 @@ impl Reload {
                 seen_trust = now;
                 self.reload_approvers();
             }
-            for (i, (issuer, path)) in self.issuers.iter().enumerate() {
+            for ((issuer, path), seen) in self.issuers.iter().zip(seen_issuers.iter_mut()) {
                 let now = fingerprint(path, None);
-                if signalled || now != seen_issuers[i] {
-                    seen_issuers[i] = now;
+                if signalled || now != *seen {
+                    *seen = now;
                     self.reload_issuer(issuer, path);
                 }
             }

@@ -54,7 +54,8 @@ pub struct Shared {
     pending: AtomicBool,
     /// The log cannot be written right now.
     pub failing: AtomicBool,
-    stop: AtomicBool,
+    /// Set at shutdown: the writer drains the queue and ends.
+    pub stop: AtomicBool,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
@@ -273,7 +274,7 @@ impl Writer {
         self.durable = self.chain.clone();
     }
 
-    pub fn run(mut self, rx: Receiver<Box<AuditEvent>>) {
+    pub fn run(mut self, rx: &Receiver<Box<AuditEvent>>) {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(first) => {

@@ -26,6 +26,7 @@ use crate::telemetry::Metrics;
 pub const POLL: Duration = Duration::from_millis(500);
 
 /// What is reloaded.
+#[derive(Clone)]
 pub struct Reload {
     pub policy: Arc<ArcSwap<Policy>>,
     pub approver_keys: PathBuf,

@@ -45,7 +45,9 @@ pub mod bounds {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEvent {
     pub request_id: String,
-    /// RFC 3339 UTC time the request arrived.
+    /// RFC 3339 UTC time the request arrived, read from the wall clock: every expiry decision
+    /// of this request (token `exp`/`nbf`, record `exp`/`nbf`, `revalidate_after`) was judged
+    /// at this time. Staleness bounds (`max_stale`) use the monotonic clock instead.
     pub time: String,
     /// `allow`, `deny` or `would_block` (dry-run).
     pub decision: &'static str,

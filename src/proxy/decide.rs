@@ -112,6 +112,27 @@ impl Gate {
             Named::Models(names) => ctx.requested_model = Some(names.join(",")),
             _ => {}
         }
+        // An expiry denial says which clock judged it: the wall clock, at the audit record's
+        // `time` (staleness bounds use the monotonic clock, and never deny as expiry).
+        let decision = match (decision, &token_outcome) {
+            (
+                Decision::Deny {
+                    reason: DenyReason::TokenInvalid,
+                    record,
+                    ..
+                },
+                Err(Some(e @ (TokenError::Expired | TokenError::NotYetValid))),
+            ) => Decision::Deny {
+                reason: DenyReason::TokenInvalid,
+                detail: if *e == TokenError::Expired {
+                    "token expired (judged on the wall clock at the record's time, with callers.leeway)"
+                } else {
+                    "token not yet valid (judged on the wall clock at the record's time, with callers.leeway)"
+                },
+                record,
+            },
+            (d, _) => d,
+        };
         ctx.caller = token_outcome.ok();
         decision
     }

@@ -19,6 +19,7 @@ mod support;
 
 mod audit;
 mod cli;
+mod clock;
 mod connections;
 mod doors;
 mod enforcement;

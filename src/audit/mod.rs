@@ -139,7 +139,14 @@ fn supervise_writer(
         let w = match writer.take() {
             Some(w) => w,
             None => match Writer::open(config.clone(), metrics.clone(), shared.clone()) {
-                Ok(w) => w,
+                Ok(w) => {
+                    // Opened and attached to its file (else it starts failed, and recovers
+                    // on its own like any writer).
+                    if metrics.audit_writable.get() == 1 {
+                        shared.failing.store(false, Ordering::Release);
+                    }
+                    w
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "audit writer could not be opened again");
                     std::thread::sleep(backoff.fail());
@@ -154,6 +161,7 @@ fn supervise_writer(
         };
         panics.inc();
         shared.failing.store(true, Ordering::Release);
+        metrics.audit_writable.set(0);
         tracing::error!(service = "audit writer", panic = panic_message(&*payload),
             "background service panicked; the audit log counts as failing until a writer is open again");
         if shared.stop.load(Ordering::Acquire) {

@@ -319,6 +319,11 @@ impl Writer {
     }
 
     fn event(&mut self, mut event: Box<AuditEvent>) {
+        // Unit tests only: a panic in the writer, to show it is caught (`supervise_writer`).
+        #[cfg(test)]
+        if event.path == "/__audit_writer_panics__" {
+            panic!("injected by a test");
+        }
         if let Some(d) = self.delay {
             std::thread::sleep(d);
         }

@@ -33,8 +33,26 @@ pub struct Caller {
     pub sub: Arc<str>,
     /// Token expiry, seconds since the epoch.
     pub exp: u64,
-    /// `sub` as a header value for the upstream, when it is one (made once per token).
-    pub sub_header: Option<http::HeaderValue>,
+    /// `sub` and `iss` as header values for the upstream (`x-provgate-caller` and
+    /// `x-provgate-caller-issuer`), made once per token; `None` when either is not a header
+    /// value, and then neither is sent: a name means something only with its issuer.
+    pub headers: Option<CallerHeaders>,
+}
+
+/// A caller's name and issuer, ready to be sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerHeaders {
+    pub sub: http::HeaderValue,
+    pub iss: http::HeaderValue,
+}
+
+impl CallerHeaders {
+    pub fn new(iss: &str, sub: &str) -> Option<CallerHeaders> {
+        Some(CallerHeaders {
+            sub: http::HeaderValue::from_str(sub).ok()?,
+            iss: http::HeaderValue::from_str(iss).ok()?,
+        })
+    }
 }
 
 /// Why a token was refused. Only the variant reaches logs; never the token.
@@ -521,7 +539,7 @@ impl TokenVerifier {
         }
         Ok(Verified {
             caller: Arc::new(Caller {
-                sub_header: http::HeaderValue::from_str(&claims.sub).ok(),
+                headers: CallerHeaders::new(&claims.iss, &claims.sub),
                 iss: Arc::from(claims.iss),
                 sub: Arc::from(claims.sub),
                 exp: claims.exp,

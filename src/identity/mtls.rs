@@ -55,7 +55,7 @@ impl TlsAccept for PeerIdentity {
             .unwrap_or(0);
         Some(Arc::new(CertCaller(Arc::new(Caller {
             iss: Arc::from(CERTIFICATE_ISSUER),
-            sub_header: http::HeaderValue::from_str(&sub).ok(),
+            headers: super::CallerHeaders::new(CERTIFICATE_ISSUER, &sub),
             sub: Arc::from(sub),
             exp,
         }))))

@@ -147,7 +147,7 @@ fn caller(iss: &str, sub: &str) -> Caller {
         iss: Arc::from(iss),
         sub: Arc::from(sub),
         exp: NOW + 60,
-        sub_header: None,
+        headers: None,
     }
 }
 

@@ -209,10 +209,7 @@ impl ProxyHttp for Gate {
     ) -> pingora::Result<()> {
         let forward_token = self.forward_token;
         let version = ctx.decision.as_ref().and_then(allowed_record);
-        let caller = ctx
-            .caller
-            .as_ref()
-            .and_then(|c| Some((c.sub_header.as_ref()?, &c.iss)));
+        let caller = ctx.caller.as_ref().and_then(|c| c.headers.as_ref());
         let listing = ctx.listing.is_some();
         let trace = ctx.trace.as_deref();
         edit_request(upstream_request, |h| {
@@ -229,13 +226,10 @@ impl ProxyHttp for Gate {
             if let Some(record) = version {
                 h.try_insert(HEADER_VERSION_ID, record.version_header.clone())?;
             }
-            if let Some((sub, iss)) = caller {
-                // The name goes only with the issuer that vouched for it; an issuer that is
-                // not a header value (configured issuers are URLs, so unusual) sends neither.
-                if let Ok(iss) = http::HeaderValue::from_str(iss) {
-                    h.try_insert(HEADER_CALLER, sub.clone())?;
-                    h.try_insert(HEADER_CALLER_ISSUER, iss)?;
-                }
+            if let Some(c) = caller {
+                // The name goes only with the issuer that vouched for it (both or neither).
+                h.try_insert(HEADER_CALLER, c.sub.clone())?;
+                h.try_insert(HEADER_CALLER_ISSUER, c.iss.clone())?;
             }
             if let Some(span) = trace {
                 span.propagate(h)?;

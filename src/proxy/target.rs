@@ -86,6 +86,30 @@ const fn is_plain(b: u8) -> bool {
         | b':' | b'@')
 }
 
+/// What a raw path byte asks of the first pass: nothing (a plain byte other than `.`), a
+/// look at the byte before it (`/` after `/` is a repeated slash, `.` after `/` may start a
+/// dot segment), the slow path (`%`), or refusal.
+const PLAIN: u8 = 0;
+const SLASH_OR_DOT: u8 = 1;
+const PERCENT: u8 = 2;
+const REFUSED: u8 = 3;
+const CLASS: [u8; 256] = {
+    let mut t = [REFUSED; 256];
+    let mut b = 0;
+    while b < 256 {
+        // `b` < 256: the cast is exact.
+        let c = b as u8;
+        t[b] = match c {
+            b'/' | b'.' => SLASH_OR_DOT,
+            b'%' => PERCENT,
+            _ if is_plain(c) => PLAIN,
+            _ => REFUSED,
+        };
+        b += 1;
+    }
+    t
+};
+
 /// Why a byte that is not plain is refused (raw or decoded).
 #[inline]
 fn refusal(b: u8, encoded: bool) -> TargetInvalid {
@@ -122,18 +146,15 @@ pub fn canonical<'a>(raw: &'a [u8], host: Option<&[u8]>) -> Result<Canonical<'a>
         }
         None => None,
     };
-    // One pass: is anything to be resolved or decoded?
+    // One pass, one table load a byte: is anything to be resolved or decoded?
     let mut slow = false;
     let mut prev = 0u8;
     for &b in path {
-        if b == b'%' {
-            slow = true;
-        } else if b == b'/' {
-            slow |= prev == b'/';
-        } else if !is_plain(b) {
-            return Err(refusal(b, false));
-        } else if b == b'.' && prev == b'/' {
-            slow = true;
+        match CLASS[usize::from(b)] {
+            PLAIN => {}
+            SLASH_OR_DOT => slow |= prev == b'/',
+            PERCENT => slow = true,
+            _ => return Err(refusal(b, false)),
         }
         prev = b;
     }

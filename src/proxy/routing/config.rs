@@ -107,6 +107,9 @@ pub struct Door {
     pub path: Cow<'static, str>,
     /// Where `path`'s first parameter starts (`None`: a literal path), found once.
     pub brace: Option<usize>,
+    /// How many segments `path` has (its `/`s, saturating): a path matches only a pattern
+    /// with as many, so most doors are passed over on one comparison.
+    pub segments: u8,
     pub class: Class,
     pub model: ModelAt,
 }
@@ -158,8 +161,9 @@ impl Routing {
     /// The door a request (method bit, canonical path) goes through. Comparisons only.
     #[inline]
     pub fn find<'p>(&self, method: u8, path: &'p str) -> Found<'p> {
+        let segments = segments(path);
         for (i, d) in self.doors.iter().enumerate() {
-            if d.methods & method == 0 {
+            if d.methods & method == 0 || d.segments != segments {
                 continue;
             }
             if let Some(model) = match_path_at(&d.path, d.brace, path) {
@@ -175,6 +179,15 @@ impl Routing {
             .iter()
             .find(|r| r.methods & method != 0 && match_path(&r.route, path).is_some())
     }
+}
+
+/// A path's segment count as doors store it. Every pattern's `{m}`, `{*}` or literal
+/// segment matches exactly one segment of the path, so equal counts are necessary for a
+/// match. A count past 255 saturates: no pattern has that many, so such a path is unlisted.
+#[inline]
+fn segments(path: &str) -> u8 {
+    let n = path.bytes().filter(|&b| b == b'/').count();
+    u8::try_from(n).unwrap_or(u8::MAX)
 }
 
 /// The doors of these profiles, in order, each (method, path) once; then any extra
@@ -196,6 +209,7 @@ pub fn compile_doors(
             doors.push(Door {
                 methods,
                 brace: path.find('{'),
+                segments: segments(&path),
                 path,
                 class,
                 model,

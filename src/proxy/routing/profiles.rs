@@ -165,12 +165,11 @@ pub fn match_path_at<'p>(
         return None;
     }
     let mut model = None;
-    let mut pats = pattern.split('/');
-    let mut segs = path.split('/');
+    let (mut pats, mut segs) = (Some(pattern), Some(path));
     loop {
-        match (pats.next(), segs.next()) {
+        match (pats.map(segment), segs.map(segment)) {
             (None, None) => return Some(model),
-            (Some(p), Some(s)) => {
+            (Some((p, p_rest)), Some((s, s_rest))) => {
                 if let Some(rest) = p.strip_prefix("{m}") {
                     let name = s.strip_suffix(rest)?;
                     if name.is_empty() {
@@ -184,9 +183,22 @@ pub fn match_path_at<'p>(
                 } else if p != s {
                     return None;
                 }
+                (pats, segs) = (p_rest, s_rest);
             }
             _ => return None,
         }
+    }
+}
+
+/// The first `/`-separated piece of `s` and what follows its `/` (as `str::split` yields
+/// them), by a plain byte loop: segments are a few bytes long, shorter than a `memchr`
+/// search takes to set up.
+#[inline]
+fn segment(s: &str) -> (&str, Option<&str>) {
+    match s.bytes().position(|b| b == b'/') {
+        // `i` is the index of an ASCII `/`: both sides are on character boundaries.
+        Some(i) => (s.get(..i).unwrap_or(s), s.get(i + 1..)),
+        None => (s, None),
     }
 }
 

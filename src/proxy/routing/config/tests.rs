@@ -1,5 +1,5 @@
 use super::*;
-use crate::proxy::routing::profiles::{Api, Class, GET, POST};
+use crate::proxy::routing::profiles::{Api, Class, DELETE, GET, HEAD, PATCH, POST, PUT};
 
 #[test]
 fn defaults_validate_and_name_the_openai_paths() {
@@ -98,4 +98,49 @@ fn doors_are_compiled_from_the_profiles_in_order_each_once() {
     assert!(r.opened(POST, "/v2/repository/models/m1/load").is_some());
     assert!(r.opened(POST, "/v2/repository/models/m1/unload").is_none());
     assert!(r.opened(GET, "/v2/repository/models/m1/load").is_none());
+}
+
+/// The segment-count filter in `find` only skips doors that could not match: on every
+/// profile at once, `find` answers as the plain first-match scan over all doors does, for
+/// each door's own pattern made concrete and for near misses (a segment more or less).
+#[test]
+fn find_agrees_with_a_scan_of_every_door() {
+    let mut errors = Vec::new();
+    let r = RoutingFile::default().validate(&Api::ALL, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    fn scan<'p>(r: &Routing, method: u8, path: &'p str) -> Found<'p> {
+        r.doors
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.methods & method != 0)
+            .find_map(|(i, d)| match_path(&d.path, path).map(|m| Found::Door(i, m)))
+            .unwrap_or(Found::Unlisted)
+    }
+    let mut checked = 0;
+    for d in &r.doors {
+        let concrete = d.path.replace("{m}", "m1").replace("{*}", "x");
+        for path in [
+            concrete.clone(),
+            format!("{concrete}/more"),
+            concrete
+                .rsplit_once('/')
+                .map_or("/".into(), |(a, _)| a.to_string()),
+            format!("/{}", concrete.trim_start_matches('/')),
+            "/".repeat(300),
+        ] {
+            for method in [GET, HEAD, POST, PUT, DELETE, PATCH] {
+                assert_eq!(
+                    r.find(method, &path),
+                    scan(&r, method, &path),
+                    "{method} {path}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 500, "only {checked} cases");
+    assert!(matches!(
+        r.find(POST, "/v2/models/m1/infer"),
+        Found::Door(_, Some("m1"))
+    ));
 }

@@ -135,6 +135,7 @@ fn bench(c: &mut Criterion) {
                 KeySet {
                     keys: vec![verifying],
                     skipped: vec![],
+                    certificates: vec![],
                 },
             )],
             30,

@@ -1,5 +1,6 @@
 //! Approval records: signed statements (JWS compact, `typ: approval+jwt`, ES256/ES384 or
-//! EdDSA) that bind one artefact digest to a model version, its evidence, an expiry, the
+//! EdDSA, by a pinned approver key or by a key whose `x5c` chain names a certificate-bound
+//! approver) that bind one artefact digest to a model version, its evidence, an expiry, the
 //! workloads allowed to serve it and the callers allowed to call it.
 //!
 //! This module verifies a record's signature and shape once, when the registry loads it, and
@@ -142,6 +143,14 @@ pub enum ApprovalError {
     General(&'static str),
     #[error("signing: {0}")]
     Signing(String),
+    #[error("x5c: {0}")]
+    Certificate(String),
+}
+
+/// The signer ID of a certificate-bound approver (what [`ApprovalRecord::signers`] holds for
+/// a record verified by its `x5c` chain, and what `[[trust.approvers]]` binds to a scope).
+pub fn certificate_signer_id(identity: &crate::x509::Identity) -> String {
+    format!("x509:{identity}")
 }
 
 /// A co-signed record: RFC 7515 section 7.2.1 JWS JSON General Serialization, several
@@ -234,7 +243,7 @@ pub fn cosign(existing: &str, key: &SigningKey) -> Result<String, ApprovalError>
         }
     };
     for s in &general.signatures {
-        let header = read_header(&format!("{}.{}.x", s.protected, general.payload))?;
+        let header = read_header(&format!("{}.{}.x", s.protected, general.payload), true)?;
         if header.kid.as_deref() == Some(key.kid.as_str()) {
             return Err(ApprovalError::General(
                 "this key has already signed the record",
@@ -262,7 +271,7 @@ pub fn cosign(existing: &str, key: &SigningKey) -> Result<String, ApprovalError>
 
 /// Verifies one compact JWS (`signers` left empty for the caller to fill).
 fn verify_compact(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, ApprovalError> {
-    let header = read_header(jws)?;
+    let header = read_header(jws, !approvers.certificates.is_empty())?;
     match header.typ.as_deref() {
         Some(t) if typ_matches(t) => {}
         _ => return Err(ApprovalError::Typ),
@@ -277,37 +286,120 @@ fn verify_compact(jws: &str, approvers: &KeySet) -> Result<ApprovalRecord, Appro
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
 
+    if let Some(x5c) = &header.x5c {
+        // A certificate-bound record: the chain, not a kid, says who signed.
+        let (key, signer) = x5c_key(x5c, header.alg, approvers)?;
+        return record_from(check_signature(jws, &key, &validation)?, signer);
+    }
     let mut last_err = ApprovalError::UnknownKey(header.kid.clone());
     for key in approvers.candidates(header.kid.as_deref(), header.alg) {
-        match jsonwebtoken::decode::<serde_json::Value>(jws, &key.key, &validation) {
-            Ok(data) => {
-                let claims: ApprovalClaims = serde_json::from_value(data.claims)
-                    .map_err(|e| ApprovalError::Payload(e.to_string()))?;
-                check_shape(&claims)?;
-                let version_header =
-                    http::HeaderValue::from_str(&claims.version_id).map_err(|_| {
-                        ApprovalError::Payload("version_id must be printable ASCII".into())
-                    })?;
-                return Ok(ApprovalRecord {
-                    version_header,
-                    version_id: Arc::from(claims.version_id.as_str()),
-                    claims,
-                    kid: key.kid.clone().unwrap_or_default(),
-                    signers: Vec::new(),
-                });
-            }
-            Err(e) => {
-                last_err = match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => ApprovalError::Signature,
-                    jsonwebtoken::errors::ErrorKind::Json(_)
-                    | jsonwebtoken::errors::ErrorKind::Utf8(_)
-                    | jsonwebtoken::errors::ErrorKind::Base64(_) => ApprovalError::Malformed,
-                    other => ApprovalError::Payload(format!("{other:?}")),
-                }
-            }
+        match check_signature(jws, &key.key, &validation) {
+            Ok(claims) => return record_from(claims, key.kid.clone().unwrap_or_default()),
+            Err(e) => last_err = e,
         }
     }
     Err(last_err)
+}
+
+/// Checks the signature with `key`; returns the claims as JSON.
+fn check_signature(
+    jws: &str,
+    key: &jsonwebtoken::DecodingKey,
+    validation: &Validation,
+) -> Result<serde_json::Value, ApprovalError> {
+    jsonwebtoken::decode::<serde_json::Value>(jws, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => ApprovalError::Signature,
+            jsonwebtoken::errors::ErrorKind::Json(_)
+            | jsonwebtoken::errors::ErrorKind::Utf8(_)
+            | jsonwebtoken::errors::ErrorKind::Base64(_) => ApprovalError::Malformed,
+            other => ApprovalError::Payload(format!("{other:?}")),
+        })
+}
+
+/// Reads and checks the claims of a record whose signature verified; `signer` is the
+/// signer ID recorded (a `kid`, or [`certificate_signer_id`]).
+fn record_from(claims: serde_json::Value, signer: String) -> Result<ApprovalRecord, ApprovalError> {
+    let claims: ApprovalClaims =
+        serde_json::from_value(claims).map_err(|e| ApprovalError::Payload(e.to_string()))?;
+    check_shape(&claims)?;
+    let version_header = http::HeaderValue::from_str(&claims.version_id)
+        .map_err(|_| ApprovalError::Payload("version_id must be printable ASCII".into()))?;
+    Ok(ApprovalRecord {
+        version_header,
+        version_id: Arc::from(claims.version_id.as_str()),
+        claims,
+        kid: signer,
+        signers: Vec::new(),
+    })
+}
+
+/// The verification key of an `x5c` record: the leaf's, once the chain validates (now: the
+/// record is verified when it is loaded) to the CA of a certificate-bound approver whose
+/// identity the leaf carries. Returns the key and the approver's signer ID.
+fn x5c_key(
+    x5c: &[String],
+    alg: Algorithm,
+    approvers: &KeySet,
+) -> Result<(jsonwebtoken::DecodingKey, String), ApprovalError> {
+    use base64::engine::general_purpose::STANDARD;
+    if x5c.is_empty() || x5c.len() > crate::x509::MAX_CHAIN {
+        return Err(ApprovalError::Certificate(format!(
+            "needs 1 to {} certificates",
+            crate::x509::MAX_CHAIN
+        )));
+    }
+    let chain = x5c
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            // RFC 7515 4.1.6: base64 (not base64url) DER.
+            STANDARD
+                .decode(c)
+                .map(rustls::pki_types::CertificateDer::from)
+                .map_err(|_| ApprovalError::Certificate(format!("certificate {i} is not base64")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = crate::x509::now();
+    let mut refusals = Vec::new();
+    for approver in &approvers.certificates {
+        let leaf = match approver.verify_chain(&chain, now) {
+            Ok(l) => l,
+            Err(e) => {
+                refusals.push(format!("{}: {e}", approver.identity));
+                continue;
+            }
+        };
+        let key = leaf
+            .public_key()
+            .map_err(|e| ApprovalError::Certificate(e.to_string()))?;
+        let want = match alg {
+            Algorithm::ES256 => ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")),
+            Algorithm::ES384 => ("1.2.840.10045.2.1", Some("1.3.132.0.34")),
+            Algorithm::EdDSA => ("1.3.101.112", None),
+            other => return Err(ApprovalError::Algorithm(format!("{other:?}"))),
+        };
+        if (key.algorithm.as_str(), key.curve.as_deref()) != want {
+            return Err(ApprovalError::Certificate(format!(
+                "the leaf's key ({} {:?}) does not fit alg {alg:?}",
+                key.algorithm, key.curve
+            )));
+        }
+        let decoding = match alg {
+            Algorithm::EdDSA => jsonwebtoken::DecodingKey::from_ed_der(&key.key),
+            _ => jsonwebtoken::DecodingKey::from_ec_der(&key.key),
+        };
+        return Ok((decoding, certificate_signer_id(&approver.identity)));
+    }
+    Err(ApprovalError::Certificate(if refusals.is_empty() {
+        "no certificate-bound approver is configured".to_string()
+    } else {
+        format!(
+            "no configured approver's CA and identity: {}",
+            refusals.join("; ")
+        )
+    }))
 }
 
 /// Reads the unverified claims of a record, only to report which digest and ID a record that
@@ -337,8 +429,9 @@ fn typ_matches(t: &str) -> bool {
     t.eq_ignore_ascii_case(RECORD_TYP)
 }
 
-/// Parses the protected header, refusing what this verifier does not implement.
-fn read_header(jws: &str) -> Result<Header, ApprovalError> {
+/// Parses the protected header, refusing what this verifier does not implement. `x5c` is
+/// accepted only when certificate-bound approvers are configured (`x5c_ok`).
+fn read_header(jws: &str, x5c_ok: bool) -> Result<Header, ApprovalError> {
     let mut parts = jws.split('.');
     let (Some(h), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -356,7 +449,7 @@ fn read_header(jws: &str) -> Result<Header, ApprovalError> {
         }
     }
     for refused in ["crit", "jku", "jwk", "x5u", "x5c"] {
-        if value.get(refused).is_some() {
+        if value.get(refused).is_some() && !(x5c_ok && refused == "x5c") {
             return Err(ApprovalError::Header(format!("{refused} is not accepted")));
         }
     }
@@ -403,6 +496,47 @@ pub fn sign(
     header.typ = Some(RECORD_TYP.to_string());
     header.kid = Some(key.kid.clone());
     jsonwebtoken::encode(&header, claims, &key.key)
+}
+
+/// Signs a record with a key and its certificate chain (DER, leaf first): the header carries
+/// the chain as `x5c` (and the key's `kid`, which a verifier of an `x5c` record ignores), so
+/// a verifier with a certificate-bound approver checks the chain instead of a pinned key.
+pub fn sign_with_chain(
+    claims: &ApprovalClaims,
+    key: &SigningKey,
+    chain: &[Vec<u8>],
+) -> Result<String, ApprovalError> {
+    use base64::engine::general_purpose::STANDARD;
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    use x509_parser::prelude::FromDer;
+    // The leaf must certify this key, or the record could never verify.
+    let leaf = chain
+        .first()
+        .ok_or_else(|| ApprovalError::Signing("the certificate chain is empty".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| ApprovalError::Signing(format!("the leaf certificate: {e}")))?;
+    let certified = cert.public_key().subject_public_key.data.to_vec();
+    let ours = match &key.public_jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(p) => {
+            let mut point = vec![0x04];
+            point.extend(URL_SAFE_NO_PAD.decode(&p.x).unwrap_or_default());
+            point.extend(URL_SAFE_NO_PAD.decode(&p.y).unwrap_or_default());
+            point
+        }
+        AlgorithmParameters::OctetKeyPair(p) => URL_SAFE_NO_PAD.decode(&p.x).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if certified != ours {
+        return Err(ApprovalError::Signing(
+            "the leaf certificate is not for this key".into(),
+        ));
+    }
+    let mut header = Header::new(key.alg);
+    header.typ = Some(RECORD_TYP.to_string());
+    header.kid = Some(key.kid.clone());
+    header.x5c = Some(chain.iter().map(|c| STANDARD.encode(c)).collect());
+    jsonwebtoken::encode(&header, claims, &key.key)
+        .map_err(|e| ApprovalError::Signing(e.to_string()))
 }
 
 /// Does `identity` match one of `patterns` (exact, or a prefix ending in `*`)?

@@ -157,6 +157,7 @@ pub struct ArtefactMetrics {
     model: String,
     state: prometheus::IntGaugeVec,
     info: prometheus::IntGaugeVec,
+    signature: prometheus::IntGaugeVec,
 }
 
 impl ArtefactMetrics {
@@ -165,6 +166,7 @@ impl ArtefactMetrics {
             model: model.to_string(),
             state: metrics.artefact_state.clone(),
             info: metrics.artefact_info.clone(),
+            signature: metrics.artefact_signature.clone(),
         }
     }
 
@@ -200,6 +202,37 @@ impl ArtefactMetrics {
                 let _ = self.info.remove_label_values(&[model, old.as_str()]);
             }
             self.info.with_label_values(&[model, &digest]).set(1);
+        }
+        if let ArtefactState::Ready { signature, .. } = state {
+            // One series per model: the signer label is a configured name, or "none".
+            let stale: Vec<(String, String)> =
+                prometheus::core::Collector::collect(&self.signature)
+                    .iter()
+                    .flat_map(|family| family.get_metric())
+                    .filter_map(|m| {
+                        let label = |name: &str| {
+                            m.get_label()
+                                .iter()
+                                .find(|l| l.name() == name)
+                                .map(|l| l.value().to_string())
+                        };
+                        (label("model").as_deref() == Some(model))
+                            .then(|| Some((label("signer")?, label("state")?)))
+                            .flatten()
+                    })
+                    .collect();
+            for (signer, state) in &stale {
+                let _ =
+                    self.signature
+                        .remove_label_values(&[model, signer.as_str(), state.as_str()]);
+            }
+            self.signature
+                .with_label_values(&[
+                    model,
+                    signature.signer().unwrap_or("none"),
+                    signature.label(),
+                ])
+                .set(1);
         }
     }
 }
@@ -348,7 +381,8 @@ impl Turn<'_> {
                         tracing::warn!(model = %w.model, reason = %reason, "model.sig does not verify")
                     }
                     s => tracing::info!(model = %w.model, signature = s.label(),
-                        signer = s.signer().unwrap_or("-"), "artefact signature checked"),
+                        signer = s.signer().unwrap_or("-"),
+                        signer_identity = s.identity().unwrap_or("-"), "artefact signature checked"),
                 }
                 tracing::info!(model = %w.model, digest = %m.root,
                     serialization = %m.serialization, files = m.files.len(),

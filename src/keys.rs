@@ -1,5 +1,6 @@
-//! Key material: loading a JWKS file into verification keys, generating approver and issuer
-//! key pairs, and loading a PKCS#8 PEM private key for signing.
+//! Key material: loading a JWKS file into verification keys (a [`KeySet`], which for approvers
+//! also carries the certificate-bound approvers an `x5c` record is checked against),
+//! generating approver and issuer key pairs, and loading a PKCS#8 PEM private key for signing.
 //!
 //! Owns the rule that a key's type, curve and declared `alg` decide which JWS algorithms it may
 //! verify, so that no token can pick an algorithm its key was not made for. It does not decide
@@ -75,6 +76,10 @@ pub struct KeySet {
     pub keys: Vec<VerifyingKey>,
     /// Keys in the document that could not be used, with why (logged once at load).
     pub skipped: Vec<String>,
+    /// Certificate-bound approvers (`[[trust.approvers]]` with `ca_bundle` and `identity`):
+    /// an approval record whose header carries an `x5c` chain is verified against these
+    /// only. Always empty for caller token issuers, where `x5c` stays refused.
+    pub certificates: Vec<std::sync::Arc<crate::x509::CertIdentity>>,
 }
 
 impl KeySet {

@@ -29,6 +29,7 @@ pub mod server;
 pub mod telemetry;
 pub mod trace;
 pub mod upstream;
+pub mod x509;
 
 /// The global allocator. A work-stealing runtime frees memory on other threads than the one
 /// that allocated it; glibc malloc serialises that on arena locks. jemalloc (the default)

@@ -81,13 +81,24 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
-    /// Verify a model directory's OMS signature (model.sig) against pinned signer keys;
-    /// exit 0 when it is valid.
+    /// Verify a model directory's OMS signature (model.sig) against pinned signer keys or a
+    /// certificate identity; exit 0 when it is valid.
     VerifySignature {
         dir: PathBuf,
         /// A pinned signer, as `NAME=PUBLIC_KEY.pem` (EC P-256 or P-384; repeat).
-        #[arg(long = "signer", required = true)]
+        #[arg(long = "signer", required_unless_present = "ca_bundle")]
         signers: Vec<String>,
+        /// A certificate signer (`model_signing sign certificate`): the PEM CA bundle its
+        /// chain must validate to (now), with `--identity`.
+        #[arg(long, requires = "identity")]
+        ca_bundle: Option<PathBuf>,
+        /// The identity the certificate signer's leaf must carry: `spiffe://...` (any
+        /// `scheme://` URI SAN), `email:ADDRESS` or `dns:NAME`.
+        #[arg(long, requires = "ca_bundle")]
+        identity: Option<String>,
+        /// The name the certificate signer is reported under.
+        #[arg(long, default_value = "certificate")]
+        certificate_signer: String,
         /// Hashing threads [default: one per core].
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         threads: Option<u64>,
@@ -370,6 +381,11 @@ struct ApproveArgs {
     /// record flags are not used).
     #[arg(long, value_name = "EXISTING", conflicts_with_all = ["dir", "digest"])]
     cosign: Option<PathBuf>,
+    /// The key's certificate chain (PEM, leaf first, then intermediates): the record's
+    /// header carries it as `x5c`, for a `[[trust.approvers]]` entry with `ca_bundle` and
+    /// `identity`.
+    #[arg(long, value_name = "CHAIN_PEM", conflicts_with = "cosign")]
+    cert_chain: Option<PathBuf>,
     /// Approver identity (`iss`).
     #[arg(long, required_unless_present = "cosign")]
     iss: Option<String>,
@@ -497,10 +513,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::VerifySignature {
             dir,
             signers,
+            ca_bundle,
+            identity,
+            certificate_signer,
             threads,
             progress,
         } => {
             let mut keys = Vec::new();
+            if let (Some(ca), Some(id)) = (&ca_bundle, &identity) {
+                keys.push(
+                    provgate::oms::Signer::certificate(&certificate_signer, ca, id)
+                        .map_err(|e| anyhow!("--ca-bundle/--identity: {e}"))?,
+                );
+            }
             for s in &signers {
                 let (name, path) = s
                     .split_once('=')
@@ -520,8 +545,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 provgate::oms::verify_dir_with(&dir, &keys, None, opts)
             });
             match state {
-                provgate::oms::SignatureState::Valid { signer } => {
-                    println!("{}: valid, signed by {signer}", dir.display());
+                provgate::oms::SignatureState::Valid { signer, identity } => {
+                    match identity {
+                        Some(id) => println!(
+                            "{}: valid, signed by {signer} (certificate identity {id})",
+                            dir.display()
+                        ),
+                        None => println!("{}: valid, signed by {signer}", dir.display()),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 provgate::oms::SignatureState::Absent => {
@@ -855,7 +886,23 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
             bail!("--ollama-digest {d:?}: expected 64 hex digits, optionally sha256:-prefixed");
         }
     }
-    let jws = approval::sign(&claims, &key)?;
+    let jws = match &a.cert_chain {
+        None => approval::sign(&claims, &key)?,
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let chain: Vec<Vec<u8>> = pem::parse_many(&text)
+                .map_err(|e| anyhow!("--cert-chain {}: {e}", path.display()))?
+                .into_iter()
+                .filter(|b| b.tag() == "CERTIFICATE")
+                .map(|b| b.into_contents())
+                .collect();
+            if chain.is_empty() {
+                bail!("--cert-chain {}: no CERTIFICATE block", path.display());
+            }
+            approval::sign_with_chain(&claims, &key, &chain)?
+        }
+    };
     if let (Some(url), Some(version)) = (&a.publish_mlflow, &a.mlflow_version) {
         publish_mlflow(
             url,

@@ -22,6 +22,7 @@ pub mod names {
     pub const TOKEN_VERIFICATIONS_TOTAL: &str = "provgate_token_verifications_total";
     pub const ARTEFACT_STATE: &str = "provgate_artefact_state";
     pub const ARTEFACT_INFO: &str = "provgate_artefact_info";
+    pub const ARTEFACT_SIGNATURE: &str = "provgate_artefact_signature";
     pub const ARTEFACT_HASH_DURATION_SECONDS: &str = "provgate_artefact_hash_duration_seconds";
     pub const ARTEFACT_SCRUBS_TOTAL: &str = "provgate_artefact_scrubs_total";
     pub const BACKGROUND_STALLED: &str = "provgate_background_stalled";
@@ -74,6 +75,9 @@ pub struct Metrics {
     pub token_verifications: IntCounterVec,
     pub artefact_state: IntGaugeVec,
     pub artefact_info: IntGaugeVec,
+    /// `{model, signer, state}`: 1 for the served artefact's OMS signature; `signer` is a
+    /// configured signer name or `none` (bounded by configuration).
+    pub artefact_signature: IntGaugeVec,
     pub artefact_hash_seconds: Histogram,
     /// Periodic full re-verifications, by model and result (ok, mismatch, skipped, failed).
     pub artefact_scrubs: IntCounterVec,
@@ -201,6 +205,13 @@ impl Metrics {
                 "1, labelled with the served artefact's current digest."
             ),
             &["model", "digest"]
+        ));
+        let artefact_signature = reg!(IntGaugeVec::new(
+            Opts::new(
+                ARTEFACT_SIGNATURE,
+                "1 for the served artefact's OMS signature: state (absent, valid, invalid) and the configured signer that made it (none unless valid)."
+            ),
+            &["model", "signer", "state"]
         ));
         let artefact_hash_seconds = reg!(Histogram::with_opts(
             HistogramOpts::new(
@@ -423,6 +434,7 @@ impl Metrics {
             token_verifications,
             artefact_state,
             artefact_info,
+            artefact_signature,
             artefact_hash_seconds,
             artefact_scrubs,
             background_stalled,

@@ -332,3 +332,170 @@ fn a_cosigned_record_with_a_bad_or_foreign_signature_is_refused() {
     g["signatures"] = serde_json::json!([]);
     assert!(verify(&g.to_string(), &keys).is_err());
 }
+
+// === x5c: certificate-bound approvers ===
+
+mod x5c {
+    use super::*;
+    use crate::x509::{CaBundle, CertIdentity};
+    use rcgen::{
+        date_time_ymd, BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+
+    const ID: &str = "spiffe://example.org/ns/release/sa/approver";
+
+    fn ca(cn: &str) -> (Issuer<'static, KeyPair>, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, cn.to_string());
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let pem = p.self_signed(&key).unwrap().pem();
+        (Issuer::new(p, key), pem)
+    }
+
+    /// A leaf with SAN `id` (and its key, as a SigningKey) under `ca`.
+    fn leaf(ca: &Issuer<'static, KeyPair>, id: &str, expired: bool) -> (SigningKey, Vec<u8>) {
+        leaf_of(ca, id, expired, KeyPair::generate().unwrap())
+    }
+
+    fn leaf_of(
+        ca: &Issuer<'static, KeyPair>,
+        id: &str,
+        expired: bool,
+        key: KeyPair,
+    ) -> (SigningKey, Vec<u8>) {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if expired {
+            p.not_before = date_time_ymd(2020, 1, 1);
+            p.not_after = date_time_ymd(2021, 1, 1);
+        }
+        let der = p.signed_by(&key, ca).unwrap().der().to_vec();
+        (SigningKey::from_pkcs8(&key.serialize_der()).unwrap(), der)
+    }
+
+    /// The approver set: a JWKS with an unrelated key, plus a certificate approver.
+    fn approvers(ca_pem: &str, id: &str) -> (KeySet, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca_pem).unwrap();
+        let (unrelated, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let mut set = keyset(&unrelated);
+        set.certificates.push(Arc::new(CertIdentity {
+            ca: CaBundle::from_pem_file(&path).unwrap(),
+            identity: id.parse().unwrap(),
+        }));
+        (set, dir)
+    }
+
+    #[test]
+    fn a_record_with_a_chain_to_a_configured_approver_verifies_as_its_identity() {
+        let (ca, pem) = ca("org");
+        let (set, _d) = approvers(&pem, ID);
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let (key, der) = leaf_of(&ca, ID, false, KeyPair::generate_for(alg).unwrap());
+            let jws = sign_with_chain(&claims(), &key, &[der]).unwrap();
+            let rec = verify(&jws, &set).unwrap();
+            assert_eq!(rec.kid, format!("x509:{ID}"), "{:?}", key.alg);
+            assert_eq!(rec.signers, vec![format!("x509:{ID}")]);
+            assert_eq!(rec.claims, claims());
+        }
+    }
+
+    #[test]
+    fn x5c_is_refused_where_no_certificate_approver_is_configured() {
+        let (ca, _) = ca("org");
+        let (key, der) = leaf(&ca, ID, false);
+        let jws = sign_with_chain(&claims(), &key, &[der]).unwrap();
+        assert_eq!(
+            verify(&jws, &keyset(&key)).unwrap_err(),
+            ApprovalError::Header("x5c is not accepted".into())
+        );
+    }
+
+    #[test]
+    fn another_ca_an_expired_leaf_another_identity_or_another_key_refuse_with_reasons() {
+        let (org, pem) = ca("org");
+        let (set, _d) = approvers(&pem, ID);
+        let reason = |jws: &str| match verify(jws, &set) {
+            Err(ApprovalError::Certificate(r)) => r,
+            other => panic!("{other:?}"),
+        };
+
+        let (rogue, _) = ca("rogue");
+        let (key, der) = leaf(&rogue, ID, false);
+        let r = reason(&sign_with_chain(&claims(), &key, &[der]).unwrap());
+        assert!(r.contains("does not validate to the CA bundle"), "{r}");
+
+        let (key, der) = leaf(&org, ID, true);
+        let r = reason(&sign_with_chain(&claims(), &key, &[der]).unwrap());
+        assert!(r.contains("expired"), "{r}");
+
+        let other = "spiffe://example.org/ns/dev/sa/intern";
+        let (key, der) = leaf(&org, other, false);
+        let r = reason(&sign_with_chain(&claims(), &key, &[der]).unwrap());
+        assert!(r.contains(&format!("names {other}, not {ID}")), "{r}");
+
+        // The chain is the approver's, the signature another key's (made by hand: the
+        // signing helper refuses a chain that does not certify its key).
+        let (_, der) = leaf(&org, ID, false);
+        let (thief, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        assert!(matches!(
+            sign_with_chain(&claims(), &thief, std::slice::from_ref(&der)),
+            Err(ApprovalError::Signing(_))
+        ));
+        let mut header = Header::new(thief.alg);
+        header.typ = Some(RECORD_TYP.into());
+        header.x5c = Some(vec![base64::engine::general_purpose::STANDARD.encode(&der)]);
+        let jws = jsonwebtoken::encode(&header, &claims(), &thief.key).unwrap();
+        assert_eq!(verify(&jws, &set).unwrap_err(), ApprovalError::Signature);
+
+        // Not base64, or empty.
+        let (key, _) = leaf(&org, ID, false);
+        let mut header = Header::new(key.alg);
+        header.typ = Some(RECORD_TYP.into());
+        header.x5c = Some(vec!["***".into()]);
+        let jws = jsonwebtoken::encode(&header, &claims(), &key.key).unwrap();
+        assert!(reason(&jws).contains("not base64"));
+        header.x5c = Some(vec![]);
+        let jws = jsonwebtoken::encode(&header, &claims(), &key.key).unwrap();
+        assert!(reason(&jws).contains("needs 1 to"));
+    }
+
+    #[test]
+    fn a_co_signed_record_counts_a_key_and_a_certificate_approver() {
+        let (ca, pem) = ca("org");
+        let (leaf_key, der) = leaf(&ca, ID, false);
+        let (owner, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+        let (mut set, _d) = approvers(&pem, ID);
+        set.keys.extend(keyset(&owner).keys);
+        let first = sign(&claims(), &owner).unwrap();
+        // The second signature: the x5c header of a record signed with the chain, over the
+        // first record's payload bytes.
+        let x5c = sign_with_chain(&claims(), &leaf_key, &[der]).unwrap();
+        let h = x5c.split('.').next().unwrap();
+        let payload = first.split('.').nth(1).unwrap();
+        let message = format!("{h}.{payload}");
+        let sig =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &leaf_key.key, leaf_key.alg).unwrap();
+        let owner_parts: Vec<&str> = first.split('.').collect();
+        let record = serde_json::json!({
+            "payload": payload,
+            "signatures": [
+                {"protected": owner_parts[0], "signature": owner_parts[2]},
+                {"protected": h, "signature": sig},
+            ]
+        })
+        .to_string();
+        let rec = verify(&record, &set).unwrap();
+        assert_eq!(rec.signers, vec![owner.kid.clone(), format!("x509:{ID}")]);
+    }
+}

@@ -70,13 +70,48 @@ pub struct ArtefactFile {
     pub scrub_rate: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// One `[[artefact.signers]]` entry: a name and exactly one identity form, chosen in
+/// [`SignerFile::load`] (one arm per form):
+/// - a key: `public_key`;
+/// - a certificate identity: `ca_bundle` and `identity`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignerFile {
     /// The name approval records use in `artefact.signer`.
     pub name: String,
-    /// PEM EC P-256 or P-384 public key.
-    pub public_key: String,
+    /// Key form: PEM EC P-256 or P-384 public key (`model_signing sign key`).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Certificate form: PEM file of the CA certificates the signing certificate's chain must
+    /// validate to (`model_signing sign certificate`).
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Certificate form: the identity the leaf certificate must carry in a SAN:
+    /// `spiffe://...` (or any `scheme://` URI), `email:ADDRESS` or `dns:NAME`.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+impl SignerFile {
+    /// Loads the signer this entry describes, or says which field is wrong.
+    pub fn load(&self) -> Result<Signer, (&'static str, String)> {
+        match (&self.public_key, &self.ca_bundle, &self.identity) {
+            (Some(key), None, None) => Signer::from_pem_file(&self.name, Path::new(key))
+                .map_err(|e| ("public_key", e.to_string())),
+            (None, Some(ca), Some(id)) => Signer::certificate(&self.name, Path::new(ca), id)
+                .map_err(|e| match e {
+                    crate::oms::SignerError::Certificate(crate::x509::X509Error::Identity(_)) => {
+                        ("identity", e.to_string())
+                    }
+                    e => ("ca_bundle", e.to_string()),
+                }),
+            _ => Err((
+                "public_key",
+                "give public_key, or ca_bundle and identity (one identity form per signer)"
+                    .to_string(),
+            )),
+        }
+    }
 }
 
 fn default_poll() -> String {
@@ -192,9 +227,9 @@ impl ArtefactFile {
         errors.nonempty(&format!("{key}.path"), &self.path);
         let mut signers = Vec::new();
         for (i, s) in self.signers.iter().enumerate() {
-            match Signer::from_pem_file(&s.name, Path::new(&s.public_key)) {
+            match s.load() {
                 Ok(k) => signers.push(k),
-                Err(e) => errors.push(format_args!("{key}.signers[{i}].public_key"), e),
+                Err((field, e)) => errors.push(format_args!("{key}.signers[{i}].{field}"), e),
             }
             if s.name.trim().is_empty() {
                 errors.push(format_args!("{key}.signers[{i}].name"), "must not be empty");

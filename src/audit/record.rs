@@ -39,6 +39,11 @@ pub mod bounds {
     pub const EVIDENCE_URI: usize = 256;
     pub const EVIDENCE_DIGEST: usize = 128;
     pub const EVIDENCE_VERDICT: usize = 64;
+    pub const MODEL_SIGNER: usize = 128;
+    pub const MODEL_SIGNER_IDENTITY: usize = 256;
+    /// Record signers kept (key IDs or `x509:IDENTITY`, all from configuration).
+    pub const RECORD_SIGNER_ENTRIES: usize = 4;
+    pub const RECORD_SIGNER: usize = 256;
 }
 
 /// One audited request.
@@ -77,6 +82,18 @@ pub struct AuditEvent {
     pub record_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub evidence: Vec<EvidenceRef>,
+    /// The configured signer (`[[artefact.signers]]` name) whose valid OMS signature the
+    /// served model carries.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub model_signer: Option<String>,
+    /// That signer's certificate identity (SPIFFE ID, `email:`, `dns:`), when
+    /// certificate-bound.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub model_signer_identity: Option<String>,
+    /// Who signed the approval record: approver key IDs, or `x509:IDENTITY` for a
+    /// certificate-bound approver.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub record_signers: Vec<String>,
     pub status: u16,
     pub latency_ms: f64,
     /// The fields that were cut to their bound, each with its original length in bytes
@@ -123,7 +140,13 @@ impl AuditEvent {
         field("method", &mut self.method, METHOD);
         field("path", &mut self.path, PATH);
         field("model", &mut self.model, MODEL);
-        let opts: [(&'static str, &mut Option<String>, usize); 7] = [
+        let opts: [(&'static str, &mut Option<String>, usize); 9] = [
+            ("model_signer", &mut self.model_signer, MODEL_SIGNER),
+            (
+                "model_signer_identity",
+                &mut self.model_signer_identity,
+                MODEL_SIGNER_IDENTITY,
+            ),
             ("client", &mut self.client, CLIENT),
             (
                 "requested_model",
@@ -139,6 +162,15 @@ impl AuditEvent {
         for (name, value, max) in opts {
             if let Some(s) = value {
                 field(name, s, max);
+            }
+        }
+        if self.record_signers.len() > RECORD_SIGNER_ENTRIES {
+            cut.insert("record_signers", self.record_signers.len());
+            self.record_signers.truncate(RECORD_SIGNER_ENTRIES);
+        }
+        for s in &mut self.record_signers {
+            if cut_to(s, RECORD_SIGNER).is_some() {
+                cut.entry("record_signers").or_insert(0);
             }
         }
         if self.evidence.len() > EVIDENCE_ENTRIES {
@@ -316,6 +348,9 @@ pub fn synthetic(i: u64, long_path: bool) -> AuditEvent {
         version_id: Some(format!("v{}", 1 + i % 2)),
         record_id: Some("rec-1".into()),
         evidence: vec![],
+        model_signer: None,
+        model_signer_identity: None,
+        record_signers: vec![],
         status,
         latency_ms: 0.25,
         cut: BTreeMap::new(),

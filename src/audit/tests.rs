@@ -131,6 +131,23 @@ fn every_request_field_is_cut_to_its_bound_and_marked() {
     assert!(line.len() <= MAX_LINE_BYTES, "{}", line.len());
 }
 
+#[test]
+fn signer_fields_are_cut_to_their_bounds() {
+    use record::bounds::*;
+    let mut e = event(1);
+    e.model_signer_identity = Some(format!("spiffe://{}", "a".repeat(1000)));
+    e.record_signers = vec![format!("x509:{}", "b".repeat(1000)); RECORD_SIGNER_ENTRIES + 3];
+    e.bound();
+    assert_eq!(
+        e.model_signer_identity.as_ref().unwrap().len(),
+        MODEL_SIGNER_IDENTITY
+    );
+    assert_eq!(e.record_signers.len(), RECORD_SIGNER_ENTRIES);
+    assert!(e.record_signers.iter().all(|s| s.len() == RECORD_SIGNER));
+    assert_eq!(e.cut["model_signer_identity"], 1009);
+    assert_eq!(e.cut["record_signers"], RECORD_SIGNER_ENTRIES + 3);
+}
+
 /// The worst case the bounds allow (every field at its bound, every byte escaped to six)
 /// stays under the line bound.
 #[test]
@@ -158,7 +175,13 @@ fn the_bounds_hold_the_line_bound_in_the_worst_case() {
         };
         EVIDENCE_ENTRIES
     ];
+    e.model_signer = Some(worst(MODEL_SIGNER));
+    e.model_signer_identity = Some(worst(MODEL_SIGNER_IDENTITY));
+    e.record_signers = vec![worst(RECORD_SIGNER); RECORD_SIGNER_ENTRIES];
     for name in [
+        "model_signer",
+        "model_signer_identity",
+        "record_signers",
         "path",
         "method",
         "request_id",
@@ -522,4 +545,23 @@ fn a_panicking_writer_fails_closed_then_resumes_the_chain() {
     assert_eq!(problems(&path, None), vec![]);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"seq\":"), "{text}");
+}
+
+#[test]
+fn ocsf_export_keeps_who_signed_in_unmapped() {
+    let mut e = event(1);
+    e.model_signer = Some("release".into());
+    e.model_signer_identity = Some("spiffe://example.org/ci".into());
+    e.record_signers = vec!["x509:spiffe://example.org/approver".into()];
+    let v = serde_json::to_value(&e).unwrap();
+    let o = super::ocsf::event(&v).unwrap();
+    assert_eq!(o["unmapped"]["model_signer"], "release");
+    assert_eq!(
+        o["unmapped"]["model_signer_identity"],
+        "spiffe://example.org/ci"
+    );
+    assert_eq!(
+        o["unmapped"]["record_signers"],
+        serde_json::json!(["x509:spiffe://example.org/approver"])
+    );
 }

@@ -729,3 +729,108 @@ fn api_profiles_and_adapters_validate() {
         assert!(err.0.iter().any(|e| e.starts_with(key)), "{bad}: {err}");
     }
 }
+
+/// Writes a self-signed CA certificate (PEM) into `dir`; returns its path.
+fn ca_pem(dir: &Path) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, p.self_signed(&key).unwrap().pem()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn signers_and_approvers_take_one_identity_form_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = good(d);
+    let ca = ca_pem(d);
+    let signer = |body: &str| format!("{text}\n[[artefact.signers]]\nname = \"ci\"\n{body}\n");
+
+    let c = FileConfig::parse(&signer(&format!(
+        "ca_bundle = \"{ca}\"\nidentity = \"spiffe://example.org/ci\""
+    )))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert!(matches!(
+        c.models[0].signers[0].trust,
+        crate::oms::SignerTrust::Certificate(_)
+    ));
+
+    let pub_key = d.join("signer.pub");
+    std::fs::write(&pub_key, "not a key").unwrap();
+    for (body, field) in [
+        // Two forms at once, or half of one.
+        (
+            format!(
+                "public_key = \"{}\"\nca_bundle = \"{ca}\"",
+                pub_key.display()
+            ),
+            "artefact.signers[0].public_key",
+        ),
+        (
+            format!("ca_bundle = \"{ca}\""),
+            "artefact.signers[0].public_key",
+        ),
+        (
+            "identity = \"spiffe://example.org/ci\"".to_string(),
+            "artefact.signers[0].public_key",
+        ),
+        (
+            format!("ca_bundle = \"{ca}\"\nidentity = \"ci\""),
+            "artefact.signers[0].identity",
+        ),
+        (
+            format!(
+                "ca_bundle = \"{}\"\nidentity = \"email:ci@example.org\"",
+                pub_key.display()
+            ),
+            "artefact.signers[0].ca_bundle",
+        ),
+    ] {
+        let errs = config_errors(&signer(&body));
+        assert!(
+            errs.iter().any(|e| e.starts_with(field)),
+            "{body}: {errs:?}"
+        );
+    }
+
+    // A certificate-bound approver is bound as x509:IDENTITY, with its roles.
+    let approver = |body: &str| {
+        format!("{text}\n[[trust.approvers]]\nname = \"release\"\nroles = [\"owner\"]\n{body}\n")
+    };
+    let c = FileConfig::parse(&approver(&format!(
+        "ca_bundle = \"{ca}\"\nidentity = \"spiffe://example.org/release\""
+    )))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        c.approver_scopes["x509:spiffe://example.org/release"].roles,
+        ["owner"]
+    );
+    assert_eq!(c.approvers.certificates.len(), 1);
+    for (body, field) in [
+        (
+            format!("ca_bundle = \"{ca}\""),
+            "trust.approvers[0].ca_bundle",
+        ),
+        ("".to_string(), "trust.approvers[0].keys"),
+        (
+            format!("ca_bundle = \"{ca}\"\nidentity = \"release\""),
+            "trust.approvers[0].identity",
+        ),
+        (
+            "ca_bundle = \"/nonexistent/ca.pem\"\nidentity = \"dns:release.example.org\"".into(),
+            "trust.approvers[0].ca_bundle",
+        ),
+    ] {
+        let errs = config_errors(&approver(&body));
+        assert!(
+            errs.iter().any(|e| e.starts_with(field)),
+            "{body}: {errs:?}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! ([`manifest`]: which files it holds, how they are cut into resources, their SHA-256
 //! digests and the root digest over them) and its signature ([`signature`]: `model.sig`, a
 //! Sigstore bundle holding a DSSE envelope over an in-toto statement, verified against pinned
-//! signers).
+//! signers: keys, or certificate identities checked with `x509`).
 //!
 //! Both follow the `model_signing` package (1.1.1): a digest or a signature made by it and by
 //! provgate agree. This module reads files and verifies; it publishes nothing and knows no
@@ -19,6 +19,6 @@ pub use manifest::{
 };
 pub use progress::{HashProgress, ProgressSnapshot};
 pub use signature::{
-    signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SignerError,
+    signature_path, verify_dir, verify_dir_with, SignatureState, Signer, SignerError, SignerTrust,
     SIGNATURE_FILE,
 };

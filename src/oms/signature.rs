@@ -1,7 +1,8 @@
 //! OMS signatures: `model.sig` in the model directory, as the `model_signing` tool writes it
-//! with `sign key` (a Sigstore bundle holding a DSSE envelope over an in-toto statement,
-//! predicate type `https://model_signing/signature/v1.0`), verified against pinned signer
-//! public keys (EC P-256 or P-384, PEM).
+//! with `sign key` or `sign certificate` (a Sigstore bundle holding a DSSE envelope over an
+//! in-toto statement, predicate type `https://model_signing/signature/v1.0`), verified
+//! against pinned signers: public keys (EC P-256 or P-384, PEM) or certificate identities (a
+//! CA bundle and a SAN identity; the chain is checked by [`crate::x509`]).
 //!
 //! A signature is valid only if it is by a pinned signer, its statement's resources equal
 //! what is on disk exactly (no extra file, no missing file, every digest equal; `files` or
@@ -19,23 +20,48 @@ use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::FromDer;
 
+use rustls::pki_types::CertificateDer;
+
 use super::manifest::{hash_dir, HashOptions, Manifest, Serialization};
+use crate::x509::{CaBundle, CertIdentity, X509Error};
 
 /// The signature file's name inside the model directory.
 pub const SIGNATURE_FILE: &str = "model.sig";
 const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
 const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
-/// A pinned artefact signer.
+/// A pinned artefact signer: a name (what approval records pin in `artefact.signer`) and how
+/// its signatures are trusted.
+#[derive(Debug)]
 pub struct Signer {
     pub name: String,
-    algorithm: &'static dyn VerificationAlgorithm,
-    point: Vec<u8>,
+    pub trust: SignerTrust,
 }
 
-impl std::fmt::Debug for Signer {
+/// How a signer's signatures are trusted; one variant per identity form of
+/// `[[artefact.signers]]`. Adding a form is a variant here and an arm in
+/// [`SignerTrust::accepts`].
+pub enum SignerTrust {
+    /// `model_signing sign key`: a pinned EC public key.
+    Key {
+        algorithm: &'static dyn VerificationAlgorithm,
+        point: Vec<u8>,
+    },
+    /// `model_signing sign certificate`: the bundle's `x509CertificateChain` must validate to
+    /// the CA bundle now, name the identity, and its leaf key must have made the signature.
+    Certificate(CertIdentity),
+}
+
+impl std::fmt::Debug for SignerTrust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("name", &self.name).finish()
+        match self {
+            SignerTrust::Key { .. } => f.write_str("Key"),
+            SignerTrust::Certificate(c) => f
+                .debug_struct("Certificate")
+                .field("ca", &c.ca.path)
+                .field("identity", &c.identity.to_string())
+                .finish(),
+        }
     }
 }
 
@@ -50,6 +76,8 @@ pub enum SignerError {
     NotPublicKey { path: String, detail: String },
     #[error("{path}: only EC P-256 and P-384 signer keys are supported (curve {curve:?})")]
     Curve { path: String, curve: Option<String> },
+    #[error(transparent)]
+    Certificate(#[from] X509Error),
 }
 
 impl Signer {
@@ -84,10 +112,90 @@ impl Signer {
         };
         Ok(Signer {
             name: name.to_string(),
-            algorithm,
-            point: spki.subject_public_key.data.to_vec(),
+            trust: SignerTrust::Key {
+                algorithm,
+                point: spki.subject_public_key.data.to_vec(),
+            },
         })
     }
+
+    /// A certificate-bound signer: a PEM CA bundle and the identity its leaf must carry
+    /// (`spiffe://...`, `email:...`, `dns:...`).
+    pub fn certificate(
+        name: &str,
+        ca_bundle: &Path,
+        identity: &str,
+    ) -> Result<Signer, SignerError> {
+        Ok(Signer {
+            name: name.to_string(),
+            trust: SignerTrust::Certificate(CertIdentity {
+                ca: CaBundle::from_pem_file(ca_bundle)?,
+                identity: identity.parse()?,
+            }),
+        })
+    }
+}
+
+/// ECDSA algorithms `model_signing` signs with (the hash follows the curve); webpki checks
+/// that the leaf's key fits.
+static LEAF_ALGS: &[&dyn rustls::pki_types::SignatureVerificationAlgorithm] = &[
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+];
+
+impl SignerTrust {
+    /// Did this signer make `sig` over `pae` in this bundle? `Ok(Some(identity))` for a
+    /// certificate signer (the leaf identity checked), `Ok(None)` for a key; `Err` says why
+    /// not, for the report when no signer accepts.
+    fn accepts(
+        &self,
+        bundle: &serde_json::Value,
+        pae: &[u8],
+        sig: &[u8],
+    ) -> Result<Option<String>, String> {
+        match self {
+            SignerTrust::Key { algorithm, point } => UnparsedPublicKey::new(*algorithm, point)
+                .verify(pae, sig)
+                .map(|()| None)
+                .map_err(|_| "not signed by this key".to_string()),
+            SignerTrust::Certificate(c) => {
+                let chain = bundle_chain(bundle)?;
+                // The bundle carries no trusted time (no log entry, no timestamp): check the
+                // chain now (README "Certificate signers").
+                let leaf = c
+                    .verify_chain(&chain, crate::x509::now())
+                    .map_err(|e| e.to_string())?;
+                leaf.verify(LEAF_ALGS, pae, sig)
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(leaf.identity))
+            }
+        }
+    }
+}
+
+/// The DER certificates of a bundle's `verificationMaterial.x509CertificateChain` (leaf
+/// first), as `model_signing sign certificate` writes it.
+fn bundle_chain(bundle: &serde_json::Value) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = bundle
+        .pointer("/verificationMaterial/x509CertificateChain/certificates")
+        .and_then(|c| c.as_array())
+        .ok_or("the bundle has no verificationMaterial.x509CertificateChain")?;
+    if certs.len() > crate::x509::MAX_CHAIN {
+        return Err(X509Error::TooLong.to_string());
+    }
+    certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.get("rawBytes")
+                .and_then(|r| r.as_str())
+                .and_then(|r| STANDARD.decode(r).ok())
+                .map(CertificateDer::from)
+                .ok_or_else(|| {
+                    format!("x509CertificateChain certificate {i} has no base64 rawBytes")
+                })
+        })
+        .collect()
 }
 
 /// What the signature in a model directory says.
@@ -95,8 +203,12 @@ impl Signer {
 pub enum SignatureState {
     /// No `model.sig`.
     Absent,
-    /// Valid, by this pinned signer.
-    Valid { signer: String },
+    /// Valid, by this pinned signer; `identity` is the certificate identity it was checked
+    /// for (certificate signers), for audit lines.
+    Valid {
+        signer: String,
+        identity: Option<String>,
+    },
     /// Present but not acceptable, with why.
     Invalid { reason: String },
 }
@@ -104,7 +216,15 @@ pub enum SignatureState {
 impl SignatureState {
     pub fn signer(&self) -> Option<&str> {
         match self {
-            SignatureState::Valid { signer } => Some(signer),
+            SignatureState::Valid { signer, .. } => Some(signer),
+            _ => None,
+        }
+    }
+
+    /// The certificate identity of a valid signature's signer, if certificate-bound.
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            SignatureState::Valid { identity, .. } => identity.as_deref(),
             _ => None,
         }
     }
@@ -159,7 +279,7 @@ pub fn verify_dir_with(
         Err(e) => return invalid(e.to_string()),
     };
     match verify_bundle(dir, &bytes, signers, served, hashing) {
-        Ok(signer) => SignatureState::Valid { signer },
+        Ok((signer, identity)) => SignatureState::Valid { signer, identity },
         Err(reason) => invalid(reason),
     }
 }
@@ -174,7 +294,7 @@ fn verify_bundle(
     signers: &[Signer],
     served: Option<&Manifest>,
     hashing: &HashOptions,
-) -> Result<String, String> {
+) -> Result<(String, Option<String>), String> {
     let bundle: serde_json::Value =
         serde_json::from_slice(bundle).map_err(|e| format!("model.sig is not JSON: {e}"))?;
     let envelope = bundle
@@ -211,18 +331,39 @@ fn verify_bundle(
     )
     .into_bytes();
     pae.extend_from_slice(&payload);
-    let signer = signatures
+    let sigs: Vec<Vec<u8>> = signatures
         .iter()
         .filter_map(|s| s.get("sig").and_then(|v| v.as_str()))
         .filter_map(|s| STANDARD.decode(s).ok())
-        .find_map(|sig| {
-            signers.iter().find(|k| {
-                UnparsedPublicKey::new(k.algorithm, &k.point)
-                    .verify(&pae, &sig)
-                    .is_ok()
-            })
-        })
-        .ok_or("the signature is by none of the pinned signers")?;
+        .collect();
+    let mut refusals = Vec::new();
+    let mut found = None;
+    'signers: for k in signers {
+        for sig in &sigs {
+            match k.trust.accepts(&bundle, &pae, sig) {
+                Ok(identity) => {
+                    found = Some((k, identity));
+                    break 'signers;
+                }
+                Err(why) => {
+                    // A key either made it or not; identity forms say why not.
+                    if !matches!(k.trust, SignerTrust::Key { .. }) {
+                        refusals.push(format!("{}: {why}", k.name));
+                    }
+                }
+            }
+        }
+    }
+    let Some((signer, identity)) = found else {
+        return Err(if refusals.is_empty() {
+            "the signature is by none of the pinned signers".to_string()
+        } else {
+            format!(
+                "the signature is by none of the pinned signers ({})",
+                refusals.join("; ")
+            )
+        });
+    };
 
     let statement: serde_json::Value =
         serde_json::from_slice(&payload).map_err(|e| format!("payload is not JSON: {e}"))?;
@@ -327,7 +468,7 @@ fn verify_bundle(
     if hex::encode(root.finalize()) != signed_root.to_ascii_lowercase() {
         return Err("the subject digest is not the root over the signed resources".into());
     }
-    Ok(signer.name.clone())
+    Ok((signer.name.clone(), identity))
 }
 
 fn ignored(rel: &Path, ignore: &[PathBuf]) -> bool {

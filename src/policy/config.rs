@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::approval::identity_matches;
+use crate::approval::{certificate_signer_id, identity_matches};
 use crate::fields::Errors;
 use crate::identity::config::{CallerAuth, Issuer};
 use crate::identity::mtls::CERTIFICATE_ISSUER;
 use crate::keys::KeySet;
 use crate::policy::{ApproverScope, TierRule, DEFAULT_TIER};
+use crate::x509::{CaBundle, CertIdentity, Identity};
 
 // === File structs ===
 
@@ -67,14 +68,25 @@ pub struct TrustFile {
     pub approvers: Vec<ApproverFile>,
 }
 
-/// One approver: an identity that may hold several keys.
+/// One approver: an identity that may hold several keys, and/or a certificate identity
+/// (records signed with an `x5c` chain to `ca_bundle` whose leaf carries `identity`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproverFile {
     /// A name for the audit log and for counting quorum (two keys of one approver count once).
     pub name: String,
     /// The `kid`s of its keys in `approver_keys`.
+    #[serde(default)]
     pub keys: Vec<String>,
+    /// Certificate form: PEM file of the CA certificates a record's `x5c` chain must
+    /// validate to (when the record is loaded), with `identity`.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Certificate form: the identity the `x5c` leaf must carry in a SAN: `spiffe://...`
+    /// (any `scheme://` URI), `email:ADDRESS` or `dns:NAME`. Its records are signed by
+    /// `x509:IDENTITY` in the audit log.
+    #[serde(default)]
+    pub identity: Option<String>,
     /// Its roles, for tier quorums (e.g. `owner`, `security`).
     #[serde(default)]
     pub roles: Vec<String>,
@@ -170,10 +182,26 @@ pub struct Trust {
 impl TrustFile {
     /// Loads the approver keys and binds them to approvers; every problem goes to `errors`.
     pub fn validate(&self, errors: &mut Errors) -> Trust {
-        let keys = KeySet::from_jwks_file(Path::new(&self.approver_keys)).unwrap_or_else(|e| {
+        let mut keys = KeySet::from_jwks_file(Path::new(&self.approver_keys)).unwrap_or_else(|e| {
             errors.push("trust.approver_keys", e);
             KeySet::default()
         });
+        for (i, f) in self.approvers.iter().enumerate() {
+            if let (Some(ca), Some(id)) = (&f.ca_bundle, &f.identity) {
+                let at = format!("trust.approvers[{i}]");
+                let identity = id.parse::<Identity>();
+                if let Err(e) = &identity {
+                    errors.push(format_args!("{at}.identity"), e);
+                }
+                match (CaBundle::from_pem_file(Path::new(ca)), identity) {
+                    (Ok(ca), Ok(identity)) => keys
+                        .certificates
+                        .push(Arc::new(CertIdentity { ca, identity })),
+                    (Err(e), _) => errors.push(format_args!("{at}.ca_bundle"), e),
+                    _ => {}
+                }
+            }
+        }
         let approvers = approver_scopes(&self.approvers, &keys, true, errors);
         Trust { keys, approvers }
     }
@@ -214,8 +242,22 @@ pub fn approver_scopes(
                 format_args!("{:?} is configured twice", f.name),
             );
         }
-        if f.keys.is_empty() {
-            errors.push(format_args!("{at}.keys"), "at least one key ID is needed");
+        let certificate = match (&f.ca_bundle, &f.identity) {
+            (None, None) => None,
+            (Some(_), Some(id)) => id.parse::<Identity>().ok(),
+            _ => {
+                errors.push(
+                    format_args!("{at}.ca_bundle"),
+                    "ca_bundle and identity go together",
+                );
+                None
+            }
+        };
+        if f.keys.is_empty() && f.ca_bundle.is_none() && f.identity.is_none() {
+            errors.push(
+                format_args!("{at}.keys"),
+                "at least one key ID, or a ca_bundle and identity, is needed",
+            );
         }
         for (field, list) in [("models", &f.models), ("tiers", &f.tiers)] {
             if list.is_empty() {
@@ -231,6 +273,15 @@ pub fn approver_scopes(
             models: f.models.clone(),
             tiers: f.tiers.clone(),
         });
+        if let Some(identity) = certificate {
+            let id = certificate_signer_id(&identity);
+            if by_kid.insert(id.clone(), scope.clone()).is_some() {
+                errors.push(
+                    format_args!("{at}.identity"),
+                    format_args!("{id:?} belongs to two approvers"),
+                );
+            }
+        }
         for kid in &f.keys {
             if !keys
                 .keys

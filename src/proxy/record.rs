@@ -29,6 +29,18 @@ impl Gate {
         };
         let record: Option<&Arc<ApprovalRecord>> = ctx.decision.as_ref().and_then(|d| d.record());
         let req = session.req_header();
+        // Who signed the served model: read from the published state now, if it still
+        // holds the digest this request was decided on.
+        let state = ctx
+            .model
+            .and_then(|i| self.models.get(i))
+            .map(|g| g.artefact.load());
+        let signature = match state.as_ref().map(|s| &***s) {
+            Some(crate::artefact::ArtefactState::Ready {
+                digest, signature, ..
+            }) if Some(*digest) == ctx.digest => Some(signature),
+            _ => None,
+        };
         self.audit.emit(AuditEvent {
             request_id: String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
             time: humantime::format_rfc3339_millis(
@@ -66,6 +78,9 @@ impl Gate {
                         .collect()
                 })
                 .unwrap_or_default(),
+            model_signer: signature.and_then(|s| s.signer()).map(str::to_string),
+            model_signer_identity: signature.and_then(|s| s.identity()).map(str::to_string),
+            record_signers: record.map(|r| r.signers.clone()).unwrap_or_default(),
             status,
             latency_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
             cut: Default::default(),

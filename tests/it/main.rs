@@ -18,6 +18,7 @@
 mod support;
 
 mod audit;
+mod certificates;
 mod cli;
 mod clock;
 mod connections;

@@ -56,14 +56,17 @@ fn the_served_manifest_is_reused_only_for_the_same_serialization() {
     let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
     let signers = [Signer {
         name: "release".into(),
-        algorithm: &ECDSA_P256_SHA256_ASN1,
-        point: key.public_key().as_ref().to_vec(),
+        trust: SignerTrust::Key {
+            algorithm: &ECDSA_P256_SHA256_ASN1,
+            point: key.public_key().as_ref().to_vec(),
+        },
     }];
     let shards = |shard_size| HashOptions::new(Serialization::Shards { shard_size }, 2);
     let served = hash_dir(p, &shards(1000), None).unwrap();
     std::fs::write(p.join(SIGNATURE_FILE), bundle(&served, &key)).unwrap();
     let valid = SignatureState::Valid {
         signer: "release".into(),
+        identity: None,
     };
     assert_eq!(
         verify_dir_with(p, &signers, Some(&served), &files2()),

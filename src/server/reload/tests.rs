@@ -31,6 +31,8 @@ fn a_good_reload_rebinds_keys_and_a_bad_one_keeps_them() {
         approvers: vec![ApproverFile {
             name: "owners".into(),
             keys: vec![a.kid.clone(), b.kid.clone()],
+            ca_bundle: None,
+            identity: None,
             roles: vec!["owner".into()],
             models: vec!["*".into()],
             tiers: vec!["*".into()],

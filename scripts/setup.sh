@@ -23,6 +23,8 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 # scripts/run.sh waits for its servers with curl, and the commands it prints use it.
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# tests/it/clock.rs steps provgate's wall clock with libfaketime.
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 # The monitoring pack's tests (--ops) run promtool and a real Prometheus server.
 if [ "${1:-}" = "--ops" ]; then
     command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)

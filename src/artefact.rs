@@ -153,6 +153,16 @@ impl ArtefactHandle {
         self.scrub_now.swap(false, Ordering::Relaxed)
     }
 
+    /// A background service that publishes this state panicked: nothing it published can be
+    /// vouched for, so requests are refused (as for an unreadable directory) until its next
+    /// hash publishes a digest again.
+    pub fn fail_closed(&self, why: &str) {
+        self.set(ArtefactState::Failed {
+            error: why.to_string(),
+        });
+        self.mark_settled();
+    }
+
     fn mark_settled(&self) {
         self.state.clock().mark_synced();
     }
@@ -274,6 +284,7 @@ fn log_progress(model: &str, progress: &HashProgress, every: Duration, done: mps
 }
 
 /// The background hasher for one model directory.
+#[derive(Clone)]
 pub struct ArtefactWatcher {
     pub model: String,
     pub path: PathBuf,
@@ -463,6 +474,14 @@ impl Turn<'_> {
             }
             Err(e) => {
                 self.previous = None;
+                if matches!(e, HashError::Panicked) {
+                    // A hasher thread panicked (caught at its join): counted, and the state
+                    // fails closed below like any hash error.
+                    w.metrics
+                        .background_panics
+                        .with_label_values(&["hasher"])
+                        .inc();
+                }
                 tracing::error!(model = %w.model, error = %e, "artefact cannot be hashed; requests are blocked");
                 ArtefactState::Failed {
                     error: e.to_string(),
@@ -552,6 +571,7 @@ impl ScrubOutcome {
 }
 
 /// The periodic full re-verification of one model directory.
+#[derive(Clone)]
 pub struct Scrubber {
     pub model: String,
     pub path: PathBuf,
@@ -625,6 +645,12 @@ impl Scrubber {
             Err(HashError::Changed(_)) => return ScrubOutcome::Skipped,
             _ if dir_fingerprint(&self.path) != before => return ScrubOutcome::Skipped,
             Err(e) => {
+                if matches!(e, HashError::Panicked) {
+                    self.metrics
+                        .background_panics
+                        .with_label_values(&["hasher"])
+                        .inc();
+                }
                 tracing::warn!(model = %self.model, error = %e, "artefact scrub could not read the files");
                 return ScrubOutcome::Failed;
             }

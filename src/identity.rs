@@ -282,7 +282,10 @@ impl Recent {
     }
 
     fn insert(&mut self, verifier: u64, token: &[u8], caller: Arc<Verified>) {
-        self.entries[self.next] = Some((verifier, token.into(), caller));
+        // `next` is kept below RECENT_PER_THREAD, the array's length.
+        if let Some(slot) = self.entries.get_mut(self.next) {
+            *slot = Some((verifier, token.into(), caller));
+        }
         self.next = (self.next + 1) % RECENT_PER_THREAD;
     }
 

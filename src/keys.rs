@@ -231,8 +231,8 @@ fn rsa_bits(n: &str) -> Option<usize> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(n.trim_end_matches('='))
         .ok()?;
-    let first = bytes.iter().position(|b| *b != 0)?;
-    Some((bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize)
+    let (first, top) = bytes.iter().enumerate().find(|(_, b)| **b != 0)?;
+    Some((bytes.len() - first) * 8 - top.leading_zeros() as usize)
 }
 
 fn key_algorithm_to_jws(a: KeyAlgorithm) -> Option<Algorithm> {

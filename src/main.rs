@@ -712,7 +712,11 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                         "{}: chain broken ({} problem(s)); first: {}",
                         r.log.display(),
                         r.problems.len(),
-                        r.problems[0]
+                        // This branch is taken when `problems` is not empty.
+                        r.problems
+                            .first()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
                     )?;
                     for p in &r.problems {
                         writeln!(out, "  {p}")?;

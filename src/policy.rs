@@ -481,10 +481,16 @@ fn check_record(
         return Err((DenyReason::ApprovalRevoked, "approval record is revoked"));
     }
     if now < record.not_before() {
-        return Err((DenyReason::ApprovalExpired, "approval record not yet valid"));
+        return Err((
+            DenyReason::ApprovalExpired,
+            "approval record not yet valid (judged on the wall clock at the record's time)",
+        ));
     }
     if now >= claims.exp {
-        return Err((DenyReason::ApprovalExpired, "approval record expired"));
+        return Err((
+            DenyReason::ApprovalExpired,
+            "approval record expired (judged on the wall clock at the record's time)",
+        ));
     }
     if claims.sub != model {
         return Err((

@@ -134,6 +134,7 @@ impl ServedHandle {
 // === Prober ===
 
 /// Polls the model server for every configured model.
+#[derive(Clone)]
 pub struct Prober {
     pub probe: Probe,
     /// `http://IP:port` or `https://SNI:port`.

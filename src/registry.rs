@@ -608,6 +608,7 @@ impl FetchMetrics {
 // === Directory watcher ===
 
 /// Keeps an [`ApprovalStore`] in step with a registry directory.
+#[derive(Clone)]
 pub struct DirRegistry {
     pub dir: PathBuf,
     pub approvers: KeySet,

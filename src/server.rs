@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::identity::config::KeySource;
 use crate::identity::{Issuer, TokenVerifier};
 use crate::kit::http::FetchError;
-use crate::kit::service::{Async, Blocking};
+use crate::kit::service::{Async, Blocking, OnPanic};
 use crate::kit::watchdog::Watchdog;
 use crate::policy::Policy;
 use crate::probe::{Prober, ServedHandle};
@@ -152,9 +152,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
             heartbeat: Some(watchdog.register(format!("artefact {}", m.model), STALL_BOUND)),
             manifest_cache: manifest_cache.clone(),
         };
+        let handle = artefact.clone();
         blocking.push(Blocking::service(
             &format!("artefact {}", m.model),
-            move |stop| watcher.run(stop),
+            OnPanic::new("artefact", &metrics.background_panics, move || {
+                handle.fail_closed("the artefact watcher panicked; it restarts and hashes again")
+            }),
+            move |stop| watcher.clone().run(stop),
         ));
         if let Some(interval) = m.scrub_interval {
             let scrubber = Scrubber {
@@ -170,9 +174,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 heartbeat: Some(watchdog.register(format!("scrub {}", m.model), STALL_BOUND)),
                 manifest_cache: manifest_cache.as_ref().map(|c| c.path.clone()),
             };
+            // A scrub that panicked vouched for nothing: the state fails closed until the
+            // watcher's next hash (a change in the directory, or a restart).
+            let handle = artefact.clone();
             blocking.push(Blocking::service(
                 &format!("scrub {}", m.model),
-                move |stop| scrubber.run(stop),
+                OnPanic::new("scrub", &metrics.background_panics, move || {
+                    handle
+                        .fail_closed("the artefact scrub panicked; hashed again on the next change")
+                }),
+                move |stop| scrubber.clone().run(stop),
             ));
         }
         models.push(ModelGate {
@@ -193,7 +204,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .collect();
         let prober = Prober::new(probe, &config.upstream, handles, metrics.clone())
             .map_err(StartError::Probe)?;
-        asynchronous.push(Async::service("probe", prober.run()));
+        // The probe's view is advisory (no answer never blocks): nothing to fail closed.
+        asynchronous.push(Async::service(
+            "probe",
+            OnPanic::count_only("probe", &metrics.background_panics),
+            move || prober.clone().run(),
+        ));
     }
 
     match &config.registry.source {
@@ -206,15 +222,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 metrics: metrics.clone(),
                 heartbeat: Some(watchdog.register("registry", STALL_BOUND)),
             };
-            blocking.push(Blocking::service("registry", move |stop| {
-                registry.run(stop)
-            }));
+            // The records' freshness clock stops while it restarts: max_stale applies.
+            blocking.push(Blocking::service(
+                "registry",
+                OnPanic::count_only("registry", &metrics.background_panics),
+                move |stop| registry.clone().run(stop),
+            ));
         }
         RegistrySource::Remote(remote) => {
             // Every guarded model's digest: each model's records are asked for, a new
             // digest at once (the refresher wakes on each artefact's publication).
-            let served = {
-                let artefacts: Vec<_> = models.iter().map(|m| m.artefact.clone()).collect();
+            let artefacts: Vec<_> = models.iter().map(|m| m.artefact.clone()).collect();
+            let served = move || {
+                let artefacts = artefacts.clone();
                 crate::registry::remote::Served {
                     changes: artefacts.iter().map(|a| a.subscribe()).collect(),
                     digests: Box::new(move || {
@@ -225,21 +245,45 @@ pub fn run(config: Config) -> Result<(), StartError> {
                     }),
                 }
             };
-            let refresher = crate::registry::remote::refresher(
-                &config.registry,
-                remote,
-                config.approvers.clone(),
-                approvals.clone(),
-                served,
-                metrics.clone(),
-                // The loop beats at least every remote::HEARTBEAT; fetches run beside it.
-                Some(watchdog.register(
-                    "registry",
-                    STALL_BOUND + remote.timeout * (models.len() as u32 + 1),
-                )),
-            )
-            .map_err(StartError::Registry)?;
-            asynchronous.push(Async::service("registry", refresher));
+            // The loop beats at least every remote::HEARTBEAT; fetches run beside it.
+            let heartbeat = watchdog.register(
+                "registry",
+                STALL_BOUND + remote.timeout * (models.len() as u32 + 1),
+            );
+            let (registry, remote) = (config.registry.clone(), remote.clone());
+            let (approvers, store) = (config.approvers.clone(), approvals.clone());
+            let m = metrics.clone();
+            let make = move || {
+                crate::registry::remote::refresher(
+                    &registry,
+                    &remote,
+                    approvers.clone(),
+                    store.clone(),
+                    served(),
+                    m.clone(),
+                    Some(heartbeat.clone()),
+                )
+            };
+            // Made once here so that a bad configuration stops the start.
+            drop(make().map_err(StartError::Registry)?);
+            // The records' freshness clocks stop while it restarts: max_stale applies.
+            asynchronous.push(Async::service(
+                "registry",
+                OnPanic::count_only("registry", &metrics.background_panics),
+                move || {
+                    let refresher = make();
+                    async move {
+                        match refresher {
+                            Ok(r) => r.await,
+                            // Built once already: only a changed environment gets here. The
+                            // records age past max_stale: fail closed.
+                            Err(e) => {
+                                tracing::error!(error = %e, "registry refresher could not restart")
+                            }
+                        }
+                    }
+                },
+            ));
         }
     }
 
@@ -276,10 +320,22 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config.callers.token_cache_size,
         metrics.clone(),
     ));
-    if let Some(fetchers) =
-        crate::identity::jwks::fetchers(tokens.issuers().cloned().collect(), metrics.clone())
-    {
-        asynchronous.push(Async::service("issuer keys", fetchers));
+    let issuers: Vec<Arc<Issuer>> = tokens.issuers().cloned().collect();
+    if issuers.iter().any(|i| i.remote.is_some()) {
+        let m = metrics.clone();
+        // The keys' freshness clock stops while they restart: each issuer's max_stale applies.
+        asynchronous.push(Async::service(
+            "issuer keys",
+            OnPanic::count_only("issuer keys", &metrics.background_panics),
+            move || {
+                let fetchers = crate::identity::jwks::fetchers(issuers.clone(), m.clone());
+                async move {
+                    if let Some(f) = fetchers {
+                        f.await;
+                    }
+                }
+            },
+        ));
     }
 
     let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
@@ -290,28 +346,32 @@ pub fn run(config: Config) -> Result<(), StartError> {
         approvers: config.approver_scopes,
         bare_issuers,
     }));
+    let reload = crate::server::reload::Reload {
+        policy: policy.clone(),
+        approver_keys: config.approver_keys_path.clone(),
+        approvers: config.approver_files.clone(),
+        config: config.source.clone(),
+        issuers: file_issuers
+            .into_iter()
+            .filter_map(|(name, path)| {
+                let issuer = tokens.issuers().find(|i| i.issuer == name)?.clone();
+                Some((issuer, path))
+            })
+            .collect(),
+        metrics: metrics.clone(),
+    };
+    // Keeps the last good keys and policy: a restart re-reads the files.
     asynchronous.push(Async::service(
         "trust reload",
-        crate::server::reload::Reload {
-            policy: policy.clone(),
-            approver_keys: config.approver_keys_path.clone(),
-            approvers: config.approver_files.clone(),
-            config: config.source.clone(),
-            issuers: file_issuers
-                .into_iter()
-                .filter_map(|(name, path)| {
-                    let issuer = tokens.issuers().find(|i| i.issuer == name)?.clone();
-                    Some((issuer, path))
-                })
-                .collect(),
-            metrics: metrics.clone(),
-        }
-        .run(),
+        OnPanic::count_only("trust reload", &metrics.background_panics),
+        move || reload.clone().run(),
     ));
     if let Some((path, every)) = config.workload.token_file {
+        let policy = policy.clone();
         asynchronous.push(Async::service(
             "workload identity",
-            follow_workload_token(path, every, policy.clone()),
+            OnPanic::count_only("workload identity", &metrics.background_panics),
+            move || follow_workload_token(path.clone(), every, policy.clone()),
         ));
     }
     // Tracing: the exporter drains the tracer's queue as a background service.
@@ -319,7 +379,21 @@ pub fn run(config: Config) -> Result<(), StartError> {
         Some(tracing) => {
             let (tracer, exporter) = crate::trace::export::Tracer::new(tracing, &metrics)
                 .map_err(StartError::Tracing)?;
-            asynchronous.push(Async::service("trace exporter", exporter.run()));
+            // It owns the queue's receiver: after a panic the queue is gone, and spans are
+            // dropped and counted (traces are not a trust decision).
+            let exporter = std::sync::Mutex::new(Some(exporter));
+            asynchronous.push(Async::service(
+                "trace exporter",
+                OnPanic::count_only("trace exporter", &metrics.background_panics),
+                move || {
+                    let e = exporter.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    async move {
+                        if let Some(e) = e {
+                            e.run().await;
+                        }
+                    }
+                },
+            ));
             Some(tracer)
         }
         None => None,

@@ -26,6 +26,7 @@ pub mod names {
     pub const ARTEFACT_HASH_DURATION_SECONDS: &str = "provgate_artefact_hash_duration_seconds";
     pub const ARTEFACT_SCRUBS_TOTAL: &str = "provgate_artefact_scrubs_total";
     pub const BACKGROUND_STALLED: &str = "provgate_background_stalled";
+    pub const BACKGROUND_PANICS_TOTAL: &str = "provgate_background_panics_total";
     pub const ARTEFACT_HASH_BYTES: &str = "provgate_artefact_hash_bytes";
     pub const APPROVAL_EXPIRY_TIMESTAMP_SECONDS: &str =
         "provgate_approval_expiry_timestamp_seconds";
@@ -85,6 +86,9 @@ pub struct Metrics {
     pub artefact_scrubs: IntCounterVec,
     /// 1 for a background service whose heartbeat is older than its bound.
     pub background_stalled: IntGaugeVec,
+    /// Panics caught in a background service, by the service's static kind
+    /// (`kit::service::OnPanic`); the service failed closed and restarted after a backoff.
+    pub background_panics: IntCounterVec,
     /// Per model, `kind` = `done` | `total`: bytes of the hash in progress (or the last one).
     pub artefact_hash_bytes: IntGaugeVec,
     pub approval_expiry: GaugeVec,
@@ -139,6 +143,8 @@ impl Metrics {
     }
 
     /// Metrics for a sidecar in enforce (`true`) or dry-run mode.
+    // `reg!` expects: the invariant is named there (clippy does not see into the macro).
+    #[allow(clippy::expect_used)]
     pub fn with_mode(enforce: bool) -> Metrics {
         let registry = Registry::new();
         // Registration fails only on a duplicate name or a malformed descriptor, which the
@@ -232,6 +238,13 @@ impl Metrics {
             Opts::new(
                 BACKGROUND_STALLED,
                 "1 for a background service (artefact, registry, keys, probe) that has made no progress within its bound."
+            ),
+            &["service"]
+        ));
+        let background_panics = reg!(IntCounterVec::new(
+            Opts::new(
+                BACKGROUND_PANICS_TOTAL,
+                "Panics caught in a background service by kind (artefact, scrub, hasher, registry, issuer keys, probe, trust reload, workload identity, trace exporter, audit writer); the service failed closed and restarted after a backoff."
             ),
             &["service"]
         ));
@@ -446,6 +459,7 @@ impl Metrics {
             artefact_hash_seconds,
             artefact_scrubs,
             background_stalled,
+            background_panics,
             artefact_hash_bytes,
             approval_expiry,
             exception_expiry,

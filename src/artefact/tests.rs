@@ -378,3 +378,18 @@ fn manifest_cache_settings_are_checked() {
         "{errors:?}"
     );
 }
+
+/// What a panicking watcher or scrub leaves behind (`server.rs` gives this to `OnPanic`): no
+/// digest to approve, so every request is refused until a hash publishes one again.
+#[test]
+fn a_panicked_service_fails_the_artefact_closed() {
+    let handle = ArtefactHandle::default();
+    handle.set(ready(Digest([7; 32])));
+    assert!(handle.load().digest().is_some());
+    handle.fail_closed("the artefact watcher panicked");
+    assert!(handle.is_settled());
+    assert!(handle.load().digest().is_none());
+    assert!(
+        matches!(&**handle.load(), ArtefactState::Failed { error } if error.contains("panicked"))
+    );
+}

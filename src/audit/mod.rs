@@ -63,9 +63,10 @@ impl AuditLog {
         let writer =
             Writer::open(config.clone(), metrics.clone(), shared.clone()).map_err(io_err)?;
         let (tx, rx) = sync_channel(config.queue.max(1));
+        let restart = (config.clone(), metrics.clone(), shared.clone());
         std::thread::Builder::new()
             .name("provgate-audit".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || supervise_writer(writer, &rx, restart))
             .map_err(io_err)?;
         Ok(AuditLog {
             tx,
@@ -115,6 +116,58 @@ impl AuditLog {
     /// checkpoint, syncs. Waits at most `within`.
     pub fn close(&self, within: Duration) -> bool {
         self.shared.close(within)
+    }
+}
+
+/// Runs the writer; a panic in it is caught, counted (`provgate_background_panics_total
+/// {service="audit writer"}`) and logged, the log counts as failing (so `on_write_failure`
+/// applies: `fail_closed` denies, `keep_serving` reports `provgate_audit_writable 0`) and,
+/// after a backoff, a writer is opened again from the file, resuming its chain as after a
+/// crash. Records queued meanwhile wait in the queue (or are summarised when it is full).
+fn supervise_writer(
+    first: Writer,
+    rx: &std::sync::mpsc::Receiver<Box<record::AuditEvent>>,
+    (config, metrics, shared): (AuditConfig, Arc<Metrics>, Arc<Shared>),
+) {
+    use crate::kit::service::{panic_message, PANIC_BACKOFF_FIRST, PANIC_BACKOFF_MAX};
+    let panics = metrics
+        .background_panics
+        .with_label_values(&["audit writer"]);
+    let mut backoff = crate::kit::backoff::Backoff::new(PANIC_BACKOFF_FIRST, PANIC_BACKOFF_MAX);
+    let mut writer = Some(first);
+    loop {
+        let w = match writer.take() {
+            Some(w) => w,
+            None => match Writer::open(config.clone(), metrics.clone(), shared.clone()) {
+                Ok(w) => {
+                    // Opened and attached to its file (else it starts failed, and recovers
+                    // on its own like any writer).
+                    if metrics.audit_writable.get() == 1 {
+                        shared.failing.store(false, Ordering::Release);
+                    }
+                    w
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit writer could not be opened again");
+                    std::thread::sleep(backoff.fail());
+                    continue;
+                }
+            },
+        };
+        // The writer is dropped with the panic; the next one reads its state from the file.
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run(rx)))
+        else {
+            return;
+        };
+        panics.inc();
+        shared.failing.store(true, Ordering::Release);
+        metrics.audit_writable.set(0);
+        tracing::error!(service = "audit writer", panic = panic_message(&*payload),
+            "background service panicked; the audit log counts as failing until a writer is open again");
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(backoff.fail());
     }
 }
 

@@ -33,6 +33,9 @@ fn epoch_ms(rfc3339: Option<&str>) -> u64 {
 }
 
 /// One record as an OCSF event; `None` for segment, checkpoint and pruning records.
+// Indexing writes into the `json!` object built below (`e`, its `metadata`, `unmapped` and its
+// one-element `resources`): a `Value` object indexed by key inserts, and `[0]` exists.
+#[allow(clippy::indexing_slicing)]
 pub fn event(v: &Value) -> Option<Value> {
     let summary = match s(v, "kind") {
         None => false,

@@ -56,7 +56,8 @@ pub fn for_each_raw(
                 skipped = Some((buf.len() + take) as u64);
                 buf.clear();
             }
-            None => buf.extend_from_slice(&chunk[..take]),
+            // `take` is at most `chunk.len()` (a position in it, or its length).
+            None => buf.extend_from_slice(chunk.get(..take).unwrap_or(chunk)),
         }
         reader.consume(take + usize::from(newline));
         if newline {

@@ -50,7 +50,9 @@ pub mod bounds {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEvent {
     pub request_id: String,
-    /// RFC 3339 UTC time the request arrived.
+    /// RFC 3339 UTC time the request arrived, read from the wall clock: every expiry decision
+    /// of this request (token `exp`/`nbf`, record `exp`/`nbf`, `revalidate_after`) was judged
+    /// at this time. Staleness bounds (`max_stale`) use the monotonic clock instead.
     pub time: String,
     /// `allow`, `deny` or `would_block` (dry-run).
     pub decision: &'static str,
@@ -327,6 +329,8 @@ pub fn line_hash(line: &[u8]) -> String {
 /// tests of the reading tools): reason by `i % 4`, model by `i % 3`, version by `i % 2`,
 /// caller by `i % 7` (none for `token_missing`), time 2026-11-01T00:00:00Z plus `i` × 100 ms.
 /// With `long_path`, a 5,000-byte target that the bounds cut.
+// `i % 4` and `i % 3` index arrays of four and three entries.
+#[allow(clippy::indexing_slicing)]
 pub fn synthetic(i: u64, long_path: bool) -> AuditEvent {
     const REASONS: [(&str, &str, u16); 4] = [
         ("token_missing", "no bearer token", 401),

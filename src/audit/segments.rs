@@ -116,7 +116,8 @@ pub fn read_tail(path: &Path) -> std::io::Result<Tail> {
         ));
     };
     let last = match text.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &text[i + 1..],
+        // `i` is a position in `text`: `i + 1` is at most its length.
+        Some(i) => text.get(i + 1..).unwrap_or_default(),
         None if window == len => text,
         None => {
             return Ok(Tail::Unreadable(format!(

@@ -505,6 +505,48 @@ fn a_log_from_before_segments_continues_and_rotates() {
     assert_eq!(problems(&path, None), vec![]);
 }
 
+/// A panic in the writer thread is caught: counted, the log fails closed meanwhile
+/// (`on_write_failure = fail_closed` denies), and a writer reopened from the file after the
+/// backoff resumes the chain, which still verifies.
+#[test]
+fn a_panicking_writer_fails_closed_then_resumes_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let mut cfg = config(&path);
+    cfg.on_write_failure = WriteFailure::FailClosed;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
+    log.emit(event(1));
+    let mut boom = event(2);
+    boom.path = "/__audit_writer_panics__".into();
+    log.emit(boom);
+    let panics = metrics
+        .background_panics
+        .with_label_values(&["audit writer"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while panics.get() == 0 {
+        assert!(Instant::now() < deadline, "the panic was not caught");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(log.failing());
+    let allow = Decision::Opened;
+    assert_eq!(
+        log.gate(allow).reason(),
+        Some(DenyReason::TrustDataUnavailable)
+    );
+    while log.failing() {
+        assert!(Instant::now() < deadline, "no writer after the backoff");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log.emit(event(3));
+    assert!(log.close(Duration::from_secs(10)));
+    assert_eq!(panics.get(), 1);
+    assert_eq!(metrics.audit_writable.get(), 1);
+    assert_eq!(problems(&path, None), vec![]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"seq\":"), "{text}");
+}
+
 #[test]
 fn ocsf_export_keeps_who_signed_in_unmapped() {
     let mut e = event(1);

@@ -54,7 +54,8 @@ pub struct Shared {
     pending: AtomicBool,
     /// The log cannot be written right now.
     pub failing: AtomicBool,
-    stop: AtomicBool,
+    /// Set at shutdown: the writer drains the queue and ends.
+    pub stop: AtomicBool,
     stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
@@ -273,7 +274,7 @@ impl Writer {
         self.durable = self.chain.clone();
     }
 
-    pub fn run(mut self, rx: Receiver<Box<AuditEvent>>) {
+    pub fn run(mut self, rx: &Receiver<Box<AuditEvent>>) {
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(first) => {
@@ -318,6 +319,11 @@ impl Writer {
     }
 
     fn event(&mut self, mut event: Box<AuditEvent>) {
+        // Unit tests only: a panic in the writer, to show it is caught (`supervise_writer`).
+        #[cfg(test)]
+        if event.path == "/__audit_writer_panics__" {
+            panic!("injected by a test");
+        }
         if let Some(d) = self.delay {
             std::thread::sleep(d);
         }

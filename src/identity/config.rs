@@ -335,8 +335,9 @@ impl CallersFile {
             .filter(|(_, i)| !i.qualified)
             .collect();
         for (n, (j, b)) in bare.iter().enumerate() {
-            if let Some((_, a)) = bare[..n]
+            if let Some((_, a)) = bare
                 .iter()
+                .take(n)
                 .find(|(_, a)| a.profile.overlaps(&b.profile))
             {
                 errors.push(

@@ -115,7 +115,15 @@ pub fn fetchers(
         for issuer in remote {
             tasks.spawn(run(issuer, metrics.clone()));
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(ended) = tasks.join_next().await {
+            // One issuer's fetcher panicked: the panic goes on to the service, which counts
+            // it and starts every fetcher again (the others are dropped with this set).
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
     })
 }
 

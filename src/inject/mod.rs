@@ -370,15 +370,18 @@ fn inject_workload(
     }
 
     let index = pick_container(containers, opts).map_err(&refuse)?;
-    let server = detect(&containers[index]);
-    let container_name = containers[index]
+    let chosen = containers
+        .get(index)
+        .ok_or_else(|| refuse("no containers".to_string()))?;
+    let server = detect(chosen);
+    let container_name = chosen
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
     let model_port = match opts.model_port {
         Some(p) => p,
-        None => model_port(&containers[index], server).ok_or_else(|| {
+        None => model_port(chosen, server).ok_or_else(|| {
             refuse(format!(
                 "cannot tell which port container {container_name} ({}) serves on: pass \
                  --model-port",
@@ -388,7 +391,7 @@ fn inject_workload(
     };
     let model_path = match &opts.model_path {
         Some(p) => p.clone(),
-        None => model_path(&containers[index], server).ok_or_else(|| {
+        None => model_path(chosen, server).ok_or_else(|| {
             refuse(format!(
                 "cannot tell where container {container_name} ({}) reads its model from: \
                  pass --model-path",
@@ -396,7 +399,7 @@ fn inject_workload(
             ))
         })?,
     };
-    let mount = model_mount(&containers[index], &model_path).ok_or_else(|| {
+    let mount = model_mount(chosen, &model_path).ok_or_else(|| {
         refuse(format!(
             "model volume not found: no volume is mounted at or above {model_path} in \
              container {container_name}, so provgate cannot read the files it serves"
@@ -404,7 +407,7 @@ fn inject_workload(
     })?;
     let model = match &opts.model {
         Some(m) => m.clone(),
-        None => model_name(&containers[index], server).ok_or_else(|| {
+        None => model_name(chosen, server).ok_or_else(|| {
             refuse(format!(
                 "cannot tell the served model's name from container {container_name} ({}): \
                  pass --model",
@@ -426,7 +429,7 @@ fn inject_workload(
         .collect();
     let proxy_port = pick_port(opts.proxy_port, 8080, &taken, &[]).map_err(&refuse)?;
     let admin_port = pick_port(opts.admin_port, 9090, &taken, &[proxy_port]).map_err(&refuse)?;
-    let model_port_names: Vec<String> = containers[index]
+    let model_port_names: Vec<String> = chosen
         .get("ports")
         .and_then(Value::as_sequence)
         .into_iter()
@@ -437,7 +440,10 @@ fn inject_workload(
 
     // The model server: bound to loopback where its flags allow it.
     let rebound = match spec.get_mut("containers") {
-        Some(Value::Sequence(c)) => rebind(&mut c[index], server, model_port),
+        Some(Value::Sequence(c)) => match c.get_mut(index) {
+            Some(chosen) => rebind(chosen, server, model_port),
+            None => Err("no containers".into()),
+        },
         _ => Err("no containers".into()),
     };
     match &rebound {
@@ -454,7 +460,9 @@ fn inject_workload(
     }
     if rebound.is_ok() {
         if let Some(Value::Sequence(c)) = spec.get_mut("containers") {
-            exec_probes(&mut c[index], server, model_port, &model_port_names);
+            if let Some(chosen) = c.get_mut(index) {
+                exec_probes(chosen, server, model_port, &model_port_names);
+            }
         }
     }
 
@@ -644,8 +652,11 @@ fn pick_container(containers: &[Value], opts: &Options) -> Result<usize, String>
     if containers.len() == 1 {
         return Ok(0);
     }
-    let known: Vec<usize> = (0..containers.len())
-        .filter(|&i| detect(&containers[i]) != Server::Unknown)
+    let known: Vec<usize> = containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| detect(c) != Server::Unknown)
+        .map(|(i, _)| i)
         .collect();
     match known.as_slice() {
         [one] => Ok(*one),
@@ -893,13 +904,13 @@ fn rebind(c: &mut Value, server: Server, port: u16) -> Result<String, String> {
             let list = seq_entry(c, key);
             if s == flag_name {
                 // `--flag VALUE`: the value is the next token of the same list.
-                if i + 1 < list.len() {
-                    list[i + 1] = "127.0.0.1".into();
-                } else {
-                    return Err(format!("{flag_name} has no value"));
+                match list.get_mut(i + 1) {
+                    Some(value) => *value = "127.0.0.1".into(),
+                    None => return Err(format!("{flag_name} has no value")),
                 }
-            } else {
-                list[i] = want.clone().into();
+            } else if let Some(token) = list.get_mut(i) {
+                // `i` is this token's position in `list` (from `tokens`).
+                *token = want.clone().into();
             }
         }
         None => seq_entry(c, "args").push(want.clone().into()),
@@ -1318,6 +1329,7 @@ fn seq_entry<'a>(v: &'a mut Value, key: &str) -> &'a mut Vec<Value> {
     match entry {
         Value::Sequence(s) => s,
         // Made a sequence just above.
+        #[allow(clippy::unreachable)]
         _ => unreachable!("entry is a sequence"),
     }
 }
@@ -1339,6 +1351,7 @@ fn mapping_of(v: &mut Value) -> &mut Mapping {
     match v {
         Value::Mapping(m) => m,
         // Made a mapping just above.
+        #[allow(clippy::unreachable)]
         _ => unreachable!("value is a mapping"),
     }
 }

@@ -11,36 +11,161 @@
 //!
 //! Each service is started once; readiness stays with what it publishes (its first
 //! successful round), not with the service having started.
+//!
+//! A panic in a service's body is caught (the body runs as its own tokio task, which holds
+//! the unwind), counted in `provgate_background_panics_total{service}` under the service's
+//! static kind, logged, and answered by the service's [`OnPanic`] fail-closed action (the
+//! state it publishes is marked unavailable, or left to age past its `max_stale`); the body
+//! is then started again from its factory after a backoff (1 s doubling to 30 s, back to 1 s
+//! after a run of a minute). Knows nothing of what the services publish: the action is given.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-/// A blocking loop, given the stop flag the shutdown sets.
-type BlockingBody = Box<dyn FnOnce(Arc<AtomicBool>) + Send>;
+use crate::kit::backoff::Backoff;
+
+/// A blocking loop, given the stop flag the shutdown sets; called again after a panic.
+type BlockingBody = Arc<dyn Fn(Arc<AtomicBool>) + Send + Sync>;
 /// A loop as a future.
 type AsyncBody = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Makes the loop's future; called again after a panic.
+type AsyncMake = Arc<dyn Fn() -> AsyncBody + Send + Sync>;
+
+/// The first wait before a panicked body starts again; doubled up to [`PANIC_BACKOFF_MAX`].
+pub const PANIC_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+pub const PANIC_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A run at least this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// What a service does when its body panics: counted under `kind` (a static name, a bounded
+/// label), logged, then `fail_closed` runs before the restart's backoff.
+#[derive(Clone)]
+pub struct OnPanic {
+    kind: &'static str,
+    panics: prometheus::IntCounter,
+    fail_closed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl OnPanic {
+    /// `panics`: the `provgate_background_panics_total` family (label `service`).
+    pub fn new(
+        kind: &'static str,
+        panics: &prometheus::IntCounterVec,
+        fail_closed: impl Fn() + Send + Sync + 'static,
+    ) -> OnPanic {
+        OnPanic {
+            kind,
+            panics: panics.with_label_values(&[kind]),
+            fail_closed: Arc::new(fail_closed),
+        }
+    }
+
+    /// A service whose published state needs no action of its own: it ages (a freshness
+    /// clock no longer restarted, so `max_stale` applies) until the restarted body succeeds.
+    pub fn count_only(kind: &'static str, panics: &prometheus::IntCounterVec) -> OnPanic {
+        OnPanic::new(kind, panics, || {})
+    }
+
+    /// A panic was caught with this payload.
+    pub fn caught(&self, payload: &(dyn Any + Send)) {
+        self.panics.inc();
+        tracing::error!(
+            service = self.kind,
+            panic = panic_message(payload),
+            "background service panicked; failing closed, restarting after a backoff"
+        );
+        (self.fail_closed)();
+    }
+}
+
+/// A panic's message, when it has one (`panic!` with a literal or a format).
+pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Runs the task `start` makes until it ends without a panic or the shutdown comes (then
+/// `stop` is set and the task awaited, or, without `stop`, the task is aborted); after a
+/// panic, `on_panic` and a backoff (cut short by the shutdown) before the next task.
+async fn supervise(
+    shutdown: ShutdownWatch,
+    on_panic: &OnPanic,
+    stop: Option<&AtomicBool>,
+    start: impl Fn() -> JoinHandle<()>,
+) {
+    let shutdown = shutdown_of(shutdown);
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff::new(PANIC_BACKOFF_FIRST, PANIC_BACKOFF_MAX);
+    loop {
+        let started = Instant::now();
+        let mut task = start();
+        // The service's own future dropped by a runtime shutdown takes an async body along.
+        let _abort = AbortOnDrop(task.abort_handle());
+        let payload = tokio::select! {
+            r = &mut task => match r {
+                Err(e) if e.is_panic() => e.into_panic(),
+                _ => return,
+            },
+            _ = shutdown.as_mut() => {
+                match stop {
+                    Some(flag) => flag.store(true, Ordering::Relaxed),
+                    None => task.abort(),
+                }
+                let _ = task.await;
+                return;
+            }
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff.reset();
+        }
+        on_panic.caught(&*payload);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.fail()) => {}
+            _ = shutdown.as_mut() => return,
+        }
+    }
+}
+
+/// Aborts an async task when dropped (a blocking one runs on: it has the stop flag).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// A blocking loop as a background service.
 pub struct Blocking {
     body: Mutex<Option<BlockingBody>>,
+    on_panic: OnPanic,
 }
 
 impl Blocking {
-    /// The pingora service named `name` that runs `body(stop)` once.
+    /// The pingora service named `name` that runs `body(stop)`, again after a panic.
     pub fn service(
         name: &str,
-        body: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+        on_panic: OnPanic,
+        body: impl Fn(Arc<AtomicBool>) + Send + Sync + 'static,
     ) -> GenBackgroundService<Blocking> {
         background_service(
             name,
             Blocking {
-                body: Mutex::new(Some(Box::new(body))),
+                body: Mutex::new(Some(Arc::new(body))),
+                on_panic,
             },
         )
     }
@@ -63,13 +188,12 @@ impl BackgroundService for Blocking {
             return;
         };
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
-        let flag = stop.0.clone();
-        let mut task = tokio::task::spawn_blocking(move || body(flag));
-        tokio::select! {
-            _ = &mut task => return,
-            _ = shutdown_of(shutdown) => stop.0.store(true, Ordering::Relaxed),
-        }
-        let _ = task.await;
+        supervise(shutdown, &self.on_panic, Some(&stop.0), || {
+            let flag = stop.0.clone();
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || body(flag))
+        })
+        .await;
     }
 }
 
@@ -86,19 +210,27 @@ impl Drop for StopOnDrop {
 
 /// An async loop as a background service.
 pub struct Async {
-    body: Mutex<Option<AsyncBody>>,
+    make: Mutex<Option<AsyncMake>>,
+    on_panic: OnPanic,
 }
 
 impl Async {
-    /// The pingora service named `name` that runs `body` until it ends or the shutdown.
-    pub fn service(
+    /// The pingora service named `name` that runs `make()` until it ends or the shutdown,
+    /// and a new `make()` after a panic.
+    pub fn service<F>(
         name: &str,
-        body: impl Future<Output = ()> + Send + 'static,
-    ) -> GenBackgroundService<Async> {
+        on_panic: OnPanic,
+        make: impl Fn() -> F + Send + Sync + 'static,
+    ) -> GenBackgroundService<Async>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let make: AsyncMake = Arc::new(move || Box::pin(make()));
         background_service(
             name,
             Async {
-                body: Mutex::new(Some(Box::pin(body))),
+                make: Mutex::new(Some(make)),
+                on_panic,
             },
         )
     }
@@ -107,13 +239,11 @@ impl Async {
 #[async_trait]
 impl BackgroundService for Async {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(body) = self.body.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(make) = self.make.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        tokio::select! {
-            _ = body => {}
-            _ = shutdown_of(shutdown) => {}
-        }
+        // Its own task, so that a panic unwinds into the join handle, not through here.
+        supervise(shutdown, &self.on_panic, None, || tokio::spawn(make())).await;
     }
 }
 

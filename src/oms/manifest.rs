@@ -382,9 +382,10 @@ pub fn plan(files: &[ListedFile], opts: &HashOptions, previous: Option<&Manifest
                 .files
                 .binary_search_by(|m| m.rel.as_path().cmp(&f.rel))
                 .ok()?;
-            let m = &prev.files[j];
+            let m = prev.files.get(j)?;
             reusable(&m.identity, prev.listed_at, opts.racy_margin, &f.identity)
-                .then(|| &prev.resources[m.resources.clone()])
+                .then(|| prev.resources.get(m.resources.clone()))
+                .flatten()
         });
         match old {
             // Same identity, same serialization: same ranges, so the same count.
@@ -447,7 +448,9 @@ fn hash_dir_inner(
     let plan = plan(&files, opts, previous);
     let mut hashed = vec![false; files.len()];
     for j in &plan.jobs {
-        hashed[j.file] = true;
+        if let Some(h) = hashed.get_mut(j.file) {
+            *h = true;
+        }
     }
     let stats = HashStats {
         hashed_files: hashed.iter().filter(|h| **h).count(),
@@ -459,7 +462,7 @@ fn hash_dir_inner(
     }
     let mut digests = plan.known;
     for (slot, d) in run_jobs(&files, &plan.jobs, opts)? {
-        digests[slot] = Some(d);
+        *digests.get_mut(slot).ok_or(HashError::Panicked)? = Some(d);
     }
     let mut root_hasher = Sha256::new();
     let mut resources = Vec::with_capacity(digests.len());
@@ -620,10 +623,12 @@ fn hash_job(
             }
         }
         let want = usize::try_from(job.end - pos).map_or(buf.len(), |n| n.min(buf.len()));
-        match file.read_at(&mut buf[..want], pos) {
+        // `want` is at most `buf.len()`, and `read_at` reads at most that: neither fails.
+        let chunk = buf.get_mut(..want).ok_or(HashError::Panicked)?;
+        match file.read_at(chunk, pos) {
             Ok(0) => return Err(changed()),
             Ok(n) => {
-                hasher.update(&buf[..n]);
+                hasher.update(chunk.get(..n).ok_or(HashError::Panicked)?);
                 pos += n as u64;
                 since_check += n as u64;
                 pace.wait(started, pos - job.start)?;

@@ -541,7 +541,14 @@ fn resources<'m>(manifest: &'m Manifest, ignore: &[PathBuf]) -> Vec<(&'m str, [u
         .files
         .iter()
         .filter(|f| !ignored(&f.rel, ignore))
-        .flat_map(|f| &manifest.resources[f.resources.clone()])
+        // A file's range indexes its own manifest's resources; were it not to, the list
+        // would lack entries and fail to match the signature (fail closed).
+        .flat_map(|f| {
+            manifest
+                .resources
+                .get(f.resources.clone())
+                .unwrap_or_default()
+        })
         .map(|(n, d)| (n.as_str(), *d))
         .collect()
 }

@@ -391,7 +391,7 @@ pub fn validate_tiers(
     let mut names: Vec<&String> = rules.keys().collect();
     names.sort();
     for (i, a) in names.iter().enumerate() {
-        for b in &names[i + 1..] {
+        for b in names.iter().skip(i + 1) {
             if a.eq_ignore_ascii_case(b) {
                 errors.push(
                     format_args!("tiers.{b}"),
@@ -402,7 +402,10 @@ pub fn validate_tiers(
     }
     check_tier_roles(&rules, approvers, errors);
     for name in &names {
-        let rule = &rules[*name];
+        // `names` are the keys of `rules`.
+        let Some(rule) = rules.get(*name) else {
+            continue;
+        };
         let mut seen = Vec::new();
         for role in &rule.quorum {
             if seen.contains(&role) {

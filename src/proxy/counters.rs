@@ -88,6 +88,8 @@ impl RequestCounters {
                     })
                     .inc();
             }
+            // `deny` holds one counter per `DenyReason::ALL`; `index()` is the discriminant.
+            #[allow(clippy::indexing_slicing)]
             Outcome::Deny(r) => counters.deny[r.index()].inc(),
             Outcome::Error => counters.error.inc(),
         }

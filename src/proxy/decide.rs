@@ -75,7 +75,9 @@ impl Gate {
             Err(Some(TokenError::KeysUnavailable)) => CallerView::Unavailable,
             Err(Some(_)) => CallerView::Invalid,
         };
-        let class = door.map(|i| self.routing.doors[i].class);
+        let class = door
+            .and_then(|i| self.routing.doors.get(i))
+            .map(|d| d.class);
         let decision = match class {
             None => self.decide_closed(
                 req,
@@ -95,7 +97,9 @@ impl Gate {
                 d
             }
             Some(Class::Free)
-                if door.is_some_and(|i| self.routing.doors[i].model == ModelAt::Nothing) =>
+                if door
+                    .and_then(|i| self.routing.doors.get(i))
+                    .is_some_and(|d| d.model == ModelAt::Nothing) =>
             {
                 self.decide_any(caller_view, now_ms, ctx).0
             }
@@ -108,6 +112,27 @@ impl Gate {
             Named::Models(names) => ctx.requested_model = Some(names.join(",")),
             _ => {}
         }
+        // An expiry denial says which clock judged it: the wall clock, at the audit record's
+        // `time` (staleness bounds use the monotonic clock, and never deny as expiry).
+        let decision = match (decision, &token_outcome) {
+            (
+                Decision::Deny {
+                    reason: DenyReason::TokenInvalid,
+                    record,
+                    ..
+                },
+                Err(Some(e @ (TokenError::Expired | TokenError::NotYetValid))),
+            ) => Decision::Deny {
+                reason: DenyReason::TokenInvalid,
+                detail: if *e == TokenError::Expired {
+                    "token expired (judged on the wall clock at the record's time, with callers.leeway)"
+                } else {
+                    "token not yet valid (judged on the wall clock at the record's time, with callers.leeway)"
+                },
+                record,
+            },
+            (d, _) => d,
+        };
         ctx.caller = token_outcome.ok();
         decision
     }
@@ -170,7 +195,10 @@ impl Gate {
         let d = match chosen {
             Some((i, d)) => {
                 ctx.model = Some(i);
-                ctx.digest = self.models[i].artefact.load().digest().copied();
+                ctx.digest = self
+                    .models
+                    .get(i)
+                    .and_then(|g| g.artefact.load().digest().copied());
                 d
             }
             // Config validation guarantees at least one model.
@@ -281,7 +309,11 @@ impl Gate {
         now_ms: u64,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let Ok(i) = target else {
+        let Some((i, gate)) = target
+            .as_ref()
+            .ok()
+            .and_then(|&i| self.models.get(i).map(|g| (i, g)))
+        else {
             let policy = self.policy.load();
             let model = target.err().unwrap_or(ModelView::NotServed);
             return decide(
@@ -295,7 +327,6 @@ impl Gate {
                 },
             );
         };
-        let gate = &self.models[i];
         if let Some(base) = gate.base {
             let own = self.decide_one(caller, i, now_ms, ctx);
             return self.decide_adapter(caller, base, own, now_ms, ctx);
@@ -312,6 +343,8 @@ impl Gate {
         ctx: &mut RequestCtx,
     ) -> Decision {
         let policy = self.policy.load();
+        // `i` was checked against `self.models` by `decide_model`, the only caller.
+        #[allow(clippy::indexing_slicing)]
         let gate = &self.models[i];
         let state = gate.artefact.load();
         let served = gate.served.load();

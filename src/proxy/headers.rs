@@ -81,7 +81,7 @@ pub fn is_provgate(name: &str) -> bool {
     let b = name.as_bytes();
     // Most names fail on their first byte: no loop for them.
     b.len() >= HEADER_PREFIX.len()
-        && (b[0] | 0x20) == b'x'
+        && b.first().is_some_and(|&c| (c | 0x20) == b'x')
         && b.iter()
             .zip(HEADER_PREFIX.as_bytes())
             .all(|(&c, &p)| c.to_ascii_lowercase() == p || (c == b'_' && p == b'-'))

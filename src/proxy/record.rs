@@ -32,7 +32,10 @@ impl Gate {
         let req = session.req_header();
         // Who signed the served model: read from the published state now, if it still
         // holds the digest this request was decided on.
-        let state = ctx.model.map(|i| self.models[i].artefact.load());
+        let state = ctx
+            .model
+            .and_then(|i| self.models.get(i))
+            .map(|g| g.artefact.load());
         let signature = match state.as_ref().map(|s| &***s) {
             Some(crate::artefact::ArtefactState::Ready {
                 digest, signature, ..
@@ -56,7 +59,8 @@ impl Gate {
             client: session.client_addr().map(|a| a.to_string()),
             model: ctx
                 .model
-                .map_or_else(|| "none".to_string(), |i| self.models[i].name.clone()),
+                .and_then(|i| self.models.get(i))
+                .map_or_else(|| "none".to_string(), |g| g.name.clone()),
             requested_model: ctx.requested_model.clone(),
             served_digest: ctx.digest.map(|d| d.to_string()),
             version_id: record.map(|r| r.claims.version_id.clone()),

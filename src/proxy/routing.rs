@@ -98,7 +98,10 @@ impl<'de> Visitor<'de> for Wanted<'_> {
                 return Err(serde::de::Error::custom("duplicate field"));
             }
             seen |= 1 << slot;
-            found[slot] = match field {
+            let cell = found
+                .get_mut(slot)
+                .ok_or_else(|| serde::de::Error::custom("unknown field"))?;
+            *cell = match field {
                 Field::AdapterId => map.next_value_seed(AdapterId)?,
                 Field::TgiModel => map.next_value_seed(Name)?.filter(|m| m != "tgi"),
                 _ => map.next_value_seed(Name)?,

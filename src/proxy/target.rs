@@ -93,6 +93,8 @@ const PLAIN: u8 = 0;
 const SLASH_OR_DOT: u8 = 1;
 const PERCENT: u8 = 2;
 const REFUSED: u8 = 3;
+// Built at compile time: an index out of bounds would fail the build, not a request.
+#[allow(clippy::indexing_slicing)]
 const CLASS: [u8; 256] = {
     let mut t = [REFUSED; 256];
     let mut b = 0;
@@ -131,7 +133,10 @@ pub fn canonical<'a>(raw: &'a [u8], host: Option<&[u8]>) -> Result<Canonical<'a>
         _ => (origin_of_absolute(raw, host)?, true),
     };
     let (path, query) = match raw.iter().position(|&b| b == b'?') {
-        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        Some(i) => {
+            let (path, rest) = raw.split_at(i);
+            (path, rest.get(1..))
+        }
         None => (raw, None),
     };
     let query = match query {
@@ -147,7 +152,10 @@ pub fn canonical<'a>(raw: &'a [u8], host: Option<&[u8]>) -> Result<Canonical<'a>
     let mut slow = false;
     let mut prev = 0u8;
     for &b in path {
-        match CLASS[usize::from(b)] {
+        // A `u8` indexes a 256-entry table.
+        #[allow(clippy::indexing_slicing)]
+        let class = CLASS[usize::from(b)];
+        match class {
             PLAIN => {}
             SLASH_OR_DOT => slow |= prev == b'/',
             PERCENT => slow = true,
@@ -177,12 +185,12 @@ pub fn canonical<'a>(raw: &'a [u8], host: Option<&[u8]>) -> Result<Canonical<'a>
 /// The path and query of an absolute-form target (`http://host/path`) whose authority is
 /// this request's `Host`.
 fn origin_of_absolute<'a>(raw: &'a [u8], host: Option<&[u8]>) -> Result<&'a [u8], TargetInvalid> {
-    let lower = |n: usize| raw.get(..n).map(|p| p.to_ascii_lowercase());
-    let rest = if lower(7).as_deref() == Some(b"http://") {
-        &raw[7..]
-    } else if lower(8).as_deref() == Some(b"https://") {
-        &raw[8..]
-    } else {
+    let scheme = |s: &[u8]| {
+        raw.split_at_checked(s.len())
+            .filter(|(p, _)| p.eq_ignore_ascii_case(s))
+            .map(|(_, rest)| rest)
+    };
+    let Some(rest) = scheme(b"http://").or_else(|| scheme(b"https://")) else {
         return Err(TargetInvalid::NotOriginForm);
     };
     let end = rest
@@ -225,8 +233,7 @@ fn resolve(path: &[u8]) -> Result<String, TargetInvalid> {
     for raw in path.split(|&b| b == b'/').skip(1) {
         let mut seg = Vec::with_capacity(raw.len());
         let mut i = 0;
-        while i < raw.len() {
-            let b = raw[i];
+        while let Some(&b) = raw.get(i) {
             if b == b'%' {
                 let (Some(h), Some(l)) = (
                     raw.get(i + 1).copied().and_then(hex),

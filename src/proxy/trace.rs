@@ -54,12 +54,18 @@ impl Gate {
             end_unix_nano: unix_nanos_now(),
             method: req.method.clone(),
             // The door's path pattern (`/v2/models/{m}/infer`): a template, never the path.
-            route: ctx.door.map(|i| self.routing.doors[i].path.to_string()),
+            route: ctx
+                .door
+                .and_then(|i| self.routing.doors.get(i))
+                .map(|d| d.path.to_string()),
             status,
             decision,
             reason,
             mode: if self.enforce { "enforce" } else { "dry-run" },
-            model: ctx.model.map(|i| self.models[i].name.clone()),
+            model: ctx
+                .model
+                .and_then(|i| self.models.get(i))
+                .map(|g| g.name.clone()),
             version_id: record.map(|r| r.version_id.clone()),
             record_id: record.map(|r| r.claims.jti.clone()),
             request_id: ctx.request_id.clone(),

@@ -187,7 +187,7 @@ fn revoked(value: Option<&str>) -> bool {
 
 /// The start of an error answer, for the log.
 fn snippet(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+    String::from_utf8_lossy(bytes.get(..200).unwrap_or(bytes)).into_owned()
 }
 
 /// Writes an approval record and its digest onto an existing model version, for

@@ -31,6 +31,7 @@ use crate::telemetry::Metrics;
 pub const POLL: Duration = Duration::from_millis(500);
 
 /// What is reloaded.
+#[derive(Clone)]
 pub struct Reload {
     pub policy: Arc<ArcSwap<Policy>>,
     pub approver_keys: PathBuf,
@@ -85,10 +86,10 @@ impl Reload {
             } else if keys_changed {
                 self.reload_approvers();
             }
-            for (i, (issuer, path)) in self.issuers.iter().enumerate() {
+            for ((issuer, path), seen) in self.issuers.iter().zip(seen_issuers.iter_mut()) {
                 let now = fingerprint(path, None);
-                if signalled || now != seen_issuers[i] {
-                    seen_issuers[i] = now;
+                if signalled || now != *seen {
+                    *seen = now;
                     self.reload_issuer(issuer, path);
                 }
             }

@@ -33,21 +33,24 @@ impl TraceParent {
         if value.len() < LEN {
             return None;
         }
-        let version = hex_byte(&value[0..2])?;
+        let Ok(head) = <&[u8; LEN]>::try_from(value.get(..LEN)?) else {
+            return None;
+        };
+        let version = hex_byte(&head[0..2])?;
         if version == 0xff
             || (version == 0 && value.len() != LEN)
-            || (value.len() > LEN && value[LEN] != b'-')
+            || value.get(LEN).is_some_and(|&b| b != b'-')
         {
             return None;
         }
-        if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        if head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
             return None;
         }
         let mut trace_id = [0u8; 16];
         let mut span_id = [0u8; 8];
-        hex_into(&value[3..35], &mut trace_id)?;
-        hex_into(&value[36..52], &mut span_id)?;
-        let flags = hex_byte(&value[53..55])?;
+        hex_into(&head[3..35], &mut trace_id)?;
+        hex_into(&head[36..52], &mut span_id)?;
+        let flags = hex_byte(&head[53..55])?;
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
@@ -87,7 +90,10 @@ fn nibble(c: u8) -> Option<u8> {
 }
 
 fn hex_byte(two: &[u8]) -> Option<u8> {
-    Some(nibble(two[0])? << 4 | nibble(two[1])?)
+    let &[hi, lo] = two else {
+        return None;
+    };
+    Some(nibble(hi)? << 4 | nibble(lo)?)
 }
 
 fn hex_into(text: &[u8], out: &mut [u8]) -> Option<()> {

@@ -250,7 +250,10 @@ async fn expired_and_not_yet_valid_records_block() {
     let (_up, pg) = started(&fx).await;
     let resp = pg.get("/v1/models", Some(&fx.token(CALLER))).await;
     let audit = assert_denied(&pg, &fx, resp, "approval_expired", 403).await;
-    assert_eq!(audit["detail"], "approval record expired");
+    assert_eq!(
+        audit["detail"],
+        "approval record expired (judged on the wall clock at the record's time)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

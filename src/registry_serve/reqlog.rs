@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Lines queued before new ones are dropped.
 const QUEUE: usize = 1 << 16;
@@ -84,7 +84,12 @@ impl RequestLog {
             .name("registry-reqlog".into())
             .spawn(move || {
                 let mut out = BufWriter::new(file);
+                let mut flushed = Instant::now();
                 loop {
+                    if flushed.elapsed() >= FLUSH_EVERY {
+                        let _ = out.flush();
+                        flushed = Instant::now();
+                    }
                     let line = match rx.recv_timeout(FLUSH_EVERY) {
                         Ok(line) => line,
                         Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => break,

@@ -26,5 +26,6 @@ mod mtls;
 mod policy;
 mod progress;
 mod registries;
+mod registry_serve;
 mod routing;
 mod traces;

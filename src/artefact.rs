@@ -119,6 +119,12 @@ impl ArtefactHandle {
         &self.progress
     }
 
+    /// Wakes after every published state (the remote registry asks about a new digest at
+    /// once, without looking on a tick).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.subscribe()
+    }
+
     /// Has the first hash finished (with a digest or an error)?
     pub fn is_settled(&self) -> bool {
         self.state.is_synced()

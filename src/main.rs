@@ -1005,7 +1005,7 @@ fn publish_mlflow(
     token_file: Option<PathBuf>,
     basic_auth_file: Option<PathBuf>,
 ) -> Result<()> {
-    use provgate::registry::config::{RegistryAuth, RemoteKind, RemoteRegistry};
+    use provgate::registry::config::{Layout, RegistryAuth, RemoteKind, RemoteRegistry};
     let auth = match (token_file, basic_auth_file) {
         (Some(f), _) => RegistryAuth::BearerFile(f),
         (None, Some(f)) => RegistryAuth::BasicFile(f),
@@ -1020,6 +1020,8 @@ fn publish_mlflow(
         // The operator typed this URL on the command line to write to it; the sidecar's
         // reads need `allow_plaintext = true` for an http:// registry.
         allow_plaintext: true,
+        layout: Layout::Query,
+        watch: None,
     };
     let client = provgate::registry::remote::client(&config).map_err(|e| anyhow!(e))?;
     tokio::runtime::Builder::new_current_thread()

@@ -5,15 +5,17 @@
 //! - `dir` (embedded): a directory of record files (`*.jwt` or `*.jws`, one compact JWS each)
 //!   plus `revoked.txt` (one record ID per line, `#` comments), reloaded when it changes
 //!   (inotify, with a periodic rescan as a fallback);
-//! - `mlflow` and `http` ([`remote`]): asked for the served digests' records every
-//!   `refresh_interval`.
+//! - `mlflow` and `http` ([`remote`]): asked about each served digest on its own schedule
+//!   (and, for `http` with `layout = "path"`, about the signed revocation list,
+//!   [`revocations`]), with an optional watch.
 //!
 //! A background service verifies every record once per change and publishes an immutable
 //! [`Snapshot`] through `arc-swap`. Lookups by digest go through a moka cache that is cleared
 //! on every publication.
 //!
 //! Staleness, for every backend: the last good records are used for at most `max_stale`
-//! after the last successful read, then the answer is `trust_data_unavailable`; a record with
+//! after the last successful read (a remote registry: of that digest, and of the revocation
+//! list, each on its own [`SourceClock`]), then the answer is `trust_data_unavailable`; a record with
 //! `revalidate_after` is not used past that time (plus the fetch timeout) unless the registry
 //! was read successfully after it. Expiry is the decision's business, to the second.
 //!
@@ -58,6 +60,40 @@ pub struct RegistryEntry {
     /// The registry revoked the digest as a whole (an HTTP registry's 410, whatever its
     /// body): nothing in `records` may allow it.
     pub revoked: bool,
+    /// A remote registry's clocks for this entry (the digest's own, and the revocation
+    /// list's when there is one): the entry is usable while every one is within
+    /// `max_stale`. Empty: the store's one clock (a directory is read whole).
+    pub clocks: Vec<Arc<SourceClock>>,
+}
+
+/// The freshness of one thing a remote registry is asked about (a digest's records, the
+/// revocation list): when it was last read successfully, on the monotonic clock for
+/// `max_stale` and as Unix milliseconds for `revalidate_after`. Shared between the
+/// refresher, which confirms it, and the entries it published, which the request path
+/// reads: two relaxed atomic loads.
+#[derive(Debug, Default)]
+pub struct SourceClock {
+    fresh: crate::kit::published::Freshness,
+    confirmed_unix_ms: AtomicU64,
+}
+
+impl SourceClock {
+    /// A read succeeded now.
+    pub fn confirm(&self) {
+        self.fresh.mark_success();
+        self.confirmed_unix_ms
+            .store(crate::unix_now_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the last success, None before the first.
+    pub fn age(&self) -> Option<Duration> {
+        self.fresh.age()
+    }
+
+    /// The last success, as Unix milliseconds (0 before the first).
+    pub fn confirmed_unix_ms(&self) -> u64 {
+        self.confirmed_unix_ms.load(Ordering::Relaxed)
+    }
 }
 
 impl RegistryEntry {
@@ -79,6 +115,7 @@ impl RegistryEntry {
             invalid,
             revalidate_after,
             revoked: false,
+            clocks: Vec::new(),
         }
     }
 }
@@ -333,23 +370,51 @@ impl ApprovalStore {
     ///   artefact changed);
     /// - the entry's `revalidate_after` has passed without a successful read since.
     pub fn view(&self, digest: &Digest, now_ms: u64) -> Lookup {
-        if !freshness::within_max_stale(self.is_synced(), self.since_last_sync(), self.max_stale) {
+        let global_fresh = || {
+            freshness::within_max_stale(self.is_synced(), self.since_last_sync(), self.max_stale)
+        };
+        let exhaustive = self.exhaustive.load(Ordering::Acquire);
+        if exhaustive && !global_fresh() {
             return Lookup::Unavailable;
         }
-        match self.lookup(digest) {
-            None if !self.exhaustive.load(Ordering::Acquire) => Lookup::Unavailable,
-            Some(entry)
-                if !freshness::revalidated(
-                    entry.revalidate_after,
-                    self.last_sync_unix_ms.load(Ordering::Relaxed),
-                    now_ms,
-                    self.revalidate_grace,
-                ) =>
-            {
-                Lookup::Unavailable
-            }
-            found => Lookup::Entry(found),
+        let entry = match self.lookup(digest) {
+            Some(entry) => entry,
+            // Not asked about yet (a remote registry): unknown, fail closed.
+            None if !exhaustive => return Lookup::Unavailable,
+            None => return Lookup::Entry(None),
+        };
+        // A remote entry is as fresh as the oldest of its clocks; an entry without clocks
+        // goes by the store's.
+        let (fresh, confirmed_ms) = if entry.clocks.is_empty() {
+            (
+                exhaustive || global_fresh(),
+                self.last_sync_unix_ms.load(Ordering::Relaxed),
+            )
+        } else {
+            (
+                entry.clocks.iter().all(|c| {
+                    c.age()
+                        .is_some_and(|age| freshness::within_max_stale(true, age, self.max_stale))
+                }),
+                entry
+                    .clocks
+                    .iter()
+                    .map(|c| c.confirmed_unix_ms())
+                    .min()
+                    .unwrap_or(0),
+            )
+        };
+        if !fresh
+            || !freshness::revalidated(
+                entry.revalidate_after,
+                confirmed_ms,
+                now_ms,
+                self.revalidate_grace,
+            )
+        {
+            return Lookup::Unavailable;
         }
+        Lookup::Entry(Some(entry))
     }
 
     /// The entry for a digest, bypassing the cache and its counters (for scrapes).
@@ -390,6 +455,18 @@ impl ApprovalStore {
     pub fn publish(&self, snapshot: Snapshot) {
         self.replace(snapshot);
         self.confirm();
+        self.snapshot.clock().mark_synced();
+    }
+
+    /// A remote registry's digests have all been answered, the oldest answer `oldest` ago:
+    /// the store counts as synced (readiness) and its clock (the sync-age gauge) shows that
+    /// age. Each entry's usability goes by its own clocks.
+    pub fn remote_synced(&self, oldest: Duration) {
+        self.snapshot.clock().confirm_since(oldest);
+        self.last_sync_unix_ms.store(
+            crate::unix_now_ms().saturating_sub(oldest.as_millis() as u64),
+            Ordering::Relaxed,
+        );
         self.snapshot.clock().mark_synced();
     }
 
@@ -556,6 +633,7 @@ pub mod config;
 pub mod http;
 pub mod mlflow;
 pub mod remote;
+pub mod revocations;
 pub mod source;
 
 #[cfg(test)]

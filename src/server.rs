@@ -199,24 +199,28 @@ pub fn run(config: Config) -> Result<(), StartError> {
             }));
         }
         RegistrySource::Remote(remote) => {
-            // Every guarded model's digest: each model's records are asked for.
+            // Every guarded model's digest: each model's records are asked for, a new
+            // digest at once (the refresher wakes on each artefact's publication).
             let served = {
                 let artefacts: Vec<_> = models.iter().map(|m| m.artefact.clone()).collect();
-                Box::new(move || {
-                    artefacts
-                        .iter()
-                        .filter_map(|a| a.load().digest().copied())
-                        .collect()
-                })
+                crate::registry::remote::Served {
+                    changes: artefacts.iter().map(|a| a.subscribe()).collect(),
+                    digests: Box::new(move || {
+                        artefacts
+                            .iter()
+                            .filter_map(|a| a.load().digest().copied())
+                            .collect()
+                    }),
+                }
             };
             let refresher = crate::registry::remote::refresher(
+                &config.registry,
                 remote,
                 config.approvers.clone(),
-                config.registry.refresh_interval,
                 approvals.clone(),
                 served,
                 metrics.clone(),
-                // A round asks for every model's digest in turn, each within the timeout.
+                // The loop beats at least every remote::HEARTBEAT; fetches run beside it.
                 Some(watchdog.register(
                     "registry",
                     STALL_BOUND + remote.timeout * (models.len() as u32 + 1),

@@ -3,6 +3,11 @@
 //! default, which keeps the waits exact); with [`Jitter::Full`] each wait is drawn uniformly
 //! from zero to the exact wait, so sidecars that fail together do not retry together.
 //!
+//! Besides the schedule, the two spreads a periodic fetch needs: [`uniform`] (a first poll
+//! anywhere within the first period, so sidecars started together do not poll together) and
+//! [`around`] (every later period moved by up to a fraction either way, so they do not fall
+//! back into step).
+//!
 //! Pure arithmetic: no clock, no sleeping. The caller sleeps.
 
 use std::time::Duration;
@@ -59,20 +64,36 @@ impl Backoff {
         self.next = self.first;
     }
 
+    /// The longest wait the schedule reaches.
+    pub fn cap(&self) -> Duration {
+        self.max
+    }
+
     fn spread(&self, wait: Duration) -> Duration {
         match self.jitter {
             Jitter::None => wait,
-            Jitter::Full => {
-                let mut bytes = [0u8; 8];
-                // No randomness available: the exact wait (the schedule without jitter).
-                if getrandom::fill(&mut bytes).is_err() {
-                    return wait;
-                }
-                let unit = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
-                wait.mul_f64(unit)
-            }
+            Jitter::Full => uniform(wait),
         }
     }
+}
+
+/// A uniform draw in `[0, 1)`; `None` when the system has no randomness to give.
+fn unit() -> Option<f64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).ok()?;
+    Some((u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+/// Uniform in `[0, d]` (the exact `d` when no randomness is available).
+pub fn uniform(d: Duration) -> Duration {
+    unit().map_or(d, |u| d.mul_f64(u))
+}
+
+/// Uniform in `[d - fraction * d, d + fraction * d]` (`fraction` clamped to `[0, 1]`; the
+/// exact `d` when no randomness is available). The mean stays `d`.
+pub fn around(d: Duration, fraction: f64) -> Duration {
+    let fraction = fraction.clamp(0.0, 1.0);
+    unit().map_or(d, |u| d.mul_f64(1.0 - fraction + 2.0 * fraction * u))
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! a paused test runtime, so staleness is tested on a paused clock.
 //!
 //! The artefact state, the probe's view of the server, the registry snapshot and each
-//! issuer's remote keys are all published this way.
+//! issuer's remote keys are all published this way. A background reader that must act on a
+//! change (the remote registry asks about a newly served digest at once) waits on
+//! [`Published::subscribe`] instead of looking on a tick.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,8 +59,15 @@ impl Freshness {
     /// Restarts the clock without changing the synced flag (a round that found the value
     /// unchanged).
     pub fn confirm(&self) {
+        self.confirm_since(Duration::ZERO);
+    }
+
+    /// Sets the clock as if the last success was `age` ago (a value made of parts, each
+    /// with its own clock, is as fresh as its oldest part).
+    pub fn confirm_since(&self, age: Duration) {
+        let at = self.epoch.elapsed().saturating_sub(age);
         self.last_success
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(at.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The first round has finished (whatever it found), without restarting the clock.
@@ -95,6 +104,8 @@ impl Freshness {
 pub struct Published<T> {
     value: ArcSwap<T>,
     clock: Freshness,
+    /// Counts stores, for [`Published::subscribe`].
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl<T> Published<T> {
@@ -108,7 +119,18 @@ impl<T> Published<T> {
         Published {
             value: ArcSwap::from_pointee(initial),
             clock,
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that wakes after every later store (`changed().await`); a store between
+    /// two waits is not lost.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The current value: one atomic load, no `Arc` clone.
@@ -124,6 +146,7 @@ impl<T> Published<T> {
     /// Replaces the value; the clock is untouched.
     pub fn store(&self, value: T) {
         self.value.store(Arc::new(value));
+        self.changed();
     }
 
     /// Replaces the value only if it is still `current` (the same `Arc`); true when it was.
@@ -131,7 +154,11 @@ impl<T> Published<T> {
     /// meanwhile.
     pub fn store_if(&self, current: &Arc<T>, value: T) -> bool {
         let previous = self.value.compare_and_swap(current, Arc::new(value));
-        Arc::ptr_eq(&previous, current)
+        let stored = Arc::ptr_eq(&previous, current);
+        if stored {
+            self.changed();
+        }
+        stored
     }
 
     /// Replaces the value and records a successful round.

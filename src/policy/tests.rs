@@ -139,6 +139,7 @@ fn signed_by(list: Vec<(ApprovalClaims, bool)>, kids: &[&str]) -> RegistryEntry 
         invalid: vec![],
         revalidate_after: None,
         revoked: false,
+        clocks: Vec::new(),
     }
 }
 
@@ -241,6 +242,7 @@ fn decision_table() {
                 invalid: vec!["bad signature".into()],
                 revalidate_after: None,
                 revoked: false,
+                clocks: Vec::new(),
             });
             c.want = Err(ApprovalInvalid)
         }),
@@ -252,6 +254,7 @@ fn decision_table() {
                     invalid: vec![],
                     revalidate_after: None,
                     revoked: true,
+                    clocks: Vec::new(),
                 });
                 c.want = Err(ApprovalRevoked)
             },

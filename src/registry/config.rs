@@ -52,6 +52,32 @@ pub struct RegistryFile {
     /// that, requests fail closed with `trust_data_unavailable`.
     #[serde(default = "default_max_stale")]
     pub max_stale: String,
+    /// `mlflow`, `http`: the fastest pace a registry's `Cache-Control: max-age` may set
+    /// (default 1s).
+    #[serde(default)]
+    pub min_refresh: Option<String>,
+    /// `mlflow`, `http`: the slowest pace a registry's `Cache-Control: max-age` may set
+    /// (default: four times `refresh_interval`, at most half of `max_stale`, never below
+    /// `refresh_interval`); at most `max_stale`.
+    #[serde(default)]
+    pub max_refresh: Option<String>,
+    /// `http`: `query` asks `GET {url}/approvals?digest=sha256:<hex>`; `path` asks
+    /// `GET {url}/approvals/sha256/<hex>` and the signed revocation list
+    /// `GET {url}/revocations` (what a static host, an object store or a CDN can serve).
+    #[serde(default = "default_layout")]
+    pub layout: String,
+    /// `http` with `layout = "path"`: hold each request open at the registry for up to this
+    /// long (`Prefer: wait=<seconds>`), so a change arrives as it happens; `0s` (default)
+    /// polls.
+    #[serde(default = "default_watch")]
+    pub watch: String,
+}
+
+fn default_layout() -> String {
+    "query".into()
+}
+fn default_watch() -> String {
+    "0s".into()
 }
 
 fn default_refresh() -> String {
@@ -73,6 +99,18 @@ pub struct RegistryConfig {
     /// How often the registry is read again (`dir`: rescanned besides inotify events).
     pub refresh_interval: Duration,
     pub max_stale: Duration,
+    /// The bounds within which a remote registry's `Cache-Control: max-age` sets the pace.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+}
+
+/// Which form of the HTTP contract is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `GET {url}/approvals?digest=sha256:<hex>`.
+    Query,
+    /// `GET {url}/approvals/sha256/<hex>` and `GET {url}/revocations`.
+    Path,
 }
 
 /// Where approval records come from.
@@ -120,6 +158,11 @@ pub struct RemoteRegistry {
     pub timeout: Duration,
     /// `http://` allowed (`allow_plaintext = true`).
     pub allow_plaintext: bool,
+    /// `http`: the contract's form (`mlflow`: [`Layout::Query`], unused).
+    pub layout: Layout,
+    /// `http` with [`Layout::Path`]: how long the registry is asked to hold a request
+    /// (`Prefer: wait`); None polls.
+    pub watch: Option<Duration>,
 }
 
 // === impl RegistryFile ===
@@ -138,10 +181,35 @@ impl RegistryFile {
                 "must be at least registry.refresh_interval",
             );
         }
+        let min_refresh = match &self.min_refresh {
+            Some(text) => errors.duration("registry.min_refresh", text),
+            None => Duration::from_secs(1).min(refresh_interval),
+        };
+        let max_refresh = match &self.max_refresh {
+            Some(text) => errors.duration("registry.max_refresh", text),
+            None => (refresh_interval * 4)
+                .min(max_stale / 2)
+                .max(refresh_interval),
+        };
+        errors.more_than_zero("registry.min_refresh", min_refresh);
+        if min_refresh > refresh_interval {
+            errors.push(
+                "registry.min_refresh",
+                "must be at most registry.refresh_interval",
+            );
+        }
+        if max_refresh < refresh_interval || max_refresh > max_stale {
+            errors.push(
+                "registry.max_refresh",
+                "must be between registry.refresh_interval and registry.max_stale",
+            );
+        }
         RegistryConfig {
             source: self.source(timeout, errors),
             refresh_interval,
             max_stale,
+            min_refresh,
+            max_refresh,
         }
     }
 
@@ -153,6 +221,10 @@ impl RegistryFile {
             ("token_file", self.token_file.is_some()),
             ("basic_auth_file", self.basic_auth_file.is_some()),
             ("ca_file", self.ca_file.is_some()),
+            ("min_refresh", self.min_refresh.is_some()),
+            ("max_refresh", self.max_refresh.is_some()),
+            ("layout", self.layout != default_layout()),
+            ("watch", self.watch != default_watch()),
         ];
         let kind = match self.kind.as_str() {
             "dir" => {
@@ -244,6 +316,30 @@ impl RegistryFile {
             .ca_file
             .as_ref()
             .and_then(|p| errors.read_file("registry.ca_file", p));
+        let layout = match self.layout.as_str() {
+            "query" => Layout::Query,
+            "path" if kind == RemoteKind::Http => Layout::Path,
+            "path" => {
+                errors.push("registry.layout", "\"path\" is for kind \"http\"");
+                Layout::Query
+            }
+            other => {
+                errors.push(
+                    "registry.layout",
+                    format_args!("{other:?} is not one of \"query\", \"path\""),
+                );
+                Layout::Query
+            }
+        };
+        let watch = errors.duration("registry.watch", &self.watch);
+        let watch = if watch.is_zero() {
+            None
+        } else if layout != Layout::Path {
+            errors.push("registry.watch", "needs layout = \"path\" (kind \"http\")");
+            None
+        } else {
+            Some(watch)
+        };
         RegistrySource::Remote(RemoteRegistry {
             kind,
             url,
@@ -251,6 +347,8 @@ impl RegistryFile {
             ca_pem,
             timeout,
             allow_plaintext: self.allow_plaintext,
+            layout,
+            watch,
         })
     }
 }

@@ -1,32 +1,49 @@
 //! A plain HTTP registry: the smallest contract a team can implement in front of whatever
-//! store it already has.
+//! store it already has, in two forms.
 //!
 //! ```text
-//! GET {url}/approvals?digest=sha256:<64 hex>
+//! layout = "query" (default)            GET {url}/approvals?digest=sha256:<64 hex>
+//! layout = "path" (static hosts, CDNs)  GET {url}/approvals/sha256/<64 hex>
+//!                                       GET {url}/revocations
 //! Accept: application/jose
 //! If-None-Match: <the last answer's ETag, when it had one>
+//! Prefer: wait=<seconds>     (layout "path" with `watch`, and an ETag to compare with)
 //! Authorization: Bearer <token_file> | Basic <basic_auth_file>   (when configured)
 //!
-//! 200  the digest's records: one compact JWS per line (blank lines ignored); an ETag
-//!      header lets the next ask cost a 304
+//! 200  the digest's records: one JWS per line (blank lines ignored); an ETag header lets
+//!      the next ask cost a 304
 //! 304  unchanged since the ETag sent
 //! 404  no record for this digest
 //! 410  the digest is revoked, whatever the body says: the body may carry its records as
 //!      for 200 (for the audit log); an empty, oversized or non-UTF-8 body is still a
 //!      revocation, never an error that would keep the last good records in use
-//! any other status, or no answer within `timeout`: an error; the last good records stay in
-//!      use until `max_stale`
+//! any other status, or no answer within `timeout` (plus the wait asked for): an error;
+//!      the last good records stay in use until `max_stale`
 //! ```
+//!
+//! `{url}/revocations` answers 200 with the signed revocation list (one compact JWS, see
+//! [`super::revocations`]), 304, or 404 (no list). Besides the answer, the reply carries the
+//! registry's hints: `Cache-Control: max-age` (the pace, within the configured bounds),
+//! `Preference-Applied: wait` (the registry held the request: it supports watch), and on an
+//! error `Retry-After` (seconds or an HTTP date).
 
-use super::config::{RegistryAuth, RemoteRegistry};
-use super::source::{authorize, body, Fetched, FetchedRecord, Source};
+use std::time::Duration;
+
+use super::config::{Layout, RegistryAuth, RemoteRegistry};
+use super::source::{authorize, body, Ask, Failed, Fetched, FetchedRecord, Hints, Reply, Source};
 use crate::digest::Digest;
 use crate::kit::http::{send, FetchError};
+
+/// The longest `Retry-After` or `max-age` read (a registry cannot park a sidecar for days;
+/// the backoff's cap and `max_refresh` bound both again).
+const MAX_HINT: Duration = Duration::from_secs(24 * 3600);
 
 /// An HTTP registry.
 pub struct HttpRegistry {
     client: reqwest::Client,
-    url: String,
+    base: String,
+    layout: Layout,
+    timeout: Duration,
     auth: RegistryAuth,
 }
 
@@ -34,10 +51,100 @@ impl HttpRegistry {
     pub fn new(client: reqwest::Client, config: &RemoteRegistry) -> HttpRegistry {
         HttpRegistry {
             client,
-            url: format!("{}/approvals", config.url),
+            base: config.url.clone(),
+            layout: config.layout,
+            timeout: config.timeout,
             auth: config.auth.clone(),
         }
     }
+
+    /// Sends a GET with the contract's headers; the read timeout covers the wait asked for.
+    async fn get(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        ask: Ask<'_>,
+    ) -> Result<reqwest::Response, Failed> {
+        let mut request = request.header(http::header::ACCEPT, "application/jose");
+        if let Some(etag) = ask.etag {
+            request = request.header(http::header::IF_NONE_MATCH, etag);
+            if let Some(wait) = ask.wait {
+                request = request
+                    .header("prefer", format!("wait={}", wait.as_secs().max(1)))
+                    .timeout(wait + wait / 10 + self.timeout);
+            }
+        }
+        Ok(send(authorize(request, &self.auth)?, url).await?)
+    }
+}
+
+/// The hints a response carries.
+fn hints(resp: &reqwest::Response) -> Hints {
+    let headers = resp.headers();
+    let max_age = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(max_age);
+    let watched = headers
+        .get_all("preference-applied")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().to_ascii_lowercase().starts_with("wait"))
+        });
+    Hints { max_age, watched }
+}
+
+/// `max-age` from one `Cache-Control` value; `no-cache` and `no-store` read as zero.
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').map(str::trim).find_map(|d| {
+        let lower = d.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        let seconds = lower.strip_prefix("max-age=")?.trim_matches('"');
+        seconds
+            .parse::<u64>()
+            .ok()
+            .map(|s| Duration::from_secs(s).min(MAX_HINT))
+    })
+}
+
+/// `Retry-After`: seconds, or an HTTP date (from `now`); bounded by [`MAX_HINT`].
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_HINT))
+}
+
+/// An error status, with its `Retry-After`.
+fn refused(resp: &reqwest::Response, url: &str) -> Failed {
+    Failed {
+        error: FetchError::Status {
+            url: url.to_string(),
+            status: resp.status(),
+        },
+        retry_after: resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, std::time::SystemTime::now())),
+    }
+}
+
+fn etag_of(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 impl Source for HttpRegistry {
@@ -45,62 +152,96 @@ impl Source for HttpRegistry {
         "http"
     }
 
-    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, FetchError> {
-        let digest_text = digest.to_string();
-        let mut request = self
-            .client
-            .get(&self.url)
-            .query(&[("digest", digest_text.as_str())])
-            .header(http::header::ACCEPT, "application/jose");
-        if let Some(etag) = etag {
-            request = request.header(http::header::IF_NONE_MATCH, etag);
-        }
-        let resp = send(authorize(request, &self.auth)?, &self.url).await?;
+    async fn fetch(&self, digest: &Digest, ask: Ask<'_>) -> Result<Reply, Failed> {
+        let (request, url) = match self.layout {
+            Layout::Query => {
+                let url = format!("{}/approvals", self.base);
+                let digest_text = digest.to_string();
+                (
+                    self.client
+                        .get(&url)
+                        .query(&[("digest", digest_text.as_str())]),
+                    url,
+                )
+            }
+            Layout::Path => {
+                let url = format!("{}/approvals/sha256/{}", self.base, digest.hex());
+                (self.client.get(&url), url)
+            }
+        };
+        let resp = self.get(request, &url, ask).await?;
         let status = resp.status();
-        let etag = resp
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let revoked = match status.as_u16() {
-            200 => false,
+        let hints = hints(&resp);
+        let etag = etag_of(&resp);
+        let fetched = match status.as_u16() {
+            200 => {
+                let bytes = body(resp).await?;
+                let text = std::str::from_utf8(&bytes).map_err(|_| FetchError::NotUtf8 {
+                    url: url.clone(),
+                    what: "the answer",
+                })?;
+                Fetched::Records {
+                    records: parse_records(text, false, &url),
+                    etag,
+                }
+            }
             410 => {
                 // Revoked whatever the body: reading it is only for the record IDs.
                 let records = match body(resp).await {
                     Ok(bytes) => std::str::from_utf8(&bytes)
-                        .map(|text| parse_records(text, true, &self.url))
+                        .map(|text| parse_records(text, true, &url))
                         .unwrap_or_default(),
                     Err(e) => {
-                        tracing::warn!(url = %self.url, error = %e,
+                        tracing::warn!(url = %url, error = %e,
                             "registry answered 410 with an unreadable body; the digest is revoked");
                         Vec::new()
                     }
                 };
-                return Ok(Fetched::Revoked { records });
+                Fetched::Revoked { records }
             }
-            304 => return Ok(Fetched::NotModified),
-            404 => {
-                return Ok(Fetched::Records {
-                    records: Vec::new(),
-                    etag: None,
-                })
-            }
-            _ => {
-                return Err(FetchError::Status {
-                    url: self.url.clone(),
-                    status,
-                })
-            }
+            304 => Fetched::NotModified,
+            404 => Fetched::Records {
+                records: Vec::new(),
+                etag,
+            },
+            _ => return Err(refused(&resp, &url)),
         };
-        let bytes = body(resp).await?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| FetchError::NotUtf8 {
-            url: self.url.clone(),
-            what: "the answer",
-        })?;
-        Ok(Fetched::Records {
-            records: parse_records(text, revoked, &self.url),
-            etag,
-        })
+        Ok(Reply { fetched, hints })
+    }
+
+    fn has_revocations(&self) -> bool {
+        self.layout == Layout::Path
+    }
+
+    async fn revocations(&self, ask: Ask<'_>) -> Result<Reply, Failed> {
+        let url = format!("{}/revocations", self.base);
+        let resp = self.get(self.client.get(&url), &url, ask).await?;
+        let hints = hints(&resp);
+        let etag = etag_of(&resp);
+        let fetched = match resp.status().as_u16() {
+            200 => {
+                let bytes = body(resp).await?;
+                let text = std::str::from_utf8(&bytes).map_err(|_| FetchError::NotUtf8 {
+                    url: url.clone(),
+                    what: "the revocation list",
+                })?;
+                Fetched::Records {
+                    records: vec![FetchedRecord {
+                        jws: text.trim().to_string(),
+                        revoked: false,
+                        origin: url.clone(),
+                    }],
+                    etag,
+                }
+            }
+            304 => Fetched::NotModified,
+            404 => Fetched::Records {
+                records: Vec::new(),
+                etag,
+            },
+            _ => return Err(refused(&resp, &url)),
+        };
+        Ok(Reply { fetched, hints })
     }
 }
 

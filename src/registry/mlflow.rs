@@ -11,7 +11,7 @@
 //! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow`.
 
 use super::config::{RegistryAuth, RemoteRegistry};
-use super::source::{authorize, body, Fetched, FetchedRecord, Source};
+use super::source::{authorize, body, Ask, Failed, Fetched, FetchedRecord, Reply, Source};
 use crate::digest::Digest;
 use crate::kit::http::{send, FetchError};
 
@@ -73,7 +73,7 @@ impl Source for Mlflow {
         "mlflow"
     }
 
-    async fn fetch(&self, digest: &Digest, _etag: Option<&str>) -> Result<Fetched, FetchError> {
+    async fn fetch(&self, digest: &Digest, _ask: Ask<'_>) -> Result<Reply, Failed> {
         let mut records = Vec::new();
         let mut page_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -91,14 +91,15 @@ impl Source for Mlflow {
                     "more than {} model versions carry {digest}",
                     PAGE_SIZE as usize * MAX_PAGES
                 ),
-            ));
+            )
+            .into());
         }
         // The search's order is the server's; make equal answers compare equal.
         records.sort_by(|a, b| a.origin.cmp(&b.origin));
-        Ok(Fetched::Records {
+        Ok(Reply::from(Fetched::Records {
             records,
             etag: None,
-        })
+        }))
     }
 }
 

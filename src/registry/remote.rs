@@ -1,195 +1,733 @@
-//! Remote registries (MLflow, HTTP): asked per served digest, by a background service.
+//! Remote registries (MLflow, HTTP): asked per served digest, by one background task.
 //!
-//! A round asks the registry for the records of every digest being served. It runs when
-//! provgate starts serving a digest it has not asked about (within [`TICK`] of the artefact
-//! watcher publishing it), every `refresh_interval`, and at the moment a held record's
-//! `revalidate_after` passes. A registry-side change therefore reaches the request path
-//! within `refresh_interval` plus one fetch.
+//! Each thing asked about (every served digest, and with `layout = "path"` the signed
+//! revocation list) has its own schedule, ETag, backoff and freshness clock
+//! ([`super::SourceClock`]): one failing digest ages only its own records, never another
+//! model's. Fetches run concurrently, at most [`MAX_IN_FLIGHT`] polls at once (a watch,
+//! which only waits, does not count).
 //!
-//! Every record is verified once: a record whose text is unchanged since the last round
+//! The task waits on events, not a tick: a change of the served artefacts (a digest is
+//! asked about at once), a finished fetch, or the next deadline (a poll, a retry, a
+//! record's `revalidate_after`), and at least every [`HEARTBEAT`] for the watchdog.
+//!
+//! The pace, per thing asked about:
+//! - after the first answer, the next poll is uniform within the first period, then every
+//!   period is moved by up to [`PERIOD_JITTER`] either way, so sidecars started together
+//!   spread at once and never fall back into step;
+//! - the period is `refresh_interval`, or the registry's `Cache-Control: max-age` clamped to
+//!   `[min_refresh, max_refresh]`;
+//! - after a failure, full jitter over a window that starts at twice the period (a mean
+//!   wait of one period: a failing registry is never asked more often than a healthy one)
+//!   and doubles to [`backoff_cap`] (below `max_stale`); a `Retry-After` is honoured (up to
+//!   that cap) and spread over a fifth more;
+//! - with `watch`, a request carrying an ETag also carries `Prefer: wait`; when the
+//!   registry held it (`Preference-Applied`), the next is sent at once, so a change arrives
+//!   as it happens; a registry without watch support is polled at the normal pace.
+//!
+//! Every record is verified once: a record whose text is unchanged since the last answer
 //! keeps its verified form, and an HTTP `304 Not Modified` costs no parsing at all. A failed
 //! fetch keeps the last good records, whose age the store bounds by `max_stale`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::config::{RemoteKind, RemoteRegistry};
+use super::config::{RegistryConfig, RemoteKind, RemoteRegistry};
 use super::http::HttpRegistry;
 use super::mlflow::Mlflow;
-pub use super::source::{authorize, body, Fetched, FetchedRecord, Source, MAX_BODY};
-use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot};
+use super::revocations::{self, RevocationList};
+pub use super::source::{
+    authorize, body, Ask, Failed, Fetched, FetchedRecord, Hints, Reply, Source, MAX_BODY,
+};
+use super::{ApprovalStore, Candidate, FetchMetrics, RegistryEntry, Snapshot, SourceClock};
 use crate::approval::{self, ApprovalRecord};
 use crate::digest::Digest;
 use crate::keys::KeySet;
-use crate::kit::backoff::{Backoff, Jitter};
+use crate::kit::backoff::{self, Backoff, Jitter};
 use crate::kit::http::{ClientOptions, FetchError, Transport};
 use crate::telemetry::Metrics;
 
-/// How often the refresher looks for a newly served digest.
-pub const TICK: Duration = Duration::from_millis(50);
-/// The first retry after a failed round; doubled up to `refresh_interval`.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest the task sleeps without beating its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Polls in flight at once, at most.
+pub const MAX_IN_FLIGHT: usize = 8;
+/// Every period after the first is moved by up to this fraction either way: enough that a
+/// fleet which fell into step (a restart together, the end of an outage) drifts apart
+/// within a few periods, small enough that a revocation still arrives within 1.1 periods.
+pub const PERIOD_JITTER: f64 = 0.1;
+/// A watch that returns sooner than this counts as quick; after [`QUICK_WATCHES`] quick
+/// returns in a row the next ask waits a period (a registry that claims to hold but does
+/// not cannot make a tight loop).
+const QUICK_WATCH: Duration = Duration::from_secs(1);
+const QUICK_WATCHES: u32 = 3;
+
+/// How the refresher paces itself (from `[registry]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub refresh_interval: Duration,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub max_stale: Duration,
+    /// One fetch's bound (a watch: the wait plus this).
+    pub timeout: Duration,
+    /// `Prefer: wait` with an ETag; None polls.
+    pub watch: Option<Duration>,
+}
+
+impl Pace {
+    /// The pace for `[registry]`.
+    pub fn of(registry: &RegistryConfig, remote: &RemoteRegistry) -> Pace {
+        Pace {
+            refresh_interval: registry.refresh_interval,
+            min_refresh: registry.min_refresh,
+            max_refresh: registry.max_refresh,
+            max_stale: registry.max_stale,
+            timeout: remote.timeout,
+            watch: remote.watch,
+        }
+    }
+
+    /// The period the registry's hints ask for, within the configured bounds.
+    fn period(&self, hints: &Hints) -> Duration {
+        match hints.max_age {
+            Some(age) => age.clamp(self.min_refresh, self.max_refresh.max(self.min_refresh)),
+            None => self.refresh_interval,
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.refresh_interval * 2, backoff_cap(self)).with_jitter(Jitter::Full)
+    }
+}
+
+/// The widest backoff window: a quarter of `max_stale` (several attempts before the last
+/// good records go stale), but at most sixteen periods (four doublings: a long `max_stale`
+/// must not slow the re-sync after an outage to many minutes); never below the first window
+/// (twice `refresh_interval`: a retry is never more frequent than a poll on average), and
+/// never above half of `max_stale`.
+pub fn backoff_cap(pace: &Pace) -> Duration {
+    (pace.max_stale / 4)
+        .min(pace.refresh_interval * 16)
+        .max(pace.refresh_interval * 2)
+        .min(pace.max_stale / 2)
+}
+
+/// What the refresher is told about the served artefacts.
+pub struct Served {
+    /// The digests being served now.
+    pub digests: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
+    /// Each wakes when a served artefact's state changes ([`crate::kit::published`]).
+    pub changes: Vec<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// One thing asked about: its ETag, schedule and clock.
+struct Schedule {
+    etag: Option<String>,
+    due: Instant,
+    backoff: Backoff,
+    in_flight: bool,
+    /// A good answer is held.
+    answered: bool,
+    /// Quick watch returns in a row.
+    quick: u32,
+    /// When the last fetch started (Unix milliseconds), for `revalidate_after`.
+    asked_ms: u64,
+    clock: Arc<SourceClock>,
+}
+
+impl Schedule {
+    fn new(pace: &Pace) -> Schedule {
+        Schedule {
+            etag: None,
+            due: Instant::now(),
+            backoff: pace.backoff(),
+            in_flight: false,
+            answered: false,
+            quick: 0,
+            asked_ms: 0,
+            clock: Arc::new(SourceClock::default()),
+        }
+    }
+
+    /// The ask for the next fetch, and whether it is a watch. `hold` bounds the wait (a
+    /// record's `revalidate_after`).
+    fn ask(&self, pace: &Pace, hold: Option<Duration>) -> (Option<Duration>, bool) {
+        match (pace.watch, &self.etag) {
+            (Some(wait), Some(_)) => {
+                let wait = hold.map_or(wait, |h| wait.min(h));
+                if wait >= Duration::from_secs(1) {
+                    (Some(wait), true)
+                } else {
+                    (None, false)
+                }
+            }
+            _ => (None, false),
+        }
+    }
+
+    /// A good answer arrived, `took` after the ask; schedules the next.
+    fn succeeded(&mut self, pace: &Pace, hints: &Hints, watched: bool, took: Duration) {
+        self.clock.confirm();
+        self.backoff.reset();
+        let period = pace.period(hints);
+        let now = Instant::now();
+        if watched && hints.watched {
+            self.quick = if took < QUICK_WATCH {
+                self.quick + 1
+            } else {
+                0
+            };
+            self.due = if self.quick < QUICK_WATCHES {
+                now
+            } else {
+                self.quick = 0;
+                now + backoff::around(period, PERIOD_JITTER)
+            };
+        } else if !self.answered {
+            // The first poll anywhere within the first period; a watch starts at once (the
+            // registry spreads the holds).
+            self.due = if pace.watch.is_some() && self.etag.is_some() {
+                now
+            } else {
+                now + backoff::uniform(period)
+            };
+        } else {
+            self.due = now + backoff::around(period, PERIOD_JITTER);
+        }
+        self.answered = true;
+    }
+
+    /// The ask failed; schedules the retry.
+    fn failed(&mut self, retry_after: Option<Duration>) {
+        let cap = self.backoff.cap();
+        let wait = self.backoff.fail();
+        let wait = match retry_after {
+            Some(ra) => {
+                let ra = ra.min(cap);
+                ra + backoff::uniform(ra / 5)
+            }
+            None => wait,
+        };
+        self.quick = 0;
+        self.due = Instant::now() + wait;
+    }
+}
+
 /// What the refresher remembers of one digest.
 struct Tracked {
-    etag: Option<String>,
+    schedule: Schedule,
     /// The last answer, to tell a changed one from the same again.
     fetched: Vec<FetchedRecord>,
+    /// The last answer was a 410.
+    revoked: bool,
     /// Each record of that answer that verified, by its text.
     verified: HashMap<String, Arc<ApprovalRecord>>,
-    entry: Arc<RegistryEntry>,
+    entry: Option<Arc<RegistryEntry>>,
+}
+
+/// What the refresher remembers of the revocation list.
+struct ListState {
+    schedule: Schedule,
+    /// The text of the list in force.
+    text: Option<String>,
+    held: Option<RevocationList>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Digest(Digest),
+    Revocations,
+}
+
+/// A finished fetch.
+struct Done {
+    key: Key,
+    took: Duration,
+    watched: bool,
+    outcome: Result<Reply, Failed>,
 }
 
 /// Keeps an [`ApprovalStore`] in step with a remote registry for the digests being served.
 pub struct Refresher<S: Source> {
     pub source: S,
     pub approvers: KeySet,
-    pub refresh_interval: Duration,
-    pub timeout: Duration,
+    pub pace: Pace,
     pub store: Arc<ApprovalStore>,
-    /// The digests being served now (read every [`TICK`]).
-    pub served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
+    pub served: Served,
     pub metrics: Arc<Metrics>,
-    /// Beaten every [`TICK`] ([`crate::kit::watchdog`]).
+    /// Beaten at least every [`HEARTBEAT`] ([`crate::kit::watchdog`]).
     pub heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 }
 
+/// The refresher's state between events.
+struct State {
+    digests: HashMap<Digest, Tracked>,
+    list: Option<ListState>,
+    /// The published snapshot no longer matches the entries.
+    dirty: bool,
+}
+
 impl<S: Source> Refresher<S> {
-    /// Runs rounds until `stop` is set.
+    /// Runs until `stop` is set (looked at on every event).
     pub async fn run(self, stop: Arc<AtomicBool>) {
-        let fetch_metrics = FetchMetrics::new(&self.metrics, self.source.label());
-        let mut tracked: HashMap<Digest, Tracked> = HashMap::new();
+        let Refresher {
+            source,
+            approvers,
+            pace,
+            store,
+            served,
+            metrics,
+            heartbeat,
+        } = self;
+        let source = Arc::new(source);
+        let ctx = Ctx {
+            label: source.label(),
+            approvers,
+            pace,
+            store,
+            m: FetchMetrics::new(&metrics, source.label()),
+        };
+        // Each served artefact's changes, forwarded to one wake-up (the forwarders end
+        // with this future).
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut forwarders = JoinSet::new();
+        for mut rx in served.changes {
+            let wake = wake.clone();
+            forwarders.spawn(async move {
+                while rx.changed().await.is_ok() {
+                    wake.notify_one();
+                }
+            });
+        }
+        let mut state = State {
+            digests: HashMap::new(),
+            list: None,
+            dirty: false,
+        };
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, (Key, bool)> = HashMap::new();
         let mut last_served: Vec<Digest> = Vec::new();
-        let mut next_round = Instant::now();
-        let mut last_round_ms = 0;
-        // Jittered, so a periodic outage cannot keep meeting every retry (and sidecars that
-        // fail together do not retry together).
-        let mut retry = Backoff::new(FIRST_RETRY, self.refresh_interval).with_jitter(Jitter::Full);
         while !stop.load(Ordering::Relaxed) {
-            if let Some(h) = &self.heartbeat {
+            if let Some(h) = &heartbeat {
                 h.beat();
             }
-            let mut served = (self.served)();
-            served.sort();
-            served.dedup();
-            let now_ms = crate::unix_now_ms();
-            let due = Instant::now() >= next_round
-                || served != last_served
-                || revalidation_due(&tracked, last_round_ms, now_ms);
-            if due && !served.is_empty() {
-                let complete = self.round(&served, &mut tracked, &fetch_metrics).await;
-                last_round_ms = now_ms;
-                last_served = served;
-                next_round = Instant::now()
-                    + if complete {
-                        retry.reset();
-                        self.refresh_interval
-                    } else {
-                        retry.fail()
-                    };
+            let mut now_served = (served.digests)();
+            now_served.sort();
+            now_served.dedup();
+            if now_served != last_served {
+                ctx.follow(&mut state, &now_served, source.has_revocations());
+                last_served = now_served;
             }
-            tokio::time::sleep(TICK).await;
+            ctx.launch(&mut state, &source, &mut tasks, &mut running);
+            if state.dirty {
+                ctx.publish(&mut state);
+            }
+            let deadline = ctx.next_deadline(&state);
+            tokio::select! {
+                _ = wake.notified() => {}
+                joined = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    match joined {
+                        Some(Ok((id, done))) => {
+                            running.remove(&id);
+                            ctx.handle(&mut state, done);
+                        }
+                        Some(Err(e)) => {
+                            // A fetch task ended without an answer (it panicked): its
+                            // item asks again on the next turn.
+                            if let Some((key, _)) = running.remove(&e.id()) {
+                                ctx.abandoned(&mut state, key);
+                            }
+                            tracing::error!(error = %e, "registry fetch task failed");
+                        }
+                        None => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+/// The refresher's fixed parts, for the steps of its loop.
+struct Ctx {
+    label: &'static str,
+    approvers: KeySet,
+    pace: Pace,
+    store: Arc<ApprovalStore>,
+    m: FetchMetrics,
+}
+
+impl Ctx {
+    /// Follows the served digests: a new one is asked about at once; one no longer served
+    /// is forgotten.
+    fn follow(&self, state: &mut State, served: &[Digest], has_list: bool) {
+        let before = state.digests.len();
+        state.digests.retain(|d, _| served.contains(d));
+        state.dirty |= state.digests.len() != before;
+        for digest in served {
+            state.digests.entry(*digest).or_insert_with(|| Tracked {
+                schedule: Schedule::new(&self.pace),
+                fetched: Vec::new(),
+                revoked: false,
+                verified: HashMap::new(),
+                entry: None,
+            });
+        }
+        if has_list && state.list.is_none() && !served.is_empty() {
+            state.list = Some(ListState {
+                schedule: Schedule::new(&self.pace),
+                text: None,
+                held: None,
+            });
         }
     }
 
-    /// Asks for every served digest's records and publishes what came back. True when every
-    /// fetch succeeded (the store's staleness clock restarts only then).
-    async fn round(
+    /// Starts the fetches that are due: every due watch, and due polls up to
+    /// [`MAX_IN_FLIGHT`].
+    fn launch<S: Source>(
         &self,
-        served: &[Digest],
-        tracked: &mut HashMap<Digest, Tracked>,
-        m: &FetchMetrics,
+        state: &mut State,
+        source: &Arc<S>,
+        tasks: &mut JoinSet<Done>,
+        running: &mut HashMap<tokio::task::Id, (Key, bool)>,
+    ) {
+        let now = Instant::now();
+        let now_ms = crate::unix_now_ms();
+        let mut polls = running.values().filter(|(_, watch)| !watch).count();
+        let mut start = |key: Key,
+                         schedule: &mut Schedule,
+                         hold: Option<Duration>,
+                         revalidate: bool| {
+            if schedule.in_flight || (schedule.due > now && !revalidate) {
+                return;
+            }
+            let (wait, watched) = schedule.ask(&self.pace, hold);
+            if !watched && polls >= MAX_IN_FLIGHT {
+                return;
+            }
+            if !watched {
+                polls += 1;
+            }
+            schedule.in_flight = true;
+            schedule.asked_ms = now_ms;
+            let etag = schedule.etag.clone();
+            let source = source.clone();
+            // The contract's read timeout for a watch is wait + timeout; a tenth of the wait
+            // more covers a registry's jitter on the hold (the reference server adds up to
+            // 10%), which would otherwise turn a short `timeout` into failed watches.
+            let bound = self.pace.timeout + wait.map_or(Duration::ZERO, |w| w + w / 10);
+            let handle = tasks.spawn(async move {
+                let started = Instant::now();
+                let ask = Ask {
+                    etag: etag.as_deref(),
+                    wait,
+                };
+                let outcome = match key {
+                    Key::Digest(d) => tokio::time::timeout(bound, source.fetch(&d, ask)).await,
+                    Key::Revocations => tokio::time::timeout(bound, source.revocations(ask)).await,
+                }
+                .unwrap_or_else(|_| Err(FetchError::Timeout(bound).into()));
+                Done {
+                    key,
+                    took: started.elapsed(),
+                    watched,
+                    outcome,
+                }
+            });
+            running.insert(handle.id(), (key, watched));
+        };
+        if let Some(list) = &mut state.list {
+            start(Key::Revocations, &mut list.schedule, None, false);
+        }
+        for (digest, t) in state.digests.iter_mut() {
+            let at_ms = t
+                .entry
+                .as_ref()
+                .and_then(|e| e.revalidate_after)
+                .map(|at| at.saturating_mul(1000));
+            // A held record's revalidate_after passed since the last ask: ask now.
+            let revalidate =
+                at_ms.is_some_and(|at_ms| t.schedule.asked_ms < at_ms && at_ms <= now_ms);
+            // A watch ends by the time a held record asks to be revalidated.
+            let hold = at_ms
+                .filter(|&at_ms| at_ms > now_ms)
+                .map(|at_ms| Duration::from_millis(at_ms - now_ms));
+            start(Key::Digest(*digest), &mut t.schedule, hold, revalidate);
+        }
+    }
+
+    /// The next moment something falls due (a poll, a retry, a revalidation), at most a
+    /// [`HEARTBEAT`] away.
+    fn next_deadline(&self, state: &State) -> Instant {
+        let now = Instant::now();
+        let now_ms = crate::unix_now_ms();
+        let mut next = now + HEARTBEAT;
+        let schedules = state
+            .digests
+            .values()
+            .map(|t| &t.schedule)
+            .chain(state.list.iter().map(|l| &l.schedule));
+        // One already due and not in flight waits for a free slot: a finished fetch wakes
+        // the loop then (sleeping until a past deadline would spin).
+        for s in schedules.filter(|s| !s.in_flight && s.due > now) {
+            next = next.min(s.due);
+        }
+        for t in state.digests.values().filter(|t| !t.schedule.in_flight) {
+            if let Some(at) = t.entry.as_ref().and_then(|e| e.revalidate_after) {
+                let at_ms = at.saturating_mul(1000);
+                if at_ms > now_ms {
+                    next = next.min(now + Duration::from_millis(at_ms - now_ms));
+                }
+            }
+        }
+        next
+    }
+
+    /// A fetch task died: its item is no longer in flight and asks again after a backoff.
+    fn abandoned(&self, state: &mut State, key: Key) {
+        let schedule = match key {
+            Key::Digest(d) => state.digests.get_mut(&d).map(|t| &mut t.schedule),
+            Key::Revocations => state.list.as_mut().map(|l| &mut l.schedule),
+        };
+        if let Some(s) = schedule {
+            s.in_flight = false;
+            s.failed(None);
+        }
+    }
+
+    /// A fetch finished: records what it said and schedules the next.
+    fn handle(&self, state: &mut State, done: Done) {
+        self.m.duration.observe(done.took.as_secs_f64());
+        match done.key {
+            Key::Digest(digest) => {
+                let list_ids = state.list.as_ref().and_then(|l| l.held.as_ref());
+                let list_clock = state.list.as_ref().map(|l| l.schedule.clock.clone());
+                // A digest no longer served: its answer is dropped.
+                let Some(t) = state.digests.get_mut(&digest) else {
+                    return;
+                };
+                t.schedule.in_flight = false;
+                if self.digest_answer(&digest, t, done, list_ids, list_clock) {
+                    state.dirty = true;
+                }
+            }
+            Key::Revocations => {
+                let Some(list) = state.list.as_mut() else {
+                    return;
+                };
+                list.schedule.in_flight = false;
+                if self.list_answer(list, done) {
+                    // Every entry's revocations follow the new list (no crypto: every
+                    // record keeps its verified form).
+                    let held = list.held.clone();
+                    let clock = list.schedule.clock.clone();
+                    for (digest, t) in state.digests.iter_mut() {
+                        if t.schedule.answered {
+                            self.rebuild(digest, t, held.as_ref(), Some(clock.clone()));
+                        }
+                    }
+                    state.dirty = true;
+                }
+            }
+        }
+        if !state.dirty {
+            self.mark_synced(state);
+        }
+    }
+
+    /// One digest's answer; true when its entry changed.
+    fn digest_answer(
+        &self,
+        digest: &Digest,
+        t: &mut Tracked,
+        done: Done,
+        list: Option<&RevocationList>,
+        list_clock: Option<Arc<SourceClock>>,
     ) -> bool {
-        let before = tracked.len();
-        tracked.retain(|d, _| served.contains(d));
-        let mut changed = tracked.len() != before;
-        let mut complete = true;
-        for digest in served {
-            let started = Instant::now();
-            let etag = tracked.get(digest).and_then(|t| t.etag.as_deref());
-            let outcome = tokio::time::timeout(self.timeout, self.source.fetch(digest, etag))
-                .await
-                .unwrap_or_else(|_| Err(FetchError::Timeout(self.timeout)));
-            m.duration.observe(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(Fetched::NotModified) if tracked.contains_key(digest) => {
-                    m.not_modified.inc();
-                }
-                Ok(Fetched::NotModified) => {
-                    m.error.inc();
-                    complete = false;
-                    tracing::warn!(backend = self.source.label(), %digest,
-                        "registry answered 304 to a request without an ETag");
-                }
-                Ok(fetched @ (Fetched::Records { .. } | Fetched::Revoked { .. })) => {
-                    let (records, etag, revoked) = match fetched {
-                        Fetched::Records { records, etag } => (records, etag, false),
-                        Fetched::Revoked { records } => (records, None, true),
-                        Fetched::NotModified => (Vec::new(), None, false),
-                    };
-                    if revoked {
-                        m.revoked.inc();
-                    } else if records.is_empty() {
-                        m.not_found.inc();
-                    } else {
-                        m.ok.inc();
-                    }
-                    let previous = tracked.remove(digest);
-                    let (entry, verified, same) = match previous {
-                        Some(p) if p.fetched == records && p.entry.revoked == revoked => {
-                            (p.entry, p.verified, true)
-                        }
-                        previous => {
-                            let (mut entry, verified) = self.verify(
-                                digest,
-                                &records,
-                                previous.map(|p| p.verified).unwrap_or_default(),
-                            );
-                            entry.revoked = revoked;
-                            (Arc::new(entry), verified, false)
-                        }
-                    };
-                    if !same {
-                        changed = true;
-                        tracing::info!(backend = self.source.label(), %digest,
-                            valid = entry.records.len(), invalid = entry.invalid.len(),
-                            revoked = entry.records.iter().filter(|c| c.revoked).count(),
-                            digest_revoked = entry.revoked,
-                            "registry records changed");
-                    }
-                    tracked.insert(
-                        *digest,
-                        Tracked {
-                            etag,
-                            fetched: records,
-                            verified,
-                            entry,
-                        },
-                    );
-                }
-                Err(e) => {
-                    m.error.inc();
-                    complete = false;
-                    tracing::warn!(backend = self.source.label(), %digest, error = %e,
-                        "registry fetch failed; keeping the last good records until max_stale");
-                }
+        let reply = match done.outcome {
+            Ok(reply) => reply,
+            Err(f) => {
+                self.m.error.inc();
+                t.schedule.failed(f.retry_after);
+                tracing::warn!(backend = self.label, %digest, error = %f,
+                    "registry fetch failed; keeping the digest's last good records until max_stale");
+                return false;
+            }
+        };
+        let (records, etag, revoked) = match reply.fetched {
+            Fetched::NotModified if t.schedule.answered => {
+                self.m.not_modified.inc();
+                t.schedule
+                    .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                return false;
+            }
+            Fetched::NotModified => {
+                self.m.error.inc();
+                t.schedule.failed(None);
+                tracing::warn!(backend = self.label, %digest,
+                    "registry answered 304 to a request without an ETag");
+                return false;
+            }
+            Fetched::Records { records, etag } => (records, etag, false),
+            Fetched::Revoked { records } => (records, None, true),
+        };
+        if revoked {
+            self.m.revoked.inc();
+        } else if records.is_empty() {
+            self.m.not_found.inc();
+        } else {
+            self.m.ok.inc();
+        }
+        t.schedule.etag = etag;
+        let same = t.schedule.answered && t.fetched == records && t.revoked == revoked;
+        t.schedule
+            .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+        if same {
+            return false;
+        }
+        t.fetched = records;
+        t.revoked = revoked;
+        self.rebuild(digest, t, list, list_clock);
+        if let Some(entry) = &t.entry {
+            tracing::info!(backend = self.label, %digest,
+                valid = entry.records.len(), invalid = entry.invalid.len(),
+                revoked = entry.records.iter().filter(|c| c.revoked).count(),
+                digest_revoked = entry.revoked,
+                "registry records changed");
+        }
+        true
+    }
+
+    /// The revocation list's answer; true when the list in force changed.
+    fn list_answer(&self, list: &mut ListState, done: Done) -> bool {
+        let refuse =
+            |list: &mut ListState, why: &dyn std::fmt::Display, retry: Option<Duration>| {
+                self.m.error.inc();
+                list.schedule.failed(retry);
+                tracing::warn!(backend = self.label, error = %why,
+                "revocation list not taken; the last good list stays until max_stale");
+                false
+            };
+        let reply = match done.outcome {
+            Ok(reply) => reply,
+            Err(f) => return refuse(list, &f, f.retry_after),
+        };
+        let (text, etag) = match reply.fetched {
+            Fetched::NotModified if list.schedule.answered => {
+                self.m.not_modified.inc();
+                list.schedule
+                    .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                return false;
+            }
+            Fetched::NotModified => return refuse(list, &"304 to a request without an ETag", None),
+            Fetched::Revoked { .. } => {
+                return refuse(list, &"410 is not an answer for the list", None)
+            }
+            Fetched::Records { mut records, etag } => (records.pop().map(|r| r.jws), etag),
+        };
+        let Some(text) = text else {
+            // No list published. One held stays in force: a revocation is undone only by a
+            // newer list, never by a file gone missing.
+            self.m.not_found.inc();
+            if list.held.is_some() && list.schedule.etag.is_some() {
+                tracing::warn!(
+                    backend = self.label,
+                    "the registry no longer serves a revocation list; the last one stays in force"
+                );
+            }
+            list.schedule.etag = etag;
+            list.schedule
+                .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+            return false;
+        };
+        if list.text.as_deref() == Some(text.as_str()) {
+            self.m.ok.inc();
+            list.schedule.etag = etag;
+            list.schedule
+                .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+            return false;
+        }
+        let verified = match revocations::verify(&text, &self.approvers) {
+            Ok(v) => v,
+            Err(e) => return refuse(list, &e, None),
+        };
+        if let Some(held) = &list.held {
+            if verified.iat <= held.iat {
+                // Older, or as old but different: a rollback (a stale cache, or a replay).
+                let why = format!(
+                    "rollback refused: the list's iat {} is not newer than the held list's {}",
+                    verified.iat, held.iat
+                );
+                return refuse(list, &why, None);
             }
         }
-        if changed || (complete && !self.store.is_synced()) {
-            let snapshot = snapshot_of(tracked);
-            if complete {
-                self.store.publish(snapshot);
-            } else {
-                self.store.replace(snapshot);
-            }
-        } else if complete {
-            self.store.confirm();
+        self.m.ok.inc();
+        tracing::info!(backend = self.label, iss = %verified.iss, kid = %verified.kid,
+            iat = verified.iat, revoked = verified.revoked.len(), "revocation list taken");
+        list.text = Some(text);
+        list.held = Some(verified);
+        list.schedule.etag = etag;
+        list.schedule
+            .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+        true
+    }
+
+    /// Rebuilds a digest's entry from its last answer and the revocation list.
+    fn rebuild(
+        &self,
+        digest: &Digest,
+        t: &mut Tracked,
+        list: Option<&RevocationList>,
+        list_clock: Option<Arc<SourceClock>>,
+    ) {
+        let known = std::mem::take(&mut t.verified);
+        let (mut entry, verified) = self.verify(digest, &t.fetched, known, list);
+        entry.revoked = t.revoked;
+        entry.clocks = std::iter::once(t.schedule.clock.clone())
+            .chain(list_clock)
+            .collect();
+        t.verified = verified;
+        t.entry = Some(Arc::new(entry));
+    }
+
+    /// Publishes the entries, then the sync state.
+    fn publish(&self, state: &mut State) {
+        let mut snapshot = Snapshot::default();
+        for (digest, t) in &state.digests {
+            let Some(entry) = &t.entry else { continue };
+            snapshot.valid_records += entry.records.len();
+            snapshot.invalid_records += entry.invalid.len();
+            snapshot.revoked_ids += entry.records.iter().filter(|c| c.revoked).count();
+            snapshot.by_digest.insert(*digest, entry.clone());
         }
-        complete
+        self.store.replace(snapshot);
+        state.dirty = false;
+        self.mark_synced(state);
+    }
+
+    /// Once every served digest (and the list) has an answer, the store counts as synced,
+    /// as old as its oldest answer.
+    fn mark_synced(&self, state: &State) {
+        let schedules: Vec<&Schedule> = state
+            .digests
+            .values()
+            .map(|t| &t.schedule)
+            .chain(state.list.iter().map(|l| &l.schedule))
+            .collect();
+        if schedules.is_empty() || !schedules.iter().all(|s| s.answered) {
+            return;
+        }
+        let oldest = schedules
+            .iter()
+            .filter_map(|s| s.clock.age())
+            .max()
+            .unwrap_or_default();
+        self.store.remote_synced(oldest);
     }
 
     /// Verifies fetched records for `digest`, reusing the verified form of any record the
@@ -199,11 +737,15 @@ impl<S: Source> Refresher<S> {
         digest: &Digest,
         fetched: &[FetchedRecord],
         mut known: HashMap<String, Arc<ApprovalRecord>>,
+        list: Option<&RevocationList>,
     ) -> (RegistryEntry, HashMap<String, Arc<ApprovalRecord>>) {
+        let listed: HashSet<&str> = list
+            .map(|l| l.revoked.iter().map(String::as_str).collect())
+            .unwrap_or_default();
         let mut verified = HashMap::new();
         let mut records = Vec::new();
         let mut invalid = Vec::new();
-        let mut rejects = super::RejectLog::new(self.source.label());
+        let mut rejects = super::RejectLog::new(self.label);
         for f in fetched {
             let record = match known.remove(&f.jws) {
                 Some(r) => Ok(r),
@@ -214,10 +756,8 @@ impl<S: Source> Refresher<S> {
             match record {
                 Ok(r) if r.claims.artefact.digest == *digest => {
                     verified.insert(f.jws.clone(), r.clone());
-                    records.push(Candidate {
-                        record: r,
-                        revoked: f.revoked,
-                    });
+                    let revoked = f.revoked || listed.contains(r.claims.jti.as_str());
+                    records.push(Candidate { record: r, revoked });
                 }
                 Ok(r) => {
                     // A record filed under the wrong digest approves neither.
@@ -235,33 +775,12 @@ impl<S: Source> Refresher<S> {
             }
         }
         if rejects.count() > 0 {
-            tracing::debug!(backend = self.source.label(), %digest, rejected = rejects.count(),
+            tracing::debug!(backend = self.label, %digest, rejected = rejects.count(),
                 "records rejected for the digest");
         }
         rejects.finish();
         (RegistryEntry::new(records, invalid), verified)
     }
-}
-
-/// Whether a held record's `revalidate_after` has passed since the last round began.
-fn revalidation_due(tracked: &HashMap<Digest, Tracked>, last_round_ms: u64, now_ms: u64) -> bool {
-    tracked.values().any(|t| {
-        t.entry.revalidate_after.is_some_and(|at| {
-            let at_ms = at.saturating_mul(1000);
-            last_round_ms < at_ms && at_ms <= now_ms
-        })
-    })
-}
-
-fn snapshot_of(tracked: &HashMap<Digest, Tracked>) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    for (digest, t) in tracked {
-        snapshot.valid_records += t.entry.records.len();
-        snapshot.invalid_records += t.entry.invalid.len();
-        snapshot.revoked_ids += t.entry.records.iter().filter(|c| c.revoked).count();
-        snapshot.by_digest.insert(*digest, t.entry.clone());
-    }
-    snapshot
 }
 
 /// The HTTP client the remote backends share: rustls, no proxy, bounded connect time.
@@ -292,10 +811,24 @@ impl Source for Backend {
         }
     }
 
-    async fn fetch(&self, digest: &Digest, etag: Option<&str>) -> Result<Fetched, FetchError> {
+    async fn fetch(&self, digest: &Digest, ask: Ask<'_>) -> Result<Reply, Failed> {
         match self {
-            Backend::Mlflow(s) => s.fetch(digest, etag).await,
-            Backend::Http(s) => s.fetch(digest, etag).await,
+            Backend::Mlflow(s) => s.fetch(digest, ask).await,
+            Backend::Http(s) => s.fetch(digest, ask).await,
+        }
+    }
+
+    fn has_revocations(&self) -> bool {
+        match self {
+            Backend::Mlflow(s) => s.has_revocations(),
+            Backend::Http(s) => s.has_revocations(),
+        }
+    }
+
+    async fn revocations(&self, ask: Ask<'_>) -> Result<Reply, Failed> {
+        match self {
+            Backend::Mlflow(s) => s.revocations(ask).await,
+            Backend::Http(s) => s.revocations(ask).await,
         }
     }
 }
@@ -303,11 +836,11 @@ impl Source for Backend {
 /// The refresher for a remote registry, as one future (run as a background service, which
 /// drops it at shutdown).
 pub fn refresher(
+    registry: &RegistryConfig,
     config: &RemoteRegistry,
     approvers: KeySet,
-    refresh_interval: Duration,
     store: Arc<ApprovalStore>,
-    served: Box<dyn Fn() -> Vec<Digest> + Send + Sync>,
+    served: Served,
     metrics: Arc<Metrics>,
     heartbeat: Option<Arc<crate::kit::watchdog::Heartbeat>>,
 ) -> Result<impl Future<Output = ()> + Send, FetchError> {
@@ -319,8 +852,7 @@ pub fn refresher(
     let refresher = Refresher {
         source,
         approvers,
-        refresh_interval,
-        timeout: config.timeout,
+        pace: Pace::of(registry, config),
         store,
         served,
         metrics,

@@ -4,6 +4,7 @@
 //! and the refresher (`remote`) import it; it imports neither.
 
 use std::future::Future;
+use std::time::Duration;
 
 use super::config::RegistryAuth;
 use crate::digest::Digest;
@@ -38,17 +39,86 @@ pub enum Fetched {
     Revoked { records: Vec<FetchedRecord> },
 }
 
+/// How one question is asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    /// The last answer's ETag, when it had one (`If-None-Match`).
+    pub etag: Option<&'a str>,
+    /// Hold the request until the answer changes, for at most this long (`Prefer: wait`);
+    /// only with an ETag.
+    pub wait: Option<Duration>,
+}
+
+/// What the registry said about how to ask again, besides its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// `Cache-Control: max-age` (`no-cache`, `no-store`: zero).
+    pub max_age: Option<Duration>,
+    /// The registry held the request (`Preference-Applied: wait=...`): it supports watch.
+    pub watched: bool,
+}
+
+/// An answer with its hints.
+#[derive(Debug)]
+pub struct Reply {
+    pub fetched: Fetched,
+    pub hints: Hints,
+}
+
+impl From<Fetched> for Reply {
+    fn from(fetched: Fetched) -> Reply {
+        Reply {
+            fetched,
+            hints: Hints::default(),
+        }
+    }
+}
+
+/// A failed question, with the registry's `Retry-After` when it gave one.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Failed {
+    pub error: FetchError,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<FetchError> for Failed {
+    fn from(error: FetchError) -> Failed {
+        Failed {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
 /// A registry that can be asked for one digest's records.
 pub trait Source: Send + Sync + 'static {
     /// The `backend` label.
     fn label(&self) -> &'static str;
 
-    /// Asks for `digest`'s records; `etag` is the last answer's, when it had one.
+    /// Asks for `digest`'s records.
     fn fetch(
         &self,
         digest: &Digest,
-        etag: Option<&str>,
-    ) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
+        ask: Ask<'_>,
+    ) -> impl Future<Output = Result<Reply, Failed>> + Send;
+
+    /// Does the registry publish a signed revocation list beside the records?
+    fn has_revocations(&self) -> bool {
+        false
+    }
+
+    /// Asks for the signed revocation list: [`Fetched::Records`] with the list's text as
+    /// its one record (none: no list published), or [`Fetched::NotModified`].
+    fn revocations(&self, ask: Ask<'_>) -> impl Future<Output = Result<Reply, Failed>> + Send {
+        let _ = ask;
+        async {
+            Ok(Reply::from(Fetched::Records {
+                records: Vec::new(),
+                etag: None,
+            }))
+        }
+    }
 }
 
 /// Adds the configured credentials to a request. The files are read on every call, so a

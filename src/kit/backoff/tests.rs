@@ -33,3 +33,21 @@ fn full_jitter_stays_within_the_exact_wait() {
     assert!(differed, "full jitter never moved a wait");
     assert_eq!(Jitter::default(), Jitter::None);
 }
+
+#[test]
+fn spreads_stay_within_their_bounds_and_move() {
+    let d = 10 * S;
+    let (mut low, mut high) = (d, Duration::ZERO);
+    for _ in 0..200 {
+        let a = around(d, 0.1);
+        assert!(a >= d.mul_f64(0.9) && a <= d.mul_f64(1.1), "{a:?}");
+        let u = uniform(d);
+        assert!(u <= d, "{u:?}");
+        low = low.min(u);
+        high = high.max(u);
+    }
+    // 200 uniform draws over 10 s: the extremes land near both ends.
+    assert!(low < 2 * S && high > 8 * S, "{low:?}..{high:?}");
+    assert_eq!(around(d, 0.0), d);
+    assert!(around(d, 5.0) <= 2 * d, "the fraction is clamped");
+}

@@ -48,3 +48,28 @@ async fn staleness_follows_the_monotonic_clock_not_the_wall_clock() {
     assert!(wall_moved < Duration::from_secs(1), "{wall_moved:?}");
     assert_eq!(f.since_success(), Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn a_subscriber_wakes_on_a_store_made_before_it_waits() {
+    let p = Published::new(1);
+    let mut rx = p.subscribe();
+    p.store(2);
+    // Stored before the wait began: not lost.
+    tokio::time::timeout(Duration::from_secs(1), rx.changed())
+        .await
+        .expect("woken")
+        .unwrap();
+    let current = p.load_full();
+    assert!(!p.store_if(&Arc::new(9), 3), "a lost race is no change");
+    assert!(!rx.has_changed().unwrap());
+    assert!(p.store_if(&current, 3));
+    assert!(rx.has_changed().unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn confirm_since_sets_the_age() {
+    let f = Freshness::synced();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    f.confirm_since(Duration::from_secs(4));
+    assert_eq!(f.since_success(), Duration::from_secs(4));
+}

@@ -56,10 +56,21 @@ def run(args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
 
+_NEXT_PORT = [20000 + (os.getpid() % 50) * 200]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range (so no sidecar's outgoing connection takes it
+    before its listener binds), never the same twice in one run."""
+    while True:
+        port = _NEXT_PORT[0]
+        _NEXT_PORT[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 def setup(binary, work: Path):
@@ -358,7 +369,9 @@ async def main_async(a):
     await asyncio.sleep(a.window)
     c1, t1 = cpu_seconds(pids), time.time()
     s1 = cpu_seconds([server.proc.pid])
-    await asyncio.sleep(0.5)  # the request log flushes every 200 ms
+    # A request is logged when it returns: with watch, wait out the longest hold (60 s cap
+    # + 10%) of the window's last arrivals before reading.
+    await asyncio.sleep(a.hold_wait if "watch" in a.registry_extra else 0.5)
     steady = load_stats(read_log(reqlog, int(t0 * 1000), int(t1 * 1000)), int(t0 * 1000), int(t1 * 1000))
     steady["sidecar_cpu_ms_per_s"] = round((c1 - c0) / (t1 - t0) / a.n * 1000, 3)
     steady["server_cpu_ms_per_s"] = round((s1 - s0) / (t1 - t0) * 1000, 2)
@@ -466,6 +479,8 @@ def main():
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--outage", type=float, default=30.0)
+    ap.add_argument("--hold-wait", type=float, default=36.0,
+                    help="with watch: seconds to wait after the window for held requests to return")
     ap.add_argument("--label", default="run")
     ap.add_argument("--client-commit", default="")
     ap.add_argument("--work", default="/tmp/provgate-fleet")

@@ -85,14 +85,15 @@ impl RequestLog {
             .spawn(move || {
                 let mut out = BufWriter::new(file);
                 let mut flushed = Instant::now();
-                loop {
+                // Closing is looked at on every line, not only when idle: a busy server
+                // never idles for a flush period.
+                while !stop.load(Ordering::Relaxed) {
                     if flushed.elapsed() >= FLUSH_EVERY {
                         let _ = out.flush();
                         flushed = Instant::now();
                     }
                     let line = match rx.recv_timeout(FLUSH_EVERY) {
                         Ok(line) => line,
-                        Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => break,
                         Err(RecvTimeoutError::Timeout) => {
                             let _ = out.flush();
                             continue;
@@ -101,7 +102,8 @@ impl RequestLog {
                     };
                     emit(&mut out, &line);
                 }
-                while let Ok(line) = rx.try_recv() {
+                // What is queued now, bounded: writers may still be sending.
+                for line in rx.try_iter().take(QUEUE) {
                     emit(&mut out, &line);
                 }
                 let _ = out.flush();

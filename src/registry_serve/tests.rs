@@ -165,3 +165,36 @@ fn revocation_lists_supersede_the_one_they_extend() {
     // Not a record: the server's index does not serve it as one.
     assert_eq!(approval::peek_claims(&jws).map(|c| c.0), Some(None));
 }
+
+#[test]
+fn the_request_log_closes_while_requests_keep_coming() {
+    use super::reqlog::{Line, RequestLog};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("requests.log");
+    let (log, closer) = RequestLog::create(&path).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                log.write(Line {
+                    arrival_ms: 1,
+                    form: Form::Path,
+                    status: 304,
+                    held_ms: 0,
+                    watch: false,
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    closer.close();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.lines().count() > 10, "{text}");
+    assert!(text.lines().all(|l| l == "1 path 304 0 0"), "{text}");
+}

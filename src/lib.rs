@@ -25,6 +25,7 @@ pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod registry_serve;
 pub mod server;
 pub mod telemetry;
 pub mod trace;

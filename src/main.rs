@@ -140,6 +140,76 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Registry tools: a reference registry server for the HTTP contract.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+    /// Sign a revocation list (`revocations.jws`, served beside the records at
+    /// `/revocations`): the record IDs given, plus those of `--list` when extending one.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve a registry directory (the `[registry] kind = "dir"` layout: `*.jwt`/`*.jws`
+    /// records, `revoked.txt`, `revocations.jws`) over HTTP: `/approvals?digest=sha256:HEX`,
+    /// `/approvals/sha256/HEX` and `/revocations`, with strong ETags, 304s, 410 for a revoked
+    /// digest and watches (`Prefer: wait=N`). Re-reads the directory on change. Records are
+    /// not verified here: the sidecars verify them.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The registry directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Listen address (port 0: any free port; see --print-address).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: std::net::SocketAddr,
+    /// Print the bound address on standard output once listening.
+    #[arg(long)]
+    print_address: bool,
+    /// Watches (held requests) at once; past it a watch is answered at once.
+    #[arg(long, default_value_t = 20_000)]
+    max_watchers: usize,
+    /// Open connections at once; past it a new connection is closed.
+    #[arg(long, default_value_t = 25_000)]
+    max_connections: usize,
+    /// Rescan the directory this often, beside file events.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    rescan: Duration,
+    /// Write one line per request here (arrival ms, form, status, held ms, watch).
+    #[arg(long)]
+    request_log: Option<PathBuf>,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: u64,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    /// Approver private key (PKCS#8 PEM, from `provgate keygen`); its public key must be in
+    /// the sidecars' `[trust] approver_keys`.
+    #[arg(long)]
+    key: PathBuf,
+    /// The key ID (`kid`) to put in the header [default: the key's own, as `keygen` wrote it
+    /// to the JWKS].
+    #[arg(long)]
+    kid: Option<String>,
+    /// Who revokes (`iss`).
+    #[arg(long)]
+    iss: String,
+    /// A record ID (`jti`) to revoke (repeat).
+    #[arg(long = "jti")]
+    jtis: Vec<String>,
+    /// An existing list to extend: its IDs are kept and the new list is issued after it.
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Where to write the list [default: standard output].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -671,6 +741,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => audit(command),
+        Command::Registry {
+            command: RegistryCommand::Serve(args),
+        } => registry_serve(args),
+        Command::Revoke(args) => revoke(args),
     }
 }
 
@@ -1222,5 +1296,97 @@ fn inject(args: InjectArgs) -> Result<ExitCode> {
     std::io::stdout()
         .write_all(out.yaml.as_bytes())
         .context("standard output")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// === registry serve, revoke ===
+
+fn registry_serve(a: ServeArgs) -> Result<ExitCode> {
+    provgate::telemetry::init_logging("info", false);
+    let config = provgate::registry_serve::ServeConfig {
+        dir: a.dir,
+        listen: a.listen,
+        max_watchers: a.max_watchers,
+        max_connections: a.max_connections,
+        rescan: a.rescan,
+        request_log: a.request_log,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::try_from(a.threads).unwrap_or(2))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let print = a.print_address;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no SIGTERM handler; stop with SIGINT");
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        provgate::registry_serve::serve(
+            config,
+            |addr| {
+                if print {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{addr}");
+                    let _ = out.flush();
+                }
+            },
+            shutdown,
+        )
+        .await
+    })?;
+    // Held watches and idle connections are cut, not drained: clients retry.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(a: RevokeArgs) -> Result<ExitCode> {
+    use provgate::registry_serve::revocations::{self, RevocationClaims};
+    let mut key = SigningKey::from_pem_file(&a.key)?;
+    if let Some(kid) = a.kid {
+        key.kid = kid;
+    }
+    let previous = match &a.list {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(revocations::peek(&text).with_context(|| format!("--list {}", path.display()))?)
+        }
+        None => None,
+    };
+    if a.jtis.is_empty() && previous.is_none() {
+        bail!("give --jti (one or more) or --list");
+    }
+    let claims = RevocationClaims::new(a.iss, a.jtis, previous.as_ref(), provgate::unix_now());
+    let jws = revocations::sign(&claims, &key)?;
+    match a.out {
+        Some(path) => {
+            // Written beside, then renamed: a server watching the directory never reads half.
+            let tmp = path.with_extension("jws.tmp");
+            std::fs::write(&tmp, format!("{jws}\n"))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("renaming to {}", path.display()))?;
+            eprintln!(
+                "revocation list of {} record(s), iat {}, written to {}",
+                claims.revoked.len(),
+                claims.iat,
+                path.display()
+            );
+        }
+        None => println!("{jws}"),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,7 @@ mod mtls;
 mod policy;
 mod progress;
 mod registries;
+mod registry_serve;
 mod restart;
 mod routing;
 mod sigstore;

@@ -88,6 +88,9 @@ for f in glob.glob("config/approvals/*.jwt"):
     general = {"payload": p, "signatures": [{"protected": h, "signature": s},
                                             {"protected": b64(b'{"alg":"ES256","typ":"approval+jwt","kid":"other"}'), "signature": s}]}
     seed("approval", json.dumps(general), 0)
+    # A payload changed in the middle: the signature no longer covers it.
+    mid = len(p) // 2
+    seed("approval", f"{h}.{p[:mid]}{'A' if p[mid] != 'A' else 'B'}{p[mid + 1:]}.{s}", 0)
     # The same record for the registries: an MLflow search page and an HTTP answer.
     page = {"model_versions": [{"name": "m", "version": "3", "tags": [
         {"key": "provgate.artefact_digest", "value": json.loads(unb64(p))["artefact"]["digest"]},
@@ -143,6 +146,10 @@ with tempfile.TemporaryDirectory() as tmp:
         payload = base64.b64decode(json.loads(bundle)["dsseEnvelope"]["payload"])
         seed("oms_bundle", payload, 1)
         seed("oms_bundle", payload, 3)
+        # Signed, but a resource's digest is not what is on disk.
+        statement = json.loads(payload)
+        statement["predicate"]["resources"][0]["digest"] = "00" * 32
+        seed("oms_bundle", json.dumps(statement), 1)
 
 # --- configuration files.
 for f in ["config/provgate.toml"] + glob.glob("examples/*.toml") + glob.glob("deploy/**/*.toml", recursive=True):

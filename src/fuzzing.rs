@@ -7,7 +7,9 @@
 //! fixed fixtures (the demo keys in `config/keys/`, a tiny model directory), and checks a
 //! few properties of what comes out; a panic is the finding. Some inputs are structured: the
 //! first byte picks a mode, and in a signing mode the rest is signed with a fixture key
-//! first, so the fuzzer reaches the code behind the signature check too.
+//! first, so the fuzzer reaches the code behind the signature check too. Each returns
+//! whether the input was accepted all the way (verified, valid, intact), which the unit
+//! tests use to show the seeds reach that far.
 //!
 //! Used only by the fuzz targets and the replay test: nothing in the sidecar calls it, and it
 //! must not be called from the request path (it signs, and writes temporary files).
@@ -204,9 +206,9 @@ fn sign_compact(header: &[u8], payload: &[u8], key: &SigningKey) -> Option<Strin
 /// profile). Mode byte (first): even, the rest is the header value as sent; odd, the rest
 /// is `HEADER-JSON NUL CLAIMS-JSON`, signed with the issuer's key first, so the claims and
 /// profile checks behind the signature are reached.
-pub fn token(data: &[u8]) {
+pub fn token(data: &[u8]) -> bool {
     let Some((&mode, rest)) = data.split_first() else {
-        return;
+        return false;
     };
     let f = fixtures();
     let verifier = &f.verifiers[usize::from(mode >> 1) % f.verifiers.len()];
@@ -227,35 +229,39 @@ pub fn token(data: &[u8]) {
         };
         match sign_compact(&header, claims.unwrap_or(b"{}"), &f.issuer) {
             Some(t) => t,
-            None => return,
+            None => return false,
         }
     };
-    if let Ok(caller) = verifier.verify_uncached(&token, NOW) {
+    let verified = verifier.verify_uncached(&token, NOW);
+    if let Ok(caller) = &verified {
         assert!(!caller.sub.is_empty(), "a verified caller has a subject");
         assert_eq!(&*caller.iss, ISSUER, "a verified caller has the issuer");
     }
     // The cached path (the request path's), with its per-thread and shared caches.
     let _ = verifier.verify(&token, NOW);
+    verified.is_ok()
 }
 
 // === JWKS documents ===
 
 /// A JWKS document as a key file or a JWKS endpoint serves it, and the endpoint's
 /// `Cache-Control` value (the same bytes).
-pub fn jwks(data: &[u8]) {
+pub fn jwks(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return false;
     };
     let _ = crate::identity::jwks::parse_max_age(text);
-    if let Ok(set) = KeySet::from_jwks_json(text, "fuzz") {
-        assert!(set.keys.len() <= 64, "a key set is bounded");
-        for k in &set.keys {
-            assert!(set.contains_thumbprint(&k.thumbprint));
-            for alg in &k.algorithms {
-                assert!(set.candidates(k.kid.as_deref(), *alg).count() >= 1);
-            }
+    let Ok(set) = KeySet::from_jwks_json(text, "fuzz") else {
+        return false;
+    };
+    assert!(set.keys.len() <= 64, "a key set is bounded");
+    for k in &set.keys {
+        assert!(set.contains_thumbprint(&k.thumbprint));
+        for alg in &k.algorithms {
+            assert!(set.candidates(k.kid.as_deref(), *alg).count() >= 1);
         }
     }
+    !set.keys.is_empty()
 }
 
 // === Approval records ===
@@ -264,9 +270,9 @@ pub fn jwks(data: &[u8]) {
 /// the demo approver keys, read unverified (`peek_claims`) and co-signed. Mode byte: even,
 /// the rest is the record text; odd, the rest is `[HEADER-JSON NUL] CLAIMS-JSON` signed by
 /// the approver key first (then co-signed and verified again as a JSON record).
-pub fn approval(data: &[u8]) {
+pub fn approval(data: &[u8]) -> bool {
     let Some((&mode, rest)) = data.split_first() else {
-        return;
+        return false;
     };
     let f = fixtures();
     let text = if mode & 1 == 0 {
@@ -286,7 +292,7 @@ pub fn approval(data: &[u8]) {
         };
         match sign_compact(&header, payload, &f.approver) {
             Some(t) => t,
-            None => return,
+            None => return false,
         }
     };
     let _ = crate::approval::peek_claims(&text);
@@ -306,16 +312,17 @@ pub fn approval(data: &[u8]) {
             );
         }
     }
+    verified.is_ok()
 }
 
 // === Request target and model name ===
 
 /// The request target (`TARGET [NUL HOST]`): canonicalised, then matched against every
 /// API profile's doors with each method. A canonical target is a fixed point.
-pub fn target(data: &[u8]) {
+pub fn target(data: &[u8]) -> bool {
     let (raw, host) = split_nul(data);
     let Ok(c) = crate::proxy::target::canonical(raw, host) else {
-        return;
+        return false;
     };
     assert!(c.path.starts_with('/'), "a canonical path starts with /");
     let forwarded = c.to_target();
@@ -344,26 +351,33 @@ pub fn target(data: &[u8]) {
             let _ = r.opened(method, &c.path);
         }
     }
+    true
 }
 
 /// A JSON request body, read for the model(s) it names by each door's body fields.
-pub fn body_model(data: &[u8]) {
+pub fn body_model(data: &[u8]) -> bool {
+    let mut named = false;
     for fields in &fixtures().field_sets {
         match names_in_body(data, fields) {
-            Named::Model(m) => assert!(!m.is_empty(), "an empty name names a model"),
+            Named::Model(m) => {
+                assert!(!m.is_empty(), "an empty name names a model");
+                named = true;
+            }
             Named::Models(ms) => {
-                assert!(ms.len() >= 2 && ms.iter().all(|m| !m.is_empty()))
+                assert!(ms.len() >= 2 && ms.iter().all(|m| !m.is_empty()));
+                named = true;
             }
             _ => {}
         }
     }
+    named
 }
 
 /// An upstream's model list (the first byte picks the shape), filtered for a caller allowed
 /// the models whose names have an even length; whole and in two chunks alike.
-pub fn model_list(data: &[u8]) {
+pub fn model_list(data: &[u8]) -> bool {
     let Some((&mode, body)) = data.split_first() else {
-        return;
+        return false;
     };
     let shape = match mode % 4 {
         0 => ListShape::OpenAi,
@@ -405,6 +419,8 @@ pub fn model_list(data: &[u8]) {
     );
     let whole = crate::proxy::models::filter_list(body, shape, |n| n == "ab");
     assert_eq!(chunk, Some(whole), "a chunked list is filtered differently");
+    // Some model was kept.
+    once.windows(2).any(|w| w == b"ab")
 }
 
 // === OMS signature bundles ===
@@ -412,9 +428,9 @@ pub fn model_list(data: &[u8]) {
 /// An OMS signature bundle (`model.sig`) for the fixture model directory, verified against
 /// the pinned fixture signer. Mode byte: even, the rest is the bundle; odd, the rest is the
 /// in-toto statement, put in a DSSE envelope signed by the pinned signer first.
-pub fn oms_bundle(data: &[u8]) {
+pub fn oms_bundle(data: &[u8]) -> bool {
     let Some((&mode, rest)) = data.split_first() else {
-        return;
+        return false;
     };
     let f = fixtures();
     let owned;
@@ -431,7 +447,7 @@ pub fn oms_bundle(data: &[u8]) {
         pae.extend_from_slice(rest);
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let Ok(sig) = f.oms_key.sign(&rng, &pae) else {
-            return;
+            return false;
         };
         owned = serde_json::json!({
             "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
@@ -448,9 +464,11 @@ pub fn oms_bundle(data: &[u8]) {
     };
     let served = (mode & 2 == 0).then_some(&f.manifest);
     let hashing = HashOptions::new(Serialization::Files, 1);
-    if let Ok(signer) = verify_bundle(&f.model_dir, bundle, &f.signers, served, &hashing) {
+    let verified = verify_bundle(&f.model_dir, bundle, &f.signers, served, &hashing);
+    if let Ok(signer) = &verified {
         assert_eq!(signer, "fuzz");
     }
+    verified.is_ok()
 }
 
 // === Registry answers ===
@@ -458,43 +476,44 @@ pub fn oms_bundle(data: &[u8]) {
 /// A registry's answer for one digest, read as the backend reads it and its records verified
 /// as the refresher verifies them. Mode byte: even, an MLflow `model-versions/search` page;
 /// odd, an HTTP registry's body (one record per line; bit 1: a 410 answer).
-pub fn registry(data: &[u8]) {
+pub fn registry(data: &[u8]) -> bool {
     let Some((&mode, body)) = data.split_first() else {
-        return;
+        return false;
     };
     let records = if mode & 1 == 0 {
         match crate::registry::mlflow::page_records(body) {
             Ok((records, _next)) => records,
-            Err(_) => return,
+            Err(_) => return false,
         }
     } else {
         let Ok(text) = std::str::from_utf8(body) else {
-            return;
+            return false;
         };
         let records = crate::registry::http::parse_records(text, mode & 2 != 0, "fuzz");
         assert!(records.len() <= crate::registry::http::MAX_RECORDS);
         records
     };
     let f = fixtures();
+    let mut verified = false;
     for r in &records {
         assert!(!r.jws.trim().is_empty() || mode & 1 == 0);
         if let Ok(record) = crate::approval::verify(&r.jws, &f.approvers) {
             let _ = record.claims.artefact.digest.to_string();
+            verified = true;
         }
     }
+    verified
 }
 
 // === Configuration ===
 
 /// A configuration file: TOML parsed, then validated (key files named by relative paths are
 /// looked up from the working directory, as `provgate -t` does).
-pub fn config(data: &[u8]) {
+pub fn config(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return false;
     };
-    if let Ok(file) = crate::config::FileConfig::parse(text) {
-        let _ = file.validate();
-    }
+    crate::config::FileConfig::parse(text).is_ok_and(|file| file.validate().is_ok())
 }
 
 // === Audit lines ===
@@ -502,7 +521,7 @@ pub fn config(data: &[u8]) {
 /// An audit log as `provgate audit verify` reads it, with the demo approver keys as the
 /// sidecar's keys: `LOG [NUL CHECKPOINT-FILE [NUL SEGMENT]...]`, the segments written as
 /// the log's rotated segments 1, 2, ... (the active file last).
-pub fn audit_verify(data: &[u8]) {
+pub fn audit_verify(data: &[u8]) -> bool {
     let f = fixtures();
     let dir = &f.scratch;
     // A fresh set for each input: what the previous one left would be read too.
@@ -515,11 +534,11 @@ pub fn audit_verify(data: &[u8]) {
     let mut parts = data.split(|&b| b == 0);
     let log = parts.next().unwrap_or_default();
     if write(&active, log).is_err() {
-        return;
+        return false;
     }
     if let Some(cp) = parts.next() {
         if write(&crate::audit::segments::checkpoint_path(&active), cp).is_err() {
-            return;
+            return false;
         }
     }
     for (i, seg) in parts.take(8).enumerate() {
@@ -529,17 +548,17 @@ pub fn audit_verify(data: &[u8]) {
         )
         .is_err()
         {
-            return;
-        }
-    }
-    if let Ok(reports) = crate::audit::verify::verify(&active, Some(&f.approvers)) {
-        for r in reports {
-            let _ = r.intact();
+            return false;
         }
     }
     let _ = crate::audit::verify::verify(&active, None);
+    crate::audit::verify::verify(&active, Some(&f.approvers))
+        .is_ok_and(|reports| reports.iter().all(|r| r.intact()))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
+
+#[cfg(test)]
+mod tests;

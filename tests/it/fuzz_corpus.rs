@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
     ("token", provgate::fuzzing::token),
     ("jwks", provgate::fuzzing::jwks),
     ("approval", provgate::fuzzing::approval),
@@ -31,7 +31,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs each input of `target` from `kinds` (`seeds`, `corpus`, `regressions`); returns how
 /// many ran.
-fn replay(target: &str, run: fn(&[u8]), kinds: &[&str]) -> usize {
+fn replay(target: &str, run: fn(&[u8]) -> bool, kinds: &[&str]) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut n = 0;
     for kind in kinds {

@@ -58,8 +58,8 @@ for t in "${targets[@]}"; do
         -print_final_stats=1 >"$log" 2>&1
     status=$?
     set -e
-    execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log" | tail -n 1)
-    rate=$(awk -F: '/stat::average_exec_per_sec/ { gsub(/ /, "", $2); print $2 }' "$log" | tail -n 1)
+    execs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$log" | tail -n 1)
+    rate=$(awk '/stat::average_exec_per_sec/ { print $NF }' "$log" | tail -n 1)
     size=$(find "$corpus" -type f | wc -l)
     if [ "$status" -eq 0 ]; then
         result=ok

@@ -391,8 +391,13 @@ pub fn model_list(data: &[u8]) -> bool {
         serde_json::from_slice::<serde_json::Value>(&once).is_ok(),
         "the filtered list is not JSON"
     );
+    // As JSON: the fail-closed empty list keeps its own key order.
     let twice = crate::proxy::models::filter_list(&once, shape, allowed);
-    assert_eq!(once, twice, "filtering a filtered list changes it");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&once).ok(),
+        serde_json::from_slice::<serde_json::Value>(&twice).ok(),
+        "filtering a filtered list changes it"
+    );
 
     // Collected in two chunks, for a sidecar guarding two models named "ab" and "abc".
     let cut = usize::from(mode).min(body.len());

@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+/// An entry point: the fuzzer's bytes in, whether the input was accepted out.
+type Entry = fn(&[u8]) -> bool;
+
+const TARGETS: &[(&str, Entry)] = &[
     ("token", provgate::fuzzing::token),
     ("jwks", provgate::fuzzing::jwks),
     ("approval", provgate::fuzzing::approval),
@@ -31,7 +34,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs each input of `target` from `kinds` (`seeds`, `corpus`, `regressions`); returns how
 /// many ran.
-fn replay(target: &str, run: fn(&[u8]) -> bool, kinds: &[&str]) -> usize {
+fn replay(target: &str, run: Entry, kinds: &[&str]) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut n = 0;
     for kind in kinds {

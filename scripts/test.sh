@@ -29,4 +29,10 @@ set -e
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+# Coverage-guided fuzzing, bounded: each target for PROVGATE_FUZZ_SECONDS (default 8) on the
+# stable toolchain; a crash fails the run (README "Fuzzing"). PROVGATE_FUZZ_SECONDS=0 skips.
+fuzz_seconds="${PROVGATE_FUZZ_SECONDS:-8}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+    scripts/fuzz.sh "$fuzz_seconds"
+fi

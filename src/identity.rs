@@ -334,7 +334,7 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
         value: &Arc<Verified>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        let left = (value.caller.exp + self.leeway).saturating_sub(crate::unix_now());
+        let left = (value.caller.exp.saturating_add(self.leeway)).saturating_sub(crate::unix_now());
         Some(Duration::from_secs(left))
     }
 }
@@ -414,7 +414,7 @@ impl TokenVerifier {
             return Some(Err(TokenError::KeysUnavailable));
         }
         // The cache expires entries at `exp`, but eviction is lazy: check again.
-        if now < verified.caller.exp + self.leeway && verified.key_current() {
+        if now < verified.caller.exp.saturating_add(self.leeway) && verified.key_current() {
             self.metrics.token_cache_hits.inc();
             return Some(Ok(verified.caller.clone()));
         }
@@ -534,7 +534,7 @@ impl TokenVerifier {
         }
         issuer.profile.check(&claims)?;
         // jsonwebtoken checks exp against its own clock; check against ours too.
-        if now >= claims.exp + self.leeway {
+        if now >= claims.exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired);
         }
         Ok(Verified {

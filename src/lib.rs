@@ -15,6 +15,8 @@ pub mod base;
 pub mod config;
 pub mod digest;
 pub mod fields;
+/// Entry points for the fuzz targets in `fuzz/` and their corpus replay (README "Fuzzing").
+pub mod fuzzing;
 pub mod identity;
 pub mod inject;
 pub mod keys;

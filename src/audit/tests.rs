@@ -565,3 +565,38 @@ fn ocsf_export_keeps_who_signed_in_unmapped() {
         serde_json::json!(["x509:spiffe://example.org/approver"])
     );
 }
+
+/// Numbers at the top of `u64` (a forged or corrupted line) are reported as problems, never
+/// a crash of `audit verify`: a segment, `seq` or checkpoint count of `u64::MAX` followed
+/// by more lines (found by the `audit_verify` fuzz target).
+#[test]
+fn verify_reports_numbers_at_the_top_of_u64_without_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = u64::MAX;
+    let zero = super::record::GENESIS;
+    for lines in [
+        // A segment numbered u64::MAX, then another segment record.
+        format!(
+            "{{\"seq\":1,\"kind\":\"segment\",\"segment\":{max},\"time\":\"t\",\"prev\":\"{zero}\"}}\n\
+             {{\"seq\":2,\"kind\":\"segment\",\"segment\":{max},\"time\":\"t\",\"prev\":\"{zero}\"}}\n"
+        ),
+        // A record numbered u64::MAX, then another record.
+        format!(
+            "{{\"seq\":{max},\"prev\":\"{zero}\"}}\n{{\"seq\":{max},\"prev\":\"{zero}\"}}\n"
+        ),
+        // A checkpoint for record u64::MAX.
+        format!(
+            "{{\"seq\":1,\"kind\":\"checkpoint\",\"time\":\"t\",\"segment\":1,\"count\":{max},\"head\":\"{zero}\",\"prev\":\"{zero}\"}}\n"
+        ),
+        // Segments pruned through u64::MAX, the log starting at segment 2.
+        format!(
+            "{{\"seq\":1,\"kind\":\"segment\",\"segment\":2,\"time\":\"t\",\"prev\":\"{zero}\"}}\n\
+             {{\"seq\":2,\"kind\":\"pruned\",\"segment\":{max},\"time\":\"t\",\"prev\":\"{zero}\"}}\n"
+        ),
+    ] {
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, &lines).unwrap();
+        let found = problems(&path, None);
+        assert!(!found.is_empty(), "{lines}: no problem reported");
+    }
+}

@@ -216,6 +216,18 @@ impl State<'_> {
             self.expected_seq = None;
             return;
         };
+        // No writer reaches it, and nothing could follow it.
+        if seq == u64::MAX {
+            self.problem(
+                file,
+                n,
+                ProblemKind::Unreadable,
+                format!("seq {seq} is out of range"),
+            );
+            self.prev = None;
+            self.expected_seq = None;
+            return;
+        }
         let claimed = claimed.to_string();
         let claimed = claimed.as_str();
         let hash = line_hash(bytes);
@@ -234,8 +246,9 @@ impl State<'_> {
                     None => {
                         self.first_segment = Some(*segment);
                     }
-                    Some(last) if *segment == last + 1 => {}
-                    Some(last) if *segment > last + 1 => self.problem(
+                    Some(last) if last.checked_add(1) == Some(*segment) => {}
+                    // Above `last + 1` (so neither sum below overflows).
+                    Some(last) if *segment > last => self.problem(
                         file,
                         n,
                         ProblemKind::RemovedSegment,
@@ -335,7 +348,9 @@ impl State<'_> {
                 segment: *segment,
                 iat: 0,
             };
-            if self.prev.as_deref().is_some_and(|p| p != head) || (*count + 1 != seq) {
+            if self.prev.as_deref().is_some_and(|p| p != head)
+                || (count.checked_add(1) != Some(seq))
+            {
                 self.problem(
                     file,
                     n,
@@ -470,7 +485,10 @@ fn verify_log(path: &Path, keys: Option<&KeySet>) -> std::io::Result<Report> {
         })?;
     }
     if let Some(first) = st.first_segment.filter(|&s| s > 1) {
-        if st.pruned_through.is_none_or(|p| p + 1 < first) {
+        if st
+            .pruned_through
+            .is_none_or(|p| p.saturating_add(1) < first)
+        {
             let f = files.first().cloned().unwrap_or_default();
             st.problem(
                 &f,

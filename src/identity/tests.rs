@@ -341,3 +341,19 @@ fn a_cached_token_follows_its_key_out_of_the_key_set() {
     issuer.replace_keys(key_set(&[&key]));
     assert!(v.verify(&t, now).is_ok());
 }
+
+/// A trusted issuer's token whose `exp` is at the top of `u64` (plus the leeway, beyond it)
+/// verifies as a far-future token and is cached, without an overflow (found by the `token`
+/// fuzz target).
+#[test]
+fn an_exp_at_the_top_of_u64_is_far_future_not_a_crash() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let v = verifier(&key);
+    let now = crate::unix_now();
+    let mut c = claims(now);
+    c["exp"] = serde_json::json!(u64::MAX);
+    let t = token(&key, c);
+    assert!(v.verify_uncached(&t, now).is_ok());
+    assert!(v.verify(&t, now).is_ok());
+    assert!(v.verify(&t, now).is_ok(), "cached");
+}

@@ -348,7 +348,10 @@ fn invalid(reason: String) -> SignatureState {
     SignatureState::Invalid { reason }
 }
 
-fn verify_bundle(
+/// Verifies a signature file's bytes (`bundle`) for the model at `dir`: the envelope, the
+/// signer, the statement, then its resources against `served` (or `dir` hashed afresh).
+/// The parser [`verify_dir_with`] calls; public for the fuzz targets (`provgate::fuzzing`).
+pub fn verify_bundle(
     dir: &Path,
     bundle: &[u8],
     signers: &[Signer],

@@ -249,8 +249,9 @@ impl Source for HttpRegistry {
 /// handful of records; a flood of lines costs neither CPU nor log beyond this).
 pub const MAX_RECORDS: usize = 256;
 
-/// One record per non-blank line, at most [`MAX_RECORDS`].
-fn parse_records(text: &str, revoked: bool, url: &str) -> Vec<FetchedRecord> {
+/// One record per non-blank line, at most [`MAX_RECORDS`]. Public for the fuzz targets
+/// (`provgate::fuzzing`).
+pub fn parse_records(text: &str, revoked: bool, url: &str) -> Vec<FetchedRecord> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -66,8 +66,7 @@ impl Mlflow {
                 body: snippet(&bytes),
             });
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| FetchError::answer(&url, format!("unexpected answer: {e}")))
+        parse_page(&bytes).map_err(|e| FetchError::answer(&url, format!("unexpected answer: {e}")))
     }
 }
 
@@ -104,6 +103,20 @@ impl Source for Mlflow {
             etag: None,
         }))
     }
+}
+
+/// One `model-versions/search` answer: the records its versions carry, and the next page's
+/// token (`None` or empty: the last page). Public for the fuzz targets (`provgate::fuzzing`).
+pub fn page_records(
+    bytes: &[u8],
+) -> Result<(Vec<FetchedRecord>, Option<String>), serde_json::Error> {
+    let page = parse_page(bytes)?;
+    let records = page.model_versions.iter().flat_map(records_of).collect();
+    Ok((records, page.next_page_token))
+}
+
+fn parse_page(bytes: &[u8]) -> Result<SearchPage, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -26,6 +26,7 @@ mod doors;
 mod enforcement;
 mod faults;
 mod first_run;
+mod fuzz_corpus;
 mod hostile;
 mod identity;
 mod inject;

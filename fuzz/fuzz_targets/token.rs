@@ -1,0 +1,6 @@
+//! Fuzz target: `provgate::fuzzing::token` (its doc says what the input is).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    provgate::fuzzing::token(data);
+});

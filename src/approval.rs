@@ -343,7 +343,10 @@ fn decode_compact<T: serde::de::DeserializeOwned>(
     if let Some(x5c) = &header.x5c {
         // A certificate-bound record: the chain, not a kid, says who signed.
         let (key, signer) = x5c_key(x5c, header.alg, approvers)?;
-        return Ok((claims_from(check_signature(jws, &key, &validation)?)?, signer));
+        return Ok((
+            claims_from(check_signature(jws, &key, &validation)?)?,
+            signer,
+        ));
     }
     let mut last_err = ApprovalError::UnknownKey(header.kid.clone());
     for key in approvers.candidates(header.kid.as_deref(), header.alg) {
@@ -373,7 +376,9 @@ fn check_signature(
 }
 
 /// Reads the claims of a document whose signature verified.
-fn claims_from<T: serde::de::DeserializeOwned>(claims: serde_json::Value) -> Result<T, ApprovalError> {
+fn claims_from<T: serde::de::DeserializeOwned>(
+    claims: serde_json::Value,
+) -> Result<T, ApprovalError> {
     serde_json::from_value(claims).map_err(|e| ApprovalError::Payload(e.to_string()))
 }
 

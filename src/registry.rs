@@ -41,6 +41,9 @@ use crate::telemetry::Metrics;
 
 /// The revocation list's file name inside the registry directory.
 pub const REVOCATION_FILE: &str = "revoked.txt";
+/// The signed revocation list beside the records (`provgate revoke`; see
+/// [`revocations`]): the dir backend reads it as the HTTP backends fetch `/revocations`.
+pub const SIGNED_REVOCATION_FILE: &str = "revocations.jws";
 
 /// A subdirectory of the registry directory holding only exceptions (`*.jwt`/`*.jws`).
 /// Exceptions may also sit beside records: their `typ` tells them apart.
@@ -163,6 +166,8 @@ pub struct Snapshot {
 pub enum RegistryError {
     #[error("reading the revocation list: {0}")]
     Revocations(#[from] crate::kit::file::ReadError),
+    #[error("the signed revocation list (revocations.jws) is refused: {0}")]
+    SignedRevocations(#[from] revocations::RevocationError),
     #[error("reading registry directory {path}: {source}")]
     Dir {
         path: String,
@@ -222,7 +227,18 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
         path: dir.display().to_string(),
         source,
     };
-    let revoked = read_revocations(&dir.join(REVOCATION_FILE))?;
+    let mut revoked = read_revocations(&dir.join(REVOCATION_FILE))?;
+    // The signed list a static host serves beside the records (`provgate revoke`) revokes
+    // here too. One that does not verify fails the load: the last good records stay and
+    // age toward max_stale, as for an unreadable revoked.txt.
+    match crate::kit::file::read_string(
+        &dir.join(SIGNED_REVOCATION_FILE),
+        crate::kit::file::Kind::Revocations,
+    ) {
+        Ok(text) => revoked.extend(revocations::verify(&text, approvers)?.revoked),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
     let documents = |dir: &Path| -> Result<Vec<PathBuf>, std::io::Error> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -230,7 +246,7 @@ pub fn load_dir(dir: &Path, approvers: &KeySet) -> Result<Snapshot, RegistryErro
                 matches!(
                     p.extension().and_then(|e| e.to_str()),
                     Some("jwt") | Some("jws")
-                )
+                ) && p.file_name().and_then(|n| n.to_str()) != Some(SIGNED_REVOCATION_FILE)
             })
             .collect();
         files.sort();

@@ -74,6 +74,46 @@ fn a_directory_loads_with_revocations_and_bad_records_reported() {
     );
 }
 
+/// `revocations.jws` (what `provgate revoke` writes) revokes in a directory too, is not read
+/// as a record, and one signed by a key that is not an approver's fails the load (the last
+/// good records stay), never a silent "nothing revoked".
+#[test]
+fn a_signed_revocation_list_in_the_directory_revokes() {
+    use super::revocations::{sign as sign_list, RevocationClaims};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (rogue, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let approvers =
+        KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();
+    let d = Digest([1; 32]);
+    let w = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+    w("a.jwt", sign(&claims("a", d, 100), &key).unwrap());
+    w("b.jwt", sign(&claims("b", d, 200), &key).unwrap());
+    let list = |by: &SigningKey| {
+        let c = RevocationClaims {
+            iss: "approver".into(),
+            iat: 300,
+            revoked: vec!["b".into()],
+        };
+        sign_list(&c, by).unwrap()
+    };
+    w(SIGNED_REVOCATION_FILE, list(&key));
+    let snap = load_dir(dir.path(), &approvers).unwrap();
+    assert_eq!(snap.invalid_records, 0, "the list is not a record");
+    let revoked: Vec<(&str, bool)> = snap.by_digest[&d]
+        .records
+        .iter()
+        .map(|c| (c.record.claims.jti.as_str(), c.revoked))
+        .collect();
+    assert_eq!(revoked, [("b", true), ("a", false)]);
+
+    w(SIGNED_REVOCATION_FILE, list(&rogue));
+    assert!(matches!(
+        load_dir(dir.path(), &approvers),
+        Err(RegistryError::SignedRevocations(_))
+    ));
+}
+
 #[test]
 fn a_missing_directory_is_an_error() {
     let approvers = KeySet::default();

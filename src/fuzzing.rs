@@ -15,8 +15,14 @@
 //! must not be called from the request path (it signs, and writes temporary files).
 //!
 //! Panics are this module's purpose: its assertions are the properties the fuzzer checks,
-//! and its `expect`s load committed fixtures that cannot fail to load.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! its `expect`s load committed fixtures that cannot fail to load, and its few slices are
+//! cut at positions just found within them (a bad one would be the harness's own bug).
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -202,62 +202,49 @@ impl ArtefactMetrics {
                 .set((s == state.label()) as i64);
         }
         if let Some(digest) = state.digest() {
-            let digest = digest.to_string();
-            // Every other digest series of this model goes, whoever set it (the watcher or
-            // the scrub): one `artefact_info` series per model.
-            let stale: Vec<String> = prometheus::core::Collector::collect(&self.info)
-                .iter()
-                .flat_map(|family| family.get_metric())
-                .filter_map(|m| {
-                    let label = |name: &str| {
-                        m.get_label()
-                            .iter()
-                            .find(|l| l.name() == name)
-                            .map(|l| l.value().to_string())
-                    };
-                    (label("model").as_deref() == Some(model))
-                        .then(|| label("digest"))
-                        .flatten()
-                        .filter(|d| *d != digest)
-                })
-                .collect();
-            for old in &stale {
-                let _ = self.info.remove_label_values(&[model, old.as_str()]);
-            }
-            self.info.with_label_values(&[model, &digest]).set(1);
+            // One `artefact_info` series per model, whoever set it (the watcher or the scrub).
+            one_series(&self.info, model, &["digest"], &[&digest.to_string()]);
         }
         if let ArtefactState::Ready { signature, .. } = state {
             // One series per model: the signer label is a configured name, or "none".
-            let stale: Vec<(String, String)> =
-                prometheus::core::Collector::collect(&self.signature)
-                    .iter()
-                    .flat_map(|family| family.get_metric())
-                    .filter_map(|m| {
-                        let label = |name: &str| {
-                            m.get_label()
-                                .iter()
-                                .find(|l| l.name() == name)
-                                .map(|l| l.value().to_string())
-                        };
-                        (label("model").as_deref() == Some(model))
-                            .then(|| Some((label("signer")?, label("state")?)))
-                            .flatten()
-                    })
-                    .collect();
-            for (signer, state) in &stale {
-                let _ =
-                    self.signature
-                        .remove_label_values(&[model, signer.as_str(), state.as_str()]);
-            }
-            self.signature
-                .with_label_values(&[
-                    model,
-                    signature.signer().unwrap_or("none"),
-                    signature.label(),
-                ])
-                .set(1);
+            one_series(
+                &self.signature,
+                model,
+                &["signer", "state"],
+                &[signature.signer().unwrap_or("none"), signature.label()],
+            );
         }
     }
+}
+
+/// Makes `keep` (the values of the labels `names`, which follow `model` in the gauge's
+/// label order) the one series of `model` in `gauge`, set to 1: every other series of the
+/// model is removed.
+fn one_series(gauge: &prometheus::IntGaugeVec, model: &str, names: &[&str], keep: &[&str]) {
+    let stale: Vec<Vec<String>> = prometheus::core::Collector::collect(gauge)
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter_map(|m| {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            (label("model").as_deref() == Some(model))
+                .then(|| names.iter().map(|n| label(n)).collect::<Option<Vec<_>>>())
+                .flatten()
+                .filter(|values| values.iter().map(String::as_str).ne(keep.iter().copied()))
+        })
+        .collect();
+    for old in &stale {
+        let values: Vec<&str> = std::iter::once(model)
+            .chain(old.iter().map(String::as_str))
+            .collect();
+        let _ = gauge.remove_label_values(&values);
+    }
+    let values: Vec<&str> = std::iter::once(model).chain(keep.iter().copied()).collect();
+    gauge.with_label_values(&values).set(1);
 }
 
 /// Logs `progress` every `every` until `done` is dropped or sent to (the hash finished).

@@ -243,6 +243,28 @@ fn a_scrub_finds_content_changed_behind_the_published_digest() {
         .collect();
     assert_eq!(series.len(), 1, "{series:?}");
     assert!(series[0].contains(&found.to_string()), "{series:?}");
+
+    // One signature series for the model too: a valid signature replaces "absent".
+    let signed = ArtefactState::Ready {
+        digest: found,
+        files: 1,
+        bytes: 7,
+        signature: crate::oms::SignatureState::Valid {
+            signer: "release".into(),
+            identity: None,
+        },
+    };
+    ArtefactMetrics::new(m, "m").set(&signed);
+    let text = String::from_utf8(m.encode()).unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("provgate_artefact_signature{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(
+        series[0].contains("signer=\"release\"") && series[0].contains("state=\"valid\""),
+        "{series:?}"
+    );
 }
 
 #[test]

@@ -1369,7 +1369,19 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode> {
     if a.jtis.is_empty() && previous.is_none() {
         bail!("give --jti (one or more) or --list");
     }
-    let claims = RevocationClaims::new(a.iss, a.jtis, previous.as_ref(), provgate::unix_now());
+    // Lists are ordered by `iat`, in whole seconds. Extending a list issued this second
+    // waits for the next one rather than dating the new list in the future, which JOSE
+    // verifiers refuse (PyJWT: "not yet valid (iat)"). Only a list at most a second ahead
+    // is waited for; one further ahead (a clock skew) is superseded at its iat + 1.
+    let mut now = provgate::unix_now();
+    if let Some(p) = &previous {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(2100);
+        while p.iat >= now && p.iat - now <= 1 && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            now = provgate::unix_now();
+        }
+    }
+    let claims = RevocationClaims::new(a.iss, a.jtis, previous.as_ref(), now);
     let jws = revocations::sign(&claims, &key)?;
     match a.out {
         Some(path) => {

@@ -655,13 +655,15 @@ async fn an_exception_from_mlflow_waives_missing_evidence() {
         status(&pg, &token).await.0 == 200
     })
     .await;
-    let allowed = pg
-        .metric(&format!(
-            "provgate_exception_requests_total{{model=\"{}\",version_id=\"v42\"}}",
-            fx.model
-        ))
-        .await;
-    assert!(allowed >= 1.0);
+    // Counted when the request is logged, just after its response is sent.
+    let counter = format!(
+        "provgate_exception_requests_total{{model=\"{}\",version_id=\"v42\"}}",
+        fx.model
+    );
+    pg.eventually(Duration::from_secs(5), || async {
+        pg.metric(&counter).await >= 1.0
+    })
+    .await;
     // The tag removed: refused again.
     ml.delete_tag(&fx.model, &version, "provgate.exception.redteam")
         .await;

@@ -114,6 +114,30 @@ pub fn verify(text: &str, approvers: &KeySet) -> Result<RevocationList, Revocati
     Err(last)
 }
 
+impl RevocationClaims {
+    /// A list by `iss` revoking `ids` and, when given, everything `previous` revoked; issued
+    /// at `now`, or one second after `previous` when that is not earlier, so the new list
+    /// always supersedes it. IDs come out sorted, without duplicates.
+    pub fn new(
+        iss: String,
+        ids: impl IntoIterator<Item = String>,
+        previous: Option<&RevocationClaims>,
+        now: u64,
+    ) -> RevocationClaims {
+        let mut revoked: Vec<String> = ids
+            .into_iter()
+            .chain(previous.into_iter().flat_map(|p| p.revoked.iter().cloned()))
+            .collect();
+        revoked.sort();
+        revoked.dedup();
+        let iat = match previous {
+            Some(p) if p.iat >= now => p.iat + 1,
+            _ => now,
+        };
+        RevocationClaims { iss, iat, revoked }
+    }
+}
+
 /// Signs a list with an approver key.
 pub fn sign(
     claims: &RevocationClaims,

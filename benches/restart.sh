@@ -3,10 +3,12 @@
 # `/readyz` 200, with every file hashed (`manifest_cache = "off"`, the behaviour before the
 # persisted manifest) and with the persisted manifest. Generates FILES files of MIB MiB of
 # pseudo-random data each (default 10 x 1024 MiB), runs each case ROUNDS times (default 3), prints
-# one line per start (case, seconds to ready, bytes read according to /readyz), and the
+# one line per start (case, seconds to ready, bytes read according to /readyz, the load average
+# and CPU pressure when it was ready; FULL_ROUNDS full-hash starts), and the
 # start scrub's duration for the cached case; deletes the data on exit.
 #
-# Run: [FILES=10] [MIB=1024] [ROUNDS=3] [SPARSE=1] benches/restart.sh [PROVGATE_BINARY]
+# Run: [FILES=10] [MIB=1024] [ROUNDS=3] [FULL_ROUNDS=ROUNDS] [SPARSE=1] [LOG=info]
+#      [KEEP_LOGS=DIR] benches/restart.sh [PROVGATE_BINARY]
 #   (default: $CARGO_TARGET_DIR or target, /release/provgate; build it with
 #   `cargo build --release` first). Unless SPARSE=1 (holes, no disk), needs FILES x MIB MiB free under $WORK (default
 #   /work/tmp, else $TMPDIR): check `df` first.
@@ -85,11 +87,11 @@ TOML
 # also waits for the start scrub and prints its duration; stops it.
 start() {
     python3 - "$bin" "$work/provgate.toml" "$1" "$2" "$work/run.log" <<'PY'
-import json, subprocess, sys, time, urllib.request
+import json, os, subprocess, sys, time, urllib.request
 bin, config, admin, wait_scrub, log = sys.argv[1:]
 t0 = time.monotonic()
 p = subprocess.Popen([bin, "run", "-c", config], stdout=subprocess.DEVNULL,
-                     stderr=open(log, "w"), env={"RUST_LOG": "info"})
+                     stderr=open(log, "w"), env={"RUST_LOG": os.environ.get("LOG", "info")})
 def get(path):
     try:
         with urllib.request.urlopen(f"http://{admin}{path}", timeout=2) as r:
@@ -107,8 +109,14 @@ try:
         if p.poll() is not None or time.monotonic() - t0 > 600:
             sys.exit("provgate did not become ready: " + open(log).read()[-2000:])
         time.sleep(0.005)
+    # The machine's load at that moment (shared machine: a slow start is often a wait for a core).
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    try:
+        cpu = open("/proc/pressure/cpu").read().split()[1]
+    except OSError:
+        cpu = "avg10=?"
     h = json.loads(body)["models"]["big"]["hash"]
-    out = f"{ready:.3f} {h['bytes_done']}"
+    out = f"{ready:.3f} {h['bytes_done']} load={load} cpu_pressure_{cpu}"
     if wait_scrub == "scrub":
         series = 'provgate_artefact_scrubs_total{model="big",result="ok"} 1'
         while series not in get("/metrics")[1]:
@@ -125,12 +133,17 @@ finally:
     p.kill()
     p.wait()
 PY
+    # Each start's log kept, named by its time, when KEEP_LOGS names a directory (this runs
+    # in a command substitution: no counter survives it).
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        cp "$work/run.log" "$KEEP_LOGS/start-$(date +%H%M%S.%N).log"
+    fi
 }
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "model: $files files x $mib MiB, $(du -sh "$work/model" | cut -f1)"
-for r in $(seq "$rounds"); do
+for r in $(seq "${FULL_ROUNDS:-$rounds}"); do
     config 'manifest_cache = "off"' "$(port)" "$(port)"
     echo "full hash (manifest_cache off), round $r: $(start "$(grep -A1 '^\[admin\]' "$work/provgate.toml" | sed -n 's/.*"\(.*\)"/\1/p')" "")"
 done

@@ -10,18 +10,18 @@
 //! and said so.
 
 pub mod find;
-mod interim;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use self::interim::Step;
 use crate::approval::identity_matches;
+use crate::check::Deployment;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::identity::Caller;
+use crate::policy::trace::{Step, Steps};
 use crate::policy::{
     ApprovalView, ArtefactView, CallerView, Decision, DenyReason, Input, ModelView, Policy,
     ServerView,
@@ -51,8 +51,8 @@ pub enum ExplainError {
     },
     #[error("the record's time {0:?} is not an RFC 3339 time")]
     Time(String),
-    #[error("the deployment: {0}")]
-    Interim(String),
+    #[error(transparent)]
+    Deployment(#[from] crate::check::CheckError),
 }
 
 /// What a replay found, as printed (text or `--json`).
@@ -197,7 +197,7 @@ pub fn explain(config: &Path, source: Source<'_>) -> Result<Explanation, Explain
             (r, Some(at))
         }
     };
-    let deployment = interim::Deployment::load(config)?;
+    let deployment = Deployment::load(config)?;
     replay(&deployment, recorded, found)
 }
 
@@ -221,7 +221,7 @@ enum Target {
 
 /// Replays one record against a loaded deployment.
 pub fn replay(
-    deployment: &interim::Deployment,
+    deployment: &Deployment,
     rec: Recorded,
     found: Option<Location>,
 ) -> Result<Explanation, ExplainError> {
@@ -483,7 +483,7 @@ pub fn replay(
         if registry_unavailable {
             notes.push("registry: unavailable then (the record's reason); not asked".into());
         } else {
-            let mut e = interim::entry_for(deployment, d, &[])?;
+            let mut e = deployment.entry_for(d, &[])?.unwrap_or_default();
             notes.push(match &config.registry.source {
                 RegistrySource::Dir(_) => "registry: the directory as it is now, records issued after the request's time left out; revocations: the current list (a record revoked since reads as revoked)".into(),
                 RegistrySource::Remote(_) => "registry: the remote registry asked now, records issued after the request's time left out; revocations: its current answer".into(),
@@ -496,7 +496,13 @@ pub fn replay(
             e.exceptions.retain(|c| c.exception.claims.iat <= now);
             registry.left_out = later.iter().map(record_part).collect();
             registry.invalid = e.invalid.clone();
-            entry = Some(e);
+            // A directory holding nothing for the digest has no entry for it, as the
+            // sidecar's snapshot had none when every record came later.
+            let empty = e.records.is_empty()
+                && e.invalid.is_empty()
+                && e.exceptions.is_empty()
+                && !e.revoked;
+            entry = (!empty).then_some(e);
         }
     }
     let records: Vec<RecordPart> = entry
@@ -505,7 +511,7 @@ pub fn replay(
         .unwrap_or_default();
 
     // === The decision ===
-    let mut steps: Vec<Step> = Vec::new();
+    let mut tracer = Steps::default();
     let decision = match target {
         Target::Opened => Decision::Opened,
         _ => {
@@ -536,9 +542,10 @@ pub fn replay(
                 approval,
                 now,
             };
-            interim::decide_traced(policy, &input, &mut steps)
+            crate::policy::decide_traced(policy, &input, &mut tracer)
         }
     };
+    let steps = tracer.into_steps();
     let replay = outcome(&decision, &steps);
 
     // === Agreement ===
@@ -816,14 +823,14 @@ impl Explanation {
         for i in &self.registry.invalid {
             let _ = writeln!(o, "  invalid now: {i}");
         }
-        let general: Vec<&Step> = self.steps.iter().filter(|s| s.record.is_none()).collect();
+        let general: Vec<&Step> = self.steps.iter().filter(|s| s.index.is_none()).collect();
         for s in general {
             let _ = writeln!(o, "  {}", step_line(s));
         }
         if self.records.is_empty() {
             let _ = writeln!(o, "records:  none considered");
         }
-        for rp in &self.records {
+        for (i, rp) in self.records.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "record {} (version {}, signed by {}, iat {}, exp {}{})",
@@ -838,11 +845,7 @@ impl Explanation {
                 rp.exp,
                 if rp.revoked { ", revoked now" } else { "" }
             );
-            for s in self
-                .steps
-                .iter()
-                .filter(|s| s.record.as_deref() == Some(rp.jti.as_str()))
-            {
+            for s in self.steps.iter().filter(|s| s.index == Some(i)) {
                 let _ = writeln!(o, "  {}", step_line(s));
             }
         }

@@ -200,7 +200,7 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
         assert_eq!(report["agrees"], true, "{want}: {report:#}");
         assert_eq!(report["recorded"]["reason"], *want);
         assert_eq!(report["replay"]["reason"], *want, "{report:#}");
-        let _ = rule; // INTERIM assert_eq!(report["replay"]["rule"], *rule, "{want}: {report:#}");
+        assert_eq!(report["replay"]["rule"], *rule, "{want}: {report:#}");
     }
     // The first request is in an older, rotated segment.
     let (_, first, _) = explain(&config_path, &log, &unmanaged_id);
@@ -234,7 +234,7 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
         ISSUER,
         "record rec-1 (version v42",
         "caller_not_allowed",
-        // INTERIM "rule callers",
+        "rule callers",
         "agrees with the record",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");

@@ -110,6 +110,9 @@ pub struct RoutePart {
     /// The `[[routing.allow]]` rule that opens it to this caller, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opened_by: Option<String>,
+    /// The `[[routing.allow]]` rule for this route that does not open it to this caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_opened_by: Option<String>,
     /// Why the door refuses, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<&'static str>,
@@ -287,13 +290,29 @@ pub fn replay(
     let bit = http::Method::from_bytes(rec.method.as_bytes())
         .map(|m| method_bit(&m))
         .unwrap_or(0);
-    let opened_rule = routing.opened(bit, &rec.path).filter(|rule| {
+    let allow_rule = routing.opened(bit, &rec.path);
+    let describe = |r: &crate::proxy::routing::config::AllowRule| {
+        format!(
+            "[[routing.allow]] route = {:?}, callers = {:?}{}",
+            r.route,
+            r.callers,
+            r.issuer
+                .as_deref()
+                .map(|i| format!(", issuer = {i:?}"))
+                .unwrap_or_default()
+        )
+    };
+    let opened_rule = allow_rule.filter(|rule| {
         verified.as_ref().is_some_and(|c| {
             rule.issuer.as_deref().is_none_or(|i| i == &*c.iss)
                 && identity_matches(&rule.callers, &c.sub)
         })
     });
-    let opened_by = opened_rule.map(|r| format!("[[routing.allow]] route = {:?}", r.route));
+    let opened_by = opened_rule.map(describe);
+    let not_opened_by = match (allow_rule, opened_rule) {
+        (Some(r), None) => Some(describe(r)),
+        _ => None,
+    };
     let found_door = routing.find(bit, &rec.path);
     let door = match found_door {
         Found::Door(i, m) => routing.doors.get(i).map(|d| (d, m)),
@@ -397,6 +416,7 @@ pub fn replay(
         door: door.map(|(d, _)| d.path.to_string()),
         class,
         opened_by,
+        not_opened_by,
         refused,
     };
     let mut differences = Vec::new();
@@ -558,12 +578,32 @@ pub fn replay(
     } else {
         "deny"
     };
+    // The sidecar refines two outcomes after the decision: an invalid token's detail says
+    // which clock judged an expired one, and with `on_write_failure = "fail_closed"` an
+    // allow becomes a denial while the audit log cannot be written.
+    let audit_gate = recorded_word == "deny" && detail.starts_with("audit log cannot be written");
     let agrees = match &decision {
         Decision::Deny {
             reason: r,
             detail: d,
             ..
-        } => recorded_word == "deny" && Some(r.as_str()) == reason && *d == detail,
+        } => {
+            let token_refined = *r == DenyReason::TokenInvalid && !caller.replayed;
+            if token_refined && *d != detail {
+                notes.push(format!(
+                    "the record's detail ({detail}) refines token_invalid; only the reason is compared"
+                ));
+            }
+            recorded_word == "deny" && Some(r.as_str()) == reason && (*d == detail || token_refined)
+        }
+        Decision::Allow { .. } | Decision::Opened if audit_gate => {
+            notes.push(
+                "the decision allowed; the audit log could not be written then, and \
+                 on_write_failure = \"fail_closed\" refused it (taken from the record)"
+                    .into(),
+            );
+            true
+        }
         Decision::Allow { record, .. } => {
             recorded_word == "allow"
                 && rec
@@ -575,6 +615,12 @@ pub fn replay(
     };
     if !agrees {
         differences.extend(diagnose(&rec, &decision, &records, &registry));
+        if let (Some(base), Decision::Allow { .. }) = (&model.base, &decision) {
+            differences.push(format!(
+                "an adapter is also decided against its base {base}, whose digest the record \
+                 does not hold: the base's refusal is reported as the adapter's"
+            ));
+        }
     }
     Ok(Explanation {
         request_id: rec.request_id.clone(),
@@ -788,6 +834,9 @@ impl Explanation {
                 .map(|s| format!(", refused: {s}"))
                 .unwrap_or_default()
         );
+        if let Some(rule) = &rt.not_opened_by {
+            let _ = writeln!(o, "  not opened to this caller by {rule}");
+        }
         let m = &self.model;
         let _ = writeln!(
             o,

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use crate::support::*;
 
+const OPS: &str = "spiffe://example.org/ns/ops/sa/operator";
+
 fn artefact(name: &str, dir: &Path) -> String {
     format!(
         "[[artefacts]]\nmodel = \"{name}\"\npath = \"{}\"\npoll_interval = \"200ms\"\n",
@@ -87,7 +89,11 @@ fn explain(config: &Path, log: &Path, id: &str) -> (i32, Value, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
-    let fx = Fixture::new();
+    let mut fx = Fixture::new();
+    fx.upstream_extra = "api = [\"openai\", \"kserve_v2\"]".into();
+    fx.extra = format!(
+        "[[routing.allow]]\nroute = \"/v2/repository/models/{{m}}/load\"\nmethods = [\"POST\"]\ncallers = [\"{OPS}\"]\nissuer = \"{ISSUER}\"\n"
+    );
     let dirs: Vec<(&str, std::path::PathBuf)> = vec![
         (MODEL, fx.model_dir()),
         ("expired", model_dir(&fx, "expired", b"expired weights")),
@@ -132,6 +138,7 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
     let log = fx.audit_path();
     let token = fx.token(CALLER);
     let stranger = fx.token("spiffe://example.org/ns/other/sa/intruder");
+    let garbage = "not-a-token".to_string();
     let chat = "/v1/chat/completions";
     let post = reqwest::Method::POST;
 
@@ -151,6 +158,8 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
         ),
         ("unbound", Some(&token), "deployment_not_bound", "workload"),
         (MODEL, None, "token_missing", "caller"),
+        (MODEL, Some(&garbage), "token_invalid", "caller"),
+        ("nonexistent", Some(&token), "model_mismatch", "model"),
     ] {
         let (id, r) = request(
             &pg,
@@ -173,6 +182,13 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
     .await;
     assert_eq!(r, "route_not_allowed");
     cases.push((id, "route_not_allowed", "route"));
+    // A management route: refused to an ordinary caller, opened to the one a rule names.
+    let load = format!("/v2/repository/models/{MODEL}/load");
+    let (managed_id, r) = request(&pg, post.clone(), &load, Some(&token), None).await;
+    assert_eq!(r, "route_not_allowed");
+    cases.push((managed_id.clone(), "route_not_allowed", "route"));
+    let (opened_id, r) = request(&pg, post.clone(), &load, Some(&fx.token(OPS)), None).await;
+    assert_eq!(r, "", "opened");
     // More refusals, so the log rotates a few times.
     let mut padding = Vec::new();
     for _ in 0..12 {
@@ -184,6 +200,7 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
         .chain(padding.iter().map(String::as_str))
         .collect();
     logged(&log, &ids).await;
+    logged(&log, &[opened_id.as_str()]).await;
 
     // A record for the unmanaged model, issued after its request: left out of the replay.
     while provgate::unix_now() <= now + 1 {
@@ -202,6 +219,24 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
         assert_eq!(report["replay"]["reason"], *want, "{report:#}");
         assert_eq!(report["replay"]["rule"], *rule, "{want}: {report:#}");
     }
+    let (code, report, _) = explain(&config_path, &log, &managed_id);
+    assert_eq!(code, 0);
+    assert_eq!(
+        report["route"]["refused"],
+        "management route not opened to this caller"
+    );
+    assert!(
+        report["route"]["not_opened_by"]
+            .as_str()
+            .unwrap()
+            .contains(OPS),
+        "{report:#}"
+    );
+    let (code, report, _) = explain(&config_path, &log, &opened_id);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["replay"]["decision"], "opened");
+    assert!(report["route"]["opened_by"].as_str().unwrap().contains(OPS));
+
     // The first request is in an older, rotated segment.
     let (_, first, _) = explain(&config_path, &log, &unmanaged_id);
     let segments = first["found"]["segments"].as_u64().unwrap();

@@ -107,3 +107,35 @@ fn a_disagreement_names_what_changed() {
     let d = diagnose(&rec, &other, &[part("rec-1", false)], &registry);
     assert!(d.iter().any(|l| l.starts_with("config changed")), "{d:?}");
 }
+
+#[test]
+fn the_refusing_rule_is_the_failed_step_with_the_decision_s_reason_and_detail() {
+    use crate::policy::trace::{Rule, Step};
+    let step = |rule: Rule, outcome: &'static str, reason: Option<&'static str>, why: &str| Step {
+        rule,
+        record: None,
+        index: None,
+        about: String::new(),
+        outcome,
+        reason,
+        why: why.into(),
+    };
+    let steps = vec![
+        step(Rule::Caller, "pass", None, ""),
+        step(Rule::Model, "pass", None, ""),
+        step(
+            Rule::Route,
+            "fail",
+            Some("route_not_allowed"),
+            "no configured API profile lists this route",
+        ),
+    ];
+    let d = Decision::deny(
+        DenyReason::RouteNotAllowed,
+        "no configured API profile lists this route",
+    );
+    let o = outcome(&d, &steps);
+    assert_eq!(o.rule, Some("route"));
+    assert_eq!(o.reason, Some("route_not_allowed"));
+    assert_eq!(outcome(&Decision::Opened, &steps).rule, None);
+}

@@ -75,6 +75,9 @@ pub struct Explanation {
     pub records: Vec<RecordPart>,
     /// Every rule applied, in order, from the policy's traced decision.
     pub steps: Vec<Step>,
+    /// For an adapter whose own records allow: its base, decided for the same caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<BasePart>,
     pub replay: Outcome,
     /// Whether the replay reaches the record's decision, reason and detail.
     pub agrees: bool,
@@ -161,6 +164,21 @@ pub struct RecordPart {
     /// Revoked by the current revocation list.
     pub revoked: bool,
 }
+
+/// An adapter's base model, decided as the sidecar decides it after the adapter's records.
+#[derive(Debug, Serialize)]
+pub struct BasePart {
+    pub model: String,
+    /// The digest it is decided against: the adapter record's pin.
+    pub digest: String,
+    pub registry: RegistryPart,
+    pub records: Vec<RecordPart>,
+    pub steps: Vec<Step>,
+    pub replay: Outcome,
+}
+
+const BASE_MISMATCH: &str = "adapter record pins another base digest than the one served";
+const NO_BASE_PIN: &str = "adapter record pins no base digest";
 
 /// The replay's decision.
 #[derive(Debug, Serialize)]
@@ -439,13 +457,6 @@ pub fn replay(
             rec.model
         ));
     }
-    if model_cfg.is_some_and(|m| m.base.is_some()) {
-        notes.push(
-            "an adapter: its own records are replayed; its base's decision and pinned base \
-             digest are not"
-                .into(),
-        );
-    }
     let model = ModelPart {
         name: model_cfg.map(|m| m.model.clone()),
         requested: rec.requested_model.clone(),
@@ -503,26 +514,11 @@ pub fn replay(
         if registry_unavailable {
             notes.push("registry: unavailable then (the record's reason); not asked".into());
         } else {
-            let mut e = deployment.entry_for(d, &[])?.unwrap_or_default();
             notes.push(match &config.registry.source {
                 RegistrySource::Dir(_) => "registry: the directory as it is now, records issued after the request's time left out; revocations: the current list (a record revoked since reads as revoked)".into(),
                 RegistrySource::Remote(_) => "registry: the remote registry asked now, records issued after the request's time left out; revocations: its current answer".into(),
             });
-            let (kept, later): (Vec<_>, Vec<_>) = e
-                .records
-                .drain(..)
-                .partition(|c| c.record.claims.iat <= now);
-            e.records = kept;
-            e.exceptions.retain(|c| c.exception.claims.iat <= now);
-            registry.left_out = later.iter().map(record_part).collect();
-            registry.invalid = e.invalid.clone();
-            // A directory holding nothing for the digest has no entry for it, as the
-            // sidecar's snapshot had none when every record came later.
-            let empty = e.records.is_empty()
-                && e.invalid.is_empty()
-                && e.exceptions.is_empty()
-                && !e.revoked;
-            entry = (!empty).then_some(e);
+            entry = answer_at(deployment, d, now, &mut registry)?;
         }
     }
     let records: Vec<RecordPart> = entry
@@ -566,7 +562,110 @@ pub fn replay(
         }
     };
     let steps = tracer.into_steps();
-    let replay = outcome(&decision, &steps);
+
+    // === An adapter's base ===
+    // The sidecar's adapter rule, with the base decided for the same caller. The base's
+    // served digest is not in the record: it is taken as the one the adapter's record pins
+    // (or, when the record says the pin did not match, as another).
+    let mut base: Option<BasePart> = None;
+    let mut base_error = None;
+    let decision = match model_cfg.and_then(|m| m.base.as_deref()) {
+        Some(base_name) => {
+            let pinned = decision
+                .record()
+                .and_then(|r| r.claims.artefact.base_digest);
+            let other = detail == BASE_MISMATCH;
+            crate::policy::decide_adapter(decision, || {
+                let Some(pinned) = pinned else {
+                    // decide_adapter asks for the base only of a record that pins one.
+                    return (
+                        Decision::deny(
+                            DenyReason::ApprovalInvalid,
+                            "adapter record pins no base digest",
+                        ),
+                        None,
+                    );
+                };
+                let mut part = BasePart {
+                    model: base_name.to_string(),
+                    digest: pinned.to_string(),
+                    registry: RegistryPart {
+                        source: registry.source.clone(),
+                        left_out: Vec::new(),
+                        invalid: Vec::new(),
+                    },
+                    records: Vec::new(),
+                    steps: Vec::new(),
+                    replay: outcome(&Decision::Opened, &[]),
+                };
+                let entry = match answer_at(deployment, &pinned, now, &mut part.registry) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        base_error = Some(e);
+                        return (
+                            Decision::deny(
+                                DenyReason::TrustDataUnavailable,
+                                "registry unavailable past its staleness bound",
+                            ),
+                            None,
+                        );
+                    }
+                };
+                let input = Input {
+                    caller: caller_view,
+                    model: ModelView::Served {
+                        name: base_name,
+                        server,
+                    },
+                    artefact: ArtefactView::Ready {
+                        digest: &pinned,
+                        signer: None,
+                    },
+                    approval: ApprovalView::Entry(entry.as_ref()),
+                    now,
+                };
+                let mut t = Steps::default();
+                let d = crate::policy::decide_traced(policy, &input, &mut t);
+                part.records = entry
+                    .as_ref()
+                    .map(|e| e.records.iter().map(record_part).collect())
+                    .unwrap_or_default();
+                part.steps = t.into_steps();
+                part.replay = outcome(&d, &part.steps);
+                base = Some(part);
+                (d, (!other).then_some(pinned))
+            })
+        }
+        None => decision,
+    };
+    if let Some(e) = base_error {
+        return Err(e);
+    }
+    if let Some(b) = &base {
+        notes.push(format!(
+            "an adapter: its base {} is decided for the same caller against {} (the digest \
+             the adapter's record pins{}; the base's digest and signer are not in the record)",
+            b.model,
+            b.digest,
+            if detail == BASE_MISMATCH {
+                ", taken as not the one served, from the record's detail"
+            } else {
+                ", taken as the one served"
+            }
+        ));
+    }
+    let mut replay = outcome(&decision, &steps);
+    if replay.rule.is_none() && replay.reason.is_some() {
+        if let Some(b) = &base {
+            if b.replay.reason == replay.reason && b.replay.detail == replay.detail {
+                replay.rule = b.replay.rule;
+                replay.about = Some(format!("base {}", b.model));
+            }
+        }
+        if matches!(replay.detail, Some(BASE_MISMATCH | NO_BASE_PIN)) {
+            replay.rule = Some(crate::policy::trace::Rule::BaseDigest.as_str());
+        }
+    }
 
     // === Agreement ===
     let recorded_word = if rec.decision == "allow" {
@@ -615,12 +714,6 @@ pub fn replay(
     };
     if !agrees {
         differences.extend(diagnose(&rec, &decision, &records, &registry));
-        if let (Some(base), Decision::Allow { .. }) = (&model.base, &decision) {
-            differences.push(format!(
-                "an adapter is also decided against its base {base}, whose digest the record \
-                 does not hold: the base's refusal is reported as the adapter's"
-            ));
-        }
     }
     Ok(Explanation {
         request_id: rec.request_id.clone(),
@@ -634,11 +727,37 @@ pub fn replay(
         registry,
         records,
         steps,
+        base,
         replay,
         agrees,
         differences,
         notes,
     })
+}
+
+/// The registry's answer for `digest` as it would have been at `now`: what it holds now,
+/// less the records and exceptions issued after `now` (listed in `registry.left_out`).
+/// `None` when nothing is left, as a directory's snapshot has no entry for such a digest.
+fn answer_at(
+    deployment: &Deployment,
+    digest: &Digest,
+    now: u64,
+    registry: &mut RegistryPart,
+) -> Result<Option<RegistryEntry>, ExplainError> {
+    let Some(mut e) = deployment.entry_for(digest, &[])? else {
+        return Ok(None);
+    };
+    let (kept, later): (Vec<_>, Vec<_>) = e
+        .records
+        .drain(..)
+        .partition(|c| c.record.claims.iat <= now);
+    e.records = kept;
+    e.exceptions.retain(|c| c.exception.claims.iat <= now);
+    registry.left_out.extend(later.iter().map(record_part));
+    registry.invalid.extend(e.invalid.iter().cloned());
+    let empty =
+        e.records.is_empty() && e.invalid.is_empty() && e.exceptions.is_empty() && !e.revoked;
+    Ok((!empty).then_some(e))
 }
 
 fn record_part(c: &crate::registry::Candidate) -> RecordPart {
@@ -872,31 +991,29 @@ impl Explanation {
         for i in &self.registry.invalid {
             let _ = writeln!(o, "  invalid now: {i}");
         }
-        let general: Vec<&Step> = self.steps.iter().filter(|s| s.index.is_none()).collect();
-        for s in general {
-            let _ = writeln!(o, "  {}", step_line(s));
-        }
-        if self.records.is_empty() {
-            let _ = writeln!(o, "records:  none considered");
-        }
-        for (i, rp) in self.records.iter().enumerate() {
+        chain(&mut o, "", &self.records, &self.steps);
+        if let Some(b) = &self.base {
             let _ = writeln!(
                 o,
-                "record {} (version {}, signed by {}, iat {}, exp {}{})",
-                rp.jti,
-                rp.version,
-                if rp.signers.is_empty() {
-                    "-".to_string()
-                } else {
-                    rp.signers.join(", ")
-                },
-                rp.iat,
-                rp.exp,
-                if rp.revoked { ", revoked now" } else { "" }
+                "base:     {} at {} (the adapter record's pin), decided for the same caller",
+                b.model, b.digest
             );
-            for s in self.steps.iter().filter(|s| s.index == Some(i)) {
-                let _ = writeln!(o, "  {}", step_line(s));
+            for l in &b.registry.left_out {
+                let _ = writeln!(
+                    o,
+                    "  left out: {} (version {}, iat {} is after the request)",
+                    l.jti, l.version, l.iat
+                );
             }
+            chain(&mut o, "  ", &b.records, &b.steps);
+            let p = &b.replay;
+            let _ = writeln!(
+                o,
+                "  base decision: {} {} ({})",
+                p.decision,
+                p.reason.unwrap_or("-"),
+                p.detail.unwrap_or("-")
+            );
         }
         let p = &self.replay;
         let _ = writeln!(
@@ -924,6 +1041,36 @@ impl Explanation {
             let _ = writeln!(o, "  {n}");
         }
         o
+    }
+}
+
+/// The rules before any record, then each record with its own rules.
+fn chain(o: &mut String, indent: &str, records: &[RecordPart], steps: &[Step]) {
+    use std::fmt::Write;
+    for s in steps.iter().filter(|s| s.index.is_none()) {
+        let _ = writeln!(o, "{indent}  {}", step_line(s));
+    }
+    if records.is_empty() {
+        let _ = writeln!(o, "{indent}records:  none considered");
+    }
+    for (i, rp) in records.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "{indent}record {} (version {}, signed by {}, iat {}, exp {}{})",
+            rp.jti,
+            rp.version,
+            if rp.signers.is_empty() {
+                "-".to_string()
+            } else {
+                rp.signers.join(", ")
+            },
+            rp.iat,
+            rp.exp,
+            if rp.revoked { ", revoked now" } else { "" }
+        );
+        for s in steps.iter().filter(|s| s.index == Some(i)) {
+            let _ = writeln!(o, "{indent}  {}", step_line(s));
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
+const BATCH: &str = "spiffe://example.org/ns/batch/sa/job";
 const OPS: &str = "spiffe://example.org/ns/ops/sa/operator";
 
 fn artefact(name: &str, dir: &Path) -> String {
@@ -126,7 +127,14 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
     fx.approve("unbound.jwt", &unbound);
 
     let up = Upstream::start().await;
-    let sections: String = dirs.iter().map(|(n, d)| artefact(n, d)).collect();
+    let lora_dir = model_dir(&fx, "lora", b"adapter weights");
+    let mut lora = claims_for("lora", &lora_dir);
+    lora.artefact.base_digest = Some(fx.digest());
+    lora.callers.push(BATCH.into());
+    fx.approve("lora.jwt", &lora);
+    let sections: String = dirs.iter().map(|(n, d)| artefact(n, d)).collect::<String>()
+        + &artefact("lora", &lora_dir)
+        + &format!("kind = \"adapter\"\nbase = \"{MODEL}\"\n");
     let (listen, admin) = (free_port(), free_port());
     let config = config_with(&fx, (listen, admin), up.addr, &sections).replace(
         "[audit]\n",
@@ -139,6 +147,7 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
     let token = fx.token(CALLER);
     let stranger = fx.token("spiffe://example.org/ns/other/sa/intruder");
     let garbage = "not-a-token".to_string();
+    let batch = fx.token(BATCH);
     let chat = "/v1/chat/completions";
     let post = reqwest::Method::POST;
 
@@ -160,6 +169,8 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
         (MODEL, None, "token_missing", "caller"),
         (MODEL, Some(&garbage), "token_invalid", "caller"),
         ("nonexistent", Some(&token), "model_mismatch", "model"),
+        // The adapter's record admits this caller, its base's does not.
+        ("lora", Some(&batch), "caller_not_allowed", "callers"),
     ] {
         let (id, r) = request(
             &pg,
@@ -236,6 +247,17 @@ async fn explain_replays_denials_from_a_rotated_log_and_names_each_rule() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["replay"]["decision"], "opened");
     assert!(report["route"]["opened_by"].as_str().unwrap().contains(OPS));
+
+    // The adapter's denial came from its base's record, decided for the same caller.
+    let lora_case = cases
+        .iter()
+        .find(|c| c.1 == "caller_not_allowed" && c.0 != cases[1].0)
+        .unwrap();
+    let (_, report, _) = explain(&config_path, &log, &lora_case.0);
+    assert_eq!(report["model"]["name"], "lora");
+    assert_eq!(report["base"]["model"], MODEL, "{report:#}");
+    assert_eq!(report["replay"]["record"], "rec-1");
+    assert_eq!(report["replay"]["about"], format!("base {MODEL}"));
 
     // The first request is in an older, rotated segment.
     let (_, first, _) = explain(&config_path, &log, &unmanaged_id);

@@ -473,7 +473,7 @@ pub fn render(r: &Report) -> String {
         r.workload,
         r.tier,
         r.signer.as_deref().unwrap_or("-"),
-        r.now
+        time(r.now)
     );
     for s in &r.steps {
         line(&mut out, "  ", s);
@@ -484,10 +484,12 @@ pub fn render(r: &Report) -> String {
     for rec in &r.records {
         let _ = writeln!(
             out,
-            "  record {} (version {}, tier {}, signed by {}){}",
+            "  record {} (version {}, tier {}, issued {}, expires {}, signed by {}){}",
             rec.id,
             rec.version,
             rec.tier,
+            time(rec.iat),
+            time(rec.exp),
             rec.signers.join(", "),
             if rec.usable { "" } else { ": not usable" }
         );
@@ -523,6 +525,11 @@ pub fn render(r: &Report) -> String {
         }
     );
     out
+}
+
+/// Unix seconds as an RFC 3339 UTC time, as the audit log writes times.
+fn time(secs: u64) -> String {
+    crate::audit::query::record_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 fn line(out: &mut String, indent: &str, s: &Step) {

@@ -984,8 +984,10 @@ impl Explanation {
         for l in &self.registry.left_out {
             let _ = writeln!(
                 o,
-                "  left out: {} (version {}, iat {} is after the request)",
-                l.jti, l.version, l.iat
+                "  left out: {} (version {}, issued {}, after the request)",
+                l.jti,
+                l.version,
+                time(l.iat)
             );
         }
         for i in &self.registry.invalid {
@@ -1001,8 +1003,10 @@ impl Explanation {
             for l in &b.registry.left_out {
                 let _ = writeln!(
                     o,
-                    "  left out: {} (version {}, iat {} is after the request)",
-                    l.jti, l.version, l.iat
+                    "  left out: {} (version {}, issued {}, after the request)",
+                    l.jti,
+                    l.version,
+                    time(l.iat)
                 );
             }
             chain(&mut o, "  ", &b.records, &b.steps);
@@ -1056,7 +1060,7 @@ fn chain(o: &mut String, indent: &str, records: &[RecordPart], steps: &[Step]) {
     for (i, rp) in records.iter().enumerate() {
         let _ = writeln!(
             o,
-            "{indent}record {} (version {}, signed by {}, iat {}, exp {}{})",
+            "{indent}record {} (version {}, signed by {}, issued {}, expires {}{})",
             rp.jti,
             rp.version,
             if rp.signers.is_empty() {
@@ -1064,14 +1068,19 @@ fn chain(o: &mut String, indent: &str, records: &[RecordPart], steps: &[Step]) {
             } else {
                 rp.signers.join(", ")
             },
-            rp.iat,
-            rp.exp,
+            time(rp.iat),
+            time(rp.exp),
             if rp.revoked { ", revoked now" } else { "" }
         );
         for s in steps.iter().filter(|s| s.index == Some(i)) {
             let _ = writeln!(o, "{indent}  {}", step_line(s));
         }
     }
+}
+
+/// Unix seconds as an RFC 3339 UTC time, as the audit log writes times.
+fn time(secs: u64) -> String {
+    crate::audit::query::record_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 fn step_line(s: &Step) -> String {

@@ -1,7 +1,11 @@
 //! Trust reloads without a restart: the approver key file (`[trust] approver_keys`), the
 //! configuration file's `[trust]` section (`[[trust.approvers]]`: names, keys, roles,
-//! scopes) and the issuers' key files (`jwks_file`) are re-read when they change (a stat
-//! every [`POLL`]: size, mtime, ctime, inode, so an atomic rename is seen) and on SIGHUP.
+//! scopes) and the issuers' key files (`jwks_file`) are re-read when they change and on
+//! SIGHUP. A change is seen by a watch on each file's directory (inotify, so an atomic rename
+//! or a Kubernetes volume's symlink swap is seen, [`SETTLE`] after the last event) and by a
+//! look every [`RESCAN`] (a file system without events, a directory that did not exist at
+//! start); either way the files are compared by size, mtime, ctime and inode. Between them
+//! the task sleeps: no tick.
 //!
 //! A reload that fails (unreadable, unparsable or empty file; a `[trust]` section that does
 //! not validate) keeps the previous state and says why in the log and in
@@ -27,8 +31,10 @@ use crate::policy::config::{approver_scopes, ApproverFile};
 use crate::policy::Policy;
 use crate::telemetry::Metrics;
 
-/// How often the files are looked at.
-pub const POLL: Duration = Duration::from_millis(500);
+/// Without an event, the files are looked at this often anyway.
+pub const RESCAN: Duration = Duration::from_secs(10);
+/// After an event, a burst of writes is left this long to settle before the files are read.
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// What is reloaded.
 #[derive(Clone)]
@@ -61,9 +67,15 @@ impl Reload {
             .iter()
             .map(|(_, p)| fingerprint(p, None))
             .collect();
+        let events = Arc::new(tokio::sync::Notify::new());
+        let mut watcher = self.watch(&events);
         loop {
             let signalled = tokio::select! {
-                _ = tokio::time::sleep(POLL) => false,
+                _ = tokio::time::sleep(RESCAN) => false,
+                () = events.notified() => {
+                    tokio::time::sleep(SETTLE).await;
+                    false
+                }
                 Some(()) = async {
                     match hup.as_mut() {
                         Some(h) => h.recv().await,
@@ -71,6 +83,10 @@ impl Reload {
                     }
                 } => true,
             };
+            if watcher.is_none() {
+                // A directory missing at start may exist now.
+                watcher = self.watch(&events);
+            }
             if signalled {
                 tracing::info!("SIGHUP: re-reading trust files");
             }
@@ -94,6 +110,66 @@ impl Reload {
                 }
             }
         }
+    }
+
+    /// The watched files, each with its directory.
+    fn files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.approver_keys.clone())
+            .chain(self.config.clone())
+            .chain(self.issuers.iter().map(|(_, p)| p.clone()))
+            .collect()
+    }
+
+    /// Watches the directory of every file; an event that may concern one of them (any
+    /// event on its name, and any creation, removal or rename in the directory, which is
+    /// how an atomic replace or a symlink swap shows) wakes `events`. Appends to other files
+    /// there (an audit log beside the configuration) do not. None when no directory could
+    /// be watched: the rescans cover it, and the next turn tries again.
+    fn watch(&self, events: &Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let files = self.files();
+        let names: Vec<std::ffi::OsString> = files
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+            .collect();
+        let wake = events.clone();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let relevant = match ev {
+                Ok(ev) => match ev.kind {
+                    EventKind::Access(_) => false,
+                    EventKind::Modify(
+                        notify::event::ModifyKind::Data(_) | notify::event::ModifyKind::Metadata(_),
+                    ) => ev
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n))),
+                    _ => true,
+                },
+                Err(_) => true,
+            };
+            if relevant {
+                wake.notify_one();
+            }
+        })
+        .ok()?;
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let mut watching = 0;
+        for dir in &dirs {
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => watching += 1,
+                Err(e) => tracing::debug!(dir = %dir.display(), error = %e,
+                    "trust files' directory not watched; looked at every rescan"),
+            }
+        }
+        (watching == dirs.len()).then_some(watcher)
     }
 
     /// Re-reads the approver keys and rebinds them to the configured approvers.

@@ -4,7 +4,7 @@
 //! SIGHUP. A change is seen by a watch on each file's directory (inotify, so an atomic rename
 //! or a Kubernetes volume's symlink swap is seen, [`SETTLE`] after the last event) and by a
 //! look every [`RESCAN`] (a file system without events, a directory that did not exist at
-//! start); either way the files are compared by size, mtime, ctime and inode. Between them
+//! start; every [`UNWATCHED_RESCAN`] while a directory cannot be watched); either way the files are compared by size, mtime, ctime and inode. Between them
 //! the task sleeps: no tick.
 //!
 //! A reload that fails (unreadable, unparsable or empty file; a `[trust]` section that does
@@ -33,6 +33,9 @@ use crate::telemetry::Metrics;
 
 /// Without an event, the files are looked at this often anyway.
 pub const RESCAN: Duration = Duration::from_secs(10);
+/// When a directory cannot be watched (no inotify instance left: the limit is per user and
+/// host, 128 by default), the files are looked at this often, as before there were events.
+pub const UNWATCHED_RESCAN: Duration = Duration::from_millis(500);
 /// After an event, a burst of writes is left this long to settle before the files are read.
 pub const SETTLE: Duration = Duration::from_millis(50);
 
@@ -69,9 +72,21 @@ impl Reload {
             .collect();
         let events = Arc::new(tokio::sync::Notify::new());
         let mut watcher = self.watch(&events);
+        let mut said_unwatched = false;
         loop {
+            let rescan = if watcher.is_some() {
+                RESCAN
+            } else {
+                if !said_unwatched {
+                    tracing::info!(
+                        "trust files' directories not watched (no inotify instance left?); looking every 500 ms"
+                    );
+                    said_unwatched = true;
+                }
+                UNWATCHED_RESCAN
+            };
             let signalled = tokio::select! {
-                _ = tokio::time::sleep(RESCAN) => false,
+                _ = tokio::time::sleep(rescan) => false,
                 () = events.notified() => {
                     tokio::time::sleep(SETTLE).await;
                     false

@@ -330,8 +330,11 @@ async def main_async(a):
     if work.exists():
         subprocess.run(["rm", "-rf", str(work)], check=True)
     model, reg, token = setup(binary, work)
-    reqlog = work / "requests.log"
-    server = Server(binary, reg, work / "server.log", reqlog)
+    # The server's files in a directory of their own: the sidecars watch the key files'
+    # directory (trust reload), and a request log written there would wake every one of them.
+    (work / "server").mkdir()
+    reqlog = work / "server" / "requests.log"
+    server = Server(binary, reg, work / "server" / "server.log", reqlog)
     server.start()
     url = f"http://127.0.0.1:{server.port}/"
     result = {"label": a.label, "n": a.n, "start": a.start, "refresh": a.refresh,
@@ -466,7 +469,8 @@ async def main_async(a):
     first = await gather_limited([http_get(s["listen"], "/v1/models", auth, k) for s, k in zip(sidecars, keeps)])
     result["before_revocation_statuses"] = {str(st): sum(1 for x, _ in first if x == st) for st in {x for x, _ in first}}
     tmp = reg / ".revoked.txt.tmp"
-    tmp.write_text(JTI + "\n")
+    # Every record of the model (the change phase added a second one).
+    tmp.write_text(JTI + "\n" + (JTI + "-2\n" if a.change_window > 0 else ""))
     t_rev = time.time()
     os.rename(tmp, reg / "revoked.txt")
     blocked = [None] * len(sidecars)

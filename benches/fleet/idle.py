@@ -4,8 +4,8 @@
     python3 benches/fleet/idle.py --bin before=/path/a --bin after=/path/b --n 20 --window 60
 
 Starts one `provgate registry serve` and, for each binary, N sidecars configured as in the
-fleet simulation (fleet.py), all started together and interleaved, so every binary sees the
-same machine load. Once all are ready and a settle has passed, reads utime+stime of every
+fleet simulation (fleet.py), each with its own copy of the model directory (as in a pod),
+all started together and interleaved, so every binary sees the same machine load. Once all are ready and a settle has passed, reads utime+stime of every
 sidecar (and of each of its threads, by thread name) from /proc at the start and the end of
 the window, and prints the CPU per sidecar in ms per second, per binary, with the threads
 that cost most. Nothing is sent to the sidecars during the window: the registry's answers
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,8 +70,11 @@ async def main_async(a):
     if work.exists():
         subprocess.run(["rm", "-rf", str(work)], check=True)
     model, reg, _token = fleet.setup(bins[0][1], work)
-    reqlog = work / "requests.log"
-    server = fleet.Server(bins[0][1], reg, work / "server.log", reqlog)
+    # The server's files in a directory of their own: the sidecars watch the key files'
+    # directory (trust reload), and a request log written there would wake every one of them.
+    (work / "server").mkdir()
+    reqlog = work / "server" / "requests.log"
+    server = fleet.Server(bins[0][1], reg, work / "server" / "server.log", reqlog)
     server.start()
     url = f"http://127.0.0.1:{server.port}/"
     cfg_args = argparse.Namespace(registry_extra=a.registry_extra, refresh=a.refresh)
@@ -79,7 +83,12 @@ async def main_async(a):
     for i in range(a.n):
         for label, binary in bins:
             listen, admin = fleet.free_port(), fleet.free_port()
-            cfg, d = fleet.sidecar_config(f"{label}-{i}", work, model, url, listen, admin, cfg_args)
+            # A model directory of its own (same files, so the same digest and record), as in
+            # a pod: every sidecar's rescan of a shared directory would wake every other
+            # sidecar's watch (inotify reports a directory's reads to all its watchers).
+            own = work / f"model-{label}-{i}"
+            shutil.copytree(model, own)
+            cfg, d = fleet.sidecar_config(f"{label}-{i}", work, own, url, listen, admin, cfg_args)
             p = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.DEVNULL,
                                  stderr=open(d / "provgate.log", "w"), env=env)
             fleet.CHILDREN.append(p)

@@ -1,10 +1,11 @@
 //! Trust reloads without a restart: the approver key file (`[trust] approver_keys`), the
 //! configuration file's `[trust]` section (`[[trust.approvers]]`: names, keys, roles,
 //! scopes) and the issuers' key files (`jwks_file`) are re-read when they change and on
-//! SIGHUP. A change is seen by a watch on each file's directory (inotify, so an atomic rename
-//! or a Kubernetes volume's symlink swap is seen, [`SETTLE`] after the last event) and by a
-//! look every [`RESCAN`] (a file system without events, a directory that did not exist at
-//! start; every [`UNWATCHED_RESCAN`] while a directory cannot be watched); either way the files are compared by size, mtime, ctime and inode. Between them
+//! SIGHUP. A change is seen by a watch on each file (inotify; an atomic rename or a
+//! Kubernetes volume's symlink swap unlinks the watched inode, which is reported too; the
+//! files are read [`SETTLE`] after the event and watched again) and by a look every
+//! [`RESCAN`] (a file system without events; every [`UNWATCHED_RESCAN`] while a file cannot
+//! be watched: missing, or no inotify instance left); either way the files are compared by size, mtime, ctime and inode. Between them
 //! the task sleeps: no tick.
 //!
 //! A reload that fails (unreadable, unparsable or empty file; a `[trust]` section that does
@@ -79,7 +80,7 @@ impl Reload {
             } else {
                 if !said_unwatched {
                     tracing::info!(
-                        "trust files' directories not watched (no inotify instance left?); looking every 500 ms"
+                        "trust files not watched (missing, or no inotify instance left); looking every 500 ms"
                     );
                     said_unwatched = true;
                 }
@@ -89,6 +90,8 @@ impl Reload {
                 _ = tokio::time::sleep(rescan) => false,
                 () = events.notified() => {
                     tokio::time::sleep(SETTLE).await;
+                    // A replaced file is a new inode: watch the paths again.
+                    watcher = None;
                     false
                 }
                 Some(()) = async {
@@ -99,7 +102,7 @@ impl Reload {
                 } => true,
             };
             if watcher.is_none() {
-                // A directory missing at start may exist now.
+                // After an event (a replaced file is a new inode), or a file missing before.
                 watcher = self.watch(&events);
             }
             if signalled {
@@ -127,7 +130,7 @@ impl Reload {
         }
     }
 
-    /// The watched files, each with its directory.
+    /// The watched files.
     fn files(&self) -> Vec<PathBuf> {
         std::iter::once(self.approver_keys.clone())
             .chain(self.config.clone())
@@ -135,31 +138,19 @@ impl Reload {
             .collect()
     }
 
-    /// Watches the directory of every file; an event that may concern one of them (any
-    /// event on its name, and any creation, removal or rename in the directory, which is
-    /// how an atomic replace or a symlink swap shows) wakes `events`. Appends to other files
-    /// there (an audit log beside the configuration) do not. None when no directory could
-    /// be watched: the rescans cover it, and the next turn tries again.
+    /// Watches every file itself (the inode its path names now, through symlinks): any event
+    /// on it but a read wakes `events`. A replace (an atomic rename, a Kubernetes volume's
+    /// symlink swap) unlinks the watched inode, which inotify reports; the loop then watches
+    /// again, reaching the new one. The files' directories are not watched: inotify would
+    /// report every read of a neighbour (a model directory rescanned beside the keys) and
+    /// wake the watch for nothing. None when some file could not be watched (missing, or no
+    /// inotify instance left): the short rescans cover it, and the next turn tries again.
     fn watch(&self, events: &Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
         use notify::{EventKind, RecursiveMode, Watcher};
-        let files = self.files();
-        let names: Vec<std::ffi::OsString> = files
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
-            .collect();
         let wake = events.clone();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             let relevant = match ev {
-                Ok(ev) => match ev.kind {
-                    EventKind::Access(_) => false,
-                    EventKind::Modify(
-                        notify::event::ModifyKind::Data(_) | notify::event::ModifyKind::Metadata(_),
-                    ) => ev
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n))),
-                    _ => true,
-                },
+                Ok(ev) => !matches!(ev.kind, EventKind::Access(_)),
                 Err(_) => true,
             };
             if relevant {
@@ -167,24 +158,14 @@ impl Reload {
             }
         })
         .ok()?;
-        let mut dirs: Vec<PathBuf> = files
-            .iter()
-            .map(|p| match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        let mut watching = 0;
-        for dir in &dirs {
-            match watcher.watch(dir, RecursiveMode::NonRecursive) {
-                Ok(()) => watching += 1,
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e,
-                    "trust files' directory not watched; looked at every rescan"),
+        for file in self.files() {
+            if let Err(e) = watcher.watch(&file, RecursiveMode::NonRecursive) {
+                tracing::debug!(file = %file.display(), error = %e,
+                    "trust file not watched; looked at every 500 ms");
+                return None;
             }
         }
-        (watching == dirs.len()).then_some(watcher)
+        Some(watcher)
     }
 
     /// Re-reads the approver keys and rebinds them to the configured approvers.

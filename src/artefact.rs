@@ -521,12 +521,20 @@ impl Turn<'_> {
                 hashed_files = m.stats.hashed_files, hashed_bytes = m.stats.hashed_bytes,
                 "manifest cache: reused {} files, read {} bytes",
                 m.stats.reused_files, m.stats.hashed_bytes);
-            if m.stats.reused_files > 0 {
-                // The reused digests are checked by reading every file in the background,
-                // at the scrub's rate, without taking the artefact out of service.
-                w.handle.request_scrub();
-            }
         }
+        self.store_cache(m);
+        if self.from_cache && m.stats.reused_files > 0 {
+            // The reused digests are checked by reading every file in the background, at the
+            // scrub's rate, without taking the artefact out of service. Asked for after the
+            // cache is written: a scrub that finds a mismatch removes it, and the scrub wakes
+            // at once.
+            w.handle.request_scrub();
+        }
+    }
+
+    /// Persists this manifest, when a cache is configured.
+    fn store_cache(&self, m: &Manifest) {
+        let w = self.watcher;
         let Some((path, key)) = &self.cache else {
             return;
         };

@@ -107,8 +107,8 @@ pub async fn serve(
     bound(addr);
     let shared = Arc::new(service::Shared::new(rx, config.max_watchers, log));
     service::accept_loop(listener, shared, config.max_connections, shutdown).await;
-    // The reload thread stops within one stop slice of its own; nothing to wait for.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The reload thread wakes and stops; nothing to wait for.
+    crate::kit::stop::set(&stop);
     if let Some(closer) = closer {
         let _ = tokio::task::spawn_blocking(move || closer.close()).await;
     }

@@ -61,6 +61,13 @@ pub fn server_conf(config: &Config) -> ServerConf {
         upstream_keepalive_pool_size: config.upstream.keepalive_pool,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        // Timeouts of a second or more on Tokio's timer unless `fast_timer`: pingora's fast
+        // timer thread wakes every 10 ms forever once started, most of an idle sidecar's CPU.
+        fast_timeout_to_tokio_threshold_seconds: if config.server.fast_timer {
+            ServerConf::default().fast_timeout_to_tokio_threshold_seconds
+        } else {
+            Some(0)
+        },
         ..ServerConf::default()
     }
 }

@@ -600,3 +600,42 @@ fn verify_reports_numbers_at_the_top_of_u64_without_crashing() {
         assert!(!found.is_empty(), "{lines}: no problem reported");
     }
 }
+
+#[test]
+fn an_idle_writer_sleeps_until_its_deadlines_and_a_close_wakes_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let mut cfg = config(&path);
+    cfg.checkpoint_interval = Duration::from_millis(400);
+    cfg.max_segment_age = Duration::from_millis(900);
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
+    log.emit(event(1));
+    // No more records: the checkpoint falls due and is written on the writer's own deadline,
+    // then the segment ages out and rotates, with no event to wake the writer.
+    let checkpoint = segments::checkpoint_path(&path);
+    let started = Instant::now();
+    while !checkpoint.exists() {
+        assert!(started.elapsed() < Duration::from_secs(3), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while segments::rotated(&path).unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "no rotation by age"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metrics.audit_rotations.get(), 1);
+    // Idle again (nothing to checkpoint, an empty segment does not age out): a close is
+    // answered at once, not at the next tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    assert!(log.close(Duration::from_secs(5)));
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(problems(dir.path(), None), vec![]);
+}

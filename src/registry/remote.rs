@@ -21,8 +21,12 @@
 //!   and doubles to [`backoff_cap`] (below `max_stale`); a `Retry-After` is honoured (up to
 //!   that cap) and spread over a fifth more;
 //! - with `watch`, a request carrying an ETag also carries `Prefer: wait`; when the
-//!   registry held it (`Preference-Applied`), the next is sent at once, so a change arrives
-//!   as it happens; a registry without watch support is polled at the normal pace.
+//!   registry held it (`Preference-Applied`), the next is sent at once (after a held request
+//!   that brought a change, within [`RE_WATCH_DELAY`], so a fleet woken together does not
+//!   re-watch in one instant), so a change arrives as it happens; a registry without watch
+//!   support is polled at the normal pace. The first watch asks for a wait uniform in
+//!   `[2 s, watch]`, so sidecars started together return at spread moments from the first
+//!   hold on, as the first poll is spread over the first period.
 //!
 //! Every record is verified once: a record whose text is unchanged since the last answer
 //! keeps its verified form, and an HTTP `304 Not Modified` costs no parsing at all. A failed
@@ -65,6 +69,12 @@ pub const PERIOD_JITTER: f64 = 0.1;
 /// not cannot make a tight loop).
 const QUICK_WATCH: Duration = Duration::from_secs(1);
 const QUICK_WATCHES: u32 = 3;
+/// After a held request that brought a change, the next watch is sent within this (uniform):
+/// a fleet woken by one change spreads its re-watches a little, and a second change within
+/// it still arrives within a second.
+pub const RE_WATCH_DELAY: Duration = Duration::from_millis(500);
+/// The shortest wait the first watch asks for.
+const FIRST_WATCH_MIN: Duration = Duration::from_secs(2);
 
 /// How the refresher paces itself (from `[registry]`).
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +145,8 @@ struct Schedule {
     answered: bool,
     /// Quick watch returns in a row.
     quick: u32,
+    /// No watch has been held yet: the next asks for a random part of the wait.
+    first_watch: bool,
     /// When the last fetch started (Unix milliseconds), for `revalidate_after`.
     asked_ms: u64,
     clock: Arc<SourceClock>,
@@ -149,6 +161,7 @@ impl Schedule {
             in_flight: false,
             answered: false,
             quick: 0,
+            first_watch: true,
             asked_ms: 0,
             clock: Arc::new(SourceClock::default()),
         }
@@ -160,6 +173,11 @@ impl Schedule {
         match (pace.watch, &self.etag) {
             (Some(wait), Some(_)) => {
                 let wait = hold.map_or(wait, |h| wait.min(h));
+                let wait = if self.first_watch {
+                    first_watch_wait(wait)
+                } else {
+                    wait
+                };
                 if wait >= Duration::from_secs(1) {
                     (Some(wait), true)
                 } else {
@@ -170,19 +188,30 @@ impl Schedule {
         }
     }
 
-    /// A good answer arrived, `took` after the ask; schedules the next.
-    fn succeeded(&mut self, pace: &Pace, hints: &Hints, watched: bool, took: Duration) {
+    /// A good answer arrived, `took` after the ask (`changed`: it brought a new answer, not a
+    /// 304); schedules the next.
+    fn succeeded(
+        &mut self,
+        pace: &Pace,
+        hints: &Hints,
+        watched: bool,
+        took: Duration,
+        changed: bool,
+    ) {
         self.clock.confirm();
         self.backoff.reset();
         let period = pace.period(hints);
         let now = Instant::now();
         if watched && hints.watched {
+            self.first_watch = false;
             self.quick = if took < QUICK_WATCH {
                 self.quick + 1
             } else {
                 0
             };
-            self.due = if self.quick < QUICK_WATCHES {
+            self.due = if changed && self.quick < QUICK_WATCHES {
+                now + backoff::uniform(RE_WATCH_DELAY)
+            } else if self.quick < QUICK_WATCHES {
                 now
             } else {
                 self.quick = 0;
@@ -216,6 +245,13 @@ impl Schedule {
         self.quick = 0;
         self.due = Instant::now() + wait;
     }
+}
+
+/// The first watch's wait: uniform in `[FIRST_WATCH_MIN, wait]` (the wait itself when it is
+/// shorter), so a fleet started together holds for spread times from the first watch on.
+fn first_watch_wait(wait: Duration) -> Duration {
+    let low = FIRST_WATCH_MIN.min(wait);
+    low + backoff::uniform(wait - low)
 }
 
 /// What the refresher remembers of one digest.
@@ -563,7 +599,7 @@ impl Ctx {
             Fetched::NotModified if t.schedule.answered => {
                 self.m.not_modified.inc();
                 t.schedule
-                    .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                    .succeeded(&self.pace, &reply.hints, done.watched, done.took, false);
                 return false;
             }
             Fetched::NotModified => {
@@ -586,7 +622,7 @@ impl Ctx {
         t.schedule.etag = etag;
         let same = t.schedule.answered && t.fetched == records && t.revoked == revoked;
         t.schedule
-            .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+            .succeeded(&self.pace, &reply.hints, done.watched, done.took, !same);
         if same {
             return false;
         }
@@ -621,7 +657,7 @@ impl Ctx {
             Fetched::NotModified if list.schedule.answered => {
                 self.m.not_modified.inc();
                 list.schedule
-                    .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                    .succeeded(&self.pace, &reply.hints, done.watched, done.took, false);
                 return false;
             }
             Fetched::NotModified => return refuse(list, &"304 to a request without an ETag", None),
@@ -642,14 +678,14 @@ impl Ctx {
             }
             list.schedule.etag = etag;
             list.schedule
-                .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                .succeeded(&self.pace, &reply.hints, done.watched, done.took, true);
             return false;
         };
         if list.text.as_deref() == Some(text.as_str()) {
             self.m.ok.inc();
             list.schedule.etag = etag;
             list.schedule
-                .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                .succeeded(&self.pace, &reply.hints, done.watched, done.took, false);
             return false;
         }
         let verified = match revocations::verify(&text, &self.approvers) {
@@ -673,7 +709,7 @@ impl Ctx {
         list.held = Some(verified);
         list.schedule.etag = etag;
         list.schedule
-            .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+            .succeeded(&self.pace, &reply.hints, done.watched, done.took, true);
         true
     }
 

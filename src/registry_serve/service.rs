@@ -2,7 +2,12 @@
 //! request target to an [`index::Key`] (only the contract's exact forms), conditional answers
 //! (strong ETags, `If-None-Match`, 304) and the watch: a `Prefer: wait=<n>` request whose
 //! `If-None-Match` is the current ETag is held until its answer changes or the wait ends
-//! (capped at [`MAX_WAIT`], plus up to 10% random jitter so watchers do not return together).
+//! (capped at [`MAX_WAIT`], never longer than asked). The hold is random so watchers do not
+//! return together: uniform in the last tenth of the wait in steady state (a mean of 0.95 of
+//! it, so the fleet's load stays low), and uniform over the whole wait (from
+//! [`MIN_SPREAD_HOLD`]) for a watch on an answer that took effect less than [`FRESH`] ago: the
+//! re-watches that follow a change (or a restart of this server) arrive together, and are
+//! spread over one whole wait at once instead of returning together every wait.
 //!
 //! No file is read here and nothing blocks: every answer comes from the current index.
 
@@ -159,11 +164,27 @@ pub fn none_match(if_none_match: &str, answer: &Answer) -> bool {
     })
 }
 
-/// The hold for a watch that asked for `wait` seconds: capped at [`MAX_WAIT`], plus
-/// `jitter` (a fraction in 0..1) of 10%.
-pub fn hold_for(wait: u64, jitter: f64) -> Duration {
+/// A watch on an answer younger than this is a re-watch after a change (or after this
+/// server started): its hold is spread over the whole wait.
+pub const FRESH: Duration = Duration::from_secs(5);
+/// The shortest spread hold: a client may count a watch that returns within a second as a
+/// server that does not hold.
+pub const MIN_SPREAD_HOLD: Duration = Duration::from_secs(2);
+/// The steady hold is uniform in the last this fraction of the wait.
+pub const STEADY_JITTER: f64 = 0.1;
+
+/// The hold for a watch that asked for `wait` seconds, `jitter` a uniform draw in 0..1:
+/// capped at [`MAX_WAIT`] and never above the wait asked; for a `fresh` answer uniform in
+/// `[MIN_SPREAD_HOLD, wait]`, otherwise in `[(1 - STEADY_JITTER) * wait, wait]`.
+pub fn hold_for(wait: u64, jitter: f64, fresh: bool) -> Duration {
     let base = Duration::from_secs(wait).min(MAX_WAIT);
-    base + base.mul_f64(0.1 * jitter.clamp(0.0, 1.0))
+    let jitter = jitter.clamp(0.0, 1.0);
+    if fresh {
+        let low = MIN_SPREAD_HOLD.min(base);
+        low + (base - low).mul_f64(jitter)
+    } else {
+        base - base.mul_f64(STEADY_JITTER * jitter)
+    }
 }
 
 fn random_fraction() -> f64 {
@@ -229,7 +250,8 @@ async fn answer(shared: &Shared, key: &Key, headers: &HeaderMap) -> (Response<Fu
         return (respond(now, true, None), false);
     };
     let held = now.etag.clone();
-    let deadline = tokio::time::Instant::now() + hold_for(n, random_fraction());
+    let fresh = now.since.elapsed() < FRESH;
+    let deadline = tokio::time::Instant::now() + hold_for(n, random_fraction(), fresh);
     loop {
         tokio::select! {
             changed = rx.changed() => {

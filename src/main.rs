@@ -155,8 +155,9 @@ enum RegistryCommand {
     /// Serve a registry directory (the `[registry] kind = "dir"` layout: `*.jwt`/`*.jws`
     /// records, `revoked.txt`, `revocations.jws`) over HTTP: `/approvals?digest=sha256:HEX`,
     /// `/approvals/sha256/HEX` and `/revocations`, with strong ETags, 304s, 410 for a revoked
-    /// digest and watches (`Prefer: wait=N`). Re-reads the directory on change. Records are
-    /// not verified here: the sidecars verify them.
+    /// digest and watches (`Prefer: wait=N`); with `--upload-token-file`, uploads by `PUT`.
+    /// Re-reads the directory on change. Records are not verified here: the sidecars verify
+    /// them.
     Serve(ServeArgs),
 }
 
@@ -186,6 +187,12 @@ struct ServeArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     threads: u64,
+    /// Accept uploads (`PUT /approvals/sha256/<hex>`, one record as the body, written into
+    /// the directory) from clients presenting this file's token as `Authorization: Bearer`
+    /// (`provgate promote` does, with `[registry] token_file`). Off without it (405). Read
+    /// once at start.
+    #[arg(long)]
+    upload_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -1310,6 +1317,7 @@ fn registry_serve(a: ServeArgs) -> Result<ExitCode> {
         max_connections: a.max_connections,
         rescan: a.rescan,
         request_log: a.request_log,
+        upload_token_file: a.upload_token_file,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::try_from(a.threads).unwrap_or(2))

@@ -4,7 +4,8 @@
 //! `If-None-Match` is the current ETag is held until its answer changes or the wait ends
 //! (capped at [`MAX_WAIT`], plus up to 10% random jitter so watchers do not return together).
 //!
-//! No file is read here and nothing blocks: every answer comes from the current index.
+//! No file is read here and nothing blocks: every answer comes from the current index. An
+//! upload (`PUT`, when on) is handed to [`super::upload`], which writes off the runtime.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::index::{Answer, Index, Key};
 use super::reqlog::{Form, Line, RequestLog};
+use super::upload::Upload;
 use super::{HEADER_TIMEOUT, MAX_HEAD, MAX_WAIT};
 use crate::digest::Digest;
 
@@ -30,6 +32,8 @@ pub struct Shared {
     index: watch::Receiver<Arc<Index>>,
     watchers: Arc<Semaphore>,
     log: Option<RequestLog>,
+    /// The upload form, when `--upload-token-file` turned it on.
+    upload: Option<Upload>,
 }
 
 impl Shared {
@@ -42,7 +46,14 @@ impl Shared {
             index,
             watchers: Arc::new(Semaphore::new(max_watchers)),
             log,
+            upload: None,
         }
+    }
+
+    /// The same, accepting uploads (`PUT /approvals/sha256/<hex>`).
+    pub fn with_upload(mut self, upload: Option<Upload>) -> Shared {
+        self.upload = upload;
+        self
     }
 }
 
@@ -179,11 +190,14 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let routed = route(req.uri().path(), req.uri().query());
     let form = routed.map_or(Form::Other, |(_, f)| f);
     let (response, watched) = match routed {
+        Some((Key::Digest(digest), Form::Path)) if req.method() == Method::PUT => {
+            match &shared.upload {
+                Some(upload) => (put(upload, &digest, req).await, false),
+                None => (not_allowed(false), false),
+            }
+        }
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
-            let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            (r, false)
+            (not_allowed(shared.upload.is_some()), false)
         }
         None => (empty(StatusCode::NOT_FOUND), false),
         Some((key, _)) => answer(shared, &key, req.headers()).await,
@@ -274,6 +288,36 @@ fn respond(answer: &Answer, not_modified: bool, applied: Option<u64>) -> Respons
             h.insert("preference-applied", v);
         }
     }
+    r
+}
+
+/// 405, naming the methods this server takes (`PUT` only where uploads are on).
+fn not_allowed(upload: bool) -> Response<Full<Bytes>> {
+    let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+    let allow = if upload {
+        "GET, HEAD, PUT"
+    } else {
+        "GET, HEAD"
+    };
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// An upload: 401 without the bearer token (nothing read or written), else the record
+/// stored (201 new, 204 replaced) or refused (413, 422).
+async fn put(upload: &Upload, digest: &Digest, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !upload.authorized(req.headers().get(header::AUTHORIZATION)) {
+        tracing::warn!(%digest, "upload refused: missing or wrong bearer token");
+        let mut r = empty(StatusCode::UNAUTHORIZED);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let (status, why) = upload.store(digest, req.into_body()).await;
+    tracing::info!(%digest, status = status.as_u16(), outcome = why, "upload");
+    let mut r = Response::new(Full::new(Bytes::from_static(why.as_bytes())));
+    *r.status_mut() = status;
     r
 }
 

@@ -38,6 +38,7 @@ mod monitoring;
 mod mtls;
 mod policy;
 mod progress;
+mod promote;
 mod registries;
 mod registry_serve;
 mod restart;

@@ -1,0 +1,262 @@
+//! `provgate promote`: the promotion step of a release pipeline. A signed record (new, or an
+//! existing one co-signed) is checked against the target environment's configuration, the
+//! very one its sidecars run with; only if that deployment would serve it is it published to
+//! the registry the configuration names, and every promotion, published or refused, leaves its
+//! own record in a hash-chained audit log.
+//!
+//! Owns the order of those steps, the three ways of publishing ([`Destination`]: a directory
+//! file written atomically, MLflow tags plus the environment's alias, the HTTP contract's
+//! upload form) and the promotion's audit record ([`Outcome::audit`]). It decides nothing
+//! itself: whether the deployment would serve the record is `check::evaluate`'s, the same
+//! decision code as the sidecar's. Nothing on the request path uses this module.
+
+use std::path::{Path, PathBuf};
+
+use crate::audit::record::{Marker, Promotion};
+use crate::check::{self, Deployment, Report, Subject};
+use crate::digest::Digest;
+use crate::kit::http::FetchError;
+use crate::registry::config::{RegistryConfig, RegistrySource, RemoteKind, RemoteRegistry};
+use crate::registry_serve::upload::{record_file_name, write_atomic};
+
+/// Why a promotion could not be carried out (a refusal by the check is not an error: see
+/// [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("the registry is MLflow: give --version (the model version to promote)")]
+    NoMlflowVersion,
+    #[error("writing the record into {dir}: {source}")]
+    Dir { dir: String, source: std::io::Error },
+    #[error("publishing to the registry: {0}")]
+    Remote(#[from] FetchError),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the registry client: {0}")]
+    Client(String),
+    #[error("{0}")]
+    Check(#[from] check::CheckError),
+}
+
+/// Where a promoted record goes: the target configuration's `[registry]`.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A record file `<jti>.jws` in the registry directory.
+    Dir(PathBuf),
+    /// The record and digest tags on model version `version` of the record's model, and the
+    /// registered model's `alias` pointed at that version.
+    Mlflow {
+        remote: RemoteRegistry,
+        version: String,
+        alias: String,
+    },
+    /// `PUT {url}/approvals/sha256/<hex>`, with the registry's credentials.
+    Http(RemoteRegistry),
+}
+
+impl Destination {
+    /// The destination `registry` names; MLflow needs the model version and the alias.
+    pub fn of(
+        registry: &RegistryConfig,
+        mlflow_version: Option<&str>,
+        alias: &str,
+    ) -> Result<Destination, PromoteError> {
+        Ok(match &registry.source {
+            RegistrySource::Dir(dir) => Destination::Dir(dir.clone()),
+            RegistrySource::Remote(r) if r.kind == RemoteKind::Mlflow => Destination::Mlflow {
+                remote: r.clone(),
+                version: mlflow_version
+                    .ok_or(PromoteError::NoMlflowVersion)?
+                    .to_string(),
+                alias: alias.to_string(),
+            },
+            RegistrySource::Remote(r) => Destination::Http(r.clone()),
+        })
+    }
+
+    /// `dir`, `mlflow` or `http`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Destination::Dir(_) => "dir",
+            Destination::Mlflow { .. } => "mlflow",
+            Destination::Http(_) => "http",
+        }
+    }
+
+    /// The audit log's default place: beside a registry directory
+    /// (`<dir>.promotions.jsonl`); none for a remote registry.
+    pub fn default_audit_log(&self) -> Option<PathBuf> {
+        match self {
+            Destination::Dir(dir) => {
+                let mut name = dir
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_else(|| "registry".into());
+                name.push(".promotions.jsonl");
+                Some(dir.with_file_name(name))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A signed record about to be promoted, with what the audit record names.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The record: a compact JWS, or a co-signed record (JWS JSON, one line).
+    pub record: String,
+    pub digest: Digest,
+    pub jti: String,
+    pub model: String,
+    pub version_id: String,
+    /// Who promotes (the approver identity).
+    pub iss: String,
+    /// The key that signed in this promotion.
+    pub kid: String,
+}
+
+/// What became of a promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published; where.
+    Published(String),
+    /// The check refused it; the failing rules, each as `rule[ record]: why`.
+    Refused(Vec<String>),
+    /// The check passed but publishing failed; why. Nothing may have been written, or
+    /// part (MLflow: the tags without the alias); the audit record says which it was not.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The audit record of this promotion of `signed` to `env` through `dest`.
+    pub fn audit(&self, signed: &Signed, env: &str, dest: &Destination) -> Marker {
+        let (outcome, published_to, failed) = match self {
+            Outcome::Published(to) => ("published", Some(to.clone()), Vec::new()),
+            Outcome::Refused(failed) => ("refused", None, failed.clone()),
+            Outcome::Failed(error) => ("failed", None, vec![format!("publish: {error}")]),
+        };
+        Marker::Promotion(Box::new(Promotion {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            env: env.to_string(),
+            outcome: outcome.to_string(),
+            iss: signed.iss.clone(),
+            kid: signed.kid.clone(),
+            digest: signed.digest.to_string(),
+            model: signed.model.clone(),
+            version_id: signed.version_id.clone(),
+            record_id: signed.jti.clone(),
+            registry: dest.label().to_string(),
+            published_to,
+            failed,
+        }))
+    }
+}
+
+/// Would the deployment serve `signed`? The registry's answer for its digest as the
+/// deployment's sidecars would verify it (existing records and exceptions), with `signed`
+/// added, evaluated by `check::evaluate`: the same decision code as the sidecar's.
+pub fn gate(
+    deployment: &Deployment,
+    signed: &Signed,
+    subject: &Subject,
+) -> Result<Report, PromoteError> {
+    let entry = check::entry_for(
+        deployment,
+        &signed.digest,
+        std::slice::from_ref(&signed.record),
+    )?;
+    Ok(check::evaluate(deployment, &entry, subject))
+}
+
+/// The rules `report` failed, each as `rule[ record]: why`.
+pub fn failing(report: &Report) -> Vec<String> {
+    report
+        .steps
+        .iter()
+        .filter(|s| !s.pass)
+        .map(|s| match &s.record {
+            Some(jti) => format!("{} (record {jti}): {}", s.rule.as_str(), s.why),
+            None => format!("{}: {}", s.rule.as_str(), s.why),
+        })
+        .collect()
+}
+
+/// Publishes `signed` to `dest`; returns where it went.
+pub fn publish(dest: &Destination, signed: &Signed) -> Result<String, PromoteError> {
+    match dest {
+        Destination::Dir(dir) => publish_dir(dir, signed),
+        Destination::Mlflow {
+            remote,
+            version,
+            alias,
+        } => {
+            let client = client(remote)?;
+            runtime()?.block_on(async {
+                crate::registry::mlflow::publish(
+                    &client,
+                    &remote.url,
+                    &remote.auth,
+                    &signed.model,
+                    version,
+                    &signed.digest,
+                    &signed.record,
+                )
+                .await?;
+                crate::registry::mlflow::set_alias(
+                    &client,
+                    &remote.url,
+                    &remote.auth,
+                    &signed.model,
+                    alias,
+                    version,
+                )
+                .await
+            })?;
+            Ok(format!(
+                "MLflow model version {}/{version} (alias {alias})",
+                signed.model
+            ))
+        }
+        Destination::Http(remote) => {
+            let client = client(remote)?;
+            runtime()?.block_on(crate::registry::http::upload(
+                &client,
+                &remote.url,
+                &remote.auth,
+                &signed.digest,
+                &signed.record,
+            ))?;
+            Ok(format!(
+                "{}/approvals/sha256/{}",
+                remote.url,
+                signed.digest.hex()
+            ))
+        }
+    }
+}
+
+/// Writes the record as `<jti>.jws` (see [`record_file_name`]) into `dir`, atomically: a
+/// co-signed record replaces the file of its earlier form.
+fn publish_dir(dir: &Path, signed: &Signed) -> Result<String, PromoteError> {
+    let name = record_file_name(&signed.jti);
+    write_atomic(dir, &name, &format!("{}\n", signed.record.trim())).map_err(|source| {
+        PromoteError::Dir {
+            dir: dir.display().to_string(),
+            source,
+        }
+    })?;
+    Ok(dir.join(name).display().to_string())
+}
+
+fn client(remote: &RemoteRegistry) -> Result<reqwest::Client, PromoteError> {
+    crate::registry::remote::client(remote).map_err(|e| PromoteError::Client(e.to_string()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, PromoteError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PromoteError::Runtime)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+use std::time::Duration;
+
+use super::*;
+use crate::registry::config::{Layout, RegistryAuth};
+
+fn registry(source: RegistrySource) -> RegistryConfig {
+    RegistryConfig {
+        source,
+        refresh_interval: Duration::from_secs(5),
+        max_stale: Duration::from_secs(300),
+        min_refresh: Duration::from_secs(1),
+        max_refresh: Duration::from_secs(20),
+    }
+}
+
+fn remote(kind: RemoteKind) -> RemoteRegistry {
+    RemoteRegistry {
+        kind,
+        url: "http://127.0.0.1:1".into(),
+        auth: RegistryAuth::None,
+        ca_pem: None,
+        timeout: Duration::from_secs(1),
+        allow_plaintext: true,
+        layout: Layout::Path,
+        watch: None,
+    }
+}
+
+fn signed() -> Signed {
+    Signed {
+        record: "h.p.s".into(),
+        digest: format!("sha256:{}", "ab".repeat(32)).parse().unwrap(),
+        jti: "r1".into(),
+        model: "m".into(),
+        version_id: "v1".into(),
+        iss: "alice@example.org".into(),
+        kid: "k1".into(),
+    }
+}
+
+#[test]
+fn the_destination_is_the_configurations_registry() {
+    let dir = registry(RegistrySource::Dir("/srv/registry".into()));
+    let d = Destination::of(&dir, None, "staging").unwrap();
+    assert_eq!(d.label(), "dir");
+    assert_eq!(
+        d.default_audit_log(),
+        Some(PathBuf::from("/srv/registry.promotions.jsonl"))
+    );
+    let mlflow = registry(RegistrySource::Remote(remote(RemoteKind::Mlflow)));
+    assert!(matches!(
+        Destination::of(&mlflow, None, "staging"),
+        Err(PromoteError::NoMlflowVersion)
+    ));
+    let d = Destination::of(&mlflow, Some("3"), "staging").unwrap();
+    assert!(matches!(&d, Destination::Mlflow { version, alias, .. }
+        if version == "3" && alias == "staging"));
+    assert_eq!(d.default_audit_log(), None);
+    let http = registry(RegistrySource::Remote(remote(RemoteKind::Http)));
+    assert_eq!(Destination::of(&http, None, "x").unwrap().label(), "http");
+}
+
+#[test]
+fn a_directory_promotion_writes_the_record_file_by_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Destination::Dir(dir.path().to_path_buf());
+    let to = publish(&dest, &signed()).unwrap();
+    assert_eq!(PathBuf::from(&to), dir.path().join("r1.jws"));
+    assert_eq!(std::fs::read_to_string(&to).unwrap(), "h.p.s\n");
+    // A co-signed form of the same record replaces it.
+    let mut cosigned = signed();
+    cosigned.record = "{\"payload\":\"p\",\"signatures\":[]}".into();
+    publish(&dest, &cosigned).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert!(std::fs::read_to_string(&to).unwrap().starts_with('{'));
+}
+
+#[test]
+fn the_audit_record_names_who_what_where_and_the_outcome() {
+    let dest = Destination::Dir("/srv/registry".into());
+    let refused = Outcome::Refused(vec!["quorum (record r1): no security".into()]);
+    let Marker::Promotion(p) = refused.audit(&signed(), "production", &dest) else {
+        panic!("not a promotion record");
+    };
+    assert_eq!(
+        (
+            p.env.as_str(),
+            p.outcome.as_str(),
+            p.iss.as_str(),
+            p.kid.as_str()
+        ),
+        ("production", "refused", "alice@example.org", "k1")
+    );
+    assert_eq!(
+        (
+            p.model.as_str(),
+            p.version_id.as_str(),
+            p.record_id.as_str()
+        ),
+        ("m", "v1", "r1")
+    );
+    assert_eq!(p.digest, signed().digest.to_string());
+    assert_eq!(p.failed, ["quorum (record r1): no security"]);
+    assert_eq!(p.published_to, None);
+    let Marker::Promotion(p) =
+        Outcome::Published("/srv/registry/r1.jws".into()).audit(&signed(), "production", &dest)
+    else {
+        panic!("not a promotion record");
+    };
+    assert_eq!(p.outcome, "published");
+    assert_eq!(p.published_to.as_deref(), Some("/srv/registry/r1.jws"));
+    assert!(p.failed.is_empty());
+}

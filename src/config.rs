@@ -250,6 +250,24 @@ impl FileConfig {
 }
 
 /// Loads and validates a configuration file.
+impl Config {
+    /// The decision's static half, as the sidecar builds it at start (and `provgate check`
+    /// and `provgate explain` offline).
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            workload_identity: self.workload.identity.clone(),
+            tiers: self.tiers.clone(),
+            tier: self.tier.clone(),
+            tier_rule: self.tier_rule.clone(),
+            approvers: self.approver_scopes.clone(),
+            bare_issuers: crate::policy::config::bare_issuers(
+                &self.callers.issuers,
+                self.listen.caller_auth,
+            ),
+        }
+    }
+}
+
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let mut config = FileConfig::load(path)?.validate()?;
     config.source = Some(path.to_path_buf());

@@ -12,6 +12,7 @@ pub mod approval;
 pub mod artefact;
 pub mod audit;
 pub mod base;
+pub mod check;
 pub mod config;
 pub mod digest;
 pub mod fields;

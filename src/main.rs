@@ -156,6 +156,49 @@ enum Command {
     /// Sign a revocation list (`revocations.jws`, served beside the records at
     /// `/revocations`): the record IDs given, plus those of `--list` when extending one.
     Revoke(RevokeArgs),
+    /// Would these deployments serve this model? Evaluates, offline, the model (its
+    /// directory, or its digest), the registry's records, co-signatures and exceptions for
+    /// it, against each deployment's configuration (the file its sidecar runs with), through
+    /// the sidecar's own decision, and prints every rule with pass or fail and why. Exit 0
+    /// when every deployment would serve it, 1 when one would not, 2 when it cannot tell.
+    Check(Box<CheckArgs>),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// A deployment's configuration; repeat for several environments.
+    #[arg(short = 'c', long = "config", required = true)]
+    configs: Vec<PathBuf>,
+    /// The model directory: hashed with each deployment's serialization, and its
+    /// `model.sig` checked against the deployment's signers.
+    #[arg(long, required_unless_present = "digest", conflicts_with = "digest")]
+    dir: Option<PathBuf>,
+    /// The model's digest (`sha256:HEX`), instead of its directory.
+    #[arg(long)]
+    digest: Option<provgate::digest::Digest>,
+    /// With `--digest`: the configured signer whose valid signature the model carries.
+    #[arg(long, requires = "digest")]
+    signer: Option<String>,
+    /// The configured model [default: the deployment's only one].
+    #[arg(long)]
+    model: Option<String>,
+    /// A record, co-signed record or exception not yet in the registry, checked as if it
+    /// were (repeat).
+    #[arg(long = "record")]
+    records: Vec<PathBuf>,
+    /// A caller to try: `ISSUER#SUBJECT`, or `SUBJECT` when the deployment trusts one
+    /// issuer (repeat). Every one must be allowed. None: every rule but the caller's.
+    #[arg(long = "caller")]
+    callers: Vec<String>,
+    /// The Ollama digest the model server reports, for a record that pins one.
+    #[arg(long)]
+    ollama_digest: Option<String>,
+    /// Judge at this time (RFC 3339, or Unix seconds) [default: now].
+    #[arg(long)]
+    at: Option<String>,
+    /// Print one JSON object (`serve`, and a report per deployment).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -811,6 +854,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             command: RegistryCommand::Serve(args),
         } => registry_serve(args),
         Command::Revoke(args) => revoke(args),
+        Command::Check(args) => Ok(check(*args)),
     }
 }
 
@@ -1639,4 +1683,84 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode> {
         None => println!("{jws}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `provgate check`: exit 0 when every deployment would serve the model, 1 when one would
+/// not, 2 when a check could not be made.
+fn check(a: CheckArgs) -> ExitCode {
+    match check_reports(&a) {
+        Ok(reports) => {
+            let serve = reports.iter().all(|r| r.serve);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "serve": serve, "deployments": reports })
+                );
+            } else {
+                for r in &reports {
+                    print!("{}", provgate::check::render(r));
+                }
+            }
+            if serve {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("provgate check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_reports(a: &CheckArgs) -> Result<Vec<provgate::check::Report>> {
+    use provgate::check::{evaluate, inspect, parse_caller, Deployment, Subject};
+    let now = match &a.at {
+        None => provgate::base::unix_now(),
+        Some(t) => parse_time(t).with_context(|| format!("--at {t:?}"))?,
+    };
+    let mut extra = Vec::new();
+    for path in &a.records {
+        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        extra.push((path.display().to_string(), text.trim().to_string()));
+    }
+    let mut reports = Vec::new();
+    for path in &a.configs {
+        let d = Deployment::load(path)?;
+        let model = d.model(a.model.as_deref())?;
+        let (digest, signer) = match (&a.dir, &a.digest) {
+            (Some(dir), _) => inspect(model, dir)?,
+            (None, Some(digest)) => (*digest, a.signer.clone()),
+            (None, None) => bail!("give --dir or --digest"),
+        };
+        let entry = d.entry_for(&digest, &extra)?;
+        let callers = a
+            .callers
+            .iter()
+            .map(|c| parse_caller(c, &d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subject = Subject {
+            model: model.model.clone(),
+            digest,
+            signer,
+            ollama_digest: a.ollama_digest.clone(),
+            callers,
+            now,
+        };
+        reports.push(evaluate(&d, entry.as_ref(), &subject));
+    }
+    Ok(reports)
+}
+
+/// Unix seconds, or an RFC 3339 time.
+fn parse_time(t: &str) -> Result<u64> {
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(secs);
+    }
+    let at = humantime::parse_rfc3339_weak(t)?;
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow!("before 1970"))?
+        .as_secs())
 }

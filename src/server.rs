@@ -294,8 +294,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .filter(|i| matches!(i.keys, KeySource::File(_)))
         .filter_map(|i| Some((i.issuer.clone(), i.jwks_file.clone()?)))
         .collect();
-    let bare_issuers =
-        crate::policy::config::bare_issuers(&config.callers.issuers, config.listen.caller_auth);
+    // Built before the issuers move into the token verifier: `provgate check` builds it
+    // the same way.
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(config.policy()));
     let tokens = Arc::new(TokenVerifier::new(
         config
             .callers
@@ -338,14 +339,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         ));
     }
 
-    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
-        workload_identity: config.workload.identity,
-        tiers: config.tiers,
-        tier: config.tier,
-        tier_rule: config.tier_rule,
-        approvers: config.approver_scopes,
-        bare_issuers,
-    }));
     let reload = crate::server::reload::Reload {
         policy: policy.clone(),
         approver_keys: config.approver_keys_path.clone(),

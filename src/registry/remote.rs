@@ -736,64 +736,132 @@ impl Ctx {
         &self,
         digest: &Digest,
         fetched: &[FetchedRecord],
-        mut known: HashMap<String, Arc<ApprovalRecord>>,
+        known: HashMap<String, Arc<ApprovalRecord>>,
         list: Option<&RevocationList>,
     ) -> (RegistryEntry, HashMap<String, Arc<ApprovalRecord>>) {
-        let listed: HashSet<&str> = list
-            .map(|l| l.revoked.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        let mut verified = HashMap::new();
-        let mut records = Vec::new();
-        let mut invalid = Vec::new();
-        let mut exceptions = Vec::new();
-        let mut rejects = super::RejectLog::new(self.label);
-        for f in fetched {
-            let record = match known.remove(&f.jws) {
-                Some(r) => Ok(r),
-                None => match approval::verify_any(&f.jws, &self.approvers) {
-                    Ok(Verified::Record(r)) => Ok(Arc::new(r)),
-                    Ok(Verified::Exception(e)) => {
-                        // Exceptions ride in the same answer, told apart by `typ`.
-                        match super::exception_for(e, digest, f.revoked) {
-                            Ok(c) => exceptions.push(c),
-                            Err(why) => rejects.reject(&f.origin, &why),
-                        }
-                        continue;
+        verify_fetched(self.label, &self.approvers, digest, fetched, known, list)
+    }
+}
+
+/// Verifies a registry's answer for `digest` into its entry (records, exceptions, the
+/// failures), reusing the verified form of any record in `known`; `list`: the signed
+/// revocation list in force. Returns the entry and the verified records by text.
+fn verify_fetched(
+    label: &'static str,
+    approvers: &KeySet,
+    digest: &Digest,
+    fetched: &[FetchedRecord],
+    mut known: HashMap<String, Arc<ApprovalRecord>>,
+    list: Option<&RevocationList>,
+) -> (RegistryEntry, HashMap<String, Arc<ApprovalRecord>>) {
+    let listed: HashSet<&str> = list
+        .map(|l| l.revoked.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut verified = HashMap::new();
+    let mut records = Vec::new();
+    let mut invalid = Vec::new();
+    let mut exceptions = Vec::new();
+    let mut rejects = super::RejectLog::new(label);
+    for f in fetched {
+        let record = match known.remove(&f.jws) {
+            Some(r) => Ok(r),
+            None => match approval::verify_any(&f.jws, approvers) {
+                Ok(Verified::Record(r)) => Ok(Arc::new(r)),
+                Ok(Verified::Exception(e)) => {
+                    // Exceptions ride in the same answer, told apart by `typ`.
+                    match super::exception_for(e, digest, f.revoked) {
+                        Ok(c) => exceptions.push(c),
+                        Err(why) => rejects.reject(&f.origin, &why),
                     }
-                    Err(e) => Err(e.to_string()),
-                },
-            };
-            match record {
-                Ok(r) if r.claims.artefact.digest == *digest => {
-                    verified.insert(f.jws.clone(), r.clone());
-                    let revoked = f.revoked || listed.contains(r.claims.jti.as_str());
-                    records.push(Candidate { record: r, revoked });
+                    continue;
                 }
-                Ok(r) => {
-                    // A record filed under the wrong digest approves neither.
-                    let why = format!(
-                        "{}: the record is for {}, not the digest it is filed under",
-                        f.origin, r.claims.artefact.digest
-                    );
-                    rejects.reject(&f.origin, &why);
-                    invalid.push(why);
-                }
-                Err(e) => {
-                    rejects.reject(&f.origin, &e);
-                    invalid.push(format!("{}: {e}", f.origin));
-                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match record {
+            Ok(r) if r.claims.artefact.digest == *digest => {
+                verified.insert(f.jws.clone(), r.clone());
+                let revoked = f.revoked || listed.contains(r.claims.jti.as_str());
+                records.push(Candidate { record: r, revoked });
+            }
+            Ok(r) => {
+                // A record filed under the wrong digest approves neither.
+                let why = format!(
+                    "{}: the record is for {}, not the digest it is filed under",
+                    f.origin, r.claims.artefact.digest
+                );
+                rejects.reject(&f.origin, &why);
+                invalid.push(why);
+            }
+            Err(e) => {
+                rejects.reject(&f.origin, &e);
+                invalid.push(format!("{}: {e}", f.origin));
             }
         }
-        if rejects.count() > 0 {
-            tracing::debug!(backend = self.label, %digest, rejected = rejects.count(),
-                "records rejected for the digest");
-        }
-        rejects.finish();
-        (
-            RegistryEntry::new(records, invalid).with_exceptions(exceptions),
-            verified,
-        )
     }
+    if rejects.count() > 0 {
+        tracing::debug!(backend = label, %digest, rejected = rejects.count(),
+            "records rejected for the digest");
+    }
+    rejects.finish();
+    (
+        RegistryEntry::new(records, invalid).with_exceptions(exceptions),
+        verified,
+    )
+}
+
+/// Asks the configured remote registry once about `digest` (and its signed revocation list,
+/// when it publishes one) and verifies the answer as a running refresher would: for
+/// `provgate check` and `provgate promote`, which need one answer, not a schedule.
+pub async fn ask_once(
+    config: &RemoteRegistry,
+    approvers: &KeySet,
+    digest: &Digest,
+) -> Result<RegistryEntry, AskError> {
+    let client = client(config)?;
+    let source = match config.kind {
+        RemoteKind::Mlflow => Backend::Mlflow(Mlflow::new(client, config)),
+        RemoteKind::Http => Backend::Http(HttpRegistry::new(client, config)),
+    };
+    let list = if source.has_revocations() {
+        match source.revocations(Ask::default()).await?.fetched {
+            Fetched::Records { records, .. } => match records.first() {
+                Some(text) => Some(revocations::verify(&text.jws, approvers)?),
+                None => None,
+            },
+            _ => return Err(AskError::Answer("the revocation list answered 304 or 410")),
+        }
+    } else {
+        None
+    };
+    let (fetched, revoked) = match source.fetch(digest, Ask::default()).await?.fetched {
+        Fetched::Records { records, .. } => (records, false),
+        Fetched::Revoked { records } => (records, true),
+        Fetched::NotModified => return Err(AskError::Answer("304 to a request without an ETag")),
+    };
+    let (mut entry, _) = verify_fetched(
+        source.label(),
+        approvers,
+        digest,
+        &fetched,
+        HashMap::new(),
+        list.as_ref(),
+    );
+    entry.revoked = revoked;
+    Ok(entry)
+}
+
+/// Why [`ask_once`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Failed(#[from] Failed),
+    #[error("revocation list: {0}")]
+    Revocations(#[from] revocations::RevocationError),
+    #[error("unexpected answer: {0}")]
+    Answer(&'static str),
 }
 
 /// The HTTP client the remote backends share: rustls, no proxy, bounded connect time.

@@ -19,6 +19,7 @@ mod support;
 
 mod audit;
 mod certificates;
+mod check;
 mod cli;
 mod clock;
 mod connections;

@@ -697,7 +697,8 @@ struct PromoteArgs {
     digest: Option<String>,
     /// ...or the model directory to hash, with the configuration's serialization for the
     /// model (`[artefact] serialization`); its model.sig is checked against the model's
-    /// configured signers.
+    /// configured signers (with `--digest` the model carries no signer: a record that pins
+    /// one needs `--dir`).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// MLflow: the model version to promote (its tags are set, and the alias pointed at it).
@@ -706,7 +707,8 @@ struct PromoteArgs {
     /// MLflow: the alias to point at the version [default: the environment's name].
     #[arg(long)]
     alias: Option<String>,
-    /// A caller to check the record admits, as `ISSUER#SUBJECT` (repeat).
+    /// A caller the record must allow: `ISSUER#SUBJECT`, or `SUBJECT` when the deployment
+    /// trusts one issuer (repeat).
     #[arg(long = "sample-caller", value_name = "ISSUER#SUBJECT")]
     sample_callers: Vec<String>,
     /// The audit log the promotion's record is appended to (hash-chained; `provgate audit
@@ -714,11 +716,9 @@ struct PromoteArgs {
     /// the directory; required otherwise]. Not a log a running sidecar writes.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// Print the check's report as JSON on standard output.
+    /// Print the check's report as JSON on standard output (else as text on standard error).
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    progress: ProgressArgs,
 }
 
 fn main() -> ExitCode {
@@ -1228,21 +1228,19 @@ fn cosign_record(existing: &Path, key: &SigningKey) -> Result<(String, Option<Di
 // === promote ===
 
 fn promote(a: PromoteArgs) -> Result<ExitCode> {
+    use provgate::check::{inspect, parse_caller, Deployment, Subject};
     use provgate::promote::{Destination, Outcome, Signed};
-    let deployment = provgate::check::Deployment::load(&a.config)
-        .map_err(|e| anyhow!("{}: {e}", a.config.display()))?;
-    let config = &deployment.config;
-    let env = match &a.env {
-        Some(e) => e.clone(),
-        None => a
-            .config
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| anyhow!("give --env: the configuration file has no usable name"))?
-            .to_string(),
-    };
+    let deployment = Deployment::load(&a.config)?;
+    let env = a
+        .env
+        .clone()
+        .unwrap_or_else(|| deployment.environment.clone());
     let alias = a.alias.clone().unwrap_or_else(|| env.clone());
-    let dest = Destination::of(&config.registry, a.mlflow_version.as_deref(), &alias)?;
+    let dest = Destination::of(
+        &deployment.config.registry,
+        a.mlflow_version.as_deref(),
+        &alias,
+    )?;
     let audit_log = match (&a.audit_log, dest.default_audit_log()) {
         (Some(p), _) => p.clone(),
         (None, Some(p)) => p,
@@ -1251,66 +1249,44 @@ fn promote(a: PromoteArgs) -> Result<ExitCode> {
             dest.label()
         ),
     };
-    let mut callers = Vec::new();
-    for c in &a.sample_callers {
-        let (iss, sub) = c
-            .split_once('#')
-            .ok_or_else(|| anyhow!("--sample-caller {c:?}: expected ISSUER#SUBJECT"))?;
-        callers.push((iss.to_string(), sub.to_string()));
-    }
+    let callers = a
+        .sample_callers
+        .iter()
+        .map(|c| parse_caller(c, &deployment))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let key = SigningKey::from_pem_file(&a.record.key)?;
-    // The model the record is for: named by --model, or by the co-signed record.
     let existing = match &a.record.cosign {
-        Some(path) => Some(cosign_record(path, &key)?),
+        Some(path) => {
+            let (record, digest, _) = cosign_record(path, &key)?;
+            let claims = approval::peek_record_claims(&record)
+                .ok_or_else(|| anyhow!("--cosign: not an approval record"))?;
+            Some((record, digest, claims))
+        }
         None => None,
     };
+    // The model the record is for: the co-signed record's, or --model.
     let model_name = match (&existing, &a.record.model) {
-        (Some((record, _, _)), _) => approval::peek_record_claims(record)
-            .map(|c| c.sub)
-            .ok_or_else(|| anyhow!("--cosign: not an approval record"))?,
+        (Some((_, _, claims)), _) => claims.sub.clone(),
         (None, Some(m)) => m.clone(),
         (None, None) => bail!("give --model"),
     };
-    let model = config.models.iter().find(|m| m.model == model_name);
-    // The directory, hashed as the environment's sidecars hash it, and its signature.
+    // The directory as the environment's sidecars see it: hashed with the model's
+    // serialization, model.sig checked against its signers (with --digest: no signer).
     let (dir_digest, model_signer) = match &a.dir {
-        None => (None, None),
         Some(dir) => {
-            let m = model.ok_or_else(|| {
-                anyhow!(
-                    "{}: no model {model_name:?} is configured, so its serialization is unknown",
-                    a.config.display()
-                )
-            })?;
-            let opts = HashOptions::new(m.serialization, m.hash_threads);
-            let manifest = a.progress.run(opts.clone(), |opts| {
-                provgate::oms::hash_dir(dir, opts, None)
-            })?;
-            let signer = if m.signers.is_empty() {
-                None
-            } else {
-                match provgate::oms::verify_dir_with(dir, &m.signers, Some(&manifest), &opts) {
-                    provgate::oms::SignatureState::Valid { signer, .. } => Some(signer),
-                    provgate::oms::SignatureState::Absent => None,
-                    provgate::oms::SignatureState::Invalid { reason } => {
-                        eprintln!("{}: model signature invalid: {reason}", dir.display());
-                        None
-                    }
-                }
-            };
-            (Some(manifest.root), signer)
+            let (digest, signer) = inspect(deployment.model(Some(&model_name))?, dir)?;
+            (Some(digest), signer)
         }
+        None => (None, None),
     };
     let (record, claims) = match existing {
-        Some((record, digest, _)) => {
-            if let (Some(d), Some(claimed)) = (&dir_digest, &digest) {
+        Some((record, claimed, claims)) => {
+            if let (Some(d), Some(claimed)) = (&dir_digest, &claimed) {
                 if d != claimed {
                     bail!("--dir hashes to {d}, but the co-signed record is for {claimed}");
                 }
             }
-            let claims = approval::peek_record_claims(&record)
-                .ok_or_else(|| anyhow!("--cosign: not an approval record"))?;
             (record, claims)
         }
         None => {
@@ -1329,30 +1305,41 @@ fn promote(a: PromoteArgs) -> Result<ExitCode> {
         jti: claims.jti.clone(),
         model: claims.sub.clone(),
         version_id: claims.version_id.clone(),
-        iss: a.record.iss.clone().unwrap_or(claims.iss.clone()),
+        iss: a.record.iss.clone().unwrap_or_else(|| claims.iss.clone()),
         kid: key.kid.clone(),
     };
-    let subject = provgate::check::Subject {
+    let subject = Subject {
         model: signed.model.clone(),
         digest: signed.digest,
         signer: model_signer,
+        // What the record pins is checked against the server at run time (the probe);
+        // offline, the record is judged as if the server reported it.
+        ollama_digest: claims.artefact.ollama_digest.clone(),
         callers,
         now: provgate::unix_now(),
     };
-    let report = provgate::promote::gate(&deployment, &signed, &subject)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    let outcome = if report.serve {
-        match provgate::promote::publish(&dest, &signed) {
-            Ok(to) => Outcome::Published(to),
-            Err(e) => Outcome::Failed(e.to_string()),
+
+    let outcome = match provgate::promote::gate(&deployment, &signed, &subject) {
+        Ok(verdict) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&verdict.report)?);
+            } else {
+                eprint!("{}", provgate::check::render(&verdict.report));
+            }
+            if verdict.failed.is_empty() {
+                match provgate::promote::publish(&dest, &signed) {
+                    Ok(to) => Outcome::Published(to),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            } else {
+                Outcome::Refused(verdict.failed)
+            }
         }
-    } else {
-        Outcome::Refused(provgate::promote::failing(&report))
+        // The check could not be made (registry unreachable, ...): nothing published.
+        Err(e) => Outcome::Failed(format!("checking: {e}")),
     };
     let seq = provgate::audit::append::append(&audit_log, &outcome.audit(&signed, &env, &dest))
-        .with_context(|| "recording the promotion")?;
+        .context("recording the promotion")?;
     let audited = format!("audit record {seq} in {}", audit_log.display());
     match &outcome {
         Outcome::Published(to) => {
@@ -1369,12 +1356,12 @@ fn promote(a: PromoteArgs) -> Result<ExitCode> {
                 signed.jti, signed.model, signed.version_id, signed.digest
             );
             for f in failed {
-                eprintln!("  fail  {f}");
+                eprintln!("  FAIL {f}");
             }
             Ok(ExitCode::FAILURE)
         }
         Outcome::Failed(error) => {
-            eprintln!("provgate: publishing to {env}'s registry failed: {error}; {audited}");
+            eprintln!("provgate: promoting to {env} failed: {error}; nothing refused by the check; {audited}");
             Ok(ExitCode::FAILURE)
         }
     }

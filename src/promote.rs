@@ -13,9 +13,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::audit::record::{Marker, Promotion};
-use crate::check::{self, Deployment, Report, Subject};
+use crate::check::{self, CheckError, Deployment, Report, Subject};
 use crate::digest::Digest;
 use crate::kit::http::FetchError;
+use crate::policy::trace::Step;
 use crate::registry::config::{RegistryConfig, RegistrySource, RemoteKind, RemoteRegistry};
 use crate::registry_serve::upload::{record_file_name, write_atomic};
 
@@ -33,8 +34,6 @@ pub enum PromoteError {
     Runtime(std::io::Error),
     #[error("the registry client: {0}")]
     Client(String),
-    #[error("{0}")]
-    Check(#[from] check::CheckError),
 }
 
 /// Where a promoted record goes: the target configuration's `[registry]`.
@@ -151,33 +150,97 @@ impl Outcome {
     }
 }
 
+/// The check's verdict on a promoted record: the report, and what stands in its way.
+#[derive(Debug)]
+pub struct Verdict {
+    pub report: Report,
+    /// Each failing rule as `rule[ [about]] (record ID): reason: why`; empty: it passes.
+    pub failed: Vec<String>,
+}
+
 /// Would the deployment serve `signed`? The registry's answer for its digest as the
 /// deployment's sidecars would verify it (existing records and exceptions), with `signed`
-/// added, evaluated by `check::evaluate`: the same decision code as the sidecar's.
+/// added as if published, evaluated by `check::evaluate`: the same decision code as the
+/// sidecar's. A record that does not verify with the deployment's approver keys is a
+/// failing `records` rule, not an error.
 pub fn gate(
     deployment: &Deployment,
     signed: &Signed,
     subject: &Subject,
-) -> Result<Report, PromoteError> {
-    let entry = check::entry_for(
-        deployment,
-        &signed.digest,
-        std::slice::from_ref(&signed.record),
-    )?;
-    Ok(check::evaluate(deployment, &entry, subject))
+) -> Result<Verdict, CheckError> {
+    let extra = [("the promoted record".to_string(), signed.record.clone())];
+    let entry = match deployment.entry_for(&signed.digest, &extra) {
+        Ok(entry) => entry,
+        Err(CheckError::Record { path, error }) => {
+            let report = check::evaluate(deployment, None, subject);
+            return Ok(Verdict {
+                report,
+                failed: vec![format!("records ({path}): {error}")],
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let report = check::evaluate(deployment, entry.as_ref(), subject);
+    let failed = failures(&report, &signed.jti);
+    Ok(Verdict { report, failed })
 }
 
-/// The rules `report` failed, each as `rule[ record]: why`.
-pub fn failing(report: &Report) -> Vec<String> {
-    report
+/// What keeps the deployment from serving the record `jti` by itself: the rules decided
+/// before any record, that record's rules, and sampled callers it does not allow. Another
+/// record that the deployment would serve does not make this one pass: the promotion is of
+/// this record.
+pub fn failures(report: &Report, jti: &str) -> Vec<String> {
+    let text = |s: &Step| {
+        let about = if s.about.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", s.about)
+        };
+        let record = s
+            .record
+            .as_ref()
+            .map(|r| format!(" (record {r})"))
+            .unwrap_or_default();
+        let reason = s.reason.map(|r| format!("{r}: ")).unwrap_or_default();
+        format!("{}{about}{record}: {reason}{}", s.rule, s.why)
+    };
+    let mut failed: Vec<String> = report
         .steps
         .iter()
-        .filter(|s| !s.pass)
-        .map(|s| match &s.record {
-            Some(jti) => format!("{} (record {jti}): {}", s.rule.as_str(), s.why),
-            None => format!("{}: {}", s.rule.as_str(), s.why),
-        })
-        .collect()
+        .filter(|s| s.failed())
+        .map(text)
+        .collect();
+    let ours: Vec<_> = report.records.iter().filter(|r| r.id == jti).collect();
+    match ours.first() {
+        None => failed.push(format!(
+            "records: record {jti} is not among the digest's records"
+        )),
+        // Every copy failed (a co-signed record may sit beside its earlier form): the
+        // newest copy's failures say why.
+        Some(newest) if !ours.iter().any(|r| r.usable) => {
+            let before = failed.len();
+            failed.extend(newest.steps.iter().filter(|s| s.failed()).map(text));
+            if failed.len() == before {
+                failed.push(format!("records: record {jti} is not usable"));
+            }
+        }
+        Some(_) => {}
+    }
+    for c in &report.callers {
+        if c.decision != "allow" || c.record.as_deref() != Some(jti) {
+            failed.push(format!(
+                "callers (caller {}#{}): {}",
+                c.iss,
+                c.sub,
+                match (c.reason, c.detail, &c.record) {
+                    (Some(reason), detail, _) => format!("{reason}: {}", detail.unwrap_or("")),
+                    (None, _, Some(other)) => format!("allowed by record {other}, not {jti}"),
+                    (None, _, None) => "not allowed by this record".to_string(),
+                }
+            ));
+        }
+    }
+    failed
 }
 
 /// Publishes `signed` to `dest`; returns where it went.
@@ -247,8 +310,16 @@ fn publish_dir(dir: &Path, signed: &Signed) -> Result<String, PromoteError> {
     Ok(dir.join(name).display().to_string())
 }
 
+/// Writes wait at least this long: the configured `timeout` bounds the sidecars' reads (a
+/// few seconds), and an MLflow server takes longer to store a tag of several KB when busy.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn client(remote: &RemoteRegistry) -> Result<reqwest::Client, PromoteError> {
-    crate::registry::remote::client(remote).map_err(|e| PromoteError::Client(e.to_string()))
+    let writing = RemoteRegistry {
+        timeout: remote.timeout.max(WRITE_TIMEOUT),
+        ..remote.clone()
+    };
+    crate::registry::remote::client(&writing).map_err(|e| PromoteError::Client(e.to_string()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, PromoteError> {

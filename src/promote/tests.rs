@@ -111,3 +111,93 @@ fn the_audit_record_names_who_what_where_and_the_outcome() {
     assert_eq!(p.published_to.as_deref(), Some("/srv/registry/r1.jws"));
     assert!(p.failed.is_empty());
 }
+
+// === the gate's reading of a check report ===
+
+fn step(rule: crate::policy::trace::Rule, record: Option<&str>, outcome: &'static str) -> Step {
+    Step {
+        rule,
+        record: record.map(str::to_string),
+        index: record.map(|_| 0),
+        about: String::new(),
+        outcome,
+        reason: (outcome == "fail").then_some("approval_invalid"),
+        why: if outcome == "fail" {
+            "record is valid longer than its tier allows".into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+fn record_report(id: &str, usable: bool, steps: Vec<Step>) -> check::RecordReport {
+    check::RecordReport {
+        id: id.into(),
+        version: "v1".into(),
+        tier: "default".into(),
+        iat: 0,
+        exp: 0,
+        signers: vec!["k1".into()],
+        callers: vec![],
+        usable,
+        steps,
+    }
+}
+
+fn report(records: Vec<check::RecordReport>, callers: Vec<check::CallerReport>) -> Report {
+    Report {
+        config: "production.toml".into(),
+        environment: "production".into(),
+        model: "m".into(),
+        digest: signed().digest.to_string(),
+        signer: None,
+        workload: "w".into(),
+        tier: "default".into(),
+        now: 0,
+        serve: true,
+        steps: vec![step(crate::policy::trace::Rule::Artefact, None, "pass")],
+        records,
+        invalid: vec![],
+        exceptions: vec![],
+        callers,
+    }
+}
+
+#[test]
+fn another_usable_record_does_not_carry_a_failing_promotion() {
+    use crate::policy::trace::Rule;
+    let ours = record_report(
+        "r1",
+        false,
+        vec![
+            step(Rule::Expiry, Some("r1"), "pass"),
+            step(Rule::Lifetime, Some("r1"), "fail"),
+        ],
+    );
+    let other = record_report("old", true, vec![step(Rule::Lifetime, Some("old"), "pass")]);
+    let allowed_by_other = check::CallerReport {
+        iss: "https://issuer".into(),
+        sub: "client".into(),
+        decision: "allow",
+        reason: None,
+        detail: None,
+        record: Some("old".into()),
+        exceptions: vec![],
+    };
+    // The check says the deployment serves the digest (through `old`): the promotion of
+    // `r1` still fails, on its lifetime and on the caller `r1` does not allow.
+    let r = report(vec![ours, other], vec![allowed_by_other]);
+    assert!(r.serve);
+    assert_eq!(
+        failures(&r, "r1"),
+        [
+            "lifetime (record r1): approval_invalid: record is valid longer than its tier allows",
+            "callers (caller https://issuer#client): allowed by record old, not r1",
+        ]
+    );
+    assert!(failures(&r, "old").is_empty());
+    assert_eq!(
+        failures(&r, "r9")[0],
+        "records: record r9 is not among the digest's records"
+    );
+}

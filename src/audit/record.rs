@@ -262,7 +262,8 @@ pub enum Marker {
     Pruned { time: String, segment: u64 },
     /// One `provgate promote`: who signed (`iss`, key `kid`), for which environment, which
     /// artefact and record, and whether it was published or refused (with the rules that
-    /// failed). Written by [`super::append`], never by the sidecar.
+    /// failed). Written by `provgate promote` through the `append` room, never by the
+    /// sidecar.
     Promotion(Box<Promotion>),
 }
 

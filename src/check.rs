@@ -20,8 +20,8 @@ use crate::identity::Caller;
 use crate::oms::{HashOptions, SignatureState};
 use crate::policy::trace::{Rule, Step, Steps};
 use crate::policy::{
-    decide_traced, ApprovalView, ArtefactView, CallerView, Decision, Input, ModelView, Policy,
-    ServerView,
+    base_pin, decide, decide_adapter, decide_traced, ApprovalView, ArtefactView, CallerView,
+    Decision, Input, ModelView, Policy, ServerView,
 };
 use crate::registry::config::RegistrySource;
 use crate::registry::{Candidate, ExceptionCandidate, RegistryEntry};
@@ -99,7 +99,8 @@ impl Deployment {
 
     /// What the registry this deployment names holds for `digest`, verified with its
     /// approver keys as the sidecar verifies it; `extra`: records or exceptions not yet
-    /// published (a promotion's), added as if they were.
+    /// published (a promotion's), added as if they were (those for another digest are not
+    /// this entry's; one that does not verify is an error).
     pub fn entry_for(
         &self,
         digest: &Digest,
@@ -137,12 +138,9 @@ impl Deployment {
                         revoked: false,
                     })
                 }
-                Verified::Record(r) => {
-                    return Err(refuse(format!(
-                        "the record is for {}, not {digest}",
-                        r.claims.artefact.digest
-                    )))
-                }
+                // Another digest's (an adapter's base, say): not this entry's.
+                Verified::Record(_) => {}
+                Verified::Exception(e) if e.claims.artefact.digest != *digest => {}
                 Verified::Exception(e) => entry
                     .exceptions
                     .push(crate::registry::exception_for(e, digest, false).map_err(refuse)?),
@@ -211,6 +209,13 @@ pub struct Subject {
     pub now: u64,
 }
 
+/// An adapter's base model: what the registry holds for it, and its artefact (the same
+/// callers and time as the adapter's).
+pub struct Base<'a> {
+    pub entry: Option<&'a RegistryEntry>,
+    pub subject: &'a Subject,
+}
+
 /// One record's rules.
 #[derive(Debug, Serialize)]
 pub struct RecordReport {
@@ -271,11 +276,46 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exceptions: Vec<String>,
     pub callers: Vec<CallerReport>,
+    /// For an adapter: its base model's check (the adapter is served only with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<Report>>,
+}
+
+/// The decision's input for one caller.
+fn input<'a>(
+    caller: &'a Caller,
+    subject: &'a Subject,
+    entry: Option<&'a RegistryEntry>,
+) -> Input<'a> {
+    Input {
+        caller: CallerView::Verified(caller),
+        model: ModelView::Served {
+            name: &subject.model,
+            server: match &subject.ollama_digest {
+                Some(o) => ServerView::Serving {
+                    ollama_digest: Some(o),
+                },
+                None => ServerView::NotProbed,
+            },
+        },
+        artefact: ArtefactView::Ready {
+            digest: &subject.digest,
+            signer: subject.signer.as_deref(),
+        },
+        approval: ApprovalView::Entry(entry),
+        now: subject.now,
+    }
 }
 
 /// Evaluates `subject` against one deployment and the registry's `entry` for its digest
-/// (None: the registry holds nothing for it).
-pub fn evaluate(d: &Deployment, entry: Option<&RegistryEntry>, subject: &Subject) -> Report {
+/// (None: the registry holds nothing for it); an adapter with its `base`.
+pub fn evaluate(
+    d: &Deployment,
+    entry: Option<&RegistryEntry>,
+    subject: &Subject,
+    base: Option<&Base<'_>>,
+) -> Report {
+    let base_report = base.map(|b| Box::new(evaluate(d, b.entry, b.subject, None)));
     // Without a sample, one anonymous caller shows every rule; its caller rules are
     // reported as skipped.
     let sampled = !subject.callers.is_empty();
@@ -293,26 +333,15 @@ pub fn evaluate(d: &Deployment, entry: Option<&RegistryEntry>, subject: &Subject
             exp: u64::MAX,
             headers: None,
         };
-        let input = Input {
-            caller: CallerView::Verified(&caller),
-            model: ModelView::Served {
-                name: &subject.model,
-                server: match &subject.ollama_digest {
-                    Some(o) => ServerView::Serving {
-                        ollama_digest: Some(o),
-                    },
-                    None => ServerView::NotProbed,
-                },
-            },
-            artefact: ArtefactView::Ready {
-                digest: &subject.digest,
-                signer: subject.signer.as_deref(),
-            },
-            approval: ApprovalView::Entry(entry),
-            now: subject.now,
-        };
         let mut steps = Steps::default();
-        let decision = decide_traced(&d.policy, &input, &mut steps);
+        let mut decision = decide_traced(&d.policy, &input(&caller, subject, entry), &mut steps);
+        if let Some(b) = base {
+            // The sidecar's adapter rule, with the base decided for the same caller.
+            decision = decide_adapter(decision, || {
+                let base_input = input(&caller, b.subject, b.entry);
+                (decide(&d.policy, &base_input), Some(b.subject.digest))
+            });
+        }
         if sampled {
             caller_reports.push(caller_report(iss, sub, &decision));
         }
@@ -338,11 +367,23 @@ pub fn evaluate(d: &Deployment, entry: Option<&RegistryEntry>, subject: &Subject
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let steps: Vec<Step> = about_records
+            let mut steps: Vec<Step> = about_records
                 .iter()
                 .filter(|s| s.index == Some(i))
                 .cloned()
                 .collect();
+            if let Some(b) = base {
+                let pinned = base_pin(&c.record, Some(b.subject.digest));
+                steps.push(Step {
+                    rule: Rule::BaseDigest,
+                    record: Some(c.record.claims.jti.clone()),
+                    index: Some(i),
+                    about: b.subject.model.clone(),
+                    outcome: if pinned.is_ok() { "pass" } else { "fail" },
+                    reason: pinned.err().map(|(r, _)| r.as_str()),
+                    why: pinned.err().map(|(_, w)| w.to_string()).unwrap_or_default(),
+                });
+            }
             let usable = !steps.is_empty() && steps.iter().all(|s| !s.failed());
             let claims = &c.record.claims;
             RecordReport {
@@ -360,6 +401,7 @@ pub fn evaluate(d: &Deployment, entry: Option<&RegistryEntry>, subject: &Subject
         .collect();
     let serve = before.iter().all(|s| !s.failed())
         && records.iter().any(|r| r.usable)
+        && base_report.as_ref().is_none_or(|b| b.serve)
         && caller_reports.iter().all(|c| c.decision == "allow");
     Report {
         config: d.path.display().to_string(),
@@ -380,6 +422,7 @@ pub fn evaluate(d: &Deployment, entry: Option<&RegistryEntry>, subject: &Subject
             .map(|e| e.exception.claims.jti.clone())
             .collect(),
         callers: caller_reports,
+        base: base_report,
     }
 }
 
@@ -430,7 +473,7 @@ pub fn render(r: &Report) -> String {
         r.workload,
         r.tier,
         r.signer.as_deref().unwrap_or("-"),
-        r.now
+        time(r.now)
     );
     for s in &r.steps {
         line(&mut out, "  ", s);
@@ -441,10 +484,12 @@ pub fn render(r: &Report) -> String {
     for rec in &r.records {
         let _ = writeln!(
             out,
-            "  record {} (version {}, tier {}, signed by {}){}",
+            "  record {} (version {}, tier {}, issued {}, expires {}, signed by {}){}",
             rec.id,
             rec.version,
             rec.tier,
+            time(rec.iat),
+            time(rec.exp),
             rec.signers.join(", "),
             if rec.usable { "" } else { ": not usable" }
         );
@@ -464,6 +509,12 @@ pub fn render(r: &Report) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(b) = &r.base {
+        let _ = writeln!(out, "  the adapter's base model:");
+        for l in render(b).lines() {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
     let _ = writeln!(
         out,
         "  => {}",
@@ -474,6 +525,11 @@ pub fn render(r: &Report) -> String {
         }
     );
     out
+}
+
+/// Unix seconds as an RFC 3339 UTC time, as the audit log writes times.
+fn time(secs: u64) -> String {
+    crate::audit::query::record_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 fn line(out: &mut String, indent: &str, s: &Step) {

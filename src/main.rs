@@ -193,6 +193,15 @@ struct CheckArgs {
     /// The Ollama digest the model server reports, for a record that pins one.
     #[arg(long)]
     ollama_digest: Option<String>,
+    /// For an adapter: its base model's directory [default: the base's configured path].
+    #[arg(long, conflicts_with = "base_digest")]
+    base_dir: Option<PathBuf>,
+    /// For an adapter: its base model's digest, instead of its directory.
+    #[arg(long)]
+    base_digest: Option<provgate::digest::Digest>,
+    /// With `--base-digest`: the configured signer whose signature the base carries.
+    #[arg(long, requires = "base_digest")]
+    base_signer: Option<String>,
     /// Judge at this time (RFC 3339, or Unix seconds) [default: now].
     #[arg(long)]
     at: Option<String>,
@@ -1702,7 +1711,7 @@ fn check(a: CheckArgs) -> ExitCode {
 }
 
 fn check_reports(a: &CheckArgs) -> Result<Vec<provgate::check::Report>> {
-    use provgate::check::{evaluate, inspect, parse_caller, Deployment, Subject};
+    use provgate::check::{evaluate, inspect, parse_caller, Base, Deployment, Subject};
     let now = match &a.at {
         None => provgate::base::unix_now(),
         Some(t) => parse_time(t).with_context(|| format!("--at {t:?}"))?,
@@ -1722,6 +1731,13 @@ fn check_reports(a: &CheckArgs) -> Result<Vec<provgate::check::Report>> {
             (None, None) => bail!("give --dir or --digest"),
         };
         let entry = d.entry_for(&digest, &extra)?;
+        if model.base.is_none() {
+            for (origin, text) in &extra {
+                if approval::peek_claims(text).and_then(|(d, _)| d) != Some(digest) {
+                    bail!("--record {origin}: not a record or exception for {digest}");
+                }
+            }
+        }
         let callers = a
             .callers
             .iter()
@@ -1732,10 +1748,39 @@ fn check_reports(a: &CheckArgs) -> Result<Vec<provgate::check::Report>> {
             digest,
             signer,
             ollama_digest: a.ollama_digest.clone(),
+            callers: callers.clone(),
+            now,
+        };
+        let Some(base_name) = &model.base else {
+            reports.push(evaluate(&d, entry.as_ref(), &subject, None));
+            continue;
+        };
+        // An adapter is served only with its base: check both, as the sidecar decides.
+        let base_model = d.model(Some(base_name))?;
+        let (base_digest, base_signer) = match (&a.base_dir, &a.base_digest) {
+            (Some(dir), _) => inspect(base_model, dir)?,
+            (None, Some(digest)) => (*digest, a.base_signer.clone()),
+            (None, None) if base_model.path.exists() => inspect(base_model, &base_model.path)?,
+            (None, None) => bail!(
+                "{} is an adapter of {base_name}, whose path {} is not here: give --base-dir or --base-digest",
+                model.model,
+                base_model.path.display()
+            ),
+        };
+        let base_entry = d.entry_for(&base_digest, &extra)?;
+        let base_subject = Subject {
+            model: base_name.clone(),
+            digest: base_digest,
+            signer: base_signer,
+            ollama_digest: None,
             callers,
             now,
         };
-        reports.push(evaluate(&d, entry.as_ref(), &subject));
+        let base = Base {
+            entry: base_entry.as_ref(),
+            subject: &base_subject,
+        };
+        reports.push(evaluate(&d, entry.as_ref(), &subject, Some(&base)));
     }
     Ok(reports)
 }

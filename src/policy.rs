@@ -515,6 +515,75 @@ fn decide_with<T: Trace>(policy: &Policy, input: &Input<'_>, t: &mut T) -> Decis
     })
 }
 
+/// An adapter's decision, from its own (`adapter`) and, when that allows, its base's:
+/// `base()` decides the base model for the same caller and says which digest the base is
+/// served with. The adapter's record must pin that digest, and the base's records must
+/// allow the caller too; exceptions the base's record needed are the request's as well.
+pub fn decide_adapter(
+    adapter: Decision,
+    base: impl FnOnce() -> (Decision, Option<Digest>),
+) -> Decision {
+    let Decision::Allow { record, .. } = &adapter else {
+        return adapter;
+    };
+    if record.claims.artefact.base_digest.is_none() {
+        return adapter_denial(record, NO_BASE_PIN);
+    }
+    let (base_decision, served) = base();
+    if base_decision.reason().is_some() {
+        return base_decision;
+    }
+    if let Err(why) = base_pin(record, served) {
+        return adapter_denial(record, why);
+    }
+    match (adapter, base_decision) {
+        (
+            Decision::Allow {
+                record,
+                mut exceptions,
+            },
+            Decision::Allow {
+                exceptions: base, ..
+            },
+        ) if !base.is_empty() => {
+            exceptions.extend(base);
+            Decision::Allow { record, exceptions }
+        }
+        (adapter, _) => adapter,
+    }
+}
+
+const NO_BASE_PIN: (DenyReason, &str) = (
+    DenyReason::ApprovalInvalid,
+    "adapter record pins no base digest",
+);
+
+/// Does an adapter's record pin the digest its base is served with (`served`)?
+pub fn base_pin(
+    record: &ApprovalRecord,
+    served: Option<Digest>,
+) -> Result<(), (DenyReason, &'static str)> {
+    match record.claims.artefact.base_digest {
+        None => Err(NO_BASE_PIN),
+        Some(pinned) if served == Some(pinned) => Ok(()),
+        Some(_) => Err((
+            DenyReason::ModelMismatch,
+            "adapter record pins another base digest than the one served",
+        )),
+    }
+}
+
+fn adapter_denial(
+    record: &Arc<ApprovalRecord>,
+    (reason, detail): (DenyReason, &'static str),
+) -> Decision {
+    Decision::Deny {
+        reason,
+        detail,
+        record: Some(record.clone()),
+    }
+}
+
 /// Checks one record; on success, the exceptions it needed (usually none: no allocation).
 /// With a recorder (`T::EVERY_RULE`) every rule is applied and reported, and the first
 /// failure is returned at the end; otherwise the first failure returns at once.

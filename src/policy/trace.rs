@@ -60,6 +60,10 @@ pub enum Rule {
     Quorum,
     /// The caller is in the record's `callers`.
     Callers,
+    /// An adapter's record pins the digest its base model is served with.
+    BaseDigest,
+    /// An adapter's base model is allowed for the caller too.
+    Base,
 }
 
 impl Rule {
@@ -87,6 +91,8 @@ impl Rule {
             Rule::Signers => "signers",
             Rule::Quorum => "quorum",
             Rule::Callers => "callers",
+            Rule::BaseDigest => "base_digest",
+            Rule::Base => "base",
         }
     }
 }

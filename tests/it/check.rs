@@ -522,3 +522,107 @@ fn check_reports_every_rule_of_a_record_and_every_environment() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+/// An adapter and its base: the sidecar decides a chat request naming the adapter; `check
+/// --model ADAPTER` decides it offline (the base from its configured path).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_the_sidecar_agree_on_adapters() {
+    type Pin = fn(&Fixture, provgate::digest::Digest) -> Option<provgate::digest::Digest>;
+    let cases: [(&str, Pin, bool, &str); 4] = [
+        ("pins the base served", |_, base| Some(base), true, "allow"),
+        (
+            "pins another base",
+            |_, _| Some(provgate::digest::Digest([7; 32])),
+            true,
+            "model_mismatch",
+        ),
+        ("pins no base", |_, _| None, true, "approval_invalid"),
+        (
+            "the base has no record",
+            |_, base| Some(base),
+            false,
+            "artefact_unmanaged",
+        ),
+    ];
+    for (name, pin, base_approved, want) in cases {
+        let mut fx = Fixture::new();
+        fx.upstream_extra = "api = [\"vllm\"]".into();
+        let base_dir = fx.model_dir();
+        let adapter_dir = model_dir(&fx, "lora-a", b"adapter a");
+        let base_digest = fx.digest();
+        if base_approved {
+            fx.approve("base.jwt", &fx.claims());
+        }
+        let mut a = fx.claims();
+        a.sub = "lora-a".into();
+        a.jti = "rec-lora-a".into();
+        a.version_id = "va".into();
+        a.artefact.digest = digest_of(&adapter_dir);
+        a.artefact.base_digest = pin(&fx, base_digest);
+        fx.approve("lora-a.jwt", &a);
+        let sections = format!(
+            "[[artefacts]]\nmodel = \"{MODEL}\"\npath = \"{}\"\npoll_interval = \"200ms\"\n\
+             [[artefacts]]\nmodel = \"lora-a\"\npath = \"{}\"\npoll_interval = \"200ms\"\n\
+             kind = \"adapter\"\nbase = \"{MODEL}\"\n",
+            base_dir.display(),
+            adapter_dir.display()
+        );
+        let up = Upstream::start().await;
+        let (listen, admin) = (free_port(), free_port());
+        let config = config_with(&fx, (listen, admin), up.addr, &sections);
+        let pg = Provgate::spawn(fx.dir.path(), "adapters", &config, listen, admin, None).await;
+        pg.wait_ready().await;
+        let resp = pg
+            .client
+            .post(pg.url("/v1/chat/completions"))
+            .bearer_auth(fx.token(CALLER))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"lora-a","messages":[]}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let id = resp.headers()["x-provgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let reason = body["error"].as_str().unwrap_or("allow").to_string();
+        assert_eq!(reason, want, "case {name:?}: sidecar {status} {body}");
+
+        let caller = format!("{ISSUER}#{CALLER}");
+        let out = run_cli(
+            &[
+                "check",
+                "-c",
+                fx.path("adapters.toml").to_str().unwrap(),
+                "--model",
+                "lora-a",
+                "--dir",
+                adapter_dir.to_str().unwrap(),
+                "--caller",
+                &caller,
+                "--json",
+            ],
+            None,
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let c = &report["deployments"][0]["callers"][0];
+        assert_eq!(
+            c["reason"].as_str().unwrap_or("allow"),
+            reason,
+            "case {name:?}: {report:#}"
+        );
+        assert_eq!(out.status.code(), Some(if want == "allow" { 0 } else { 1 }));
+        if status != 200 {
+            let audit = fx.audit_record(&id).await;
+            assert_eq!(c["detail"], audit["detail"], "case {name:?}");
+        }
+        // The base's own check is in the report.
+        assert_eq!(
+            report["deployments"][0]["base"]["model"], MODEL,
+            "case {name:?}"
+        );
+    }
+}

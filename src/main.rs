@@ -1237,7 +1237,7 @@ fn cosign_record(existing: &Path, key: &SigningKey) -> Result<(String, Option<Di
 // === promote ===
 
 fn promote(a: PromoteArgs) -> Result<ExitCode> {
-    use provgate::check::{inspect, parse_caller, Deployment, Subject};
+    use provgate::check::{inspect, parse_caller, Base, Deployment, Subject};
     use provgate::promote::{Destination, Outcome, Signed};
     let deployment = Deployment::load(&a.config)?;
     let env = a
@@ -1328,7 +1328,44 @@ fn promote(a: PromoteArgs) -> Result<ExitCode> {
         now: provgate::unix_now(),
     };
 
-    let outcome = match provgate::promote::gate(&deployment, &signed, &subject) {
+    // An adapter is served only with its base: judged with the base the record pins
+    // (`--base-digest`), else the base directory the configuration names when it is here.
+    let base_model = match &deployment.model(Some(&signed.model))?.base {
+        Some(name) => Some(deployment.model(Some(name))?),
+        None => None,
+    };
+    let base_subject = match base_model {
+        None => None,
+        Some(m) => {
+            let (digest, signer) = match &claims.artefact.base_digest {
+                Some(d) => (*d, None),
+                None if m.path.exists() => inspect(m, &m.path)?,
+                None => bail!(
+                    "{} is an adapter of {}, whose path {} is not here: give --base-digest",
+                    signed.model,
+                    m.model,
+                    m.path.display()
+                ),
+            };
+            Some(Subject {
+                model: m.model.clone(),
+                digest,
+                signer,
+                ollama_digest: None,
+                callers: subject.callers.clone(),
+                now: subject.now,
+            })
+        }
+    };
+    let base_entry = match &base_subject {
+        Some(b) => deployment.entry_for(&b.digest, &[])?,
+        None => None,
+    };
+    let base = base_subject.as_ref().map(|b| Base {
+        entry: base_entry.as_ref(),
+        subject: b,
+    });
+    let outcome = match provgate::promote::gate(&deployment, &signed, &subject, base.as_ref()) {
         Ok(verdict) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&verdict.report)?);

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::audit::record::{Marker, Promotion};
-use crate::check::{self, CheckError, Deployment, Report, Subject};
+use crate::check::{self, Base, CheckError, Deployment, Report, Subject};
 use crate::digest::Digest;
 use crate::kit::http::FetchError;
 use crate::policy::trace::Step;
@@ -161,18 +161,20 @@ pub struct Verdict {
 /// Would the deployment serve `signed`? The registry's answer for its digest as the
 /// deployment's sidecars would verify it (existing records and exceptions), with `signed`
 /// added as if published, evaluated by `check::evaluate`: the same decision code as the
-/// sidecar's. A record that does not verify with the deployment's approver keys is a
-/// failing `records` rule, not an error.
+/// sidecar's; an adapter with its `base` model, as the sidecar decides it. A record that
+/// does not verify with the deployment's approver keys is a failing `records` rule, not an
+/// error.
 pub fn gate(
     deployment: &Deployment,
     signed: &Signed,
     subject: &Subject,
+    base: Option<&Base<'_>>,
 ) -> Result<Verdict, CheckError> {
     let extra = [("the promoted record".to_string(), signed.record.clone())];
     let entry = match deployment.entry_for(&signed.digest, &extra) {
         Ok(entry) => entry,
         Err(CheckError::Record { path, error }) => {
-            let report = check::evaluate(deployment, None, subject);
+            let report = check::evaluate(deployment, None, subject, base);
             return Ok(Verdict {
                 report,
                 failed: vec![format!("records ({path}): {error}")],
@@ -180,7 +182,7 @@ pub fn gate(
         }
         Err(e) => return Err(e),
     };
-    let report = check::evaluate(deployment, entry.as_ref(), subject);
+    let report = check::evaluate(deployment, entry.as_ref(), subject, base);
     let failed = failures(&report, &signed.jti);
     Ok(Verdict { report, failed })
 }
@@ -225,6 +227,13 @@ pub fn failures(report: &Report, jti: &str) -> Vec<String> {
             }
         }
         Some(_) => {}
+    }
+    // An adapter is served only with its base.
+    if let Some(base) = report.base.as_ref().filter(|b| !b.serve) {
+        failed.push(format!(
+            "base: the adapter's base model {} ({}) would not be served",
+            base.model, base.digest
+        ));
     }
     for c in &report.callers {
         if c.decision != "allow" || c.record.as_deref() != Some(jti) {

@@ -160,6 +160,7 @@ fn report(records: Vec<check::RecordReport>, callers: Vec<check::CallerReport>) 
         invalid: vec![],
         exceptions: vec![],
         callers,
+        base: None,
     }
 }
 
@@ -199,5 +200,24 @@ fn another_usable_record_does_not_carry_a_failing_promotion() {
     assert_eq!(
         failures(&r, "r9")[0],
         "records: record r9 is not among the digest's records"
+    );
+}
+
+#[test]
+fn an_adapter_is_not_promoted_over_a_base_that_would_not_be_served() {
+    use crate::policy::trace::Rule;
+    let ours = record_report("r1", true, vec![step(Rule::Lifetime, Some("r1"), "pass")]);
+    let mut r = report(vec![ours], vec![]);
+    assert!(failures(&r, "r1").is_empty());
+    let mut base = report(vec![], vec![]);
+    base.model = "base-model".into();
+    base.serve = false;
+    r.base = Some(Box::new(base));
+    assert_eq!(
+        failures(&r, "r1"),
+        [format!(
+            "base: the adapter's base model base-model ({}) would not be served",
+            signed().digest
+        )]
     );
 }

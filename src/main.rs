@@ -1330,7 +1330,12 @@ fn promote(a: PromoteArgs) -> Result<ExitCode> {
 
     // An adapter is served only with its base: judged with the base the record pins
     // (`--base-digest`), else the base directory the configuration names when it is here.
-    let base_model = match &deployment.model(Some(&signed.model))?.base {
+    // (A model the deployment does not serve has no base here: the check refuses it.)
+    let base_model = match deployment
+        .model(Some(&signed.model))
+        .ok()
+        .and_then(|m| m.base.as_ref())
+    {
         Some(name) => Some(deployment.model(Some(name))?),
         None => None,
     };
@@ -1407,7 +1412,7 @@ fn promote(a: PromoteArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         Outcome::Failed(error) => {
-            eprintln!("provgate: promoting to {env} failed: {error}; nothing refused by the check; {audited}");
+            eprintln!("provgate: promoting to {env} failed: {error}; {audited}");
             Ok(ExitCode::FAILURE)
         }
     }

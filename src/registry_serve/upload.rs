@@ -100,7 +100,8 @@ impl Upload {
 
 /// The file name a record is stored under: `<jti>.jws` for an ID of at most 128 letters,
 /// digits, `.`, `_` and `-` (not starting with `.`), else the ID's SHA-256 in hex. The same
-/// for `provgate promote` into a directory, so a co-signed record replaces its earlier form.
+/// for `provgate promote` into a directory, so a co-signed record replaces the file of its
+/// earlier promotion (or upload).
 pub fn record_file_name(jti: &str) -> String {
     let plain = !jti.is_empty()
         && jti.len() <= 128

@@ -15,6 +15,7 @@ pub mod base;
 pub mod check;
 pub mod config;
 pub mod digest;
+pub mod explain;
 pub mod fields;
 /// Entry points for the fuzz targets in `fuzz/` and their corpus replay (README "Fuzzing").
 pub mod fuzzing;

@@ -162,6 +162,11 @@ enum Command {
     /// the sidecar's own decision, and prints every rule with pass or fail and why. Exit 0
     /// when every deployment would serve it, 1 when one would not, 2 when it cannot tell.
     Check(Box<CheckArgs>),
+    /// Replay a request's decision from its audit record against a deployment's config and
+    /// registry, and print the chain (caller, route, model, digest, records, rules) and the
+    /// rule that refused. Exit 0 when the replay agrees with the record, 1 when it
+    /// disagrees, 2 on error.
+    Explain(ExplainArgs),
 }
 
 #[derive(Args)]
@@ -206,6 +211,27 @@ struct CheckArgs {
     #[arg(long)]
     at: Option<String>,
     /// Print one JSON object (`serve`, and a report per deployment).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["request_id", "record"])))]
+struct ExplainArgs {
+    /// The deployment's configuration (the file the sidecar runs with).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// The audit log: the active file (its rotated segments are read too), one segment, or a
+    /// directory of logs.
+    #[arg(required_unless_present = "record")]
+    log: Option<PathBuf>,
+    /// The request ID to find in the log (a denial's `request_id`).
+    #[arg(long, requires = "log")]
+    request_id: Option<String>,
+    /// The audit record itself, one JSON line, from a file or `-` (standard input).
+    #[arg(long, conflicts_with = "request_id")]
+    record: Option<PathBuf>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -864,6 +890,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         } => registry_serve(args),
         Command::Revoke(args) => revoke(args),
         Command::Check(args) => Ok(check(*args)),
+        Command::Explain(args) => Ok(explain(&args)),
     }
 }
 
@@ -1017,6 +1044,49 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                 metrics.audit_summarised.get()
             );
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `provgate explain`: 0 when the replay agrees, 1 when it does not, 2 on any error.
+fn explain(a: &ExplainArgs) -> ExitCode {
+    use provgate::explain::{self, find, Source};
+    let result = (|| -> Result<explain::Explanation> {
+        let source = match (&a.record, &a.log, &a.request_id) {
+            (Some(file), _, _) => {
+                let text = if file.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin().lock())?
+                } else {
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?
+                };
+                Source::Record(Box::new(find::parse(&text)?))
+            }
+            (None, Some(path), Some(request_id)) => Source::Log { path, request_id },
+            _ => bail!("give a log and --request-id, or --record"),
+        };
+        Ok(explain::explain(&a.config, source)?)
+    })();
+    match result {
+        Ok(e) => {
+            let printed = if a.json {
+                serde_json::to_string_pretty(&e).map(|s| println!("{s}"))
+            } else {
+                print!("{}", e.render());
+                Ok(())
+            };
+            match printed {
+                Ok(()) if e.agrees => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::from(1),
+                Err(err) => {
+                    eprintln!("provgate: {err}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Err(err) => {
+            eprintln!("provgate: {err:#}");
+            ExitCode::from(2)
         }
     }
 }

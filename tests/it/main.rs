@@ -25,6 +25,7 @@ mod clock;
 mod connections;
 mod doors;
 mod enforcement;
+mod explain;
 mod faults;
 mod first_run;
 mod fuzz_corpus;

@@ -27,6 +27,7 @@ pub mod oms;
 pub mod policy;
 pub mod probe;
 pub mod process;
+pub mod promote;
 pub mod proxy;
 pub mod registry;
 pub mod registry_serve;

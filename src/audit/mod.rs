@@ -6,10 +6,12 @@
 //! full queue count the record into a summary instead of dropping it) and gathers its rooms:
 //! `record` (line format and bounds), `writer` (the thread: batches, rotation, checkpoints,
 //! summaries, failure), `segments` (naming, tail read), `checkpoint` (signed heads), `read`
-//! (bounded streaming), `verify`, `query` (query and summary), `ocsf` (export) and `config`.
+//! (bounded streaming), `verify`, `query` (query and summary), `ocsf` (export), `append` (one
+//! record from a command, `provgate promote`) and `config`.
 //! It must not decide anything about the request: the proxy hands it a finished event.
 //! Records hold a caller's `iss` and `sub` only: never a token.
 
+pub mod append;
 pub mod checkpoint;
 pub mod config;
 pub mod ocsf;

@@ -9,7 +9,8 @@
 //! re-watches that follow a change (or a restart of this server) arrive together, and are
 //! spread over one whole wait at once instead of returning together every wait.
 //!
-//! No file is read here and nothing blocks: every answer comes from the current index.
+//! No file is read here and nothing blocks: every answer comes from the current index. An
+//! upload (`PUT`, when on) is handed to [`super::upload`], which writes off the runtime.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::index::{Answer, Index, Key};
 use super::reqlog::{Form, Line, RequestLog};
+use super::upload::Upload;
 use super::{HEADER_TIMEOUT, MAX_HEAD, MAX_WAIT};
 use crate::digest::Digest;
 
@@ -35,6 +37,8 @@ pub struct Shared {
     index: watch::Receiver<Arc<Index>>,
     watchers: Arc<Semaphore>,
     log: Option<RequestLog>,
+    /// The upload form, when `--upload-token-file` turned it on.
+    upload: Option<Upload>,
 }
 
 impl Shared {
@@ -47,7 +51,14 @@ impl Shared {
             index,
             watchers: Arc::new(Semaphore::new(max_watchers)),
             log,
+            upload: None,
         }
+    }
+
+    /// The same, accepting uploads (`PUT /approvals/sha256/<hex>`).
+    pub fn with_upload(mut self, upload: Option<Upload>) -> Shared {
+        self.upload = upload;
+        self
     }
 }
 
@@ -200,11 +211,14 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let routed = route(req.uri().path(), req.uri().query());
     let form = routed.map_or(Form::Other, |(_, f)| f);
     let (response, watched) = match routed {
+        Some((Key::Digest(digest), Form::Path)) if req.method() == Method::PUT => {
+            match &shared.upload {
+                Some(upload) => (put(upload, &digest, req).await, false),
+                None => (not_allowed(false), false),
+            }
+        }
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
-            let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            (r, false)
+            (not_allowed(shared.upload.is_some()), false)
         }
         None => (empty(StatusCode::NOT_FOUND), false),
         Some((key, _)) => answer(shared, &key, req.headers()).await,
@@ -296,6 +310,36 @@ fn respond(answer: &Answer, not_modified: bool, applied: Option<u64>) -> Respons
             h.insert("preference-applied", v);
         }
     }
+    r
+}
+
+/// 405, naming the methods this server takes (`PUT` only where uploads are on).
+fn not_allowed(upload: bool) -> Response<Full<Bytes>> {
+    let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+    let allow = if upload {
+        "GET, HEAD, PUT"
+    } else {
+        "GET, HEAD"
+    };
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// An upload: 401 without the bearer token (nothing read or written), else the record
+/// stored (201 new, 204 replaced) or refused (413, 422).
+async fn put(upload: &Upload, digest: &Digest, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !upload.authorized(req.headers().get(header::AUTHORIZATION)) {
+        tracing::warn!(%digest, "upload refused: missing or wrong bearer token");
+        let mut r = empty(StatusCode::UNAUTHORIZED);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let (status, why) = upload.store(digest, req.into_body()).await;
+    tracing::info!(%digest, status = status.as_u16(), outcome = why, "upload");
+    let mut r = Response::new(Full::new(Bytes::from_static(why.as_bytes())));
+    *r.status_mut() = status;
     r
 }
 

@@ -40,6 +40,7 @@ mod monitoring;
 mod mtls;
 mod policy;
 mod progress;
+mod promote;
 mod registries;
 mod registry_serve;
 mod restart;

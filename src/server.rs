@@ -61,6 +61,14 @@ pub fn server_conf(config: &Config) -> ServerConf {
         upstream_keepalive_pool_size: config.upstream.keepalive_pool,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        // pingora's fast timers for every timeout of a second or more, tokio's instead (issue
+        // 16's soak). A fast timer stays in pingora's timer map until its deadline even when
+        // cancelled (each request's upstream read timeout, 300 s by default: up to some MB of
+        // RSS that fill for that long), and needs a clock thread that a request restarts when
+        // it has not ticked for about 2 s, without stopping the old one (a CPU stall left a
+        // thread behind for good). Tokio's timers are removed when cancelled and need no
+        // thread; only sub-second timeouts still take the fast path.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     }
 }

@@ -111,7 +111,7 @@ pub struct Config {
     /// `[trust] approver_keys`, loaded.
     pub approvers: KeySet,
     /// `[[trust.approvers]]`, by key ID.
-    pub approver_scopes: HashMap<String, Arc<ApproverScope>>,
+    pub approver_scopes: HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
     /// `[trust]` as written, for reloads: the key file and the approvers.
     pub approver_keys_path: PathBuf,
     pub approver_files: Vec<ApproverFile>,
@@ -119,7 +119,7 @@ pub struct Config {
     /// change and SIGHUP); `None` when it was parsed from text.
     pub source: Option<PathBuf>,
     pub callers: Callers,
-    pub tiers: HashMap<String, TierRule>,
+    pub tiers: HashMap<String, TierRule, crate::base::FastHash>,
     /// The deployment's tier (`[workload] tier`, else `default`) and its rule.
     pub tier: String,
     pub tier_rule: TierRule,

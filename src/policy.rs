@@ -230,14 +230,14 @@ pub struct Policy {
     /// This deployment's workload identity; must be in a record's `workloads`.
     pub workload_identity: String,
     /// Every configured tier (always including [`DEFAULT_TIER`]), by exact name.
-    pub tiers: HashMap<String, TierRule>,
+    pub tiers: HashMap<String, TierRule, crate::base::FastHash>,
     /// This deployment's tier (`[workload] tier`, else [`DEFAULT_TIER`]) and its rule: it
     /// applies to every record, whatever tier the record claims.
     pub tier: String,
     pub tier_rule: TierRule,
     /// Approvers by key ID: a record's signer counts only through the approver its key
     /// belongs to. Keys absent here approve nothing.
-    pub approvers: HashMap<String, Arc<ApproverScope>>,
+    pub approvers: HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
     /// The issuers (token `iss`, or `x509-svid` for certificate callers) whose callers a
     /// bare caller pattern matches: every issuer not configured `qualified = true`.
     /// Configuration guarantees these issuers cannot assert the same names; a caller of

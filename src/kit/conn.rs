@@ -124,7 +124,9 @@ impl Phase {
             if self.deadline_ms.load(Ordering::SeqCst) != deadline {
                 continue;
             }
+            // Biased: no random branch order to draw on every poll.
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(due) => {}
                 _ = changed => {}
             }

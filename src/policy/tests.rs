@@ -18,7 +18,7 @@ fn digest() -> Digest {
 }
 
 fn policy() -> Policy {
-    let mut tiers = HashMap::new();
+    let mut tiers = HashMap::default();
     tiers.insert(
         "customer-facing".to_string(),
         TierRule {
@@ -80,7 +80,7 @@ fn policy() -> Policy {
         })
     };
     let alice = scope("alice", &["owner"], &["*"], &["*"]);
-    let mut approvers = HashMap::new();
+    let mut approvers = HashMap::default();
     // The key every base record is signed with: an approver for everything, no role.
     approvers.insert("k".to_string(), scope("platform", &[], &["*"], &["*"]));
     // Two keys of one approver.

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 fn policy() -> Policy {
     Policy {
         workload_identity: "w".into(),
-        tiers: HashMap::new(),
+        tiers: HashMap::default(),
         tier: "default".into(),
         tier_rule: Default::default(),
-        approvers: HashMap::new(),
+        approvers: HashMap::default(),
         bare_issuers: vec![],
     }
 }

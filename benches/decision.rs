@@ -33,7 +33,6 @@
     clippy::unimplemented
 )]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,16 +217,18 @@ fn bench(c: &mut Criterion) {
 
     let policy = Policy {
         workload_identity: WORKLOAD.into(),
-        tiers: HashMap::from([
+        tiers: [
             (
                 provgate::policy::DEFAULT_TIER.to_string(),
                 TierRule::default(),
             ),
             ("internal".to_string(), TierRule::default()),
-        ]),
+        ]
+        .into_iter()
+        .collect(),
         tier: provgate::policy::DEFAULT_TIER.into(),
         tier_rule: TierRule::default(),
-        approvers: HashMap::from([(
+        approvers: [(
             approver.kid.clone(),
             Arc::new(ApproverScope {
                 name: "approver".into(),
@@ -235,7 +236,9 @@ fn bench(c: &mut Criterion) {
                 models: vec!["*".into()],
                 tiers: vec!["*".into()],
             }),
-        )]),
+        )]
+        .into_iter()
+        .collect(),
         bare_issuers: vec![Arc::from(ISS)],
     };
     let caller = tokens.verify(&t, now).unwrap();

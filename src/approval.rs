@@ -452,6 +452,24 @@ fn x5c_key(
 /// Reads the unverified claims of a record, only to report which digest and ID a record that
 /// failed verification claimed to be about. Never trusted for a decision.
 pub fn peek_claims(jws: &str) -> Option<(Option<Digest>, Option<String>)> {
+    let v: serde_json::Value = serde_json::from_slice(&peek_payload(jws)?).ok()?;
+    let digest = v
+        .pointer("/artefact/digest")
+        .and_then(|d| d.as_str())
+        .and_then(|d| d.parse().ok());
+    let jti = v.get("jti").and_then(|j| j.as_str()).map(str::to_string);
+    Some((digest, jti))
+}
+
+/// Reads a record's claims unverified, for a report about a record about to be checked
+/// (`provgate promote`'s audit record names its model and version). Never trusted for a
+/// decision.
+pub fn peek_record_claims(jws: &str) -> Option<ApprovalClaims> {
+    serde_json::from_slice(&peek_payload(jws)?).ok()
+}
+
+/// The decoded payload of a compact or co-signed JWS, unverified.
+fn peek_payload(jws: &str) -> Option<Vec<u8>> {
     let jws = jws.trim();
     let general;
     let payload = if jws.starts_with('{') {
@@ -460,14 +478,7 @@ pub fn peek_claims(jws: &str) -> Option<(Option<Digest>, Option<String>)> {
     } else {
         jws.split('.').nth(1)?
     };
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let digest = v
-        .pointer("/artefact/digest")
-        .and_then(|d| d.as_str())
-        .and_then(|d| d.parse().ok());
-    let jti = v.get("jti").and_then(|j| j.as_str()).map(str::to_string);
-    Some((digest, jti))
+    URL_SAFE_NO_PAD.decode(payload).ok()
 }
 
 fn typ_matches(t: &str, want: &str) -> bool {

@@ -99,7 +99,9 @@ pub struct ArtefactHandle {
     progress: Arc<HashProgress>,
     /// Set by the watcher when the digest it published reused digests persisted by an
     /// earlier process: the scrub reads every file at once instead of after its interval.
-    scrub_now: AtomicBool,
+    /// The scrub sleeps on the condition variable until then, its interval or its stop.
+    scrub_now: std::sync::Mutex<bool>,
+    scrub_wake: std::sync::Condvar,
 }
 
 impl Default for ArtefactHandle {
@@ -108,7 +110,8 @@ impl Default for ArtefactHandle {
             state: Published::new(ArtefactState::Pending),
             distrust: AtomicBool::new(false),
             progress: Arc::default(),
-            scrub_now: AtomicBool::new(false),
+            scrub_now: std::sync::Mutex::new(false),
+            scrub_wake: std::sync::Condvar::new(),
         }
     }
 }
@@ -145,12 +148,36 @@ impl ArtefactHandle {
     /// Asks the scrub to read every file now (the published digest rests on digests
     /// persisted by an earlier process).
     pub fn request_scrub(&self) {
-        self.scrub_now.store(true, Ordering::Relaxed);
+        *self.scrub_now.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.scrub_wake.notify_all();
     }
 
-    /// Takes a pending [`ArtefactHandle::request_scrub`].
-    pub fn take_scrub_request(&self) -> bool {
-        self.scrub_now.swap(false, Ordering::Relaxed)
+    /// Waits up to `timeout` for a [`ArtefactHandle::request_scrub`] (taken: true) or for
+    /// `stop` (rung by [`crate::kit::stop::set`] through [`ArtefactHandle::wake_scrub`]).
+    fn wait_scrub_request(&self, timeout: Duration, stop: &AtomicBool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut now = self.scrub_now.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if std::mem::take(&mut *now) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // The flag is looked at under the lock the waker takes: no stop is missed.
+            if left.is_zero() || stop.load(Ordering::Acquire) {
+                return false;
+            }
+            now = self
+                .scrub_wake
+                .wait_timeout(now, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes a scrub waiting in [`ArtefactHandle::wait_scrub_request`] (to see its stop).
+    fn wake_scrub(&self) {
+        let _held = self.scrub_now.lock().unwrap_or_else(|e| e.into_inner());
+        self.scrub_wake.notify_all();
     }
 
     /// A background service that publishes this state panicked: nothing it published can be
@@ -494,12 +521,20 @@ impl Turn<'_> {
                 hashed_files = m.stats.hashed_files, hashed_bytes = m.stats.hashed_bytes,
                 "manifest cache: reused {} files, read {} bytes",
                 m.stats.reused_files, m.stats.hashed_bytes);
-            if m.stats.reused_files > 0 {
-                // The reused digests are checked by reading every file in the background,
-                // at the scrub's rate, without taking the artefact out of service.
-                w.handle.request_scrub();
-            }
         }
+        self.store_cache(m);
+        if self.from_cache && m.stats.reused_files > 0 {
+            // The reused digests are checked by reading every file in the background, at the
+            // scrub's rate, without taking the artefact out of service. Asked for after the
+            // cache is written: a scrub that finds a mismatch removes it, and the scrub wakes
+            // at once.
+            w.handle.request_scrub();
+        }
+    }
+
+    /// Persists this manifest, when a cache is configured.
+    fn store_cache(&self, m: &Manifest) {
+        let w = self.watcher;
         let Some((path, key)) = &self.cache else {
             return;
         };
@@ -580,21 +615,34 @@ pub struct Scrubber {
 impl Scrubber {
     /// Scrubs every `interval` until `stop` is set. Blocks: runs on the blocking pool.
     pub fn run(self, stop: Arc<AtomicBool>) {
+        let handle = self.handle.clone();
+        let _stop = crate::kit::stop::on_stop(&stop, move || handle.wake_scrub());
         loop {
+            // Asleep until the interval ends, a scrub is asked for, or the stop; awake only
+            // to beat the heartbeat.
             let until = Instant::now() + self.interval;
-            while Instant::now() < until {
-                if stop.load(Ordering::Relaxed) {
+            loop {
+                if let Some(h) = &self.heartbeat {
+                    h.beat();
+                }
+                if stop.load(Ordering::Acquire) {
                     return;
                 }
-                if self.handle.take_scrub_request() {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if self
+                    .handle
+                    .wait_scrub_request(left.min(dirwatch::BEAT_SLICE), &stop)
+                {
                     tracing::info!(model = %self.model,
                         "artefact scrub now: the published digest reused digests persisted by an earlier run");
                     break;
                 }
-                if let Some(h) = &self.heartbeat {
-                    h.beat();
-                }
-                std::thread::sleep(dirwatch::STOP_SLICE.min(self.interval));
+            }
+            if stop.load(Ordering::Acquire) {
+                return;
             }
             if self.scrub_once(&stop) == ScrubOutcome::Stopped {
                 return;

@@ -111,7 +111,7 @@ pub struct Config {
     /// `[trust] approver_keys`, loaded.
     pub approvers: KeySet,
     /// `[[trust.approvers]]`, by key ID.
-    pub approver_scopes: HashMap<String, Arc<ApproverScope>>,
+    pub approver_scopes: HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
     /// `[trust]` as written, for reloads: the key file and the approvers.
     pub approver_keys_path: PathBuf,
     pub approver_files: Vec<ApproverFile>,
@@ -119,7 +119,7 @@ pub struct Config {
     /// change and SIGHUP); `None` when it was parsed from text.
     pub source: Option<PathBuf>,
     pub callers: Callers,
-    pub tiers: HashMap<String, TierRule>,
+    pub tiers: HashMap<String, TierRule, crate::base::FastHash>,
     /// The deployment's tier (`[workload] tier`, else `default`) and its rule.
     pub tier: String,
     pub tier_rule: TierRule,
@@ -250,6 +250,24 @@ impl FileConfig {
 }
 
 /// Loads and validates a configuration file.
+impl Config {
+    /// The decision's static half, as the sidecar builds it at start (and `provgate check`
+    /// and `provgate explain` offline).
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            workload_identity: self.workload.identity.clone(),
+            tiers: self.tiers.clone(),
+            tier: self.tier.clone(),
+            tier_rule: self.tier_rule.clone(),
+            approvers: self.approver_scopes.clone(),
+            bare_issuers: crate::policy::config::bare_issuers(
+                &self.callers.issuers,
+                self.listen.caller_auth,
+            ),
+        }
+    }
+}
+
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let mut config = FileConfig::load(path)?.validate()?;
     config.source = Some(path.to_path_buf());

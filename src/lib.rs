@@ -12,8 +12,10 @@ pub mod approval;
 pub mod artefact;
 pub mod audit;
 pub mod base;
+pub mod check;
 pub mod config;
 pub mod digest;
+pub mod explain;
 pub mod fields;
 /// Entry points for the fuzz targets in `fuzz/` and their corpus replay (README "Fuzzing").
 pub mod fuzzing;
@@ -25,6 +27,7 @@ pub mod oms;
 pub mod policy;
 pub mod probe;
 pub mod process;
+pub mod promote;
 pub mod proxy;
 pub mod registry;
 pub mod registry_serve;

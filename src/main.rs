@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use provgate::approval::{self, ApprovalClaims, Approver, ArtefactRef, CallerPattern, Evidence};
+use provgate::digest::Digest;
 use provgate::keys::{jwks_document, KeyKind, SigningKey};
 use provgate::oms::{HashOptions, HashProgress, Serialization};
 
@@ -67,6 +68,13 @@ enum Command {
     },
     /// Sign an approval record.
     Approve(Box<ApproveArgs>),
+    /// Promote a model to an environment: sign a record (or co-sign one), check it against
+    /// the environment's configuration as its sidecars would, and only if they would serve
+    /// it, publish it to the registry the configuration names (a directory, MLflow with the
+    /// environment's alias, or an HTTP registry's upload form). Every promotion, published
+    /// or refused, is appended to a hash-chained audit log. Exit 0 when published, 1 when
+    /// refused or failed.
+    Promote(Box<PromoteArgs>),
     /// Sign an exception: a time-boxed waiver of one evidence kind or quorum role for one
     /// model version and digest (`typ: exception+jwt`). Put it in the registry beside the
     /// record (a directory's `*.jwt` or `exceptions/`, an MLflow tag `provgate.exception`,
@@ -148,6 +156,84 @@ enum Command {
     /// Sign a revocation list (`revocations.jws`, served beside the records at
     /// `/revocations`): the record IDs given, plus those of `--list` when extending one.
     Revoke(RevokeArgs),
+    /// Would these deployments serve this model? Evaluates, offline, the model (its
+    /// directory, or its digest), the registry's records, co-signatures and exceptions for
+    /// it, against each deployment's configuration (the file its sidecar runs with), through
+    /// the sidecar's own decision, and prints every rule with pass or fail and why. Exit 0
+    /// when every deployment would serve it, 1 when one would not, 2 when it cannot tell.
+    Check(Box<CheckArgs>),
+    /// Replay a request's decision from its audit record against a deployment's config and
+    /// registry, and print the chain (caller, route, model, digest, records, rules) and the
+    /// rule that refused. Exit 0 when the replay agrees with the record, 1 when it
+    /// disagrees, 2 on error.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// A deployment's configuration; repeat for several environments.
+    #[arg(short = 'c', long = "config", required = true)]
+    configs: Vec<PathBuf>,
+    /// The model directory: hashed with each deployment's serialization, and its
+    /// `model.sig` checked against the deployment's signers.
+    #[arg(long, required_unless_present = "digest", conflicts_with = "digest")]
+    dir: Option<PathBuf>,
+    /// The model's digest (`sha256:HEX`), instead of its directory.
+    #[arg(long)]
+    digest: Option<provgate::digest::Digest>,
+    /// With `--digest`: the configured signer whose valid signature the model carries.
+    #[arg(long, requires = "digest")]
+    signer: Option<String>,
+    /// The configured model [default: the deployment's only one].
+    #[arg(long)]
+    model: Option<String>,
+    /// A record, co-signed record or exception not yet in the registry, checked as if it
+    /// were (repeat).
+    #[arg(long = "record")]
+    records: Vec<PathBuf>,
+    /// A caller to try: `ISSUER#SUBJECT`, or `SUBJECT` when the deployment trusts one
+    /// issuer (repeat). Every one must be allowed. None: every rule but the caller's.
+    #[arg(long = "caller")]
+    callers: Vec<String>,
+    /// The Ollama digest the model server reports, for a record that pins one.
+    #[arg(long)]
+    ollama_digest: Option<String>,
+    /// For an adapter: its base model's directory [default: the base's configured path].
+    #[arg(long, conflicts_with = "base_digest")]
+    base_dir: Option<PathBuf>,
+    /// For an adapter: its base model's digest, instead of its directory.
+    #[arg(long)]
+    base_digest: Option<provgate::digest::Digest>,
+    /// With `--base-digest`: the configured signer whose signature the base carries.
+    #[arg(long, requires = "base_digest")]
+    base_signer: Option<String>,
+    /// Judge at this time (RFC 3339, or Unix seconds) [default: now].
+    #[arg(long)]
+    at: Option<String>,
+    /// Print one JSON object (`serve`, and a report per deployment).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["request_id", "record"])))]
+struct ExplainArgs {
+    /// The deployment's configuration (the file the sidecar runs with).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// The audit log: the active file (its rotated segments are read too), one segment, or a
+    /// directory of logs.
+    #[arg(required_unless_present = "record")]
+    log: Option<PathBuf>,
+    /// The request ID to find in the log (a denial's `request_id`).
+    #[arg(long, requires = "log")]
+    request_id: Option<String>,
+    /// The audit record itself, one JSON line, from a file or `-` (standard input).
+    #[arg(long, conflicts_with = "request_id")]
+    record: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -155,8 +241,9 @@ enum RegistryCommand {
     /// Serve a registry directory (the `[registry] kind = "dir"` layout: `*.jwt`/`*.jws`
     /// records, `revoked.txt`, `revocations.jws`) over HTTP: `/approvals?digest=sha256:HEX`,
     /// `/approvals/sha256/HEX` and `/revocations`, with strong ETags, 304s, 410 for a revoked
-    /// digest and watches (`Prefer: wait=N`). Re-reads the directory on change. Records are
-    /// not verified here: the sidecars verify them.
+    /// digest and watches (`Prefer: wait=N`); with `--upload-token-file`, uploads by `PUT`.
+    /// Re-reads the directory on change. Records are not verified here: the sidecars verify
+    /// them.
     Serve(ServeArgs),
 }
 
@@ -186,6 +273,12 @@ struct ServeArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     threads: u64,
+    /// Accept uploads (`PUT /approvals/sha256/<hex>`, one record as the body, written into
+    /// the directory) from clients presenting this file's token as `Authorization: Bearer`
+    /// (`provgate promote` does, with `[registry] token_file`). Off without it (405). Read
+    /// once at start.
+    #[arg(long)]
+    upload_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -506,16 +599,18 @@ struct ExceptArgs {
     out: Option<PathBuf>,
 }
 
+/// What a new approval record says and the key that signs it (or the record it co-signs):
+/// shared by `approve` and `promote`, which differ only in where the digest comes from and
+/// where the record goes.
 #[derive(Args)]
-struct ApproveArgs {
+struct RecordArgs {
     /// Approver private key (PKCS#8 PEM, from `provgate keygen`).
     #[arg(long)]
     key: PathBuf,
     /// Co-sign this existing record (compact or co-signed) with `--key` instead of making a
     /// new one: the result is the record in the JWS JSON General Serialization with one more
-    /// signature over the same payload (`--out`, `--publish-mlflow` as usual; the other
-    /// record flags are not used).
-    #[arg(long, value_name = "EXISTING", conflicts_with_all = ["dir", "digest"])]
+    /// signature over the same payload (the other record flags are not used).
+    #[arg(long, value_name = "EXISTING", conflicts_with = "digest")]
     cosign: Option<PathBuf>,
     /// The key's certificate chain (PEM, leaf first, then intermediates): the record's
     /// header carries it as `x5c`, for a `[[trust.approvers]]` entry with `ca_bundle` and
@@ -531,16 +626,6 @@ struct ApproveArgs {
     /// Model version ID that telemetry is tagged with.
     #[arg(long, required_unless_present = "cosign")]
     version_id: Option<String>,
-    /// The artefact digest (`sha256:<hex>`)...
-    #[arg(
-        long,
-        conflicts_with_all = ["dir", "serialization", "shard_size", "threads"],
-        required_unless_present_any = ["dir", "cosign"]
-    )]
-    digest: Option<String>,
-    /// ...or a model directory to hash (with `--serialization`, `--shard-size`).
-    #[arg(long)]
-    dir: Option<PathBuf>,
     /// The Ollama manifest digest (hex SHA-256 from `GET /api/tags`, optionally
     /// `sha256:`-prefixed) the server must report for this model; checked by an
     /// `[upstream.probe] kind = "ollama"`.
@@ -550,8 +635,6 @@ struct ApproveArgs {
     /// on (`provgate digest BASE_DIR`); the record is then void while another base is served.
     #[arg(long)]
     base_digest: Option<String>,
-    #[command(flatten)]
-    serialization: SerializationArgs,
     /// Workload identities allowed to serve it (repeat; a trailing `*` matches a prefix).
     #[arg(long = "workload", required_unless_present = "cosign")]
     workloads: Vec<String>,
@@ -588,6 +671,24 @@ struct ApproveArgs {
     /// again (`revalidate_after`).
     #[arg(long, value_parser = humantime::parse_duration)]
     revalidate_after: Option<Duration>,
+}
+
+#[derive(Args)]
+struct ApproveArgs {
+    #[command(flatten)]
+    record: RecordArgs,
+    /// The artefact digest (`sha256:<hex>`)...
+    #[arg(
+        long,
+        conflicts_with_all = ["dir", "serialization", "shard_size", "threads"],
+        required_unless_present_any = ["dir", "cosign"]
+    )]
+    digest: Option<String>,
+    /// ...or a model directory to hash (with `--serialization`, `--shard-size`).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    serialization: SerializationArgs,
     #[command(flatten)]
     progress: ProgressArgs,
     /// Write the record here instead of standard output.
@@ -595,7 +696,8 @@ struct ApproveArgs {
     out: Option<PathBuf>,
     /// Also publish the record onto an existing MLflow model version: the tags
     /// `provgate.approval` and `provgate.artefact_digest` of model `--model`, version
-    /// `--version`, on this MLflow server (base URL).
+    /// `--version`, on this MLflow server (base URL). (`provgate promote` checks the record
+    /// against the environment's configuration first, and sets the environment's alias.)
     #[arg(long, value_name = "URL", requires = "mlflow_version")]
     publish_mlflow: Option<String>,
     /// The MLflow model version number to publish onto.
@@ -611,6 +713,47 @@ struct ApproveArgs {
     /// A file holding `user:password` for the MLflow server.
     #[arg(long, requires = "publish_mlflow")]
     mlflow_basic_auth_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PromoteArgs {
+    #[command(flatten)]
+    record: RecordArgs,
+    /// The target environment's configuration: the file its sidecars run with
+    /// (`provgate run -c`). Its `[registry]` is where the record is published.
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// The environment's name, for the audit record and the MLflow alias [default: the
+    /// configuration file's stem].
+    #[arg(long)]
+    env: Option<String>,
+    /// The artefact digest (`sha256:<hex>`)...
+    #[arg(long, conflicts_with = "dir", required_unless_present_any = ["dir", "cosign"])]
+    digest: Option<String>,
+    /// ...or the model directory to hash, with the configuration's serialization for the
+    /// model (`[artefact] serialization`); its model.sig is checked against the model's
+    /// configured signers (with `--digest` the model carries no signer: a record that pins
+    /// one needs `--dir`).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// MLflow: the model version to promote (its tags are set, and the alias pointed at it).
+    #[arg(long = "version", value_name = "N")]
+    mlflow_version: Option<String>,
+    /// MLflow: the alias to point at the version [default: the environment's name].
+    #[arg(long)]
+    alias: Option<String>,
+    /// A caller the record must allow: `ISSUER#SUBJECT`, or `SUBJECT` when the deployment
+    /// trusts one issuer (repeat).
+    #[arg(long = "sample-caller", value_name = "ISSUER#SUBJECT")]
+    sample_callers: Vec<String>,
+    /// The audit log the promotion's record is appended to (hash-chained; `provgate audit
+    /// verify` checks it) [default, for a `dir` registry: `<dir>.promotions.jsonl` beside
+    /// the directory; required otherwise]. Not a log a running sidecar writes.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Print the check's report as JSON on standard output (else as text on standard error).
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -725,6 +868,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Approve(args) => approve(*args),
+        Command::Promote(args) => promote(*args),
         Command::Except(args) => except(*args),
         Command::Token {
             key,
@@ -745,6 +889,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             command: RegistryCommand::Serve(args),
         } => registry_serve(args),
         Command::Revoke(args) => revoke(args),
+        Command::Check(args) => Ok(check(*args)),
+        Command::Explain(args) => Ok(explain(&args)),
     }
 }
 
@@ -902,6 +1048,49 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
     }
 }
 
+/// `provgate explain`: 0 when the replay agrees, 1 when it does not, 2 on any error.
+fn explain(a: &ExplainArgs) -> ExitCode {
+    use provgate::explain::{self, find, Source};
+    let result = (|| -> Result<explain::Explanation> {
+        let source = match (&a.record, &a.log, &a.request_id) {
+            (Some(file), _, _) => {
+                let text = if file.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin().lock())?
+                } else {
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?
+                };
+                Source::Record(Box::new(find::parse(&text)?))
+            }
+            (None, Some(path), Some(request_id)) => Source::Log { path, request_id },
+            _ => bail!("give a log and --request-id, or --record"),
+        };
+        Ok(explain::explain(&a.config, source)?)
+    })();
+    match result {
+        Ok(e) => {
+            let printed = if a.json {
+                serde_json::to_string_pretty(&e).map(|s| println!("{s}"))
+            } else {
+                print!("{}", e.render());
+                Ok(())
+            };
+            match printed {
+                Ok(()) if e.agrees => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::from(1),
+                Err(err) => {
+                    eprintln!("provgate: {err}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Err(err) => {
+            eprintln!("provgate: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(path: &Path, test: bool) -> Result<ExitCode> {
     let config = match provgate::config::load(path) {
         Ok(c) => c,
@@ -955,13 +1144,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn approve(a: ApproveArgs) -> Result<ExitCode> {
-    let key = SigningKey::from_pem_file(&a.key)?;
-    if let Some(existing) = &a.cosign {
+    let key = SigningKey::from_pem_file(&a.record.key)?;
+    if let Some(existing) = &a.record.cosign {
+        if a.dir.is_some() {
+            bail!("--dir is not used with --cosign: the record names its digest");
+        }
         return cosign(&a, existing, &key);
     }
-    let (Some(iss), Some(model), Some(version_id)) = (a.iss, a.model, a.version_id) else {
-        bail!("give --iss, --model and --version-id (or --cosign EXISTING)");
-    };
     let digest = match (&a.digest, &a.dir) {
         (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
         (None, Some(dir)) => {
@@ -973,96 +1162,8 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         }
         (None, None) => bail!("give --digest or --dir"),
     };
-    let now = provgate::unix_now();
-    let mut evidence = Vec::new();
-    for e in &a.evidence {
-        evidence.push(parse_evidence(e)?);
-    }
-    let mut lineage = serde_json::Map::new();
-    for l in &a.lineage {
-        let (k, v) = l
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--lineage {l:?}: expected key=value"))?;
-        lineage.insert(k.to_string(), serde_json::Value::String(v.to_string()));
-    }
-    let approvals = a
-        .approved_by
-        .iter()
-        .map(|s| {
-            let (who, role) = s.split_once('=').unwrap_or((s, ""));
-            Approver {
-                who: who.to_string(),
-                role: role.to_string(),
-                at: now,
-            }
-        })
-        .collect();
-    let jti = match a.jti {
-        Some(j) => j,
-        None => {
-            let mut b = [0u8; 16];
-            getrandom::fill(&mut b).map_err(|e| anyhow!("no randomness for a record ID: {e}"))?;
-            hex::encode(b)
-        }
-    };
-    let mut callers: Vec<CallerPattern> = a.callers.into_iter().map(CallerPattern::from).collect();
-    for q in &a.qualified_callers {
-        callers.push(
-            CallerPattern::parse_cli(q, true)
-                .ok_or_else(|| anyhow!("--qualified-caller {q:?}: expected ISSUER#PATTERN"))?,
-        );
-    }
-    let claims = ApprovalClaims {
-        iss,
-        sub: model,
-        jti,
-        iat: now,
-        nbf: Some(now),
-        exp: now + a.ttl.as_secs(),
-        version_id,
-        artefact: ArtefactRef {
-            digest,
-            signer: a.signer,
-            ollama_digest: a.ollama_digest,
-            base_digest: match &a.base_digest {
-                Some(d) => Some(
-                    d.parse()
-                        .map_err(|e| anyhow::anyhow!("--base-digest {d:?}: {e}"))?,
-                ),
-                None => None,
-            },
-        },
-        lineage,
-        evidence,
-        approvals,
-        tier: a.tier,
-        workloads: a.workloads,
-        callers,
-        revalidate_after: a.revalidate_after.map(|d| now + d.as_secs()),
-    };
-    if let Some(d) = &claims.artefact.ollama_digest {
-        let hex = d.strip_prefix("sha256:").unwrap_or(d);
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("--ollama-digest {d:?}: expected 64 hex digits, optionally sha256:-prefixed");
-        }
-    }
-    let jws = match &a.cert_chain {
-        None => approval::sign(&claims, &key)?,
-        Some(path) => {
-            let text =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let chain: Vec<Vec<u8>> = pem::parse_many(&text)
-                .map_err(|e| anyhow!("--cert-chain {}: {e}", path.display()))?
-                .into_iter()
-                .filter(|b| b.tag() == "CERTIFICATE")
-                .map(|b| b.into_contents())
-                .collect();
-            if chain.is_empty() {
-                bail!("--cert-chain {}: no CERTIFICATE block", path.display());
-            }
-            approval::sign_with_chain(&claims, &key, &chain)?
-        }
-    };
+    let claims = record_claims(&a.record, digest, provgate::unix_now())?;
+    let jws = sign_record(&a.record, &claims, &key)?;
     if let (Some(url), Some(version)) = (&a.publish_mlflow, &a.mlflow_version) {
         publish_mlflow(
             url,
@@ -1093,6 +1194,298 @@ fn approve(a: ApproveArgs) -> Result<ExitCode> {
         None => println!("{jws}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The claims of the new record `r` describes, for `digest`, issued `now`.
+fn record_claims(r: &RecordArgs, digest: Digest, now: u64) -> Result<ApprovalClaims> {
+    let (Some(iss), Some(model), Some(version_id)) = (&r.iss, &r.model, &r.version_id) else {
+        bail!("give --iss, --model and --version-id (or --cosign EXISTING)");
+    };
+    let mut evidence = Vec::new();
+    for e in &r.evidence {
+        evidence.push(parse_evidence(e)?);
+    }
+    let mut lineage = serde_json::Map::new();
+    for l in &r.lineage {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--lineage {l:?}: expected key=value"))?;
+        lineage.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
+    let approvals = r
+        .approved_by
+        .iter()
+        .map(|s| {
+            let (who, role) = s.split_once('=').unwrap_or((s, ""));
+            Approver {
+                who: who.to_string(),
+                role: role.to_string(),
+                at: now,
+            }
+        })
+        .collect();
+    let jti = match &r.jti {
+        Some(j) => j.clone(),
+        None => random_id()?,
+    };
+    let mut callers: Vec<CallerPattern> =
+        r.callers.iter().cloned().map(CallerPattern::from).collect();
+    for q in &r.qualified_callers {
+        callers.push(
+            CallerPattern::parse_cli(q, true)
+                .ok_or_else(|| anyhow!("--qualified-caller {q:?}: expected ISSUER#PATTERN"))?,
+        );
+    }
+    let claims = ApprovalClaims {
+        iss: iss.clone(),
+        sub: model.clone(),
+        jti,
+        iat: now,
+        nbf: Some(now),
+        exp: now + r.ttl.as_secs(),
+        version_id: version_id.clone(),
+        artefact: ArtefactRef {
+            digest,
+            signer: r.signer.clone(),
+            ollama_digest: r.ollama_digest.clone(),
+            base_digest: match &r.base_digest {
+                Some(d) => Some(
+                    d.parse()
+                        .map_err(|e| anyhow::anyhow!("--base-digest {d:?}: {e}"))?,
+                ),
+                None => None,
+            },
+        },
+        lineage,
+        evidence,
+        approvals,
+        tier: r.tier.clone(),
+        workloads: r.workloads.clone(),
+        callers,
+        revalidate_after: r.revalidate_after.map(|d| now + d.as_secs()),
+    };
+    if let Some(d) = &claims.artefact.ollama_digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--ollama-digest {d:?}: expected 64 hex digits, optionally sha256:-prefixed");
+        }
+    }
+    Ok(claims)
+}
+
+/// Signs `claims` with `key`, carrying `--cert-chain` in the header when given.
+fn sign_record(r: &RecordArgs, claims: &ApprovalClaims, key: &SigningKey) -> Result<String> {
+    Ok(match &r.cert_chain {
+        None => approval::sign(claims, key)?,
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let chain: Vec<Vec<u8>> = pem::parse_many(&text)
+                .map_err(|e| anyhow!("--cert-chain {}: {e}", path.display()))?
+                .into_iter()
+                .filter(|b| b.tag() == "CERTIFICATE")
+                .map(|b| b.into_contents())
+                .collect();
+            if chain.is_empty() {
+                bail!("--cert-chain {}: no CERTIFICATE block", path.display());
+            }
+            approval::sign_with_chain(claims, key, &chain)?
+        }
+    })
+}
+
+/// `--cosign EXISTING`: the record in `existing` with one more signature by `key`, and the
+/// digest and record ID it claims (read unverified: the check or the sidecar verifies).
+fn cosign_record(existing: &Path, key: &SigningKey) -> Result<(String, Option<Digest>, String)> {
+    let text = std::fs::read_to_string(existing)
+        .with_context(|| format!("reading {}", existing.display()))?;
+    let record = approval::cosign(&text, key).map_err(|e| anyhow!("--cosign: {e}"))?;
+    let (digest, jti) = approval::peek_claims(&record).unwrap_or((None, None));
+    Ok((record, digest, jti.unwrap_or_default()))
+}
+
+// === promote ===
+
+fn promote(a: PromoteArgs) -> Result<ExitCode> {
+    use provgate::check::{inspect, parse_caller, Base, Deployment, Subject};
+    use provgate::promote::{Destination, Outcome, Signed};
+    let deployment = Deployment::load(&a.config)?;
+    let env = a
+        .env
+        .clone()
+        .unwrap_or_else(|| deployment.environment.clone());
+    let alias = a.alias.clone().unwrap_or_else(|| env.clone());
+    let dest = Destination::of(
+        &deployment.config.registry,
+        a.mlflow_version.as_deref(),
+        &alias,
+    )?;
+    let audit_log = match (&a.audit_log, dest.default_audit_log()) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => bail!(
+            "give --audit-log: the registry is {}, so there is no default beside it",
+            dest.label()
+        ),
+    };
+    let callers = a
+        .sample_callers
+        .iter()
+        .map(|c| parse_caller(c, &deployment))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let key = SigningKey::from_pem_file(&a.record.key)?;
+    let existing = match &a.record.cosign {
+        Some(path) => {
+            let (record, digest, _) = cosign_record(path, &key)?;
+            let claims = approval::peek_record_claims(&record)
+                .ok_or_else(|| anyhow!("--cosign: not an approval record"))?;
+            Some((record, digest, claims))
+        }
+        None => None,
+    };
+    // The model the record is for: the co-signed record's, or --model.
+    let model_name = match (&existing, &a.record.model) {
+        (Some((_, _, claims)), _) => claims.sub.clone(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => bail!("give --model"),
+    };
+    // The directory as the environment's sidecars see it: hashed with the model's
+    // serialization, model.sig checked against its signers (with --digest: no signer).
+    let (dir_digest, model_signer) = match &a.dir {
+        Some(dir) => {
+            let (digest, signer) = inspect(deployment.model(Some(&model_name))?, dir)?;
+            (Some(digest), signer)
+        }
+        None => (None, None),
+    };
+    let (record, claims) = match existing {
+        Some((record, claimed, claims)) => {
+            if let (Some(d), Some(claimed)) = (&dir_digest, &claimed) {
+                if d != claimed {
+                    bail!("--dir hashes to {d}, but the co-signed record is for {claimed}");
+                }
+            }
+            (record, claims)
+        }
+        None => {
+            let digest = match (&a.digest, dir_digest) {
+                (Some(d), _) => d.parse().map_err(|e| anyhow!("--digest: {e}"))?,
+                (None, Some(d)) => d,
+                (None, None) => bail!("give --digest or --dir"),
+            };
+            let claims = record_claims(&a.record, digest, provgate::unix_now())?;
+            (sign_record(&a.record, &claims, &key)?, claims)
+        }
+    };
+    let signed = Signed {
+        record,
+        digest: claims.artefact.digest,
+        jti: claims.jti.clone(),
+        model: claims.sub.clone(),
+        version_id: claims.version_id.clone(),
+        iss: a.record.iss.clone().unwrap_or_else(|| claims.iss.clone()),
+        kid: key.kid.clone(),
+    };
+    let subject = Subject {
+        model: signed.model.clone(),
+        digest: signed.digest,
+        signer: model_signer,
+        // What the record pins is checked against the server at run time (the probe);
+        // offline, the record is judged as if the server reported it.
+        ollama_digest: claims.artefact.ollama_digest.clone(),
+        callers,
+        now: provgate::unix_now(),
+    };
+
+    // An adapter is served only with its base: judged with the base the record pins
+    // (`--base-digest`), else the base directory the configuration names when it is here.
+    // (A model the deployment does not serve has no base here: the check refuses it.)
+    let base_model = match deployment
+        .model(Some(&signed.model))
+        .ok()
+        .and_then(|m| m.base.as_ref())
+    {
+        Some(name) => Some(deployment.model(Some(name))?),
+        None => None,
+    };
+    let base_subject = match base_model {
+        None => None,
+        Some(m) => {
+            let (digest, signer) = match &claims.artefact.base_digest {
+                Some(d) => (*d, None),
+                None if m.path.exists() => inspect(m, &m.path)?,
+                None => bail!(
+                    "{} is an adapter of {}, whose path {} is not here: give --base-digest",
+                    signed.model,
+                    m.model,
+                    m.path.display()
+                ),
+            };
+            Some(Subject {
+                model: m.model.clone(),
+                digest,
+                signer,
+                ollama_digest: None,
+                callers: subject.callers.clone(),
+                now: subject.now,
+            })
+        }
+    };
+    let base_entry = match &base_subject {
+        Some(b) => deployment.entry_for(&b.digest, &[])?,
+        None => None,
+    };
+    let base = base_subject.as_ref().map(|b| Base {
+        entry: base_entry.as_ref(),
+        subject: b,
+    });
+    let outcome = match provgate::promote::gate(&deployment, &signed, &subject, base.as_ref()) {
+        Ok(verdict) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&verdict.report)?);
+            } else {
+                eprint!("{}", provgate::check::render(&verdict.report));
+            }
+            if verdict.failed.is_empty() {
+                match provgate::promote::publish(&dest, &signed) {
+                    Ok(to) => Outcome::Published(to),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            } else {
+                Outcome::Refused(verdict.failed)
+            }
+        }
+        // The check could not be made (registry unreachable, ...): nothing published.
+        Err(e) => Outcome::Failed(format!("checking: {e}")),
+    };
+    let seq = provgate::audit::append::append(&audit_log, &outcome.audit(&signed, &env, &dest))
+        .context("recording the promotion")?;
+    let audited = format!("audit record {seq} in {}", audit_log.display());
+    match &outcome {
+        Outcome::Published(to) => {
+            eprintln!(
+                "promoted record {} ({} {}, {}) to {env}: published to {to}; {audited}",
+                signed.jti, signed.model, signed.version_id, signed.digest
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Refused(failed) => {
+            eprintln!(
+                "refused: {env} would not serve record {} ({} {}, {}); nothing published; \
+                 {audited}",
+                signed.jti, signed.model, signed.version_id, signed.digest
+            );
+            for f in failed {
+                eprintln!("  FAIL {f}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Failed(error) => {
+            eprintln!("provgate: promoting to {env} failed: {error}; {audited}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn random_id() -> Result<String> {
@@ -1154,14 +1547,10 @@ fn except(a: ExceptArgs) -> Result<ExitCode> {
 }
 
 /// `approve --cosign EXISTING`: one more signature over an existing record's payload.
-fn cosign(a: &ApproveArgs, existing: &std::path::Path, key: &SigningKey) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(existing)
-        .with_context(|| format!("reading {}", existing.display()))?;
-    let record = approval::cosign(&text, key).map_err(|e| anyhow!("--cosign: {e}"))?;
-    let (digest, jti) = approval::peek_claims(&record).unwrap_or((None, None));
-    let jti = jti.unwrap_or_default();
+fn cosign(a: &ApproveArgs, existing: &Path, key: &SigningKey) -> Result<ExitCode> {
+    let (record, digest, jti) = cosign_record(existing, key)?;
     if let (Some(url), Some(version)) = (&a.publish_mlflow, &a.mlflow_version) {
-        let (Some(model), Some(digest)) = (&a.model, &digest) else {
+        let (Some(model), Some(digest)) = (&a.record.model, &digest) else {
             bail!("--publish-mlflow with --cosign needs --model (and a record with a digest)");
         };
         publish_mlflow(
@@ -1310,6 +1699,7 @@ fn registry_serve(a: ServeArgs) -> Result<ExitCode> {
         max_connections: a.max_connections,
         rescan: a.rescan,
         request_log: a.request_log,
+        upload_token_file: a.upload_token_file,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::try_from(a.threads).unwrap_or(2))
@@ -1401,4 +1791,120 @@ fn revoke(a: RevokeArgs) -> Result<ExitCode> {
         None => println!("{jws}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `provgate check`: exit 0 when every deployment would serve the model, 1 when one would
+/// not, 2 when a check could not be made.
+fn check(a: CheckArgs) -> ExitCode {
+    match check_reports(&a) {
+        Ok(reports) => {
+            let serve = reports.iter().all(|r| r.serve);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "serve": serve, "deployments": reports })
+                );
+            } else {
+                for r in &reports {
+                    print!("{}", provgate::check::render(r));
+                }
+            }
+            if serve {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("provgate check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_reports(a: &CheckArgs) -> Result<Vec<provgate::check::Report>> {
+    use provgate::check::{evaluate, inspect, parse_caller, Base, Deployment, Subject};
+    let now = match &a.at {
+        None => provgate::base::unix_now(),
+        Some(t) => parse_time(t).with_context(|| format!("--at {t:?}"))?,
+    };
+    let mut extra = Vec::new();
+    for path in &a.records {
+        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        extra.push((path.display().to_string(), text.trim().to_string()));
+    }
+    let mut reports = Vec::new();
+    for path in &a.configs {
+        let d = Deployment::load(path)?;
+        let model = d.model(a.model.as_deref())?;
+        let (digest, signer) = match (&a.dir, &a.digest) {
+            (Some(dir), _) => inspect(model, dir)?,
+            (None, Some(digest)) => (*digest, a.signer.clone()),
+            (None, None) => bail!("give --dir or --digest"),
+        };
+        let entry = d.entry_for(&digest, &extra)?;
+        if model.base.is_none() {
+            for (origin, text) in &extra {
+                if approval::peek_claims(text).and_then(|(d, _)| d) != Some(digest) {
+                    bail!("--record {origin}: not a record or exception for {digest}");
+                }
+            }
+        }
+        let callers = a
+            .callers
+            .iter()
+            .map(|c| parse_caller(c, &d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subject = Subject {
+            model: model.model.clone(),
+            digest,
+            signer,
+            ollama_digest: a.ollama_digest.clone(),
+            callers: callers.clone(),
+            now,
+        };
+        let Some(base_name) = &model.base else {
+            reports.push(evaluate(&d, entry.as_ref(), &subject, None));
+            continue;
+        };
+        // An adapter is served only with its base: check both, as the sidecar decides.
+        let base_model = d.model(Some(base_name))?;
+        let (base_digest, base_signer) = match (&a.base_dir, &a.base_digest) {
+            (Some(dir), _) => inspect(base_model, dir)?,
+            (None, Some(digest)) => (*digest, a.base_signer.clone()),
+            (None, None) if base_model.path.exists() => inspect(base_model, &base_model.path)?,
+            (None, None) => bail!(
+                "{} is an adapter of {base_name}, whose path {} is not here: give --base-dir or --base-digest",
+                model.model,
+                base_model.path.display()
+            ),
+        };
+        let base_entry = d.entry_for(&base_digest, &extra)?;
+        let base_subject = Subject {
+            model: base_name.clone(),
+            digest: base_digest,
+            signer: base_signer,
+            ollama_digest: None,
+            callers,
+            now,
+        };
+        let base = Base {
+            entry: base_entry.as_ref(),
+            subject: &base_subject,
+        };
+        reports.push(evaluate(&d, entry.as_ref(), &subject, Some(&base)));
+    }
+    Ok(reports)
+}
+
+/// Unix seconds, or an RFC 3339 time.
+fn parse_time(t: &str) -> Result<u64> {
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(secs);
+    }
+    let at = humantime::parse_rfc3339_weak(t)?;
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow!("before 1970"))?
+        .as_secs())
 }

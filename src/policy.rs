@@ -14,6 +14,9 @@ use crate::identity::Caller;
 use crate::registry::{ExceptionCandidate, RegistryEntry};
 
 pub mod config;
+pub mod trace;
+
+use trace::{Outcome, Quiet, Rule, Steps, Trace};
 
 /// Why a request was (or in dry-run would have been) blocked. Closed, so it can be a metric
 /// label; the strings are part of the public contract (JSON bodies, audit log, metrics).
@@ -196,31 +199,6 @@ pub struct TierRule {
     pub exception_roles: Vec<String>,
 }
 
-impl TierRule {
-    /// The tier's own rules beyond evidence and quorum.
-    fn admits(
-        &self,
-        record: &ApprovalRecord,
-        workload: &str,
-    ) -> Result<(), (DenyReason, &'static str)> {
-        if let Some(max) = self.max_lifetime {
-            if record.claims.exp.saturating_sub(record.not_before()) > max {
-                return Err((
-                    DenyReason::ApprovalInvalid,
-                    "record is valid longer than its tier allows",
-                ));
-            }
-        }
-        if !self.workloads.is_empty() && !identity_matches(&self.workloads, workload) {
-            return Err((
-                DenyReason::DeploymentNotBound,
-                "this workload may not run a model of this tier",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// The tier every deployment without `[workload] tier` has, always configured.
 pub const DEFAULT_TIER: &str = "default";
 
@@ -252,14 +230,14 @@ pub struct Policy {
     /// This deployment's workload identity; must be in a record's `workloads`.
     pub workload_identity: String,
     /// Every configured tier (always including [`DEFAULT_TIER`]), by exact name.
-    pub tiers: HashMap<String, TierRule>,
+    pub tiers: HashMap<String, TierRule, crate::base::FastHash>,
     /// This deployment's tier (`[workload] tier`, else [`DEFAULT_TIER`]) and its rule: it
     /// applies to every record, whatever tier the record claims.
     pub tier: String,
     pub tier_rule: TierRule,
     /// Approvers by key ID: a record's signer counts only through the approver its key
     /// belongs to. Keys absent here approve nothing.
-    pub approvers: HashMap<String, Arc<ApproverScope>>,
+    pub approvers: HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
     /// The issuers (token `iss`, or `x509-svid` for certificate callers) whose callers a
     /// bare caller pattern matches: every issuer not configured `qualified = true`.
     /// Configuration guarantees these issuers cannot assert the same names; a caller of
@@ -330,104 +308,173 @@ impl Decision {
 
 /// Decides one request.
 pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
+    decide_with(policy, input, &mut Quiet)
+}
+
+/// Decides one request and records every rule of every record in `steps` (for `check` and
+/// `explain`). The decision is exactly [`decide`]'s: the same code, watched.
+pub fn decide_traced(policy: &Policy, input: &Input<'_>, steps: &mut Steps) -> Decision {
+    decide_with(policy, input, steps)
+}
+
+/// A rule that ends the decision before any record is looked at.
+fn stop<T: Trace>(t: &mut T, rule: Rule, reason: DenyReason, detail: &'static str) -> Decision {
+    t.step(rule, "", Outcome::Fail(reason, detail));
+    Decision::deny(reason, detail)
+}
+
+fn decide_with<T: Trace>(policy: &Policy, input: &Input<'_>, t: &mut T) -> Decision {
     let caller = match input.caller {
-        CallerView::Missing => return Decision::deny(DenyReason::TokenMissing, "no bearer token"),
+        CallerView::Missing => {
+            return stop(t, Rule::Caller, DenyReason::TokenMissing, "no bearer token")
+        }
         CallerView::Invalid => {
-            return Decision::deny(DenyReason::TokenInvalid, "token failed verification")
+            return stop(
+                t,
+                Rule::Caller,
+                DenyReason::TokenInvalid,
+                "token failed verification",
+            )
         }
         CallerView::Unavailable => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Caller,
                 DenyReason::TrustDataUnavailable,
                 "issuer keys unavailable past their staleness bound",
             )
         }
         CallerView::Verified(c) => c,
     };
+    t.step(Rule::Caller, "", Outcome::Pass);
     let (model, server) = match input.model {
         ModelView::Served { name, server } => (name, server),
         ModelView::NotServed => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Model,
                 DenyReason::ModelMismatch,
                 "request names a model this sidecar does not serve",
             )
         }
         ModelView::Unnamed => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Model,
                 DenyReason::ModelRequired,
                 "several models are served and the request names none",
             )
         }
         ModelView::BodyInvalid => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Model,
                 DenyReason::RequestInvalid,
                 "request body is not a JSON object with a string model",
             )
         }
         ModelView::BodyTooLarge => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Model,
                 DenyReason::RequestTooLarge,
                 "request body is over the inspection limit",
             )
         }
         ModelView::RouteNotAllowed { detail } => {
-            return Decision::deny(DenyReason::RouteNotAllowed, detail)
+            return stop(t, Rule::Route, DenyReason::RouteNotAllowed, detail)
         }
     };
-    if server == ServerView::NotServing {
-        return Decision::deny(
-            DenyReason::ModelMismatch,
-            "the model server does not report serving this model",
-        );
-    }
-    if let ArtefactView::Unverified = input.artefact {
-        return Decision::deny(
-            DenyReason::ArtefactUnverified,
-            "served artefact digest not yet known",
-        );
+    t.step(Rule::Model, model, Outcome::Pass);
+    match server {
+        ServerView::NotServing => {
+            return stop(
+                t,
+                Rule::Server,
+                DenyReason::ModelMismatch,
+                "the model server does not report serving this model",
+            )
+        }
+        ServerView::NotProbed => t.step(
+            Rule::Server,
+            "",
+            Outcome::Skipped("no probe of the model server is configured"),
+        ),
+        ServerView::Serving { .. } => t.step(Rule::Server, "", Outcome::Pass),
+        ServerView::Pending | ServerView::Unreachable => t.step(
+            Rule::Server,
+            "",
+            Outcome::Skipped("the probe has no answer from the model server"),
+        ),
     }
     let signer = match input.artefact {
+        ArtefactView::Unverified => {
+            return stop(
+                t,
+                Rule::Artefact,
+                DenyReason::ArtefactUnverified,
+                "served artefact digest not yet known",
+            )
+        }
         ArtefactView::Ready { signer, .. } => signer,
-        ArtefactView::Unverified => None,
     };
+    t.step(Rule::Artefact, "", Outcome::Pass);
     let entry = match input.approval {
         ApprovalView::Unavailable => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Registry,
                 DenyReason::TrustDataUnavailable,
                 "registry unavailable past its staleness bound",
             )
         }
         ApprovalView::Entry(None) => {
-            return Decision::deny(
+            return stop(
+                t,
+                Rule::Registry,
                 DenyReason::ArtefactUnmanaged,
                 "no approval record for the served digest",
             )
         }
         ApprovalView::Entry(Some(e)) => e,
     };
+    t.step(Rule::Registry, "", Outcome::Pass);
     if entry.revoked {
+        let detail = "the registry revoked the served digest";
+        t.step(
+            Rule::DigestRevoked,
+            "",
+            Outcome::Fail(DenyReason::ApprovalRevoked, detail),
+        );
         return Decision::Deny {
             reason: DenyReason::ApprovalRevoked,
-            detail: "the registry revoked the served digest",
+            detail,
             record: entry.records.first().map(|c| c.record.clone()),
         };
     }
     if entry.records.is_empty() {
         return if entry.invalid.is_empty() {
-            Decision::deny(
+            stop(
+                t,
+                Rule::Records,
                 DenyReason::ArtefactUnmanaged,
                 "no approval record for the served digest",
             )
         } else {
-            Decision::deny(
+            stop(
+                t,
+                Rule::Records,
                 DenyReason::ApprovalInvalid,
                 "approval record for the served digest failed verification",
             )
         };
     }
     // Records are newest first. Any record that allows wins; otherwise the newest one's
-    // reason is the one reported.
+    // reason is the one reported. A recorder goes through every record.
+    let mut allowed = None;
     let mut first_denial = None;
-    for candidate in &entry.records {
+    for (i, candidate) in entry.records.iter().enumerate() {
+        t.record(i, &candidate.record);
         let checked = check_record(
             policy,
             model,
@@ -437,13 +484,18 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
             caller,
             signer,
             input.now,
+            t,
         );
         match checked {
             Ok(exceptions) => {
-                return Decision::Allow {
+                let allow = Decision::Allow {
                     record: candidate.record.clone(),
                     exceptions,
+                };
+                if !T::EVERY_RULE {
+                    return allow;
                 }
+                allowed.get_or_insert(allow);
             }
             Err((reason, detail)) => {
                 first_denial.get_or_insert(Decision::Deny {
@@ -454,8 +506,8 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
             }
         }
     }
-    // `records` is non-empty, so at least one denial was recorded.
-    first_denial.unwrap_or_else(|| {
+    // `records` is non-empty, so at least one record allowed or was denied.
+    allowed.or(first_denial).unwrap_or_else(|| {
         Decision::deny(
             DenyReason::ArtefactUnmanaged,
             "no applicable approval record",
@@ -463,9 +515,80 @@ pub fn decide(policy: &Policy, input: &Input<'_>) -> Decision {
     })
 }
 
+/// An adapter's decision, from its own (`adapter`) and, when that allows, its base's:
+/// `base()` decides the base model for the same caller and says which digest the base is
+/// served with. The adapter's record must pin that digest, and the base's records must
+/// allow the caller too; exceptions the base's record needed are the request's as well.
+pub fn decide_adapter(
+    adapter: Decision,
+    base: impl FnOnce() -> (Decision, Option<Digest>),
+) -> Decision {
+    let Decision::Allow { record, .. } = &adapter else {
+        return adapter;
+    };
+    if record.claims.artefact.base_digest.is_none() {
+        return adapter_denial(record, NO_BASE_PIN);
+    }
+    let (base_decision, served) = base();
+    if base_decision.reason().is_some() {
+        return base_decision;
+    }
+    if let Err(why) = base_pin(record, served) {
+        return adapter_denial(record, why);
+    }
+    match (adapter, base_decision) {
+        (
+            Decision::Allow {
+                record,
+                mut exceptions,
+            },
+            Decision::Allow {
+                exceptions: base, ..
+            },
+        ) if !base.is_empty() => {
+            exceptions.extend(base);
+            Decision::Allow { record, exceptions }
+        }
+        (adapter, _) => adapter,
+    }
+}
+
+const NO_BASE_PIN: (DenyReason, &str) = (
+    DenyReason::ApprovalInvalid,
+    "adapter record pins no base digest",
+);
+
+/// Does an adapter's record pin the digest its base is served with (`served`)?
+pub fn base_pin(
+    record: &ApprovalRecord,
+    served: Option<Digest>,
+) -> Result<(), (DenyReason, &'static str)> {
+    match record.claims.artefact.base_digest {
+        None => Err(NO_BASE_PIN),
+        Some(pinned) if served == Some(pinned) => Ok(()),
+        Some(_) => Err((
+            DenyReason::ModelMismatch,
+            "adapter record pins another base digest than the one served",
+        )),
+    }
+}
+
+fn adapter_denial(
+    record: &Arc<ApprovalRecord>,
+    (reason, detail): (DenyReason, &'static str),
+) -> Decision {
+    Decision::Deny {
+        reason,
+        detail,
+        record: Some(record.clone()),
+    }
+}
+
 /// Checks one record; on success, the exceptions it needed (usually none: no allocation).
+/// With a recorder (`T::EVERY_RULE`) every rule is applied and reported, and the first
+/// failure is returned at the end; otherwise the first failure returns at once.
 #[allow(clippy::too_many_arguments)]
-fn check_record(
+fn check_record<T: Trace>(
     policy: &Policy,
     model: &str,
     server: ServerView<'_>,
@@ -474,124 +597,255 @@ fn check_record(
     caller: &Caller,
     signer: Option<&str>,
     now: u64,
+    t: &mut T,
 ) -> Result<Vec<Arc<ExceptionRecord>>, (DenyReason, &'static str)> {
     let record = &candidate.record;
     let claims = &record.claims;
-    if candidate.revoked {
-        return Err((DenyReason::ApprovalRevoked, "approval record is revoked"));
+    let mut first: Option<(DenyReason, &'static str)> = None;
+    // Applies one rule: reports it, and on a failure either returns at once (the request
+    // path) or remembers the first failure and goes on (a recorder).
+    macro_rules! rule {
+        ($rule:expr, $about:expr, $result:expr) => {
+            match $result {
+                Ok(()) => t.step($rule, $about, Outcome::Pass),
+                Err(e) => {
+                    let (reason, detail): (DenyReason, &'static str) = e;
+                    t.step($rule, $about, Outcome::Fail(reason, detail));
+                    if !T::EVERY_RULE {
+                        return Err((reason, detail));
+                    }
+                    first.get_or_insert((reason, detail));
+                }
+            }
+        };
     }
-    if now < record.not_before() {
-        return Err((
-            DenyReason::ApprovalExpired,
-            "approval record not yet valid (judged on the wall clock at the record's time)",
-        ));
-    }
-    if now >= claims.exp {
-        return Err((
-            DenyReason::ApprovalExpired,
-            "approval record expired (judged on the wall clock at the record's time)",
-        ));
-    }
-    if claims.sub != model {
-        return Err((
-            DenyReason::ModelMismatch,
-            "approval record is for another model",
-        ));
-    }
-    if let Some(want) = &claims.artefact.ollama_digest {
-        match server {
-            ServerView::Serving {
-                ollama_digest: Some(got),
-            } if same_ollama_digest(got, want) => {}
-            ServerView::Serving {
-                ollama_digest: Some(_),
-            } => {
-                return Err((
+    rule!(Rule::RecordRevoked, "", {
+        if candidate.revoked {
+            Err((DenyReason::ApprovalRevoked, "approval record is revoked"))
+        } else {
+            Ok(())
+        }
+    });
+    rule!(Rule::NotBefore, "", {
+        if now < record.not_before() {
+            Err((
+                DenyReason::ApprovalExpired,
+                "approval record not yet valid (judged on the wall clock at the record's time)",
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    rule!(Rule::Expiry, "", {
+        if now >= claims.exp {
+            Err((
+                DenyReason::ApprovalExpired,
+                "approval record expired (judged on the wall clock at the record's time)",
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    rule!(Rule::RecordModel, "", {
+        if claims.sub != model {
+            Err((
+                DenyReason::ModelMismatch,
+                "approval record is for another model",
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    match &claims.artefact.ollama_digest {
+        None => t.step(
+            Rule::OllamaDigest,
+            "",
+            Outcome::Skipped("the record pins no Ollama digest"),
+        ),
+        Some(want) => rule!(
+            Rule::OllamaDigest,
+            "",
+            match server {
+                ServerView::Serving {
+                    ollama_digest: Some(got),
+                } if same_ollama_digest(got, want) => Ok(()),
+                ServerView::Serving {
+                    ollama_digest: Some(_),
+                } => Err((
                     DenyReason::ModelMismatch,
                     "the model server reports another Ollama digest than the record's",
-                ))
-            }
-            _ => {
-                return Err((
+                )),
+                _ => Err((
                     DenyReason::ArtefactUnverified,
                     "the record pins an Ollama digest the server has not reported",
-                ))
+                )),
             }
+        ),
+    }
+    match &claims.artefact.signer {
+        None => t.step(
+            Rule::ModelSigner,
+            "",
+            Outcome::Skipped("the record names no model signer"),
+        ),
+        Some(required) => rule!(Rule::ModelSigner, "", {
+            if signer != Some(required.as_str()) {
+                Err((
+                    DenyReason::ApprovalInvalid,
+                    "artefact is not signed by the record's signer",
+                ))
+            } else {
+                Ok(())
+            }
+        }),
+    }
+    rule!(Rule::Workload, "", {
+        if !identity_matches(&claims.workloads, &policy.workload_identity) {
+            Err((
+                DenyReason::DeploymentNotBound,
+                "this workload is not in the record's workloads",
+            ))
+        } else {
+            Ok(())
         }
-    }
-    if let Some(required) = &claims.artefact.signer {
-        if signer != Some(required.as_str()) {
-            return Err((
-                DenyReason::ApprovalInvalid,
-                "artefact is not signed by the record's signer",
-            ));
-        }
-    }
-    if !identity_matches(&claims.workloads, &policy.workload_identity) {
-        return Err((
-            DenyReason::DeploymentNotBound,
-            "this workload is not in the record's workloads",
-        ));
-    }
-    let Some(record_rule) = policy.tiers.get(&claims.tier) else {
-        return Err((
+    });
+    let record_rule = policy.tiers.get(&claims.tier);
+    rule!(
+        Rule::RecordTier,
+        &claims.tier,
+        record_rule.map(|_| ()).ok_or((
             DenyReason::ApprovalInvalid,
             "record names a tier that is not configured",
-        ));
-    };
-    let passed = |kind: &String| {
-        claims
-            .evidence
-            .iter()
-            .any(|e| &e.kind == kind && e.verdict.eq_ignore_ascii_case("pass"))
-    };
-    let waivers = Waivers {
-        policy,
-        model,
-        record,
-        record_rule,
-        exceptions,
-        now,
-    };
+        ))
+    );
     let mut used: Vec<Arc<ExceptionRecord>> = Vec::new();
-    let required = policy
-        .tier_rule
-        .required_evidence
-        .iter()
-        .chain(&record_rule.required_evidence);
-    for kind in required {
-        if passed(kind) {
-            continue;
-        }
-        let imposed = [
-            policy.tier_rule.required_evidence.contains(kind),
-            record_rule.required_evidence.contains(kind),
-        ];
-        match waivers.find(imposed, |w| matches!(w, Waiver::Evidence(k) if k == kind)) {
-            Ok(e) => use_exception(&mut used, e),
-            Err(why) => {
-                return Err(why.unwrap_or((
-                    DenyReason::ApprovalInvalid,
-                    "record lacks evidence its tier requires",
-                )))
+    if let Some(record_rule) = record_rule {
+        let passed = |kind: &String| {
+            claims
+                .evidence
+                .iter()
+                .any(|e| &e.kind == kind && e.verdict.eq_ignore_ascii_case("pass"))
+        };
+        let waivers = Waivers {
+            policy,
+            model,
+            record,
+            record_rule,
+            exceptions,
+            now,
+        };
+        let required = policy
+            .tier_rule
+            .required_evidence
+            .iter()
+            .chain(&record_rule.required_evidence);
+        for kind in required {
+            if passed(kind) {
+                t.step(Rule::Evidence, kind, Outcome::Pass);
+                continue;
+            }
+            let imposed = [
+                policy.tier_rule.required_evidence.contains(kind),
+                record_rule.required_evidence.contains(kind),
+            ];
+            match waivers.find(imposed, |w| matches!(w, Waiver::Evidence(k) if k == kind)) {
+                Ok(e) => {
+                    t.step(Rule::Evidence, kind, Outcome::Waived(e));
+                    use_exception(&mut used, e);
+                }
+                Err(why) => rule!(
+                    Rule::Evidence,
+                    kind,
+                    Err(why.unwrap_or((
+                        DenyReason::ApprovalInvalid,
+                        "record lacks evidence its tier requires",
+                    )))
+                ),
             }
         }
+        // Each tier's own rules, the deployment's first: the longest lifetime, then the
+        // workloads it may run on.
+        for (name, tier) in [
+            (&policy.tier, &policy.tier_rule),
+            (&claims.tier, record_rule),
+        ] {
+            match tier.max_lifetime {
+                None => t.step(
+                    Rule::Lifetime,
+                    name,
+                    Outcome::Skipped("the tier sets no maximum lifetime"),
+                ),
+                Some(max) => rule!(Rule::Lifetime, name, {
+                    if claims.exp.saturating_sub(record.not_before()) > max {
+                        Err((
+                            DenyReason::ApprovalInvalid,
+                            "record is valid longer than its tier allows",
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }),
+            }
+            if tier.workloads.is_empty() {
+                t.step(
+                    Rule::TierWorkloads,
+                    name,
+                    Outcome::Skipped("the tier runs on any workload"),
+                );
+            } else {
+                rule!(Rule::TierWorkloads, name, {
+                    if identity_matches(&tier.workloads, &policy.workload_identity) {
+                        Ok(())
+                    } else {
+                        Err((
+                            DenyReason::DeploymentNotBound,
+                            "this workload may not run a model of this tier",
+                        ))
+                    }
+                });
+            }
+        }
+        // Reports its own rules (signers, quorum).
+        if let Err(e) = check_signers(policy, model, record, record_rule, &waivers, &mut used, t) {
+            if !T::EVERY_RULE {
+                return Err(e);
+            }
+            first.get_or_insert(e);
+        }
+    } else {
+        for rule in [
+            Rule::Evidence,
+            Rule::Lifetime,
+            Rule::TierWorkloads,
+            Rule::Signers,
+            Rule::Quorum,
+        ] {
+            t.step(
+                rule,
+                "",
+                Outcome::Skipped("the record's tier is not configured"),
+            );
+        }
     }
-    policy.tier_rule.admits(record, &policy.workload_identity)?;
-    record_rule.admits(record, &policy.workload_identity)?;
-    check_signers(policy, model, record, record_rule, &waivers, &mut used)?;
     let bare_ok = policy.bare_ok(&caller.iss);
-    if !claims
-        .callers
-        .iter()
-        .any(|p| p.matches(&caller.iss, &caller.sub, bare_ok))
-    {
-        return Err((
-            DenyReason::CallerNotAllowed,
-            "caller is not in the record's callers",
-        ));
+    rule!(Rule::Callers, "", {
+        if claims
+            .callers
+            .iter()
+            .any(|p| p.matches(&caller.iss, &caller.sub, bare_ok))
+        {
+            Ok(())
+        } else {
+            Err((
+                DenyReason::CallerNotAllowed,
+                "caller is not in the record's callers",
+            ))
+        }
+    });
+    match first {
+        Some(e) => Err(e),
+        None => Ok(used),
     }
-    Ok(used)
 }
 
 fn use_exception(used: &mut Vec<Arc<ExceptionRecord>>, e: &Arc<ExceptionRecord>) {
@@ -704,13 +958,14 @@ impl<'a> Waivers<'a> {
 /// distinct in-scope approvers (two keys of one approver count once).
 /// A quorum role no signer can fill may be waived by an exception for that role (recorded
 /// in `used`); at least one in-scope approver must still have signed.
-fn check_signers(
+fn check_signers<T: Trace>(
     policy: &Policy,
     model: &str,
     record: &ApprovalRecord,
     record_rule: &TierRule,
     waivers: &Waivers<'_>,
     used: &mut Vec<Arc<ExceptionRecord>>,
+    t: &mut T,
 ) -> Result<(), (DenyReason, &'static str)> {
     let tier = &record.claims.tier;
     let scoped = |kid: &String| {
@@ -719,12 +974,22 @@ fn check_signers(
             .get(kid)
             .filter(|a| a.covers(model, tier, &policy.tier))
     };
+    let fail = |t: &mut T, rule: Rule, (reason, detail): (DenyReason, &'static str)| {
+        t.step(rule, "", Outcome::Fail(reason, detail));
+        Err((reason, detail))
+    };
     if policy.tier_rule.quorum.is_empty() && record_rule.quorum.is_empty() {
         // The usual case: no allocation.
         if record.signers.iter().any(|k| scoped(k).is_some()) {
+            t.step(Rule::Signers, "", Outcome::Pass);
+            t.step(
+                Rule::Quorum,
+                "",
+                Outcome::Skipped("neither tier sets a quorum"),
+            );
             return Ok(());
         }
-        return Err(no_scoped_signer(policy, record));
+        return fail(t, Rule::Signers, no_scoped_signer(policy, record));
     }
     let mut distinct: Vec<&ApproverScope> = Vec::with_capacity(record.signers.len());
     for a in record.signers.iter().filter_map(scoped) {
@@ -733,8 +998,9 @@ fn check_signers(
         }
     }
     if distinct.is_empty() {
-        return Err(no_scoped_signer(policy, record));
+        return fail(t, Rule::Signers, no_scoped_signer(policy, record));
     }
+    t.step(Rule::Signers, "", Outcome::Pass);
     let mut roles: Vec<&str> = policy.tier_rule.quorum.iter().map(String::as_str).collect();
     for r in &record_rule.quorum {
         if !roles.contains(&r.as_str()) {
@@ -742,6 +1008,7 @@ fn check_signers(
         }
     }
     if assign(&roles, &distinct, 0) {
+        t.step(Rule::Quorum, "", Outcome::Pass);
         return Ok(());
     }
     // The roles an exception may waive; try the smallest sets of waivers first, so no
@@ -778,16 +1045,26 @@ fn check_signers(
             })
             .collect();
         if assign(&rest, &distinct, 0) {
-            for (_, e) in waivable.iter().enumerate().filter(|(i, _)| chosen(*i)) {
-                use_exception(used, e.1);
+            for (role, e) in waivable
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| chosen(*i))
+                .map(|(_, w)| w)
+            {
+                t.step(Rule::Quorum, role, Outcome::Waived(e));
+                use_exception(used, e);
             }
             return Ok(());
         }
     }
-    Err(why.unwrap_or((
-        DenyReason::ApprovalInvalid,
-        "quorum not met: the tier's roles need distinct approvers who signed",
-    )))
+    fail(
+        t,
+        Rule::Quorum,
+        why.unwrap_or((
+            DenyReason::ApprovalInvalid,
+            "quorum not met: the tier's roles need distinct approvers who signed",
+        )),
+    )
 }
 
 fn no_scoped_signer(policy: &Policy, record: &ApprovalRecord) -> (DenyReason, &'static str) {

@@ -95,6 +95,13 @@ pub struct ServerFile {
     /// Client connections open at once from one source IP address. Default 1024.
     #[serde(default)]
     pub max_connections_per_client: Option<usize>,
+    /// pingora's fast timer for connection timeouts of a second or more: a thread that
+    /// wakes every 10 ms for the life of the process once the first timeout is armed, worth
+    /// it (pingora's guidance) above about 100 timeouts a second. Default false: Tokio's
+    /// timer, so an idle sidecar sleeps. (Timeouts under a second, and pingora's write
+    /// timeouts under backpressure, always use the fast timer.)
+    #[serde(default)]
+    pub fast_timer: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +160,7 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    pub fast_timer: bool,
 }
 
 /// The validated `[log]` section.
@@ -232,6 +240,7 @@ impl ServerFile {
                 self.threads
             },
             work_stealing: self.work_stealing.unwrap_or(true),
+            fast_timer: self.fast_timer,
             grace_period,
         }
     }

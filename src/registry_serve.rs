@@ -6,12 +6,14 @@
 //! record's claimed `artefact.digest`, never verified: the sidecars verify), [`service`]
 //! answers requests from the current index and holds watches, [`reqlog`] writes one line per
 //! request for the fleet simulation, [`revocations`] signs the revocation list approvers
-//! publish. It must not touch the sidecar's registry client or its caches: a sidecar talks to
+//! publish, [`upload`] takes records `PUT` by a pipeline (`provgate promote`) when a token is
+//! configured. It must not touch the sidecar's registry client or its caches: a sidecar talks to
 //! this server only over HTTP, like any other registry.
 //!
 //! Bounds: at most `max_connections` connections and `max_watchers` held requests; request
 //! heads over [`MAX_HEAD`] bytes are refused by the HTTP layer; only the exact URL forms of
-//! the contract are served, everything else is 404 (no file is ever opened from a URL).
+//! the contract are served, everything else is 404 (no file is ever opened from a URL; an
+//! upload's file name comes from the record ID, checked).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub mod index;
 pub mod reqlog;
 pub mod revocations;
 pub mod service;
+pub mod upload;
 
 /// The largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -45,6 +48,8 @@ pub struct ServeConfig {
     pub rescan: Duration,
     /// One line per request (arrival, form, status, hold), for the fleet simulation.
     pub request_log: Option<PathBuf>,
+    /// Accept `PUT /approvals/sha256/<hex>` with this bearer token (a file, read at start).
+    pub upload_token_file: Option<PathBuf>,
 }
 
 /// Why the server could not start or stopped.
@@ -59,6 +64,8 @@ pub enum ServeError {
     },
     #[error("starting the reload thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Upload(#[from] upload::TokenError),
     #[error("request log {path}: {source}")]
     RequestLog {
         path: String,
@@ -74,6 +81,10 @@ pub async fn serve(
     bound: impl FnOnce(SocketAddr),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let upload = match &config.upload_token_file {
+        Some(file) => Some(upload::Upload::new(config.dir.clone(), file)?),
+        None => None,
+    };
     let first = index::load(&config.dir)?;
     tracing::info!(dir = %config.dir.display(), records = first.records, digests = first.digests(),
         skipped = first.skipped, revocation_list = first.has_revocation_list(), "registry loaded");
@@ -105,10 +116,10 @@ pub async fn serve(
     tracing::info!(%addr, max_watchers = config.max_watchers,
         max_connections = config.max_connections, "registry serving");
     bound(addr);
-    let shared = Arc::new(service::Shared::new(rx, config.max_watchers, log));
+    let shared = Arc::new(service::Shared::new(rx, config.max_watchers, log).with_upload(upload));
     service::accept_loop(listener, shared, config.max_connections, shutdown).await;
-    // The reload thread stops within one stop slice of its own; nothing to wait for.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The reload thread wakes and stops; nothing to wait for.
+    crate::kit::stop::set(&stop);
     if let Some(closer) = closer {
         let _ = tokio::task::spawn_blocking(move || closer.close()).await;
     }

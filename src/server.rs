@@ -61,6 +61,19 @@ pub fn server_conf(config: &Config) -> ServerConf {
         upstream_keepalive_pool_size: config.upstream.keepalive_pool,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        // Timeouts of a second or more on Tokio's timer unless `fast_timer`. pingora's fast
+        // timer thread wakes every 10 ms forever once started (most of an idle sidecar's CPU,
+        // issue 18); a fast timer stays in its map until its deadline even when cancelled
+        // (each request's upstream read timeout, 300 s by default: some MB of RSS, issue 16's
+        // soak); and a request restarts the clock thread when it has not ticked for about
+        // 2 s without stopping the old one (a CPU stall left a thread behind for good).
+        // Tokio's timers are removed when cancelled and need no thread; only sub-second
+        // timeouts still take the fast path.
+        fast_timeout_to_tokio_threshold_seconds: if config.server.fast_timer {
+            ServerConf::default().fast_timeout_to_tokio_threshold_seconds
+        } else {
+            Some(0)
+        },
         ..ServerConf::default()
     }
 }
@@ -294,8 +307,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .filter(|i| matches!(i.keys, KeySource::File(_)))
         .filter_map(|i| Some((i.issuer.clone(), i.jwks_file.clone()?)))
         .collect();
-    let bare_issuers =
-        crate::policy::config::bare_issuers(&config.callers.issuers, config.listen.caller_auth);
+    // Built before the issuers move into the token verifier: `provgate check` builds it
+    // the same way.
+    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(config.policy()));
     let tokens = Arc::new(TokenVerifier::new(
         config
             .callers
@@ -338,14 +352,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         ));
     }
 
-    let policy = Arc::new(arc_swap::ArcSwap::from_pointee(Policy {
-        workload_identity: config.workload.identity,
-        tiers: config.tiers,
-        tier: config.tier,
-        tier_rule: config.tier_rule,
-        approvers: config.approver_scopes,
-        bare_issuers,
-    }));
     let reload = crate::server::reload::Reload {
         policy: policy.clone(),
         approver_keys: config.approver_keys_path.clone(),

@@ -11,8 +11,17 @@ Phases, one fleet per (N, start) pair:
               sidecars made (their provgate_registry_fetches_total{result="error"} delta), then
               the server restarted on the same port and the time until every sidecar has a
               successful fetch again (its ok/not_modified/revoked counters move)
+  change      (--change-window > 0) a second record for the model is published: every
+              watch returns with the change and re-watches; the registry load over the
+              next CHANGE_WINDOW seconds (busiest second of the re-watches' returns)
   revocation  revoked.txt names the record: time until every sidecar answers 403
               approval_revoked (probes through every sidecar every 100 ms)
+
+Extrapolation of the busiest second: per-second counts of N independent sidecars add, so at
+k x N the mean is k times and the spread sqrt(k) times larger; the measured busiest second's
+excess over the mean, in standard deviations of the per-second counts (z), is carried over:
+busiest(10,000) / mean = 1 + z * sd / (mean * sqrt(k)). This holds when the sidecars' timing
+is independent (random first polls and watches), not for a fleet in lockstep.
 
 Every process is started here and stopped by its PID. Results: one JSON object per fleet in
 OUT/results.jsonl (appended).
@@ -261,6 +270,11 @@ def load_stats(rows, t0_ms, t1_ms):
     mean_100 = n / (secs * 10)
     busiest_s = max(per_s.values(), default=0)
     busiest_100 = max(per_100.values(), default=0)
+    bins = int(secs)
+    counts = [per_s.get(i, 0) for i in range(bins)] if bins else []
+    var = sum((c - mean_s) ** 2 for c in counts) / len(counts) if counts else 0.0
+    sd = var ** 0.5
+    z = (busiest_s - mean_s) / sd if sd else 0.0
     return {
         "window_s": round(secs, 1),
         "requests": n,
@@ -269,6 +283,9 @@ def load_stats(rows, t0_ms, t1_ms):
         "busiest_s_vs_mean": round(busiest_s / mean_s, 2) if mean_s else None,
         "busiest_100ms": busiest_100,
         "busiest_100ms_vs_mean": round(busiest_100 / mean_100, 2) if mean_100 else None,
+        "sd_per_s": round(sd, 2),
+        "dispersion": round(var / mean_s, 2) if mean_s else None,
+        "busiest_s_z": round(z, 2),
         "share_304": round(sum(1 for r in rows if r[2] == 304) / n, 3) if n else None,
         "held": sum(1 for r in rows if r[4]),
         "by_status": {str(s): sum(1 for r in rows if r[2] == s) for s in sorted({r[2] for r in rows})},
@@ -300,14 +317,24 @@ def rss_mb(pids):
     return total
 
 
+def watching(a):
+    extra = a.registry_extra.replace("\\n", "\n")
+    if re.search(r'watch\s*=\s*"0s"', extra):
+        return False
+    return "watch" in extra or re.search(r'layout\s*=\s*"path"', extra) is not None
+
+
 async def main_async(a):
     binary = os.path.abspath(a.bin)
     work = Path(a.work) / f"n{a.n}-{a.start}-{a.label}"
     if work.exists():
         subprocess.run(["rm", "-rf", str(work)], check=True)
     model, reg, token = setup(binary, work)
-    reqlog = work / "requests.log"
-    server = Server(binary, reg, work / "server.log", reqlog)
+    # The server's files in a directory of their own: the sidecars watch the key files'
+    # directory (trust reload), and a request log written there would wake every one of them.
+    (work / "server").mkdir()
+    reqlog = work / "server" / "requests.log"
+    server = Server(binary, reg, work / "server" / "server.log", reqlog)
     server.start()
     url = f"http://127.0.0.1:{server.port}/"
     result = {"label": a.label, "n": a.n, "start": a.start, "refresh": a.refresh,
@@ -369,9 +396,9 @@ async def main_async(a):
     await asyncio.sleep(a.window)
     c1, t1 = cpu_seconds(pids), time.time()
     s1 = cpu_seconds([server.proc.pid])
-    # A request is logged when it returns: with watch, wait out the longest hold (60 s cap
-    # + 10%) of the window's last arrivals before reading.
-    await asyncio.sleep(a.hold_wait if "watch" in a.registry_extra else 0.5)
+    # A request is logged when it returns: with watch (the path layout watches by default),
+    # wait out the longest hold (the server's 60 s cap) of the window's last arrivals.
+    await asyncio.sleep(a.hold_wait if watching(a) else 0.5)
     steady = load_stats(read_log(reqlog, int(t0 * 1000), int(t1 * 1000)), int(t0 * 1000), int(t1 * 1000))
     steady["sidecar_cpu_ms_per_s"] = round((c1 - c0) / (t1 - t0) / a.n * 1000, 3)
     steady["server_cpu_ms_per_s"] = round((s1 - s0) / (t1 - t0) * 1000, 2)
@@ -379,6 +406,25 @@ async def main_async(a):
     print(json.dumps({"steady": steady}), flush=True)
 
     admins = [s["admin"] for s in sidecars]
+    if a.change_window > 0:
+        # A second record for the model: every digest answer changes once.
+        tmp = work / "record2.jws"
+        run([binary, "approve", "--key", work / "approver.key", "--iss", "approver@example.org",
+             "--model", MODEL, "--version-id", "fleet-v1", "--dir", model, "--workload", WORKLOAD,
+             "--caller", CALLER, "--tier", "internal", "--ttl", "2d", "--jti", JTI + "-2",
+             "--out", tmp])
+        t_change = time.time()
+        os.rename(tmp, reg / "record2.jws")
+        await asyncio.sleep(a.change_window + 1.5)
+        await asyncio.sleep(a.hold_wait)
+        rewatches = read_log(reqlog, int(t_change * 1000), int((t_change + 1.5) * 1000))
+        t0c = t_change + 1.5
+        after_change = load_stats(read_log(reqlog, int(t0c * 1000), int((t0c + a.change_window) * 1000)),
+                                  int(t0c * 1000), int((t0c + a.change_window) * 1000))
+        after_change["requests_in_first_1_5_s"] = len(rewatches)
+        result["after_change"] = after_change
+        print(json.dumps({"after_change": after_change}), flush=True)
+
     if a.outage > 0:
         before = await all_counts(admins)
         t_down = time.time()
@@ -423,7 +469,8 @@ async def main_async(a):
     first = await gather_limited([http_get(s["listen"], "/v1/models", auth, k) for s, k in zip(sidecars, keeps)])
     result["before_revocation_statuses"] = {str(st): sum(1 for x, _ in first if x == st) for st in {x for x, _ in first}}
     tmp = reg / ".revoked.txt.tmp"
-    tmp.write_text(JTI + "\n")
+    # Every record of the model (the change phase added a second one).
+    tmp.write_text(JTI + "\n" + (JTI + "-2\n" if a.change_window > 0 else ""))
     t_rev = time.time()
     os.rename(tmp, reg / "revoked.txt")
     blocked = [None] * len(sidecars)
@@ -479,8 +526,10 @@ def main():
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--outage", type=float, default=30.0)
-    ap.add_argument("--hold-wait", type=float, default=36.0,
+    ap.add_argument("--hold-wait", type=float, default=62.0,
                     help="with watch: seconds to wait after the window for held requests to return")
+    ap.add_argument("--change-window", type=float, default=0.0,
+                    help="seconds of registry load measured after a second record is published (0: no change phase)")
     ap.add_argument("--label", default="run")
     ap.add_argument("--client-commit", default="")
     ap.add_argument("--work", default="/tmp/provgate-fleet")

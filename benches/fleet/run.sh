@@ -3,8 +3,15 @@
 #
 #   benches/fleet/run.sh                                # 50, 100, 200 sidecars, together and staggered
 #   benches/fleet/run.sh --sizes 200 --starts together --label after \
-#       --registry-extra 'layout = "path"\nwatch = "30s"'
+#       --registry-extra 'layout = "path"' --window 120 --change-window 90
+#                                                       # the path layout watches (60 s) by default
 #   PROVGATE_BIN=/path/to/provgate benches/fleet/run.sh ...   # a given binary, no build
+#   python3 benches/fleet/idle.py --bin before=A --bin after=B --n 20 --window 60
+#                                                       # idle CPU per sidecar, binaries side by side
+#
+# 200 sidecars exhaust the host's inotify instances (fs.inotify.max_user_instances, 128 by
+# default, shared by every process of the user): the rest fall back to their rescans. Other
+# work on the machine that relies on inotify slows down meanwhile.
 #
 # Builds the release binary (nice -n 10) unless PROVGATE_BIN is set; every sidecar and the
 # registry server run that one binary. Results are appended to benches/fleet/out/results.jsonl

@@ -5,8 +5,10 @@
 # GET/POST, missing and bad tokens, refused routes, traceparents; about RPS requests/s, default
 # 200, new connections every 200 requests), with a new issuer key in the HTTP JWKS every M
 # minutes (default 5) and fresh tokens every minute, the approval record re-signed every
-# minute, and the HTTP registry restarted twice. Samples provgate's RSS, open fds and threads
-# every 10 s into a CSV (default soak-YYYYmmddTHHMMSS.csv) and prints a summary.
+# minute, and the HTTP registry restarted twice. Samples provgate's RSS (and its anonymous
+# part), open fds, threads and threads by name every 10 s into a CSV (default
+# soak-YYYYmmddTHHMMSS.csv) and prints a summary: RSS at 1-60 min, flatness after 5 and 10
+# min, each thread name's count, and every good-token refusal beside the JWKS fetch times.
 # --bin: the provgate binary (default: built with `cargo build --release`). All on 127.0.0.1;
 # every process it starts is stopped; its work directory is removed at the end.
 set -euo pipefail

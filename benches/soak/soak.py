@@ -34,6 +34,10 @@ ISSUER = "https://issuer.soak"
 MODEL = "all-minilm-l6-v2"
 WORKLOAD = "spiffe://example.org/ns/prod/sa/model-serving"
 CALLER = "spiffe://example.org/ns/app/sa/client"
+# Request kinds that carry the good token: anything but 200 for them is an error.
+GOOD = ("list", "chat", "traced")
+# RSS reported at these minutes (warm-up against growth).
+CHECKPOINTS = (1, 5, 10, 20, 30, 45, 60)
 
 
 class Quiet(http.server.BaseHTTPRequestHandler):
@@ -118,6 +122,7 @@ def make_registry(records_dir):
 def load(url, tokens_file, stats_file, rate):
     u = urllib.parse.urlparse(url)
     stats = {}
+    refusals = []
     lock = threading.Lock()
     tokens = {"good": ""}
     stop = threading.Event()
@@ -156,8 +161,17 @@ def load(url, tokens_file, stats_file, rate):
                                                              rng.getrandbits(64) | 1)
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        resp.read()
-        return f"{kind} {resp.status}", resp.getheader("Connection", "") == "close"
+        data = resp.read()
+        key = f"{kind} {resp.status}"
+        if kind in GOOD and resp.status != 200:
+            # A good token refused: say why (the answer's error code) and when.
+            try:
+                key += " " + str(json.loads(data).get("error", ""))
+            except ValueError:
+                pass
+            with lock:
+                refusals.append([round(time.time(), 3), key])
+        return key, resp.getheader("Connection", "") == "close"
 
     def worker(seed, per_thread):
         rng = random.Random(seed)
@@ -200,8 +214,9 @@ def load(url, tokens_file, stats_file, rate):
         stop.wait(5)
         with lock:
             snap = dict(stats)
+            snap_refusals = list(refusals)
         tmp = stats_file + ".tmp"
-        json.dump(snap, open(tmp, "w"))
+        json.dump({"stats": snap, "refusals": snap_refusals}, open(tmp, "w"))
         os.replace(tmp, stats_file)
 
 
@@ -235,6 +250,33 @@ def sample(pid):
     return rss, fds, threads
 
 
+def thread_names(pid):
+    """Threads by name (`/proc/PID/task/*/comm`), e.g. {"tokio-runtime-w": 2, ...}."""
+    names = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+        except OSError:
+            continue  # ended between the listing and the read
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items()))
+
+
+def anon_kb(pid):
+    """Anonymous (heap and stacks) and file-backed parts of RSS, from smaps_rollup."""
+    anon = file_ = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Anonymous:"):
+                    anon = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    file_ = int(line.split()[1])
+    except OSError:
+        pass
+    return anon, file_ - anon
+
+
 def main(args):
     opts = dict(zip(args[::2], args[1::2]))
     bin_ = opts["--bin"]
@@ -262,8 +304,12 @@ def main(args):
     def jwks_doc():
         return json.dumps({"keys": [k for _, k in keys[-2:]]}).encode()
 
+    jwks_gets = []  # wall-clock times of provgate's JWKS fetches
+    rotations = []  # wall-clock times at which a new key was published (and signed with)
+
     class Jwks(Quiet):
         def do_GET(self):
+            jwks_gets.append(time.time())
             self.send(200, jwks_doc(), extra=[("Cache-Control", "max-age=60")])
 
     def mint():
@@ -364,25 +410,32 @@ level = "warn"
     next_mint = next_sign = start + 60
     next_rotate = start + rotate * 60
     csv = open(csv_path, "w")
-    csv.write("elapsed_s,rss_kb,fds,threads,requests,errors,registry_up,issuer_keys,records_signed\n")
+    csv.write("elapsed_s,rss_kb,fds,threads,requests,errors,registry_up,issuer_keys,"
+              "records_signed,anon_kb,file_kb,thread_names\n")
     rows = []
+    stats, refusals = {}, []
+    wall_start = time.time()
     try:
         while True:
             now = time.monotonic()
             if proxy.poll() is not None:
                 raise SystemExit(f"provgate exited with {proxy.returncode}")
             try:
-                stats = json.load(open(stats_file))
-            except (OSError, ValueError):
-                stats = {}
+                loaded = json.load(open(stats_file))
+                stats, refusals = loaded["stats"], loaded["refusals"]
+            except (OSError, ValueError, KeyError):
+                pass
             total = sum(stats.values())
             # Anything but 200 for a good token, and any transport error.
             errors = sum(v for k, v in stats.items()
                          if k.startswith("error")
-                         or (k.split()[0] in ("list", "chat", "traced") and k.split()[1] != "200"))
+                         or (k.split()[0] in GOOD and k.split()[1] != "200"))
             rss, fds, threads = sample(proxy.pid)
+            anon, file_ = anon_kb(proxy.pid)
+            names = thread_names(proxy.pid)
             row = (round(now - start), rss, fds, threads, total, errors,
-                   int(registry_down_until is None), len(keys), signed[0])
+                   int(registry_down_until is None), len(keys), signed[0], anon, file_,
+                   ";".join(f"{k}={v}" for k, v in names.items()))
             rows.append(row)
             csv.write(",".join(map(str, row)) + "\n")
             csv.flush()
@@ -399,6 +452,7 @@ level = "warn"
                 children[1] = registry
                 registry_down_until = None
             if now >= next_rotate:
+                rotations.append(time.time())
                 new_issuer_key()
                 next_rotate += rotate * 60
                 mint()
@@ -424,6 +478,17 @@ level = "warn"
                 c.kill()
         jwks_srv.shutdown()
     summary(rows, stats, len(keys), signed[0], restarted[0])
+    rel = lambda t: round(t - wall_start, 1)
+    print(f"key rotations at s: {[rel(t) for t in rotations]}")
+    print(f"JWKS fetches at s: {[rel(t) for t in jwks_gets]}")
+    for at, key in refusals[:50]:
+        fetched = [at - g for g in jwks_gets if g <= at]
+        rotated = [at - r for r in rotations if r <= at]
+        print(f"refused good token at {rel(at)} s: {key}; last JWKS fetch "
+              + (f"{fetched[-1]:.1f} s before" if fetched else "none")
+              + "; last rotation " + (f"{rotated[-1]:.1f} s before" if rotated else "none"))
+    if len(refusals) > 50:
+        print(f"... and {len(refusals) - 50} more refusals")
 
 
 def summary(rows, stats, keys, signed, restarted):
@@ -439,6 +504,28 @@ def summary(rows, stats, keys, signed, restarted):
     for name, i in (("open fds", 2), ("threads", 3)):
         col = [r[i] for r in warm]
         print(f"{name}: first {first[i]}, last {last[i]}, min {min(col)}, max {max(col)}")
+    print("RSS / anonymous / file-backed KiB, threads, at minute:")
+    for m in CHECKPOINTS:
+        at = [r for r in rows if r[0] >= m * 60]
+        if at:
+            r = at[0]
+            print(f"  {m:>3} min (t={r[0]} s): {r[1]} / {r[9]} / {r[10]}, threads {r[3]}")
+    # Flatness after warm-up: from the first sample at 5 and at 10 minutes to the end.
+    for m in (5, 10):
+        after = [r for r in rows if r[0] >= m * 60]
+        if len(after) > 1:
+            base = after[0][1]
+            hi, lo = max(r[1] for r in after), min(r[1] for r in after)
+            print(f"RSS after {m} min: from {base} to {after[-1][1]} KiB "
+                  f"({100.0 * (after[-1][1] - base) / base:+.1f}%), range {lo}-{hi} "
+                  f"({100.0 * (hi - base) / base:+.1f}% at most)")
+    parse = lambda names: dict((kv.rsplit("=", 1)[0], int(kv.rsplit("=", 1)[1]))
+                               for kv in names.split(";") if "=" in kv)
+    per = [parse(r[11]) for r in warm]
+    print("threads by name after warm-up: first, last, min, max")
+    for name in sorted(set().union(*per)):
+        col = [p.get(name, 0) for p in per]
+        print(f"  {name}: {col[0]}, {col[-1]}, {min(col)}, {max(col)}")
     print(f"requests: {sum(stats.values())} by kind and answer "
           f"{json.dumps(dict(sorted(stats.items())))}")
     print(f"good-token requests not answered 200, and transport errors: {rows[-1][5]}")

@@ -51,7 +51,7 @@ fn the_watcher_publishes_and_follows_changes() {
     assert!(handle.is_settled());
     std::fs::write(dir.path().join("w"), b"swapped").unwrap();
     wait_for(compute_manifest(dir.path(), 1).unwrap().root);
-    stop.store(true, Ordering::Relaxed);
+    crate::kit::stop::set(&stop);
     t.join().unwrap();
 }
 
@@ -113,7 +113,7 @@ fn the_watcher_follows_an_edit_in_place_under_shards() {
     let tampered = digest();
     assert_ne!(tampered, approved);
     wait_for(tampered);
-    stop.store(true, Ordering::Relaxed);
+    crate::kit::stop::set(&stop);
     t.join().unwrap();
 }
 
@@ -170,7 +170,7 @@ fn a_stop_abandons_a_hash_in_progress() {
     let t = std::thread::spawn(move || w.run(s));
     std::thread::sleep(Duration::from_millis(200));
     let asked = Instant::now();
-    stop.store(true, Ordering::Relaxed);
+    crate::kit::stop::set(&stop);
     t.join().unwrap();
     assert!(
         asked.elapsed() < Duration::from_secs(2),
@@ -312,7 +312,7 @@ fn a_scrub_keeps_to_its_rate_and_stops_when_asked() {
     let t = Instant::now();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        flag.store(true, Ordering::Relaxed);
+        crate::kit::stop::set(&flag);
     });
     assert_eq!(slow.scrub_once(&stop), ScrubOutcome::Stopped);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());

@@ -6,10 +6,12 @@
 //! full queue count the record into a summary instead of dropping it) and gathers its rooms:
 //! `record` (line format and bounds), `writer` (the thread: batches, rotation, checkpoints,
 //! summaries, failure), `segments` (naming, tail read), `checkpoint` (signed heads), `read`
-//! (bounded streaming), `verify`, `query` (query and summary), `ocsf` (export) and `config`.
+//! (bounded streaming), `verify`, `query` (query and summary), `ocsf` (export), `append` (one
+//! record from a command, `provgate promote`) and `config`.
 //! It must not decide anything about the request: the proxy hands it a finished event.
 //! Records hold a caller's `iss` and `sub` only: never a token.
 
+pub mod append;
 pub mod checkpoint;
 pub mod config;
 pub mod ocsf;
@@ -35,7 +37,8 @@ use crate::telemetry::Metrics;
 #[derive(Clone)]
 pub struct AuditLog {
     // Boxed: a bounded std channel allocates every slot up front, so slots stay 8 bytes.
-    tx: SyncSender<Box<AuditEvent>>,
+    // `None` wakes the writer (a shutdown, or summaries to write) without an event.
+    tx: SyncSender<Option<Box<AuditEvent>>>,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     fail_closed: bool,
@@ -81,11 +84,16 @@ impl AuditLog {
     /// writer writes as soon as it catches up.
     pub fn emit(&self, mut event: AuditEvent) {
         event.bound();
-        match self.tx.try_send(Box::new(event)) {
+        match self.tx.try_send(Some(Box::new(event))) {
             Ok(()) => {}
             Err(TrySendError::Full(event)) => {
-                self.shared.summarise(&event, "queue_full");
-                self.metrics.audit_summarised.inc();
+                if let Some(event) = event {
+                    self.shared.summarise(&event, "queue_full");
+                    self.metrics.audit_summarised.inc();
+                }
+                // The writer writes the summary once it has caught up: a full queue keeps
+                // it awake, and when the queue drained meanwhile this wakes it.
+                let _ = self.tx.try_send(None);
             }
             Err(TrySendError::Disconnected(_)) => self.metrics.audit_failed.inc(),
         }
@@ -115,6 +123,9 @@ impl AuditLog {
     /// Finishes the log at shutdown: drains the queue, writes pending summaries and a
     /// checkpoint, syncs. Waits at most `within`.
     pub fn close(&self, within: Duration) -> bool {
+        self.shared.stop.store(true, Ordering::Release);
+        // A full queue keeps the writer awake; otherwise this wakes it.
+        let _ = self.tx.try_send(None);
         self.shared.close(within)
     }
 }
@@ -126,7 +137,7 @@ impl AuditLog {
 /// crash. Records queued meanwhile wait in the queue (or are summarised when it is full).
 fn supervise_writer(
     first: Writer,
-    rx: &std::sync::mpsc::Receiver<Box<record::AuditEvent>>,
+    rx: &std::sync::mpsc::Receiver<Option<Box<record::AuditEvent>>>,
     (config, metrics, shared): (AuditConfig, Arc<Metrics>, Arc<Shared>),
 ) {
     use crate::kit::service::{panic_message, PANIC_BACKOFF_FIRST, PANIC_BACKOFF_MAX};

@@ -260,6 +260,40 @@ pub enum Marker {
     },
     /// Segments up to and including `segment` were removed by rotation (`keep_segments`).
     Pruned { time: String, segment: u64 },
+    /// One `provgate promote`: who signed (`iss`, key `kid`), for which environment, which
+    /// artefact and record, and whether it was published or refused (with the rules that
+    /// failed). Written by `provgate promote` through the `append` room, never by the
+    /// sidecar.
+    Promotion(Box<Promotion>),
+}
+
+/// The body of a [`Marker::Promotion`] line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Promotion {
+    /// RFC 3339 UTC time of the promotion.
+    pub time: String,
+    /// The target environment's name (`--env`, default the config file's stem).
+    pub env: String,
+    /// `published`, `refused` (by the check: nothing published) or `failed` (publishing
+    /// failed after the check passed).
+    pub outcome: String,
+    /// The approver identity: the record's `iss` for a new record, the co-signer's
+    /// `--iss` (else the record's) for a co-signature.
+    pub iss: String,
+    /// The key that signed in this promotion.
+    pub kid: String,
+    pub digest: String,
+    pub model: String,
+    pub version_id: String,
+    pub record_id: String,
+    /// Where it was (or would have been) published: `dir`, `mlflow` or `http`.
+    pub registry: String,
+    /// Where exactly: the record file, the model version and alias, or the upload URL.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub published_to: Option<String>,
+    /// On a refusal, each failing rule as `rule[ record]: why`; on a failure, why.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub failed: Vec<String>,
 }
 
 /// A line's body: an event or a marker.

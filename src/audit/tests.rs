@@ -600,3 +600,117 @@ fn verify_reports_numbers_at_the_top_of_u64_without_crashing() {
         assert!(!found.is_empty(), "{lines}: no problem reported");
     }
 }
+
+#[test]
+fn an_idle_writer_sleeps_until_its_deadlines_and_a_close_wakes_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let mut cfg = config(&path);
+    cfg.checkpoint_interval = Duration::from_millis(400);
+    cfg.max_segment_age = Duration::from_millis(900);
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let log = AuditLog::open(&cfg, metrics.clone()).unwrap();
+    log.emit(event(1));
+    // No more records: the checkpoint falls due and is written on the writer's own deadline,
+    // then the segment ages out and rotates, with no event to wake the writer.
+    let checkpoint = segments::checkpoint_path(&path);
+    let started = Instant::now();
+    while !checkpoint.exists() {
+        assert!(started.elapsed() < Duration::from_secs(3), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while segments::rotated(&path).unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "no rotation by age"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metrics.audit_rotations.get(), 1);
+    // Idle again (nothing to checkpoint, an empty segment does not age out): a close is
+    // answered at once, not at the next tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    assert!(log.close(Duration::from_secs(5)));
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(problems(dir.path(), None), vec![]);
+}
+
+// === append (provgate promote) ===
+
+fn promotion(outcome: &str) -> Marker {
+    Marker::Promotion(Box::new(record::Promotion {
+        time: "2026-12-01T00:00:00.000Z".into(),
+        env: "staging".into(),
+        outcome: outcome.into(),
+        iss: "alice@example.org".into(),
+        kid: "k1".into(),
+        digest: format!("sha256:{}", "ab".repeat(32)),
+        model: "m".into(),
+        version_id: "v1".into(),
+        record_id: "r1".into(),
+        registry: "dir".into(),
+        published_to: None,
+        failed: vec!["lifetime (record r1): too long".into()],
+    }))
+}
+
+#[test]
+fn appended_promotions_continue_the_chain_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("promotions.jsonl");
+    assert_eq!(append::append(&path, &promotion("refused")).unwrap(), 2);
+    assert_eq!(append::append(&path, &promotion("published")).unwrap(), 3);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a segment record, then the two promotions");
+    assert!(matches!(
+        serde_json::from_str::<Marker>(lines[0]).unwrap(),
+        Marker::Segment { segment: 1, .. }
+    ));
+    let back: Marker = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(back, promotion("published"));
+    let reports = verify(&path, None).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].intact(), "{:?}", reports[0].problems);
+    assert_eq!(reports[0].records, 3);
+}
+
+#[test]
+fn appending_after_a_sidecar_log_continues_it_and_an_edit_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let cfg = config(&path);
+    write_with(&cfg, 0..5);
+    append::append(&path, &promotion("published")).unwrap();
+    append::append(&path, &promotion("refused")).unwrap();
+    assert!(verify(&path, None).unwrap().iter().all(|r| r.intact()));
+    // A promotion line is covered by the chain like any other: the next line's `prev`
+    // no longer matches an edited one (the last line is the checkpoints' business).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replacen("\"env\":\"staging\"", "\"env\":\"prod\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&path, edited).unwrap();
+    assert!(!verify(&path, None).unwrap().iter().all(|r| r.intact()));
+}
+
+#[test]
+fn a_log_with_a_torn_last_line_is_not_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("promotions.jsonl");
+    append::append(&path, &promotion("published")).unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"seq\":3,");
+    std::fs::write(&path, &text).unwrap();
+    let err = append::append(&path, &promotion("published")).unwrap_err();
+    assert!(matches!(err, append::AppendError::Tail { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "nothing written"
+    );
+}

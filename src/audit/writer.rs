@@ -21,9 +21,13 @@ use super::record::{encode_line, AuditEvent, Body, Marker, GENESIS};
 use super::segments::{self, Tail};
 use crate::telemetry::Metrics;
 
-/// How often the writer wakes with nothing queued (rotation by age, checkpoints, recovery,
-/// shutdown).
-const TICK: Duration = Duration::from_millis(200);
+/// The longest the writer sleeps with nothing queued. It wakes on an event, on a wake-up
+/// (`None` on the queue: a shutdown, or summaries to write) and at its next deadline (the
+/// segment's age, a checkpoint due, a recovery attempt every second while failing); this
+/// bound only catches a wall-clock step that ages the segment.
+pub const IDLE_WAKE: Duration = Duration::from_secs(10);
+/// While the log cannot be written, a reopen is tried this often.
+const RECOVERY_EVERY: Duration = Duration::from_secs(1);
 /// Bytes gathered before a write.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Distinct summary keys held at once; beyond it callers fold into `*`.
@@ -274,13 +278,19 @@ impl Writer {
         self.durable = self.chain.clone();
     }
 
-    pub fn run(mut self, rx: &Receiver<Box<AuditEvent>>) {
+    /// Writes what the queue brings (`None`: a wake-up) until the queue is closed or the
+    /// shutdown asks it to finish.
+    pub fn run(mut self, rx: &Receiver<Option<Box<AuditEvent>>>) {
         loop {
-            match rx.recv_timeout(TICK) {
+            match rx.recv_timeout(self.next_wake()) {
                 Ok(first) => {
-                    self.event(first);
+                    if let Some(first) = first {
+                        self.event(first);
+                    }
                     while let Ok(more) = rx.try_recv() {
-                        self.event(more);
+                        if let Some(more) = more {
+                            self.event(more);
+                        }
                         if self.shared.stop.load(Ordering::Acquire) && self.batch.is_empty() {
                             break;
                         }
@@ -298,7 +308,9 @@ impl Writer {
             self.tick();
             if self.shared.stop.load(Ordering::Acquire) {
                 while let Ok(more) = rx.try_recv() {
-                    self.event(more);
+                    if let Some(more) = more {
+                        self.event(more);
+                    }
                 }
                 self.finish();
                 return;
@@ -502,9 +514,38 @@ impl Writer {
         }
     }
 
+    /// How long to wait for the queue before [`Writer::tick`] has something to do.
+    fn next_wake(&self) -> Duration {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        if self.out.is_none() {
+            // Summaries wait for the log to be writable again.
+            return RECOVERY_EVERY.saturating_sub(self.last_recovery.elapsed());
+        }
+        if self.shared.pending.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        let mut wake = IDLE_WAKE;
+        if self.chain.bytes > 0 {
+            let age = SystemTime::now()
+                .duration_since(self.segment_started)
+                .unwrap_or_default();
+            wake = wake.min(self.cfg.max_segment_age.saturating_sub(age));
+        }
+        if self.chain.seq != self.last_checkpoint_seq {
+            wake = wake.min(
+                self.cfg
+                    .checkpoint_interval
+                    .saturating_sub(self.last_checkpoint_at.elapsed()),
+            );
+        }
+        wake
+    }
+
     fn tick(&mut self) {
         if self.out.is_none() {
-            if self.last_recovery.elapsed() >= Duration::from_secs(1) {
+            if self.last_recovery.elapsed() >= RECOVERY_EVERY {
                 self.recover();
             }
             return;

@@ -348,6 +348,27 @@ fn remote_registries_validate_their_own_keys() {
         }
         other => panic!("expected a remote registry, got {other:?}"),
     }
+    // The path layout watches by default (60 s); "0s" polls; the query layout never watches.
+    for (extra, layout, watch) in [
+        ("layout = \"path\"", "path", Some(Duration::from_secs(60))),
+        ("layout = \"path\"\nwatch = \"0s\"", "path", None),
+        ("", "query", None),
+        ("layout = \"query\"\nwatch = \"0s\"", "query", None),
+    ] {
+        let body = format!(
+            "kind = \"http\"\nurl = \"http://127.0.0.1:1\"\nallow_plaintext = true\n{extra}"
+        );
+        let c = FileConfig::parse(&with_registry(&body))
+            .unwrap()
+            .validate()
+            .unwrap();
+        match &c.registry.source {
+            RegistrySource::Remote(r) => {
+                assert_eq!(r.watch, watch, "{layout}: {extra}");
+            }
+            other => panic!("expected a remote registry, got {other:?}"),
+        }
+    }
 
     // The old name of refresh_interval still reads.
     let dir_alias = format!("{dir_section}\nrescan_interval = \"3s\"");

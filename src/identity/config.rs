@@ -75,7 +75,8 @@ pub struct IssuerFile {
     /// its callers get `trust_data_unavailable`.
     #[serde(default = "default_keys_max_stale")]
     pub max_stale: String,
-    /// At most one refetch for unknown `kid`s per this interval.
+    /// At most one refetch for unknown `kid`s per this interval (scheduled refreshes do not
+    /// count against it).
     #[serde(default = "default_refetch_interval")]
     pub refetch_interval: String,
     /// How long a request with an unknown `kid` waits for that refetch.

@@ -1,10 +1,10 @@
 //! Remote issuer keys: a JWKS fetched over HTTPS (directly, or through OIDC discovery's
 //! `jwks_uri`), refreshed in the background at the server's cache hints within configured
-//! bounds, refetched on an unknown `kid` at most once per `refetch_interval`, and kept after a
-//! failed refresh until `max_stale`, after which the issuer's callers get
-//! `trust_data_unavailable` rather than `token_invalid`. A failed fetch is retried with a
-//! jittered backoff of seconds (up to 1 s doubling to 30 s), never longer than a quarter of
-//! `max_stale`.
+//! bounds, refetched on an unknown `kid` at most once per `refetch_interval` (scheduled
+//! refreshes do not count against it), and kept after a failed refresh until `max_stale`,
+//! after which the issuer's callers get `trust_data_unavailable` rather than
+//! `token_invalid`. A failed fetch is retried with a jittered backoff of seconds (up to 1 s
+//! doubling to 30 s), never longer than a quarter of `max_stale`.
 //!
 //! The fetchers run as one pingora background service (dropped at shutdown); the request
 //! path only reads the published key set and its freshness clock and, for an unknown `kid`,
@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
@@ -168,8 +168,15 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
     // Jittered, so a periodic outage cannot keep meeting every retry (and sidecars that
     // fail together do not retry together).
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF).with_jitter(Jitter::Full);
+    // When the last unknown-`kid` refetch started: `refetch_interval` bounds those only. A
+    // scheduled refresh does not count, or a key published just after one would wait out
+    // the interval (longer than `unknown_kid_wait`) and its first tokens get 401.
+    let mut last_refetch: Option<tokio::time::Instant> = None;
+    let mut refetching = false;
     loop {
-        let started = Instant::now();
+        if refetching {
+            last_refetch = Some(tokio::time::Instant::now());
+        }
         let number = remote.start_fetch();
         let next = match fetch(&client, &remote.config, &issuer.issuer).await {
             Ok((keys, hint)) => {
@@ -197,6 +204,7 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
         };
         remote.finished.send_replace(number);
         let due = tokio::time::Instant::now() + next;
+        refetching = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break,
@@ -205,10 +213,18 @@ async fn run(issuer: Arc<Issuer>, metrics: Arc<Metrics>) {
                         // A wake-up left by asks the last fetch already covered.
                         continue;
                     }
-                    // An unknown kid asked: at most one fetch per refetch_interval.
-                    let since = started.elapsed();
-                    if since < remote.config.refetch_interval {
-                        tokio::time::sleep(remote.config.refetch_interval - since).await;
+                    // An unknown kid asked: at most one refetch per refetch_interval; a
+                    // scheduled refresh due sooner covers the ask (and stays scheduled).
+                    let allowed = last_refetch.map(|at| at + remote.config.refetch_interval);
+                    match allowed {
+                        Some(at) if at >= due => {
+                            tokio::time::sleep_until(due).await;
+                        }
+                        Some(at) => {
+                            tokio::time::sleep_until(at).await;
+                            refetching = true;
+                        }
+                        None => refetching = true,
                     }
                     break;
                 }

@@ -40,11 +40,22 @@ impl Wait {
 }
 
 /// One connection's deadline.
+///
+/// The marks are on the request path, so they wake nobody unless they must: a started
+/// request clears the deadline and the waiter, whose timer fires later, finds it cleared
+/// and waits for the next change; a finished request wakes the waiter only when it waits
+/// for a change or sleeps past the new deadline. (Waking it on every mark re-polled the
+/// whole connection task and re-armed its timer, about 1.7k instructions per request.)
 pub struct Phase {
     base: Instant,
     idle_timeout: Duration,
     /// Milliseconds after `base`, or [`NONE`].
     deadline_ms: AtomicU64,
+    /// The deadline the waiter sleeps until (milliseconds after `base`), or [`NONE`] while
+    /// it waits for a change. With `deadline_ms`, a store-then-load pair on each side
+    /// (sequentially consistent): either the waiter sees the new deadline or the marker
+    /// sees what the waiter waits for.
+    sleeping_ms: AtomicU64,
     /// Requests started on this connection (0: still the first request's headers).
     requests: AtomicU64,
     changed: Notify,
@@ -62,6 +73,7 @@ impl Phase {
             base: Instant::now(),
             idle_timeout,
             deadline_ms: AtomicU64::new(millis(header_timeout)),
+            sleeping_ms: AtomicU64::new(NONE),
             requests: AtomicU64::new(0),
             changed: Notify::new(),
         })
@@ -73,26 +85,17 @@ impl Phase {
         PHASE.scope(self.clone(), fut).await
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        match self.deadline_ms.load(Ordering::Acquire) {
-            NONE => None,
-            ms => Some(self.base + Duration::from_millis(ms)),
-        }
-    }
-
-    fn set(&self, deadline_ms: u64) {
-        self.deadline_ms.store(deadline_ms, Ordering::Release);
-        self.changed.notify_one();
-    }
-
     fn started(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.set(NONE);
+        self.deadline_ms.store(NONE, Ordering::SeqCst);
     }
 
     fn finished(&self) {
-        let due = self.base.elapsed() + self.idle_timeout;
-        self.set(millis(due));
+        let due = millis(self.base.elapsed() + self.idle_timeout);
+        self.deadline_ms.store(due, Ordering::SeqCst);
+        if due < self.sleeping_ms.load(Ordering::SeqCst) {
+            self.changed.notify_one();
+        }
     }
 
     /// Resolves when the connection has waited past its deadline, saying for what.
@@ -101,21 +104,31 @@ impl Phase {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match self.deadline() {
-                None => changed.await,
-                Some(due) if Instant::now() >= due => {
-                    return if self.requests.load(Ordering::Relaxed) == 0 {
-                        Wait::Headers
-                    } else {
-                        Wait::Idle
-                    };
+            let deadline = self.deadline_ms.load(Ordering::SeqCst);
+            if deadline == NONE {
+                self.sleeping_ms.store(NONE, Ordering::SeqCst);
+                if self.deadline_ms.load(Ordering::SeqCst) == NONE {
+                    changed.await;
                 }
-                Some(due) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
-                        _ = changed => {}
-                    }
-                }
+                continue;
+            }
+            let due = self.base + Duration::from_millis(deadline);
+            if Instant::now() >= due {
+                return if self.requests.load(Ordering::Relaxed) == 0 {
+                    Wait::Headers
+                } else {
+                    Wait::Idle
+                };
+            }
+            self.sleeping_ms.store(deadline, Ordering::SeqCst);
+            if self.deadline_ms.load(Ordering::SeqCst) != deadline {
+                continue;
+            }
+            // Biased: no random branch order to draw on every poll.
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(due) => {}
+                _ = changed => {}
             }
         }
     }

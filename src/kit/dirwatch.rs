@@ -7,7 +7,9 @@
 //! artefact watcher fails closed the moment an event arrives and re-hashes; the directory
 //! registry reloads and wakes early for a record's `revalidate_after`. The loop blocks (it
 //! reads the file system and the hooks hash or verify), so it runs on its own thread and
-//! stops when its stop flag is set, within [`STOP_SLICE`].
+//! stops as soon as its stop flag is set through [`super::stop::set`] (a flag set by a plain
+//! store: within [`BEAT_SLICE`]). Between looks it sleeps on events and its rescan deadline
+//! alone, waking at least every [`BEAT_SLICE`] to beat its heartbeat.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +22,9 @@ use crate::kit::file::FileIdentity;
 
 /// How long a burst of events is left to settle before the tree is looked at again.
 pub const SETTLE: Duration = Duration::from_millis(50);
-/// The longest a wait runs without looking at the stop flag.
-pub const STOP_SLICE: Duration = Duration::from_millis(200);
+/// The longest a wait runs without beating the heartbeat (well inside the watchdog's bound)
+/// and looking at the stop flag.
+pub const BEAT_SLICE: Duration = Duration::from_secs(10);
 
 /// A cheap summary of a tree, sorted by path.
 pub type Fingerprint = Vec<(PathBuf, FileIdentity)>;
@@ -106,7 +109,7 @@ pub trait Hooks {
 pub struct DirWatch {
     pub path: PathBuf,
     pub settle: Duration,
-    /// Beaten on every look and every [`STOP_SLICE`] of waiting ([`super::watchdog`]).
+    /// Beaten on every look and every [`BEAT_SLICE`] of waiting ([`super::watchdog`]).
     pub heartbeat: Option<std::sync::Arc<super::watchdog::Heartbeat>>,
 }
 
@@ -136,6 +139,11 @@ impl DirWatch {
     /// Looks at the tree, then on every event and every [`Hooks::wait`], until `stop` is set.
     pub fn run(&self, hooks: &mut impl Hooks, stop: &AtomicBool) {
         let (tx, rx) = std::sync::mpsc::channel();
+        // A stop wakes the wait like an event; the wait tells them apart by the flag.
+        let ring = tx.clone();
+        let _stop = super::stop::on_stop(stop, move || {
+            let _ = ring.send(());
+        });
         let mut watcher = None;
         let mut last: Option<Fingerprint> = None;
         while !stop.load(Ordering::Relaxed) {
@@ -157,6 +165,7 @@ impl DirWatch {
                 break;
             }
             match wait(&rx, hooks.wait(), stop, &|| self.beat()) {
+                Ok(()) if stop.load(Ordering::Acquire) => break,
                 Ok(()) => {
                     hooks.event();
                     // Let a burst of writes settle before looking again.
@@ -174,8 +183,8 @@ impl DirWatch {
     }
 }
 
-/// Waits for an event for at most `timeout`, looking at `stop` every [`STOP_SLICE`]; a stop
-/// reads as a timeout.
+/// Waits for an event (or a stop's wake-up) for at most `timeout`, beating and looking at
+/// `stop` every [`BEAT_SLICE`]; a stop seen there reads as a timeout.
 fn wait(
     rx: &Receiver<()>,
     timeout: Duration,
@@ -186,9 +195,9 @@ fn wait(
     loop {
         beat();
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(STOP_SLICE)) {
+        match rx.recv_timeout(left.min(BEAT_SLICE)) {
             Err(RecvTimeoutError::Timeout)
-                if !left.is_zero() && left > STOP_SLICE && !stop.load(Ordering::Relaxed) => {}
+                if !left.is_zero() && left > BEAT_SLICE && !stop.load(Ordering::Relaxed) => {}
             other => return other,
         }
     }

@@ -11,6 +11,7 @@
 //! - [`http`]: the one HTTP client builder (rustls, CA file, timeouts) and bounded body
 //!   reads, with typed fetch errors;
 //! - [`service`]: loops as pingora background services, so a shutdown stops them;
+//! - [`stop`]: stop flags that wake the loops waiting on them, so no loop ticks to look;
 //! - [`watchdog`]: a heartbeat per background service, so a stuck one is seen.
 //! - [`conn`]: one client connection's header and idle deadline.
 //!
@@ -24,4 +25,5 @@ pub mod file;
 pub mod http;
 pub mod published;
 pub mod service;
+pub mod stop;
 pub mod watchdog;

@@ -4,8 +4,8 @@
 //!
 //! - [`Blocking`]: a loop that blocks (hashing, reading directories, verifying) runs on the
 //!   runtime's blocking pool, never on an async worker; it gets a stop flag that the
-//!   shutdown sets, and must look at it often (between reads, at least every
-//!   `dirwatch::STOP_SLICE`).
+//!   shutdown sets ([`super::stop::set`], which wakes the loops waiting on it), and must
+//!   look at it between reads and whenever it wakes.
 //! - [`Async`]: a future (fetchers, the probe) raced against the shutdown and dropped when
 //!   it comes.
 //!
@@ -22,7 +22,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ async fn supervise(
             },
             _ = shutdown.as_mut() => {
                 match stop {
-                    Some(flag) => flag.store(true, Ordering::Relaxed),
+                    Some(flag) => super::stop::set(flag),
                     None => task.abort(),
                 }
                 let _ = task.await;
@@ -204,7 +204,7 @@ struct StopOnDrop(Arc<AtomicBool>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        super::stop::set(&self.0);
     }
 }
 

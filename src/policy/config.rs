@@ -194,7 +194,7 @@ impl WorkloadFile {
 pub struct Trust {
     pub keys: KeySet,
     /// Approvers by key ID ([`crate::policy::Policy::approvers`]).
-    pub approvers: HashMap<String, Arc<ApproverScope>>,
+    pub approvers: HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
 }
 
 impl TrustFile {
@@ -234,8 +234,8 @@ pub fn approver_scopes(
     keys: &KeySet,
     strict: bool,
     errors: &mut Errors,
-) -> HashMap<String, Arc<ApproverScope>> {
-    let mut by_kid = HashMap::new();
+) -> HashMap<String, Arc<ApproverScope>, crate::base::FastHash> {
+    let mut by_kid = HashMap::default();
     if files.is_empty() {
         for k in &keys.keys {
             let kid = k.kid.clone().unwrap_or_default();
@@ -332,10 +332,14 @@ pub fn approver_scopes(
 pub fn validate_tiers(
     tiers: HashMap<String, TierFile>,
     workload_tier: Option<&str>,
-    approvers: &HashMap<String, Arc<ApproverScope>>,
+    approvers: &HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
     errors: &mut Errors,
-) -> (HashMap<String, TierRule>, String, TierRule) {
-    let mut rules: HashMap<String, TierRule> = tiers
+) -> (
+    HashMap<String, TierRule, crate::base::FastHash>,
+    String,
+    TierRule,
+) {
+    let mut rules: HashMap<String, TierRule, crate::base::FastHash> = tiers
         .into_iter()
         .map(|(name, t)| {
             let max_lifetime = t.max_lifetime.as_deref().map(|d| {
@@ -434,8 +438,8 @@ pub fn validate_tiers(
 /// Every quorum role and exception role of every tier is held by some approver who may
 /// approve that tier (at start an error; after a reload that withdrew one, a warning).
 pub fn check_tier_roles(
-    rules: &HashMap<String, TierRule>,
-    approvers: &HashMap<String, Arc<ApproverScope>>,
+    rules: &HashMap<String, TierRule, crate::base::FastHash>,
+    approvers: &HashMap<String, Arc<ApproverScope>, crate::base::FastHash>,
     errors: &mut Errors,
 ) {
     let mut distinct: Vec<&ApproverScope> = Vec::new();

@@ -18,7 +18,7 @@ fn digest() -> Digest {
 }
 
 fn policy() -> Policy {
-    let mut tiers = HashMap::new();
+    let mut tiers = HashMap::default();
     tiers.insert(
         "customer-facing".to_string(),
         TierRule {
@@ -80,7 +80,7 @@ fn policy() -> Policy {
         })
     };
     let alice = scope("alice", &["owner"], &["*"], &["*"]);
-    let mut approvers = HashMap::new();
+    let mut approvers = HashMap::default();
     // The key every base record is signed with: an approver for everything, no role.
     approvers.insert("k".to_string(), scope("platform", &[], &["*"], &["*"]));
     // Two keys of one approver.
@@ -994,6 +994,34 @@ fn decision_table() {
         policy.tier_rule = policy.tiers[case.tier].clone();
         policy.tier = case.tier.into();
         let decision = decide(&policy, &input);
+        // The traced decision is the same decision, and its steps say why.
+        let mut steps = super::trace::Steps::default();
+        let traced = super::decide_traced(&policy, &input, &mut steps);
+        assert_eq!(summary(&traced), summary(&decision), "case {:?}", case.name);
+        let steps = steps.into_steps();
+        match &decision {
+            Decision::Deny { reason, detail, .. } => assert!(
+                steps
+                    .iter()
+                    .any(|s| s.reason == Some(reason.as_str()) && s.why == *detail),
+                "case {:?}: no failed step says {reason}: {detail}; {steps:?}",
+                case.name
+            ),
+            Decision::Allow { record, .. } => assert!(
+                steps
+                    .iter()
+                    .filter(|s| s.index.is_some()
+                        && s.index
+                            == case.entry.as_ref().and_then(|e| e
+                                .records
+                                .iter()
+                                .position(|c| Arc::ptr_eq(&c.record, record))))
+                    .all(|s| !s.failed()),
+                "case {:?}: the allowing record has a failed step; {steps:?}",
+                case.name
+            ),
+            Decision::Opened => {}
+        }
         let used: Vec<String> = decision
             .exceptions()
             .iter()
@@ -1007,6 +1035,30 @@ fn decision_table() {
         assert_eq!(got, case.want.map(String::from), "case {:?}", case.name);
         assert_eq!(used, case.want_exceptions, "case {:?}", case.name);
     }
+}
+
+/// Everything a decision says, comparable.
+fn summary(
+    d: &Decision,
+) -> (
+    Option<DenyReason>,
+    &'static str,
+    Option<String>,
+    Vec<String>,
+) {
+    let detail = match d {
+        Decision::Deny { detail, .. } => detail,
+        _ => "",
+    };
+    (
+        d.reason(),
+        detail,
+        d.record().map(|r| r.claims.jti.clone()),
+        d.exceptions()
+            .iter()
+            .map(|e| e.claims.jti.clone())
+            .collect(),
+    )
 }
 
 /// A record of the `critical` tier (quorum: owner and security).

@@ -249,8 +249,8 @@ impl Gate {
         self.decide_model(caller_view, target, now_ms, ctx)
     }
 
-    /// An adapter's decision when its own record allows: the record must pin the digest
-    /// its base is served with now, and the base's records must allow this caller too.
+    /// An adapter's decision ([`crate::policy::decide_adapter`]): its base is decided
+    /// for the same caller only when the adapter's own record allows.
     fn decide_adapter(
         &self,
         caller: CallerView<'_>,
@@ -259,46 +259,13 @@ impl Gate {
         now_ms: u64,
         ctx: &mut RequestCtx,
     ) -> Decision {
-        let Decision::Allow { record, .. } = &adapter else {
-            return adapter;
-        };
-        let Some(pinned) = record.claims.artefact.base_digest else {
-            return Decision::Deny {
-                reason: DenyReason::ApprovalInvalid,
-                detail: "adapter record pins no base digest",
-                record: Some(record.clone()),
-            };
-        };
-        let own = ctx.digest;
-        let base_decision = self.decide_model(caller, Ok(base), now_ms, ctx);
-        let served = ctx.digest;
-        ctx.digest = own;
-        if base_decision.reason().is_some() {
-            return base_decision;
-        }
-        if served != Some(pinned) {
-            return Decision::Deny {
-                reason: DenyReason::ModelMismatch,
-                detail: "adapter record pins another base digest than the one served",
-                record: Some(record.clone()),
-            };
-        }
-        // Exceptions the base's record needed are the request's too (audited, counted).
-        match (adapter, base_decision) {
-            (
-                Decision::Allow {
-                    record,
-                    mut exceptions,
-                },
-                Decision::Allow {
-                    exceptions: base, ..
-                },
-            ) if !base.is_empty() => {
-                exceptions.extend(base);
-                Decision::Allow { record, exceptions }
-            }
-            (adapter, _) => adapter,
-        }
+        crate::policy::decide_adapter(adapter, || {
+            let own = ctx.digest;
+            let base_decision = self.decide_model(caller, Ok(base), now_ms, ctx);
+            let served = ctx.digest;
+            ctx.digest = own;
+            (base_decision, served)
+        })
     }
 
     /// One decision against one configured model (or a routing failure).

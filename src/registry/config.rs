@@ -67,17 +67,20 @@ pub struct RegistryFile {
     #[serde(default = "default_layout")]
     pub layout: String,
     /// `http` with `layout = "path"`: hold each request open at the registry for up to this
-    /// long (`Prefer: wait=<seconds>`), so a change arrives as it happens; `0s` (default)
-    /// polls.
-    #[serde(default = "default_watch")]
-    pub watch: String,
+    /// long (`Prefer: wait=<seconds>`), so a change arrives as it happens; `0s` polls. The
+    /// default with `layout = "path"` is [`DEFAULT_WATCH`] (a registry without watch support
+    /// answers at once and is polled at the normal pace); otherwise off.
+    #[serde(default)]
+    pub watch: Option<String>,
 }
+
+/// `watch` with `layout = "path"` when not set: the reference server's longest hold, so an
+/// idle sidecar asks about each resource about once a minute (under a tenth of 5-second
+/// polling) and still hears of a revocation as it happens.
+pub const DEFAULT_WATCH: Duration = Duration::from_secs(60);
 
 fn default_layout() -> String {
     "query".into()
-}
-fn default_watch() -> String {
-    "0s".into()
 }
 
 fn default_refresh() -> String {
@@ -226,7 +229,7 @@ impl RegistryFile {
             ("min_refresh", self.min_refresh.is_some()),
             ("max_refresh", self.max_refresh.is_some()),
             ("layout", self.layout != default_layout()),
-            ("watch", self.watch != default_watch()),
+            ("watch", self.watch.is_some()),
         ];
         let kind = match self.kind.as_str() {
             "dir" => {
@@ -333,14 +336,20 @@ impl RegistryFile {
                 Layout::Query
             }
         };
-        let watch = errors.duration("registry.watch", &self.watch);
-        let watch = if watch.is_zero() {
-            None
-        } else if layout != Layout::Path {
-            errors.push("registry.watch", "needs layout = \"path\" (kind \"http\")");
-            None
-        } else {
-            Some(watch)
+        let watch = match &self.watch {
+            None if layout == Layout::Path => Some(DEFAULT_WATCH),
+            None => None,
+            Some(text) => {
+                let watch = errors.duration("registry.watch", text);
+                if watch.is_zero() {
+                    None
+                } else if layout != Layout::Path {
+                    errors.push("registry.watch", "needs layout = \"path\" (kind \"http\")");
+                    None
+                } else {
+                    Some(watch)
+                }
+            }
         };
         RegistrySource::Remote(RemoteRegistry {
             kind,

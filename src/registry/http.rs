@@ -26,6 +26,10 @@
 //! registry's hints: `Cache-Control: max-age` (the pace, within the configured bounds),
 //! `Preference-Applied: wait` (the registry held the request: it supports watch), and on an
 //! error `Retry-After` (seconds or an HTTP date).
+//!
+//! Writing is optional in the contract: a registry that accepts uploads takes `PUT
+//! {url}/approvals/sha256/<64 hex>` with one record as the body ([`upload`], for `provgate
+//! promote`).
 
 use std::time::Duration;
 
@@ -263,6 +267,38 @@ pub fn parse_records(text: &str, revoked: bool, url: &str) -> Vec<FetchedRecord>
             origin: format!("{url} record {}", i + 1),
         })
         .collect()
+}
+
+/// Uploads one record (a compact JWS, or a co-signed record on one line) for `digest` in the
+/// contract's upload form, `PUT {url}/approvals/sha256/<hex>` with `Content-Type:
+/// application/jose`, for `provgate promote`. Any 2xx is success.
+pub async fn upload(
+    client: &reqwest::Client,
+    base: &str,
+    auth: &RegistryAuth,
+    digest: &Digest,
+    record: &str,
+) -> Result<(), FetchError> {
+    let url = format!(
+        "{}/approvals/sha256/{}",
+        base.trim_end_matches('/'),
+        digest.hex()
+    );
+    let request = client
+        .put(&url)
+        .header(http::header::CONTENT_TYPE, "application/jose")
+        .body(format!("{}\n", record.trim()));
+    let resp = send(authorize(request, auth)?, &url).await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let bytes = body(resp).await.unwrap_or_default();
+        return Err(FetchError::Refused {
+            url,
+            status,
+            body: String::from_utf8_lossy(bytes.get(..200).unwrap_or(&bytes)).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

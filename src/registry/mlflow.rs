@@ -9,7 +9,8 @@
 //! provgate finds the versions for a digest with `model-versions/search` and a tag filter
 //! (MLflow needs backticks around a dotted tag key). A deleted version is no longer found,
 //! and a version without the record tag carries no approval: either way the digest is no
-//! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow`.
+//! longer approved. [`publish`] writes the tags, for `provgate approve --publish-mlflow` and
+//! `provgate promote`, which also sets the environment's alias ([`set_alias`]).
 
 use super::config::{RegistryAuth, RemoteRegistry};
 use super::source::{authorize, body, Ask, Failed, Fetched, FetchedRecord, Reply, Source};
@@ -248,6 +249,35 @@ pub async fn publish(
                 body: snippet(&bytes),
             });
         }
+    }
+    Ok(())
+}
+
+/// Points the registered model's `alias` at `version` (`POST
+/// /api/2.0/mlflow/registered-models/alias`), for `provgate promote`: the environment's name
+/// for the version it runs. MLflow moves an alias that pointed elsewhere.
+pub async fn set_alias(
+    client: &reqwest::Client,
+    base: &str,
+    auth: &RegistryAuth,
+    model: &str,
+    alias: &str,
+    version: &str,
+) -> Result<(), FetchError> {
+    let url = format!(
+        "{}/api/2.0/mlflow/registered-models/alias",
+        base.trim_end_matches('/')
+    );
+    let payload = serde_json::json!({ "name": model, "alias": alias, "version": version });
+    let resp = send(authorize(client.post(&url).json(&payload), auth)?, &url).await?;
+    let status = resp.status();
+    if !status.is_success() {
+        let bytes = body(resp).await.unwrap_or_default();
+        return Err(FetchError::Refused {
+            url: format!("{url} (alias {alias})"),
+            status,
+            body: snippet(&bytes),
+        });
     }
     Ok(())
 }

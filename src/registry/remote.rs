@@ -21,8 +21,12 @@
 //!   and doubles to [`backoff_cap`] (below `max_stale`); a `Retry-After` is honoured (up to
 //!   that cap) and spread over a fifth more;
 //! - with `watch`, a request carrying an ETag also carries `Prefer: wait`; when the
-//!   registry held it (`Preference-Applied`), the next is sent at once, so a change arrives
-//!   as it happens; a registry without watch support is polled at the normal pace.
+//!   registry held it (`Preference-Applied`), the next is sent at once (after a held request
+//!   that brought a change, within [`RE_WATCH_DELAY`], so a fleet woken together does not
+//!   re-watch in one instant), so a change arrives as it happens; a registry without watch
+//!   support is polled at the normal pace. The first watch asks for a wait uniform in
+//!   `[2 s, watch]`, so sidecars started together return at spread moments from the first
+//!   hold on, as the first poll is spread over the first period.
 //!
 //! Every record is verified once: a record whose text is unchanged since the last answer
 //! keeps its verified form, and an HTTP `304 Not Modified` costs no parsing at all. A failed
@@ -65,6 +69,12 @@ pub const PERIOD_JITTER: f64 = 0.1;
 /// not cannot make a tight loop).
 const QUICK_WATCH: Duration = Duration::from_secs(1);
 const QUICK_WATCHES: u32 = 3;
+/// After a held request that brought a change, the next watch is sent within this (uniform):
+/// a fleet woken by one change spreads its re-watches a little, and a second change within
+/// it still arrives within a second.
+pub const RE_WATCH_DELAY: Duration = Duration::from_millis(500);
+/// The shortest wait the first watch asks for.
+const FIRST_WATCH_MIN: Duration = Duration::from_secs(2);
 
 /// How the refresher paces itself (from `[registry]`).
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +145,8 @@ struct Schedule {
     answered: bool,
     /// Quick watch returns in a row.
     quick: u32,
+    /// No watch has been held yet: the next asks for a random part of the wait.
+    first_watch: bool,
     /// When the last fetch started (Unix milliseconds), for `revalidate_after`.
     asked_ms: u64,
     clock: Arc<SourceClock>,
@@ -149,6 +161,7 @@ impl Schedule {
             in_flight: false,
             answered: false,
             quick: 0,
+            first_watch: true,
             asked_ms: 0,
             clock: Arc::new(SourceClock::default()),
         }
@@ -160,6 +173,11 @@ impl Schedule {
         match (pace.watch, &self.etag) {
             (Some(wait), Some(_)) => {
                 let wait = hold.map_or(wait, |h| wait.min(h));
+                let wait = if self.first_watch {
+                    first_watch_wait(wait)
+                } else {
+                    wait
+                };
                 if wait >= Duration::from_secs(1) {
                     (Some(wait), true)
                 } else {
@@ -170,19 +188,30 @@ impl Schedule {
         }
     }
 
-    /// A good answer arrived, `took` after the ask; schedules the next.
-    fn succeeded(&mut self, pace: &Pace, hints: &Hints, watched: bool, took: Duration) {
+    /// A good answer arrived, `took` after the ask (`changed`: it brought a new answer, not a
+    /// 304); schedules the next.
+    fn succeeded(
+        &mut self,
+        pace: &Pace,
+        hints: &Hints,
+        watched: bool,
+        took: Duration,
+        changed: bool,
+    ) {
         self.clock.confirm();
         self.backoff.reset();
         let period = pace.period(hints);
         let now = Instant::now();
         if watched && hints.watched {
+            self.first_watch = false;
             self.quick = if took < QUICK_WATCH {
                 self.quick + 1
             } else {
                 0
             };
-            self.due = if self.quick < QUICK_WATCHES {
+            self.due = if changed && self.quick < QUICK_WATCHES {
+                now + backoff::uniform(RE_WATCH_DELAY)
+            } else if self.quick < QUICK_WATCHES {
                 now
             } else {
                 self.quick = 0;
@@ -216,6 +245,13 @@ impl Schedule {
         self.quick = 0;
         self.due = Instant::now() + wait;
     }
+}
+
+/// The first watch's wait: uniform in `[FIRST_WATCH_MIN, wait]` (the wait itself when it is
+/// shorter), so a fleet started together holds for spread times from the first watch on.
+fn first_watch_wait(wait: Duration) -> Duration {
+    let low = FIRST_WATCH_MIN.min(wait);
+    low + backoff::uniform(wait - low)
 }
 
 /// What the refresher remembers of one digest.
@@ -563,7 +599,7 @@ impl Ctx {
             Fetched::NotModified if t.schedule.answered => {
                 self.m.not_modified.inc();
                 t.schedule
-                    .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                    .succeeded(&self.pace, &reply.hints, done.watched, done.took, false);
                 return false;
             }
             Fetched::NotModified => {
@@ -586,7 +622,7 @@ impl Ctx {
         t.schedule.etag = etag;
         let same = t.schedule.answered && t.fetched == records && t.revoked == revoked;
         t.schedule
-            .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+            .succeeded(&self.pace, &reply.hints, done.watched, done.took, !same);
         if same {
             return false;
         }
@@ -621,7 +657,7 @@ impl Ctx {
             Fetched::NotModified if list.schedule.answered => {
                 self.m.not_modified.inc();
                 list.schedule
-                    .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                    .succeeded(&self.pace, &reply.hints, done.watched, done.took, false);
                 return false;
             }
             Fetched::NotModified => return refuse(list, &"304 to a request without an ETag", None),
@@ -642,14 +678,14 @@ impl Ctx {
             }
             list.schedule.etag = etag;
             list.schedule
-                .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                .succeeded(&self.pace, &reply.hints, done.watched, done.took, true);
             return false;
         };
         if list.text.as_deref() == Some(text.as_str()) {
             self.m.ok.inc();
             list.schedule.etag = etag;
             list.schedule
-                .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+                .succeeded(&self.pace, &reply.hints, done.watched, done.took, false);
             return false;
         }
         let verified = match revocations::verify(&text, &self.approvers) {
@@ -673,7 +709,7 @@ impl Ctx {
         list.held = Some(verified);
         list.schedule.etag = etag;
         list.schedule
-            .succeeded(&self.pace, &reply.hints, done.watched, done.took);
+            .succeeded(&self.pace, &reply.hints, done.watched, done.took, true);
         true
     }
 
@@ -736,64 +772,132 @@ impl Ctx {
         &self,
         digest: &Digest,
         fetched: &[FetchedRecord],
-        mut known: HashMap<String, Arc<ApprovalRecord>>,
+        known: HashMap<String, Arc<ApprovalRecord>>,
         list: Option<&RevocationList>,
     ) -> (RegistryEntry, HashMap<String, Arc<ApprovalRecord>>) {
-        let listed: HashSet<&str> = list
-            .map(|l| l.revoked.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        let mut verified = HashMap::new();
-        let mut records = Vec::new();
-        let mut invalid = Vec::new();
-        let mut exceptions = Vec::new();
-        let mut rejects = super::RejectLog::new(self.label);
-        for f in fetched {
-            let record = match known.remove(&f.jws) {
-                Some(r) => Ok(r),
-                None => match approval::verify_any(&f.jws, &self.approvers) {
-                    Ok(Verified::Record(r)) => Ok(Arc::new(r)),
-                    Ok(Verified::Exception(e)) => {
-                        // Exceptions ride in the same answer, told apart by `typ`.
-                        match super::exception_for(e, digest, f.revoked) {
-                            Ok(c) => exceptions.push(c),
-                            Err(why) => rejects.reject(&f.origin, &why),
-                        }
-                        continue;
+        verify_fetched(self.label, &self.approvers, digest, fetched, known, list)
+    }
+}
+
+/// Verifies a registry's answer for `digest` into its entry (records, exceptions, the
+/// failures), reusing the verified form of any record in `known`; `list`: the signed
+/// revocation list in force. Returns the entry and the verified records by text.
+fn verify_fetched(
+    label: &'static str,
+    approvers: &KeySet,
+    digest: &Digest,
+    fetched: &[FetchedRecord],
+    mut known: HashMap<String, Arc<ApprovalRecord>>,
+    list: Option<&RevocationList>,
+) -> (RegistryEntry, HashMap<String, Arc<ApprovalRecord>>) {
+    let listed: HashSet<&str> = list
+        .map(|l| l.revoked.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut verified = HashMap::new();
+    let mut records = Vec::new();
+    let mut invalid = Vec::new();
+    let mut exceptions = Vec::new();
+    let mut rejects = super::RejectLog::new(label);
+    for f in fetched {
+        let record = match known.remove(&f.jws) {
+            Some(r) => Ok(r),
+            None => match approval::verify_any(&f.jws, approvers) {
+                Ok(Verified::Record(r)) => Ok(Arc::new(r)),
+                Ok(Verified::Exception(e)) => {
+                    // Exceptions ride in the same answer, told apart by `typ`.
+                    match super::exception_for(e, digest, f.revoked) {
+                        Ok(c) => exceptions.push(c),
+                        Err(why) => rejects.reject(&f.origin, &why),
                     }
-                    Err(e) => Err(e.to_string()),
-                },
-            };
-            match record {
-                Ok(r) if r.claims.artefact.digest == *digest => {
-                    verified.insert(f.jws.clone(), r.clone());
-                    let revoked = f.revoked || listed.contains(r.claims.jti.as_str());
-                    records.push(Candidate { record: r, revoked });
+                    continue;
                 }
-                Ok(r) => {
-                    // A record filed under the wrong digest approves neither.
-                    let why = format!(
-                        "{}: the record is for {}, not the digest it is filed under",
-                        f.origin, r.claims.artefact.digest
-                    );
-                    rejects.reject(&f.origin, &why);
-                    invalid.push(why);
-                }
-                Err(e) => {
-                    rejects.reject(&f.origin, &e);
-                    invalid.push(format!("{}: {e}", f.origin));
-                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match record {
+            Ok(r) if r.claims.artefact.digest == *digest => {
+                verified.insert(f.jws.clone(), r.clone());
+                let revoked = f.revoked || listed.contains(r.claims.jti.as_str());
+                records.push(Candidate { record: r, revoked });
+            }
+            Ok(r) => {
+                // A record filed under the wrong digest approves neither.
+                let why = format!(
+                    "{}: the record is for {}, not the digest it is filed under",
+                    f.origin, r.claims.artefact.digest
+                );
+                rejects.reject(&f.origin, &why);
+                invalid.push(why);
+            }
+            Err(e) => {
+                rejects.reject(&f.origin, &e);
+                invalid.push(format!("{}: {e}", f.origin));
             }
         }
-        if rejects.count() > 0 {
-            tracing::debug!(backend = self.label, %digest, rejected = rejects.count(),
-                "records rejected for the digest");
-        }
-        rejects.finish();
-        (
-            RegistryEntry::new(records, invalid).with_exceptions(exceptions),
-            verified,
-        )
     }
+    if rejects.count() > 0 {
+        tracing::debug!(backend = label, %digest, rejected = rejects.count(),
+            "records rejected for the digest");
+    }
+    rejects.finish();
+    (
+        RegistryEntry::new(records, invalid).with_exceptions(exceptions),
+        verified,
+    )
+}
+
+/// Asks the configured remote registry once about `digest` (and its signed revocation list,
+/// when it publishes one) and verifies the answer as a running refresher would: for
+/// `provgate check` and `provgate promote`, which need one answer, not a schedule.
+pub async fn ask_once(
+    config: &RemoteRegistry,
+    approvers: &KeySet,
+    digest: &Digest,
+) -> Result<RegistryEntry, AskError> {
+    let client = client(config)?;
+    let source = match config.kind {
+        RemoteKind::Mlflow => Backend::Mlflow(Mlflow::new(client, config)),
+        RemoteKind::Http => Backend::Http(HttpRegistry::new(client, config)),
+    };
+    let list = if source.has_revocations() {
+        match source.revocations(Ask::default()).await?.fetched {
+            Fetched::Records { records, .. } => match records.first() {
+                Some(text) => Some(revocations::verify(&text.jws, approvers)?),
+                None => None,
+            },
+            _ => return Err(AskError::Answer("the revocation list answered 304 or 410")),
+        }
+    } else {
+        None
+    };
+    let (fetched, revoked) = match source.fetch(digest, Ask::default()).await?.fetched {
+        Fetched::Records { records, .. } => (records, false),
+        Fetched::Revoked { records } => (records, true),
+        Fetched::NotModified => return Err(AskError::Answer("304 to a request without an ETag")),
+    };
+    let (mut entry, _) = verify_fetched(
+        source.label(),
+        approvers,
+        digest,
+        &fetched,
+        HashMap::new(),
+        list.as_ref(),
+    );
+    entry.revoked = revoked;
+    Ok(entry)
+}
+
+/// Why [`ask_once`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Failed(#[from] Failed),
+    #[error("revocation list: {0}")]
+    Revocations(#[from] revocations::RevocationError),
+    #[error("unexpected answer: {0}")]
+    Answer(&'static str),
 }
 
 /// The HTTP client the remote backends share: rustls, no proxy, bounded connect time.

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -47,6 +47,9 @@ pub struct Answer {
     pub body: Bytes,
     /// A strong ETag (quoted): the hash of the status and the body.
     pub etag: String,
+    /// When this answer took effect (its first load, or this server's start): a watch on a
+    /// fresh answer is a re-watch after a change, whose hold is spread.
+    pub since: Instant,
 }
 
 impl Answer {
@@ -60,6 +63,7 @@ impl Answer {
             status,
             body: Bytes::from(body),
             etag,
+            since: Instant::now(),
         }
     }
 
@@ -104,6 +108,21 @@ impl Index {
 
     pub fn has_revocation_list(&self) -> bool {
         self.revocations.status == 200
+    }
+
+    /// Keeps `previous`'s `since` for every answer that did not change, so only a changed
+    /// answer is fresh.
+    pub fn carry_since(&mut self, previous: &Index) {
+        let keep = |a: &mut Answer, old: &Answer| {
+            if a.etag == old.etag {
+                a.since = old.since;
+            }
+        };
+        for (digest, a) in self.by_digest.iter_mut() {
+            keep(a, previous.answer(&Key::Digest(*digest)));
+        }
+        keep(&mut self.revocations, &previous.revocations);
+        keep(&mut self.not_found, &previous.not_found);
     }
 }
 
@@ -232,8 +251,9 @@ struct Reload {
 impl Hooks for Reload {
     fn changed(&mut self, _: &Fingerprint) -> bool {
         match load(&self.dir) {
-            Ok(index) => {
+            Ok(mut index) => {
                 if self.tx.borrow().version != index.version {
+                    index.carry_since(&self.tx.borrow());
                     tracing::info!(
                         records = index.records,
                         digests = index.digests(),

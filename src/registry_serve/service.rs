@@ -2,9 +2,15 @@
 //! request target to an [`index::Key`] (only the contract's exact forms), conditional answers
 //! (strong ETags, `If-None-Match`, 304) and the watch: a `Prefer: wait=<n>` request whose
 //! `If-None-Match` is the current ETag is held until its answer changes or the wait ends
-//! (capped at [`MAX_WAIT`], plus up to 10% random jitter so watchers do not return together).
+//! (capped at [`MAX_WAIT`], never longer than asked). The hold is random so watchers do not
+//! return together: uniform in the last tenth of the wait in steady state (a mean of 0.95 of
+//! it, so the fleet's load stays low), and uniform over the whole wait (from
+//! [`MIN_SPREAD_HOLD`]) for a watch on an answer that took effect less than [`FRESH`] ago: the
+//! re-watches that follow a change (or a restart of this server) arrive together, and are
+//! spread over one whole wait at once instead of returning together every wait.
 //!
-//! No file is read here and nothing blocks: every answer comes from the current index.
+//! No file is read here and nothing blocks: every answer comes from the current index. An
+//! upload (`PUT`, when on) is handed to [`super::upload`], which writes off the runtime.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::index::{Answer, Index, Key};
 use super::reqlog::{Form, Line, RequestLog};
+use super::upload::Upload;
 use super::{HEADER_TIMEOUT, MAX_HEAD, MAX_WAIT};
 use crate::digest::Digest;
 
@@ -30,6 +37,8 @@ pub struct Shared {
     index: watch::Receiver<Arc<Index>>,
     watchers: Arc<Semaphore>,
     log: Option<RequestLog>,
+    /// The upload form, when `--upload-token-file` turned it on.
+    upload: Option<Upload>,
 }
 
 impl Shared {
@@ -42,7 +51,14 @@ impl Shared {
             index,
             watchers: Arc::new(Semaphore::new(max_watchers)),
             log,
+            upload: None,
         }
+    }
+
+    /// The same, accepting uploads (`PUT /approvals/sha256/<hex>`).
+    pub fn with_upload(mut self, upload: Option<Upload>) -> Shared {
+        self.upload = upload;
+        self
     }
 }
 
@@ -159,11 +175,27 @@ pub fn none_match(if_none_match: &str, answer: &Answer) -> bool {
     })
 }
 
-/// The hold for a watch that asked for `wait` seconds: capped at [`MAX_WAIT`], plus
-/// `jitter` (a fraction in 0..1) of 10%.
-pub fn hold_for(wait: u64, jitter: f64) -> Duration {
+/// A watch on an answer younger than this is a re-watch after a change (or after this
+/// server started): its hold is spread over the whole wait.
+pub const FRESH: Duration = Duration::from_secs(5);
+/// The shortest spread hold: a client may count a watch that returns within a second as a
+/// server that does not hold.
+pub const MIN_SPREAD_HOLD: Duration = Duration::from_secs(2);
+/// The steady hold is uniform in the last this fraction of the wait.
+pub const STEADY_JITTER: f64 = 0.1;
+
+/// The hold for a watch that asked for `wait` seconds, `jitter` a uniform draw in 0..1:
+/// capped at [`MAX_WAIT`] and never above the wait asked; for a `fresh` answer uniform in
+/// `[MIN_SPREAD_HOLD, wait]`, otherwise in `[(1 - STEADY_JITTER) * wait, wait]`.
+pub fn hold_for(wait: u64, jitter: f64, fresh: bool) -> Duration {
     let base = Duration::from_secs(wait).min(MAX_WAIT);
-    base + base.mul_f64(0.1 * jitter.clamp(0.0, 1.0))
+    let jitter = jitter.clamp(0.0, 1.0);
+    if fresh {
+        let low = MIN_SPREAD_HOLD.min(base);
+        low + (base - low).mul_f64(jitter)
+    } else {
+        base - base.mul_f64(STEADY_JITTER * jitter)
+    }
 }
 
 fn random_fraction() -> f64 {
@@ -179,11 +211,14 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let routed = route(req.uri().path(), req.uri().query());
     let form = routed.map_or(Form::Other, |(_, f)| f);
     let (response, watched) = match routed {
+        Some((Key::Digest(digest), Form::Path)) if req.method() == Method::PUT => {
+            match &shared.upload {
+                Some(upload) => (put(upload, &digest, req).await, false),
+                None => (not_allowed(false), false),
+            }
+        }
         _ if req.method() != Method::GET && req.method() != Method::HEAD => {
-            let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            (r, false)
+            (not_allowed(shared.upload.is_some()), false)
         }
         None => (empty(StatusCode::NOT_FOUND), false),
         Some((key, _)) => answer(shared, &key, req.headers()).await,
@@ -229,7 +264,8 @@ async fn answer(shared: &Shared, key: &Key, headers: &HeaderMap) -> (Response<Fu
         return (respond(now, true, None), false);
     };
     let held = now.etag.clone();
-    let deadline = tokio::time::Instant::now() + hold_for(n, random_fraction());
+    let fresh = now.since.elapsed() < FRESH;
+    let deadline = tokio::time::Instant::now() + hold_for(n, random_fraction(), fresh);
     loop {
         tokio::select! {
             changed = rx.changed() => {
@@ -274,6 +310,36 @@ fn respond(answer: &Answer, not_modified: bool, applied: Option<u64>) -> Respons
             h.insert("preference-applied", v);
         }
     }
+    r
+}
+
+/// 405, naming the methods this server takes (`PUT` only where uploads are on).
+fn not_allowed(upload: bool) -> Response<Full<Bytes>> {
+    let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+    let allow = if upload {
+        "GET, HEAD, PUT"
+    } else {
+        "GET, HEAD"
+    };
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// An upload: 401 without the bearer token (nothing read or written), else the record
+/// stored (201 new, 204 replaced) or refused (413, 422).
+async fn put(upload: &Upload, digest: &Digest, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !upload.authorized(req.headers().get(header::AUTHORIZATION)) {
+        tracing::warn!(%digest, "upload refused: missing or wrong bearer token");
+        let mut r = empty(StatusCode::UNAUTHORIZED);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let (status, why) = upload.store(digest, req.into_body()).await;
+    tracing::info!(%digest, status = status.as_u16(), outcome = why, "upload");
+    let mut r = Response::new(Full::new(Bytes::from_static(why.as_bytes())));
+    *r.status_mut() = status;
     r
 }
 

@@ -66,12 +66,32 @@ fn prefer_wait_is_read_among_other_preferences() {
 }
 
 #[test]
-fn holds_are_capped_and_jittered_by_at_most_ten_percent() {
-    assert_eq!(hold_for(30, 0.0), Duration::from_secs(30));
-    assert_eq!(hold_for(30, 1.0), Duration::from_secs(33));
-    assert_eq!(hold_for(3600, 0.0), super::MAX_WAIT);
-    assert_eq!(hold_for(3600, 1.0), Duration::from_secs(66));
-    assert_eq!(hold_for(10, 7.0), Duration::from_secs(11));
+fn steady_holds_are_capped_never_longer_than_asked_and_jittered_by_a_tenth() {
+    assert_eq!(hold_for(30, 0.0, false), Duration::from_secs(30));
+    assert_eq!(hold_for(30, 1.0, false), Duration::from_secs(27));
+    assert_eq!(hold_for(30, 0.5, false), Duration::from_millis(28_500));
+    assert_eq!(hold_for(3600, 0.0, false), super::MAX_WAIT);
+    assert_eq!(hold_for(3600, 1.0, false), Duration::from_secs(54));
+    assert_eq!(hold_for(10, 7.0, false), Duration::from_secs(9));
+}
+
+#[test]
+fn holds_on_a_fresh_answer_spread_over_the_whole_wait() {
+    use super::service::MIN_SPREAD_HOLD;
+    assert_eq!(hold_for(30, 0.0, true), MIN_SPREAD_HOLD);
+    assert_eq!(hold_for(30, 1.0, true), Duration::from_secs(30));
+    assert_eq!(hold_for(62, 0.5, true), Duration::from_secs(31));
+    assert_eq!(hold_for(3600, 1.0, true), super::MAX_WAIT);
+    // A wait shorter than the floor is held for the wait.
+    assert_eq!(hold_for(1, 0.0, true), Duration::from_secs(1));
+    // Uniform draws spread the holds evenly: each tenth of the range gets its share.
+    let mut tenths = [0u32; 10];
+    for i in 0..1000 {
+        let hold = hold_for(60, (f64::from(i) + 0.5) / 1000.0, true);
+        let x = (hold - MIN_SPREAD_HOLD).as_secs_f64() / 58.0;
+        tenths[((x * 10.0) as usize).min(9)] += 1;
+    }
+    assert!(tenths.iter().all(|&n| n == 100), "{tenths:?}");
 }
 
 fn write_record(dir: &std::path::Path, name: &str, jti: &str, key: &SigningKey) -> String {

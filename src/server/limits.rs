@@ -176,7 +176,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // Pinned out here so a cut connection is closed after it is counted.
         let conn = phase.scope(self.inner.process_new(stream, shutdown));
         tokio::pin!(conn);
+        // Biased, the connection first: the deadline is looked at only while it waits, and
+        // no random branch order is drawn on every poll (once per wake of the connection).
         tokio::select! {
+            biased;
             reused = &mut conn => reused,
             wait = phase.expired() => {
                 tracing::debug!(wait = wait.label(), "client connection closed waiting for request headers");

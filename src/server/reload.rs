@@ -1,7 +1,12 @@
 //! Trust reloads without a restart: the approver key file (`[trust] approver_keys`), the
 //! configuration file's `[trust]` section (`[[trust.approvers]]`: names, keys, roles,
-//! scopes) and the issuers' key files (`jwks_file`) are re-read when they change (a stat
-//! every [`POLL`]: size, mtime, ctime, inode, so an atomic rename is seen) and on SIGHUP.
+//! scopes) and the issuers' key files (`jwks_file`) are re-read when they change and on
+//! SIGHUP. A change is seen by a watch on each file (inotify; an atomic rename or a
+//! Kubernetes volume's symlink swap unlinks the watched inode, which is reported too; the
+//! files are read [`SETTLE`] after the event and watched again) and by a look every
+//! [`RESCAN`] (a file system without events; every [`UNWATCHED_RESCAN`] while a file cannot
+//! be watched: missing, or no inotify instance left); either way the files are compared by size, mtime, ctime and inode. Between them
+//! the task sleeps: no tick.
 //!
 //! A reload that fails (unreadable, unparsable or empty file; a `[trust]` section that does
 //! not validate) keeps the previous state and says why in the log and in
@@ -27,8 +32,13 @@ use crate::policy::config::{approver_scopes, ApproverFile};
 use crate::policy::Policy;
 use crate::telemetry::Metrics;
 
-/// How often the files are looked at.
-pub const POLL: Duration = Duration::from_millis(500);
+/// Without an event, the files are looked at this often anyway.
+pub const RESCAN: Duration = Duration::from_secs(10);
+/// When a directory cannot be watched (no inotify instance left: the limit is per user and
+/// host, 128 by default), the files are looked at this often, as before there were events.
+pub const UNWATCHED_RESCAN: Duration = Duration::from_millis(500);
+/// After an event, a burst of writes is left this long to settle before the files are read.
+pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// What is reloaded.
 #[derive(Clone)]
@@ -61,9 +71,29 @@ impl Reload {
             .iter()
             .map(|(_, p)| fingerprint(p, None))
             .collect();
+        let events = Arc::new(tokio::sync::Notify::new());
+        let mut watcher = self.watch(&events);
+        let mut said_unwatched = false;
         loop {
+            let rescan = if watcher.is_some() {
+                RESCAN
+            } else {
+                if !said_unwatched {
+                    tracing::info!(
+                        "trust files not watched (missing, or no inotify instance left); looking every 500 ms"
+                    );
+                    said_unwatched = true;
+                }
+                UNWATCHED_RESCAN
+            };
             let signalled = tokio::select! {
-                _ = tokio::time::sleep(POLL) => false,
+                _ = tokio::time::sleep(rescan) => false,
+                () = events.notified() => {
+                    tokio::time::sleep(SETTLE).await;
+                    // A replaced file is a new inode: watch the paths again.
+                    watcher = None;
+                    false
+                }
                 Some(()) = async {
                     match hup.as_mut() {
                         Some(h) => h.recv().await,
@@ -71,6 +101,10 @@ impl Reload {
                     }
                 } => true,
             };
+            if watcher.is_none() {
+                // After an event (a replaced file is a new inode), or a file missing before.
+                watcher = self.watch(&events);
+            }
             if signalled {
                 tracing::info!("SIGHUP: re-reading trust files");
             }
@@ -94,6 +128,44 @@ impl Reload {
                 }
             }
         }
+    }
+
+    /// The watched files.
+    fn files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.approver_keys.clone())
+            .chain(self.config.clone())
+            .chain(self.issuers.iter().map(|(_, p)| p.clone()))
+            .collect()
+    }
+
+    /// Watches every file itself (the inode its path names now, through symlinks): any event
+    /// on it but a read wakes `events`. A replace (an atomic rename, a Kubernetes volume's
+    /// symlink swap) unlinks the watched inode, which inotify reports; the loop then watches
+    /// again, reaching the new one. The files' directories are not watched: inotify would
+    /// report every read of a neighbour (a model directory rescanned beside the keys) and
+    /// wake the watch for nothing. None when some file could not be watched (missing, or no
+    /// inotify instance left): the short rescans cover it, and the next turn tries again.
+    fn watch(&self, events: &Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let wake = events.clone();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let relevant = match ev {
+                Ok(ev) => !matches!(ev.kind, EventKind::Access(_)),
+                Err(_) => true,
+            };
+            if relevant {
+                wake.notify_one();
+            }
+        })
+        .ok()?;
+        for file in self.files() {
+            if let Err(e) = watcher.watch(&file, RecursiveMode::NonRecursive) {
+                tracing::debug!(file = %file.display(), error = %e,
+                    "trust file not watched; looked at every 500 ms");
+                return None;
+            }
+        }
+        Some(watcher)
     }
 
     /// Re-reads the approver keys and rebinds them to the configured approvers.

@@ -444,6 +444,71 @@ async fn an_unknown_kid_burst_costs_one_refetch() {
     assert_eq!(resp.status(), 200, "{}", pg.logs());
 }
 
+/// Issue 16 (the soak's refusals at key rotation): `refetch_interval` bounds unknown-`kid`
+/// refetches only. A token signed by a key published just after a scheduled refresh is
+/// fetched at once; it used to wait for the interval to pass since that refresh, longer
+/// than `unknown_kid_wait`, and got 401 `token_invalid`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_just_after_a_scheduled_refresh_is_fetched_at_once() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    let up = Upstream::start().await;
+    let pg = start(
+        &fx,
+        &issuer,
+        up.addr,
+        "refresh_min = \"2s\"\nrefresh_max = \"2s\"\nrefetch_interval = \"10s\"\nunknown_kid_wait = \"1s\"",
+    )
+    .await;
+    pg.wait_ready().await;
+    // Wait for a scheduled refresh (one every 2 s) to be served, then rotate at once: the
+    // next scheduled one is about 2 s away, past the 1 s the request may wait.
+    let seen = issuer.fetches.load(Ordering::SeqCst);
+    while issuer.fetches.load(Ordering::SeqCst) == seen {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (next, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    issuer.serve(&[&fx.issuer, &next]);
+    let refreshed = issuer.fetches.load(Ordering::SeqCst);
+    let token = provgate::identity::mint_token(
+        &next,
+        ISSUER,
+        CALLER,
+        &["provgate".to_string()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let asked = Instant::now();
+    let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
+    let waited = asked.elapsed();
+    eprintln!("rotation just after a scheduled refresh answered after {waited:?}");
+    assert_eq!((status, error.as_str()), (200, ""), "{}", pg.logs());
+    assert!(
+        waited < Duration::from_secs(1),
+        "answered by its own refetch, not a scheduled refresh ({waited:?})"
+    );
+    assert!(issuer.fetches.load(Ordering::SeqCst) > refreshed);
+
+    // Unknown-kid refetches are still one per interval: a second new key right away is not
+    // fetched for its request (refused after its 1 s wait), but by the next scheduled
+    // refresh (2 s), which the pending ask does not postpone.
+    let (third, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    issuer.serve(&[&fx.issuer, &next, &third]);
+    let token = provgate::identity::mint_token(
+        &third,
+        ISSUER,
+        CALLER,
+        &["provgate".to_string()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
+    assert_eq!((status, error.as_str()), (401, "token_invalid"));
+    pg.until_answer(&token, 200, None, Duration::from_secs(4))
+        .await;
+}
+
 /// Issue 16 item 4: the JWKS endpoint flapping (down 700 ms, up 1,100 ms, for 9 s; CI-sized,
 /// the issue asks for every few seconds for minutes) costs no request while each outage is
 /// shorter than `max_stale`; a longer outage then gives `trust_data_unavailable`, and the

@@ -1,5 +1,6 @@
 //! The process's life: a shutdown signal reaches the background services, so a SIGTERM
-//! during a long first hash ends the hash and the process promptly.
+//! during a long first hash ends the hash and the process promptly; and the thread count
+//! does not grow when the process is starved of CPU for a while.
 
 use std::time::{Duration, Instant};
 
@@ -63,4 +64,66 @@ async fn sigterm_abandons_a_hash_in_progress_and_exits_promptly() {
 async fn sigint_exits_promptly_during_a_large_hash() {
     let (took, logs) = signal_during_a_large_hash("-INT").await;
     assert!(took < Duration::from_secs(3), "exit took {took:?}:\n{logs}");
+}
+
+/// The process's threads by name (`/proc/PID/task/*/comm`), sorted.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 16 (the soak's threads, 16 -> 22 under a load average of 87): pingora's fast
+/// timers need a clock thread, and a request that finds it has not ticked for about 2 s
+/// starts another ("Timer thread"); the starved one goes on too, so every CPU stall could
+/// add a thread for good. provgate's timeouts of a second or more now use tokio's timer:
+/// no clock thread at all, and a stall (SIGSTOP for 3 s) adds no thread. Before the fix a
+/// "Timer thread" ran as soon as a request had been proxied.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cpu_stall_adds_no_thread() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let pg = Provgate::start(&fx, up.addr).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let proxy = |n: usize| {
+        let (pg, token) = (&pg, &token);
+        async move {
+            for _ in 0..n {
+                assert_eq!(pg.get("/v1/models", Some(token)).await.status(), 200);
+            }
+        }
+    };
+    proxy(20).await;
+    let pid = pg.child.id();
+    let before = thread_names(pid);
+    assert!(
+        !before.iter().any(|n| n == "Timer thread"),
+        "pingora's clock thread runs: {before:?}"
+    );
+
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    for _ in 0..2 {
+        signal("-STOP");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        signal("-CONT");
+        proxy(20).await;
+    }
+    let after = thread_names(pid);
+    assert!(
+        after.len() <= before.len(),
+        "threads grew after CPU stalls: {before:?} -> {after:?}"
+    );
 }

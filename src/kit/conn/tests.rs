@@ -35,3 +35,48 @@ async fn marks_outside_a_connection_do_nothing() {
     request_started();
     request_finished();
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_deadline_before_the_header_deadline_is_kept() {
+    // The waiter sleeps until the header deadline (60 s); the first request finishes at
+    // 5 s, so the connection is due idle at 15 s, not at 60.
+    let phase = Phase::new(Duration::from_secs(60), Duration::from_secs(10));
+    let p = phase.clone();
+    let conn = phase.scope(async move {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        request_started();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        request_finished();
+        std::future::pending::<()>().await;
+    });
+    let t = Instant::now();
+    let wait = tokio::select! {
+        _ = conn => unreachable!("the connection never ends by itself"),
+        w = p.expired() => w,
+    };
+    assert_eq!(wait, Wait::Idle);
+    assert_eq!(t.elapsed(), Duration::from_secs(15));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_requests_keep_pushing_the_deadline_back() {
+    let phase = Phase::new(Duration::from_secs(10), Duration::from_secs(10));
+    let p = phase.clone();
+    let conn = phase.scope(async move {
+        // A request every 6 s for a minute, each served in 1 s: never 10 s idle.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            request_started();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            request_finished();
+        }
+        std::future::pending::<()>().await;
+    });
+    let t = Instant::now();
+    let wait = tokio::select! {
+        _ = conn => unreachable!("the connection never ends by itself"),
+        w = p.expired() => w,
+    };
+    assert_eq!(wait, Wait::Idle);
+    assert_eq!(t.elapsed(), Duration::from_secs(60 + 10));
+}

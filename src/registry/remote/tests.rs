@@ -432,11 +432,11 @@ fn the_first_poll_is_spread_over_the_period_and_later_ones_by_a_tenth() {
         for _ in 0..200 {
             let mut s = Schedule::new(&pace);
             let now = Instant::now();
-            s.succeeded(&pace, &hints, false, Duration::ZERO);
+            s.succeeded(&pace, &hints, false, Duration::ZERO, true);
             firsts.push(s.due - now);
             for _ in 0..5 {
                 let now = Instant::now();
-                s.succeeded(&pace, &hints, false, Duration::ZERO);
+                s.succeeded(&pace, &hints, false, Duration::ZERO, false);
                 let wait = s.due - now;
                 assert!(
                     wait >= REFRESH.mul_f64(0.9) && wait <= REFRESH.mul_f64(1.1),
@@ -794,14 +794,25 @@ async fn a_watch_sees_a_change_at_once_and_costs_one_request_per_hold() {
     let list_asks = rig.script.calls_for(Key::Revocations);
     assert!((4..=6).contains(&digest_asks), "{digest_asks}");
     assert!((4..=6).contains(&list_asks), "{list_asks}");
-    assert!(rig
-        .script
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|c| c.1.is_some())
-        .all(|c| c.2 == Some(watch)));
+    // The first watch of each asks for a random part of the wait, every later one for all
+    // of it.
+    for key in [Key::Digest(D1), Key::Revocations] {
+        let waits: Vec<Duration> = rig
+            .script
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.0 == key && c.1.is_some())
+            .filter_map(|c| c.2)
+            .collect();
+        assert!(waits.len() >= 3, "{waits:?}");
+        assert!(
+            waits[0] >= FIRST_WATCH_MIN && waits[0] <= watch,
+            "{waits:?}"
+        );
+        assert!(waits[1..].iter().all(|w| *w == watch), "{waits:?}");
+    }
 
     // A revocation published in the list arrives as it happens.
     let at = Instant::now();
@@ -811,6 +822,52 @@ async fn a_watch_sees_a_change_at_once_and_costs_one_request_per_hold() {
         advance(STEP).await;
         assert!(at.elapsed() < Duration::from_secs(1), "not within a second");
     }
+}
+
+#[test]
+fn first_watches_spread_over_the_wait_and_a_change_is_re_watched_within_half_a_second() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let watch = Duration::from_secs(60);
+        let pace = pace(Some(watch));
+        let held = Hints {
+            watched: true,
+            ..Hints::default()
+        };
+        let mut firsts = Vec::new();
+        for _ in 0..200 {
+            let mut s = Schedule::new(&pace);
+            s.etag = Some("\"1\"".into());
+            s.succeeded(&pace, &Hints::default(), false, Duration::ZERO, true);
+            // A watch starts at once after the first answer, for a random part of the wait.
+            assert_eq!(s.due, Instant::now());
+            let (wait, watched) = s.ask(&pace, None);
+            assert!(watched);
+            let wait = wait.unwrap();
+            assert!(wait >= FIRST_WATCH_MIN && wait <= watch, "{wait:?}");
+            firsts.push(wait);
+            // Held and timed out (304): the next watch at once, for the whole wait.
+            s.succeeded(&pace, &held, true, wait, false);
+            assert_eq!(s.due, Instant::now());
+            assert_eq!(s.ask(&pace, None), (Some(watch), true));
+            // Held and woken by a change: re-watched within RE_WATCH_DELAY, whole wait.
+            let now = Instant::now();
+            s.succeeded(&pace, &held, true, Duration::from_secs(7), true);
+            assert!(s.due >= now && s.due <= now + RE_WATCH_DELAY);
+            assert_eq!(s.ask(&pace, None), (Some(watch), true));
+        }
+        // 200 sidecars started together: their first holds cover the whole wait.
+        for i in 0..5 {
+            let low = FIRST_WATCH_MIN + (watch - FIRST_WATCH_MIN) * i / 5;
+            let high = FIRST_WATCH_MIN + (watch - FIRST_WATCH_MIN) * (i + 1) / 5;
+            let n = firsts.iter().filter(|w| **w >= low && **w < high).count();
+            assert!((15..=70).contains(&n), "fifth {i} of the wait: {n} of 200");
+        }
+    });
 }
 
 #[tokio::test(start_paused = true)]

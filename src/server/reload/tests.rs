@@ -5,10 +5,10 @@ use std::collections::HashMap;
 fn policy() -> Policy {
     Policy {
         workload_identity: "w".into(),
-        tiers: HashMap::new(),
+        tiers: HashMap::default(),
         tier: "default".into(),
         tier_rule: Default::default(),
-        approvers: HashMap::new(),
+        approvers: HashMap::default(),
         bare_issuers: vec![],
     }
 }
@@ -68,4 +68,75 @@ fn a_good_reload_rebinds_keys_and_a_bad_one_keeps_them() {
             .get()
     };
     assert_eq!((count("ok"), count("error")), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_key_file_is_seen_at_once_and_again_after_the_next_replace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("approvers.jwks.json");
+    let (a, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let (b, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    std::fs::write(&path, jwks_document(std::slice::from_ref(&a.public_jwk))).unwrap();
+    let metrics = Arc::new(Metrics::with_mode(true));
+    let r = Reload {
+        policy: Arc::new(ArcSwap::from_pointee(policy())),
+        approver_keys: path.clone(),
+        approvers: vec![ApproverFile {
+            name: "owners".into(),
+            keys: vec![a.kid.clone(), b.kid.clone()],
+            ca_bundle: None,
+            identity: None,
+            roles: vec!["owner".into()],
+            models: vec!["*".into()],
+            tiers: vec!["*".into()],
+        }],
+        issuers: vec![],
+        config: None,
+        metrics: metrics.clone(),
+    };
+    let policy = r.policy.clone();
+    let task = tokio::spawn(r.run());
+    // Writes to another file in the directory (an audit log beside the keys) are not
+    // the keys' business.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(dir.path().join("audit.jsonl"), b"line\n").unwrap();
+    // An atomic replace, as a key rotation writes it.
+    let tmp = dir.path().join(".approvers.tmp");
+    std::fs::write(&tmp, jwks_document(std::slice::from_ref(&b.public_jwk))).unwrap();
+    let replaced = std::time::Instant::now();
+    std::fs::rename(&tmp, &path).unwrap();
+    while !policy.load().approvers.contains_key(&b.kid) {
+        assert!(
+            replaced.elapsed() < RESCAN / 4,
+            "not reloaded within {:?}; reload errors {}",
+            replaced.elapsed(),
+            metrics
+                .trust_reloads
+                .with_label_values(&["approver_keys", "error"])
+                .get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("reloaded {:?} after the rename", replaced.elapsed());
+    // The watch follows the path to the new file: the next replace is seen too.
+    std::fs::write(&tmp, jwks_document(std::slice::from_ref(&a.public_jwk))).unwrap();
+    let replaced = std::time::Instant::now();
+    std::fs::rename(&tmp, &path).unwrap();
+    while policy.load().approvers.contains_key(&b.kid) {
+        assert!(
+            replaced.elapsed() < RESCAN / 4,
+            "second replace not seen within {:?}",
+            replaced.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("reloaded {:?} after the second rename", replaced.elapsed());
+    assert_eq!(
+        metrics
+            .trust_reloads
+            .with_label_values(&["approver_keys", "ok"])
+            .get(),
+        2
+    );
+    task.abort();
 }

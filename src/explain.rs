@@ -344,20 +344,8 @@ pub fn replay(
         Some(Class::Manage) => "manage",
     };
     let position = |name: &str| config.models.iter().position(|m| m.model == name);
-    let default_model = || {
-        if config.models.len() == 1 {
-            return Some(0);
-        }
-        let mut bases = config
-            .models
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.base.is_none());
-        match (bases.next(), bases.next()) {
-            (Some((i, _)), None) => Some(i),
-            _ => None,
-        }
-    };
+    let default_model =
+        || crate::proxy::routing::default_model(config.models.iter().map(|m| m.base.is_none()));
     let mut refused = None;
     let target = match door {
         None

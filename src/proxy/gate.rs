@@ -105,18 +105,7 @@ impl Gate {
     /// an adapter (the server's default), if there is exactly one.
     #[inline]
     pub fn default_model(&self) -> Option<usize> {
-        if self.models.len() == 1 {
-            return Some(0);
-        }
-        let mut bases = self
-            .models
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.base.is_none());
-        match (bases.next(), bases.next()) {
-            (Some((i, _)), None) => Some(i),
-            _ => None,
-        }
+        crate::proxy::routing::default_model(self.models.iter().map(|m| m.base.is_none()))
     }
 
     /// Builds the upstream peer once; each request clones it.

@@ -31,6 +31,21 @@ pub enum Named {
     Held(usize),
 }
 
+/// The model a request that names none is for, given whether each configured model is a
+/// base (not an adapter): the only model, else the only base model, if there is exactly
+/// one (an adapter is never the server's default). The gate and `explain` both ask this.
+#[inline]
+pub fn default_model(is_base: impl ExactSizeIterator<Item = bool>) -> Option<usize> {
+    if is_base.len() == 1 {
+        return Some(0);
+    }
+    let mut bases = is_base.enumerate().filter(|(_, b)| *b).map(|(i, _)| i);
+    match (bases.next(), bases.next()) {
+        (Some(i), None) => Some(i),
+        _ => None,
+    }
+}
+
 /// The model a JSON request body names in its top-level `model` field (the OpenAI API).
 pub fn model_in_body(body: &[u8]) -> Named {
     names_in_body(body, &[Field::Model])

@@ -372,6 +372,17 @@ pub fn evaluate(
                 .filter(|s| s.index == Some(i))
                 .cloned()
                 .collect();
+            // A record of the deployment's own tier meets that tier's rules twice (as the
+            // deployment's and as the record's): report them once.
+            let mut seen = Vec::new();
+            steps.retain(|s| {
+                !matches!(s.rule, Rule::Lifetime | Rule::TierWorkloads) || {
+                    let key = (s.rule, s.about.clone());
+                    let first = !seen.contains(&key);
+                    seen.push(key);
+                    first
+                }
+            });
             if let Some(b) = base {
                 let pinned = base_pin(&c.record, Some(b.subject.digest));
                 steps.push(Step {

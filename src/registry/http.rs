@@ -34,7 +34,9 @@
 use std::time::Duration;
 
 use super::config::{Layout, RegistryAuth, RemoteRegistry};
-use super::source::{authorize, body, Ask, Failed, Fetched, FetchedRecord, Hints, Reply, Source};
+use super::source::{
+    accepted, authorize, body, Ask, Failed, Fetched, FetchedRecord, Hints, Reply, Source,
+};
 use crate::digest::Digest;
 use crate::kit::http::{send, FetchError};
 
@@ -289,16 +291,7 @@ pub async fn upload(
         .header(http::header::CONTENT_TYPE, "application/jose")
         .body(format!("{}\n", record.trim()));
     let resp = send(authorize(request, auth)?, &url).await?;
-    let status = resp.status();
-    if !status.is_success() {
-        let bytes = body(resp).await.unwrap_or_default();
-        return Err(FetchError::Refused {
-            url,
-            status,
-            body: String::from_utf8_lossy(bytes.get(..200).unwrap_or(&bytes)).into_owned(),
-        });
-    }
-    Ok(())
+    accepted(resp, url).await
 }
 
 #[cfg(test)]

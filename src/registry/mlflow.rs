@@ -13,7 +13,9 @@
 //! `provgate promote`, which also sets the environment's alias ([`set_alias`]).
 
 use super::config::{RegistryAuth, RemoteRegistry};
-use super::source::{authorize, body, Ask, Failed, Fetched, FetchedRecord, Reply, Source};
+use super::source::{
+    accepted, authorize, body, snippet, Ask, Failed, Fetched, FetchedRecord, Reply, Source,
+};
 use crate::digest::Digest;
 use crate::kit::http::{send, FetchError};
 
@@ -199,11 +201,6 @@ fn revoked(value: Option<&str>) -> bool {
     }
 }
 
-/// The start of an error answer, for the log.
-fn snippet(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes.get(..200).unwrap_or(bytes)).into_owned()
-}
-
 /// Writes an approval record and its digest onto an existing model version, for
 /// `provgate approve --publish-mlflow`. The record is written first, so a reader that finds
 /// the digest tag finds the record with it.
@@ -240,15 +237,7 @@ pub async fn publish(
             "name": model, "version": version, "key": key, "value": value,
         });
         let resp = send(authorize(client.post(&set).json(&payload), auth)?, &set).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = body(resp).await.unwrap_or_default();
-            return Err(FetchError::Refused {
-                url: format!("{set} (setting {key})"),
-                status,
-                body: snippet(&bytes),
-            });
-        }
+        accepted(resp, format!("{set} (setting {key})")).await?;
     }
     Ok(())
 }
@@ -270,16 +259,7 @@ pub async fn set_alias(
     );
     let payload = serde_json::json!({ "name": model, "alias": alias, "version": version });
     let resp = send(authorize(client.post(&url).json(&payload), auth)?, &url).await?;
-    let status = resp.status();
-    if !status.is_success() {
-        let bytes = body(resp).await.unwrap_or_default();
-        return Err(FetchError::Refused {
-            url: format!("{url} (alias {alias})"),
-            status,
-            body: snippet(&bytes),
-        });
-    }
-    Ok(())
+    accepted(resp, format!("{url} (alias {alias})")).await
 }
 
 #[cfg(test)]

@@ -145,6 +145,27 @@ pub fn authorize(
     })
 }
 
+/// A write's answer (`provgate approve --publish-mlflow`, `provgate promote`): any 2xx is
+/// success; otherwise [`FetchError::Refused`] with the status and the start of the body,
+/// reported as `what`.
+pub async fn accepted(resp: reqwest::Response, what: String) -> Result<(), FetchError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let bytes = body(resp).await.unwrap_or_default();
+    Err(FetchError::Refused {
+        url: what,
+        status,
+        body: snippet(&bytes),
+    })
+}
+
+/// The start of an error answer, for the log.
+pub fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes.get(..200).unwrap_or(bytes)).into_owned()
+}
+
 /// Reads a response body, refusing one larger than [`MAX_BODY`].
 pub async fn body(resp: reqwest::Response) -> Result<bytes::Bytes, FetchError> {
     crate::kit::http::body(resp, MAX_BODY, "answer").await

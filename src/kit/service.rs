@@ -22,7 +22,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +86,34 @@ impl OnPanic {
         );
         (self.fail_closed)();
     }
+}
+
+/// Debug builds only: `PROVGATE_DEBUG_PANIC=KIND@SECONDS[,KIND@SECONDS...]` makes the first
+/// run of each service of that kind panic after it has run SECONDS, so that the tests can
+/// watch the supervision (count, fail closed, restart) through the real binary. Release
+/// builds have no such hook.
+#[cfg(debug_assertions)]
+fn injected_panic(kind: &str) -> Option<Duration> {
+    let spec = std::env::var("PROVGATE_DEBUG_PANIC").ok()?;
+    spec.split(',').find_map(|item| {
+        let (k, secs) = item.split_once('@')?;
+        let secs: f64 = secs
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)?;
+        (k == kind).then(|| Duration::from_secs_f64(secs))
+    })
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_panic(_: &str) -> Option<Duration> {
+    None
+}
+
+/// The injected fault itself (debug builds only, see [`injected_panic`]).
+#[allow(clippy::panic)] // The point of the hook; unreachable in release builds.
+fn inject_panic(kind: &str) -> ! {
+    panic!("injected fault in {kind} (PROVGATE_DEBUG_PANIC)")
 }
 
 /// A panic's message, when it has one (`panic!` with a literal or a format).
@@ -188,10 +216,33 @@ impl BackgroundService for Blocking {
             return;
         };
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let kind = self.on_panic.kind;
+        let inject = AtomicBool::new(true);
         supervise(shutdown, &self.on_panic, Some(&stop.0), || {
             let flag = stop.0.clone();
             let body = body.clone();
-            tokio::task::spawn_blocking(move || body(flag))
+            let Some(after) =
+                injected_panic(kind).filter(|_| inject.swap(false, Ordering::Relaxed))
+            else {
+                return tokio::task::spawn_blocking(move || body(flag));
+            };
+            // The first run gets its own stop flag, raised after `after` (or by the
+            // shutdown); then it panics as a broken body would.
+            let run = Arc::new(AtomicBool::new(false));
+            let (raise, shutdown) = (run.clone(), flag.clone());
+            tokio::spawn(async move {
+                let due = Instant::now() + after;
+                while Instant::now() < due && !shutdown.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                super::stop::set(&raise);
+            });
+            tokio::task::spawn_blocking(move || {
+                body(run);
+                if !flag.load(Ordering::Relaxed) {
+                    inject_panic(kind);
+                }
+            })
         })
         .await;
     }
@@ -243,7 +294,22 @@ impl BackgroundService for Async {
             return;
         };
         // Its own task, so that a panic unwinds into the join handle, not through here.
-        supervise(shutdown, &self.on_panic, None, || tokio::spawn(make())).await;
+        let kind = self.on_panic.kind;
+        let inject = AtomicBool::new(true);
+        supervise(shutdown, &self.on_panic, None, || {
+            let body = make();
+            match injected_panic(kind).filter(|_| inject.swap(false, Ordering::Relaxed)) {
+                None => tokio::spawn(body),
+                Some(after) => tokio::spawn(async move {
+                    tokio::select! {
+                        _ = body => {}
+                        _ = tokio::time::sleep(after) => {}
+                    }
+                    inject_panic(kind)
+                }),
+            }
+        })
+        .await;
     }
 }
 

@@ -364,3 +364,71 @@ async fn swap_races_under_load_stay_within_the_detection_bound() {
     );
     assert_eq!(late, 0, "worst {worst:?}");
 }
+
+/// A background service that panics is caught, counted, fails closed and is restarted,
+/// through the real binary: the debug build's `PROVGATE_DEBUG_PANIC` hook makes the artefact
+/// watcher panic after 2 s of normal work, and the registry refresher after 1 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_background_service_fails_closed_and_is_restarted() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx.path("panic.toml");
+    std::fs::write(&config, fx.config(listen, admin, up.addr)).unwrap();
+    let log = fx.path("panic.log");
+    let child = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("PROVGATE_DEBUG_PANIC", "artefact@2,registry@1")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pg = Provgate {
+        child,
+        listen,
+        admin,
+        log,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    };
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    let panics =
+        |service: &str| format!("provgate_background_panics_total{{service=\"{service}\"}}");
+    // Refused while the watcher is down (its state failed closed), then served again once
+    // the restarted watcher has hashed the model.
+    let mut refused_after_panic = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = pg.get("/v1/models", Some(&token)).await;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        if status != 200 && pg.metric(&panics("artefact")).await >= 1.0 {
+            assert_eq!(body["error"], "artefact_unverified", "{body}");
+            refused_after_panic = true;
+        }
+        if refused_after_panic && status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal then recovery (last {status} {body}):\n{}",
+            pg.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(pg.metric(&panics("artefact")).await, 1.0);
+    // The registry refresher panicked once too; its records stayed within max_stale and it
+    // was restarted: requests were served throughout but for the artefact's window.
+    assert_eq!(pg.metric(&panics("registry")).await, 1.0);
+    let logs = pg.logs();
+    assert!(
+        logs.contains("background service panicked") && logs.contains("injected fault in artefact"),
+        "{logs}"
+    );
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+}

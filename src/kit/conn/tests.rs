@@ -1,5 +1,16 @@
 use super::*;
 
+/// Races a connection that never ends by itself against its phase's deadline: what it was
+/// cut waiting for, and after how long.
+async fn cut(phase: &Phase, conn: impl std::future::Future<Output = ()>) -> (Wait, Duration) {
+    let t = Instant::now();
+    let wait = tokio::select! {
+        _ = conn => unreachable!("the connection never ends by itself"),
+        w = phase.expired() => w,
+    };
+    (wait, t.elapsed())
+}
+
 #[tokio::test(start_paused = true)]
 async fn headers_are_due_within_the_header_timeout() {
     let phase = Phase::new(Duration::from_secs(10), Duration::from_secs(60));
@@ -21,13 +32,9 @@ async fn a_request_in_progress_has_no_deadline_and_idle_follows_it() {
         // Then idle forever.
         std::future::pending::<()>().await;
     });
-    let t = Instant::now();
-    let wait = tokio::select! {
-        _ = conn => unreachable!("the connection never ends by itself"),
-        w = p.expired() => w,
-    };
+    let (wait, after) = cut(&p, conn).await;
     assert_eq!(wait, Wait::Idle);
-    assert_eq!(t.elapsed(), Duration::from_secs(5 + 600 + 60));
+    assert_eq!(after, Duration::from_secs(5 + 600 + 60));
 }
 
 #[tokio::test(start_paused = true)]
@@ -49,13 +56,9 @@ async fn an_idle_deadline_before_the_header_deadline_is_kept() {
         request_finished();
         std::future::pending::<()>().await;
     });
-    let t = Instant::now();
-    let wait = tokio::select! {
-        _ = conn => unreachable!("the connection never ends by itself"),
-        w = p.expired() => w,
-    };
+    let (wait, after) = cut(&p, conn).await;
     assert_eq!(wait, Wait::Idle);
-    assert_eq!(t.elapsed(), Duration::from_secs(15));
+    assert_eq!(after, Duration::from_secs(15));
 }
 
 #[tokio::test(start_paused = true)]
@@ -72,11 +75,7 @@ async fn keep_alive_requests_keep_pushing_the_deadline_back() {
         }
         std::future::pending::<()>().await;
     });
-    let t = Instant::now();
-    let wait = tokio::select! {
-        _ = conn => unreachable!("the connection never ends by itself"),
-        w = p.expired() => w,
-    };
+    let (wait, after) = cut(&p, conn).await;
     assert_eq!(wait, Wait::Idle);
-    assert_eq!(t.elapsed(), Duration::from_secs(60 + 10));
+    assert_eq!(after, Duration::from_secs(60 + 10));
 }

@@ -26,13 +26,13 @@
 //! `progress_log_interval` says how far it is and at what throughput.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
-use crate::kit::dirwatch::{self, DirWatch, Fingerprint, Hooks};
+use crate::kit::dirwatch::{self, Alarm, DirWatch, Fingerprint, Hooks};
 use crate::kit::published::Published;
 use crate::kit::watchdog::Heartbeat;
 use crate::telemetry::Metrics;
@@ -102,6 +102,9 @@ pub struct ArtefactHandle {
     /// The scrub sleeps on the condition variable until then, its interval or its stop.
     scrub_now: std::sync::Mutex<bool>,
     scrub_wake: std::sync::Condvar,
+    /// Change events the watch has seen ([`ArtefactHandle::alarm`]): a hash whose count
+    /// moved while it ran does not stand.
+    events: AtomicU64,
 }
 
 impl Default for ArtefactHandle {
@@ -112,6 +115,7 @@ impl Default for ArtefactHandle {
             progress: Arc::default(),
             scrub_now: std::sync::Mutex::new(false),
             scrub_wake: std::sync::Condvar::new(),
+            events: AtomicU64::new(0),
         }
     }
 }
@@ -193,6 +197,28 @@ impl ArtefactHandle {
     fn mark_settled(&self) {
         self.state.clock().mark_synced();
     }
+
+    /// A change event arrived (rung on the watch's event thread, whatever the watcher's
+    /// loop is busy with): counted, and a published digest withdrawn at once. True if one
+    /// was.
+    fn alarm(&self) -> bool {
+        self.events.fetch_add(1, Ordering::SeqCst);
+        // With the fence in `events`: either this load sees a digest the watcher has just
+        // published and withdraws it, or the watcher's next `events` sees this count and
+        // withdraws the digest itself.
+        fence(Ordering::SeqCst);
+        if self.load().digest().is_none() {
+            return false;
+        }
+        self.set(ArtefactState::Hashing);
+        true
+    }
+
+    /// The change events seen so far (after whatever this thread published before).
+    fn events(&self) -> u64 {
+        fence(Ordering::SeqCst);
+        self.events.load(Ordering::SeqCst)
+    }
 }
 
 // === Artefact metrics ===
@@ -203,6 +229,7 @@ pub const ARTEFACT_STATES: [&str; 4] = ["pending", "hashing", "ready", "failed"]
 /// Publishes a model's artefact state and digest to the metric families `Metrics` registers
 /// (`provgate_artefact_state`, `provgate_artefact_info`); the model's other digest series are
 /// removed, whoever set them (the watcher or the scrub).
+#[derive(Clone)]
 pub struct ArtefactMetrics {
     model: String,
     state: prometheus::IntGaugeVec,
@@ -332,6 +359,7 @@ impl ArtefactWatcher {
             watcher: &self,
         };
         DirWatch::new(self.path.clone())
+            .with_beside(Some(crate::oms::signature_path(&self.path)))
             .beating(self.heartbeat.clone())
             .run(&mut turn, &stop);
     }
@@ -404,11 +432,15 @@ impl Hooks for Turn<'_> {
         true
     }
 
-    fn event(&mut self) {
-        // Fail closed at once; the watch lets a burst of writes settle before hashing.
-        if self.watcher.handle.load().digest().is_some() {
-            self.publish(ArtefactState::Hashing);
-        }
+    fn alarm(&self) -> Option<Alarm> {
+        // Fail closed at once, on the event thread; the watch lets a burst of writes settle
+        // before hashing.
+        let (handle, series) = (self.watcher.handle.clone(), self.series.clone());
+        Some(Arc::new(move || {
+            if handle.alarm() {
+                series.set(&ArtefactState::Hashing);
+            }
+        }))
     }
 
     fn wait(&self) -> Duration {
@@ -420,6 +452,8 @@ impl Turn<'_> {
     fn rehash(&mut self, before: &Fingerprint) {
         let started = Instant::now();
         let w = self.watcher;
+        // Before anything is read: a change from here on moves the count.
+        let events = w.handle.events();
         if w.handle.load().digest().is_some() {
             self.publish(ArtefactState::Hashing);
         }
@@ -449,7 +483,7 @@ impl Turn<'_> {
         // A file that changed while it was being read makes the digest meaningless. The
         // manifest is still kept for reuse: each file's identity was taken before it was
         // read, so a file changed since then no longer matches it and is hashed again.
-        let changed = dir_fingerprint(&w.path) != *before;
+        let changed = dir_fingerprint(&w.path) != *before || w.handle.events() != events;
         if let Ok(m) = &result {
             self.previous = Some(m.clone());
         }
@@ -505,6 +539,13 @@ impl Turn<'_> {
         // One atomic swap: readers see the old state (Hashing) or the new one, never a mix.
         let ready = state.digest().is_some();
         self.publish(state);
+        if ready && w.handle.events() != events {
+            // A change event raced the publication (its alarm may have looked before it):
+            // withdrawn; the loop hashes again on that event.
+            self.publish(ArtefactState::Hashing);
+            tracing::info!(path = %w.path.display(), "model directory changed as its digest was published; hashing again");
+            return;
+        }
         w.handle.mark_settled();
         if let (true, Some(m)) = (ready, &self.previous) {
             self.persist(m);
@@ -538,6 +579,8 @@ impl Turn<'_> {
         let Some((path, key)) = &self.cache else {
             return;
         };
+        // A slow disk under the synced write, in the tests (debug builds only).
+        crate::kit::fault::stall("manifest-cache");
         let stored = w
             .path
             .canonicalize()

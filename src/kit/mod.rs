@@ -13,7 +13,8 @@
 //! - [`service`]: loops as pingora background services, so a shutdown stops them;
 //! - [`stop`]: stop flags that wake the loops waiting on them, so no loop ticks to look;
 //! - [`watchdog`]: a heartbeat per background service, so a stuck one is seen.
-//! - [`conn`]: one client connection's header and idle deadline.
+//! - [`conn`]: one client connection's header and idle deadline;
+//! - [`fault`]: the faults debug builds let the tests inject (panics, stalls).
 //!
 //! The kit owns no domain type: it knows nothing of artefacts, records, keys or requests,
 //! and imports nothing from the crate but OMS's file identity (for fingerprints).
@@ -21,6 +22,7 @@
 pub mod backoff;
 pub mod conn;
 pub mod dirwatch;
+pub mod fault;
 pub mod file;
 pub mod http;
 pub mod published;

@@ -88,26 +88,10 @@ impl OnPanic {
     }
 }
 
-/// Debug builds only: `PROVGATE_DEBUG_PANIC=KIND@SECONDS[,KIND@SECONDS...]` makes the first
-/// run of each service of that kind panic after it has run SECONDS, so that the tests can
-/// watch the supervision (count, fail closed, restart) through the real binary. Release
-/// builds have no such hook.
-#[cfg(debug_assertions)]
+/// The panic `PROVGATE_DEBUG_PANIC` asks of services of `kind`, after how long (debug builds
+/// only, see [`super::fault`]).
 fn injected_panic(kind: &str) -> Option<Duration> {
-    let spec = std::env::var("PROVGATE_DEBUG_PANIC").ok()?;
-    spec.split(',').find_map(|item| {
-        let (k, secs) = item.split_once('@')?;
-        let secs: f64 = secs
-            .parse()
-            .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)?;
-        (k == kind).then(|| Duration::from_secs_f64(secs))
-    })
-}
-
-#[cfg(not(debug_assertions))]
-fn injected_panic(_: &str) -> Option<Duration> {
-    None
+    super::fault::injected("PROVGATE_DEBUG_PANIC", kind)
 }
 
 /// The injected fault itself (debug builds only, see [`injected_panic`]).

@@ -365,6 +365,173 @@ async fn swap_races_under_load_stay_within_the_detection_bound() {
     assert_eq!(late, 0, "worst {worst:?}");
 }
 
+/// The watcher fails closed on a swap's event even while its loop is busy elsewhere: here
+/// writing its manifest cache on a slow disk (the debug build's stall hook holds that write
+/// 30 s; a loaded CI machine's fsync once held it past the 400 ms of the swap test). Before
+/// the fix the event waited for the loop, and the unapproved copy was served until the
+/// write ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_is_refused_while_the_watcher_is_busy_writing_its_cache() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let up = Upstream::start().await;
+    let pg = Provgate::start_env(
+        &fx,
+        up.addr,
+        &[("PROVGATE_DEBUG_STALL", "manifest-cache@30")],
+    )
+    .await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    // The first hash is published; its cache write is stalled now.
+    let weights = fx.model_dir().join("model.safetensors");
+    let mut unapproved = std::fs::read(&weights).unwrap();
+    unapproved[100] ^= 1;
+    let staging = fx.path("staging.safetensors");
+    std::fs::write(&staging, &unapproved).unwrap();
+    std::fs::rename(&staging, &weights).unwrap();
+    let refused = pg
+        .until_answer(
+            &token,
+            503,
+            Some("artefact_unverified"),
+            Duration::from_secs(10),
+        )
+        .await;
+    eprintln!("refused {refused:?} after the swap");
+    assert!(
+        pg.logs().contains("injected stall"),
+        "the stall never happened:\n{}",
+        pg.logs()
+    );
+}
+
+/// A single-file model (a GGUF, an ONNX file) swapped by an atomic rename while the model
+/// server holds the old file open: refused on the rename's event, not at the next rescan (an
+/// hour away here), and again on a second swap. A watch on the file itself follows the old
+/// inode, which sends nothing the watch acts on (a link-count change) and, held open, is
+/// never deleted: before the fix the swap went unseen until the rescan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_file_model_swapped_by_a_rename_is_refused_on_the_event() {
+    let fx = Fixture::new();
+    let file = fx.path("model.gguf");
+    let approved = vec![7u8; 40_000];
+    std::fs::write(&file, &approved).unwrap();
+    let mut claims = fx.claims();
+    claims.artefact.digest = provgate::oms::compute_manifest(&file, 1).unwrap().root;
+    fx.approve("rec.jwt", &claims);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx
+        .config(listen, admin, up.addr)
+        .replace(
+            &format!("path = \"{}\"", fx.model_dir().display()),
+            &format!("path = \"{}\"", file.display()),
+        )
+        .replace("poll_interval = \"500ms\"", "poll_interval = \"1h\"");
+    let pg = Provgate::spawn(fx.dir.path(), "single-swap", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(
+        pg.get("/v1/models", Some(&token)).await.status(),
+        200,
+        "{}",
+        pg.logs()
+    );
+    let staging = fx.path("staging.gguf");
+    let put = |bytes: &[u8]| {
+        std::fs::write(&staging, bytes).unwrap();
+        std::fs::rename(&staging, &file).unwrap();
+    };
+    let mut unapproved = approved.clone();
+    unapproved[100] ^= 1;
+    for round in 0..2 {
+        // The model server keeps the file it loaded open (mmap): the old inode lives on.
+        let _held = std::fs::File::open(&file).unwrap();
+        put(&unapproved);
+        let refused = pg
+            .until_answer(
+                &token,
+                403,
+                Some("artefact_unmanaged"),
+                Duration::from_secs(10),
+            )
+            .await;
+        eprintln!("round {round}: refused {refused:?} after the swap");
+        put(&approved);
+        pg.until_answer(&token, 200, None, Duration::from_secs(10))
+            .await;
+    }
+    // A neighbour's writes cost no re-hash of the model.
+    let hashed = pg.logs().matches("artefact hashed").count();
+    for i in 0..5 {
+        std::fs::write(fx.path("neighbour.log"), format!("{i}")).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pg.get("/v1/models", Some(&token)).await.status(), 200);
+    assert_eq!(
+        pg.logs().matches("artefact hashed").count(),
+        hashed,
+        "{}",
+        pg.logs()
+    );
+}
+
+/// A model directory behind a symlink that a deployment re-points (a new link renamed over
+/// the old, as Kubernetes does for a volume's `..data`): refused on the event, not at the
+/// next rescan (an hour away here), and served again once pointed back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_re_pointed_model_symlink_is_refused_on_the_event() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let (v1, v2) = (fx.path("v1"), fx.path("v2"));
+    std::fs::rename(fx.model_dir(), &v1).unwrap();
+    let mut weights = std::fs::read(v1.join("model.safetensors")).unwrap();
+    weights[100] ^= 1;
+    model_dir(&fx, "v2", &weights);
+    let current = fx.path("current");
+    let point = |to: &Path| {
+        let link = fx.path("current.new");
+        std::os::unix::fs::symlink(to, &link).unwrap();
+        std::fs::rename(&link, &current).unwrap();
+    };
+    point(&v1);
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx
+        .config(listen, admin, up.addr)
+        .replace(
+            &format!("path = \"{}\"", fx.model_dir().display()),
+            &format!("path = \"{}\"", current.display()),
+        )
+        .replace("poll_interval = \"500ms\"", "poll_interval = \"1h\"");
+    let pg = Provgate::spawn(fx.dir.path(), "relink", &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let token = fx.token(CALLER);
+    assert_eq!(
+        pg.get("/v1/models", Some(&token)).await.status(),
+        200,
+        "{}",
+        pg.logs()
+    );
+    for round in 0..2 {
+        point(&v2);
+        let refused = pg
+            .until_answer(
+                &token,
+                403,
+                Some("artefact_unmanaged"),
+                Duration::from_secs(10),
+            )
+            .await;
+        eprintln!("round {round}: refused {refused:?} after the link was re-pointed");
+        point(&v1);
+        pg.until_answer(&token, 200, None, Duration::from_secs(10))
+            .await;
+    }
+}
+
 /// A background service that panics is caught, counted, fails closed and is restarted,
 /// through the real binary: the debug build's `PROVGATE_DEBUG_PANIC` hook makes the artefact
 /// watcher panic after 2 s of normal work, and the registry refresher after 1 s.
@@ -373,28 +540,12 @@ async fn a_panicking_background_service_fails_closed_and_is_restarted() {
     let fx = Fixture::new();
     fx.approve("rec.jwt", &fx.claims());
     let up = Upstream::start().await;
-    let (listen, admin) = (free_port(), free_port());
-    let config = fx.path("panic.toml");
-    std::fs::write(&config, fx.config(listen, admin, up.addr)).unwrap();
-    let log = fx.path("panic.log");
-    let child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("PROVGATE_DEBUG_PANIC", "artefact@2,registry@1")
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pg = Provgate {
-        child,
-        listen,
-        admin,
-        log,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    };
+    let pg = Provgate::start_env(
+        &fx,
+        up.addr,
+        &[("PROVGATE_DEBUG_PANIC", "artefact@2,registry@1")],
+    )
+    .await;
     pg.wait_ready().await;
     let token = fx.token(CALLER);
     let panics =

@@ -469,6 +469,16 @@ impl Provgate {
     /// Starts provgate for a fixture and waits until `/healthz` answers (not `/readyz`:
     /// some tests need to see it unready). Retries on a port taken in between.
     pub async fn start(fixture: &Fixture, upstream: SocketAddr) -> Provgate {
+        Provgate::start_env(fixture, upstream, &[]).await
+    }
+
+    /// [`Provgate::start`] with these environment variables set (the debug build's fault
+    /// hooks, say).
+    pub async fn start_env(
+        fixture: &Fixture,
+        upstream: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Provgate {
         for attempt in 0..3 {
             let (listen, admin) = (free_port(), free_port());
             let config = fixture.path("provgate.toml");
@@ -478,6 +488,7 @@ impl Provgate {
                 .args(["run", "-c"])
                 .arg(&config)
                 .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()

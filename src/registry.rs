@@ -11,8 +11,8 @@
 //!   [`revocations`]), with an optional watch.
 //!
 //! A background service verifies every record once per change and publishes an immutable
-//! [`Snapshot`] through `arc-swap`. Lookups by digest go through a moka cache that is cleared
-//! on every publication.
+//! [`Snapshot`] through `arc-swap`. Lookups by digest read the snapshot published now; each
+//! thread remembers its last few lookups in that same snapshot.
 //!
 //! Staleness, for every backend: the last good records are used for at most `max_stale`
 //! after the last successful read (a remote registry: of that digest, and of the revocation
@@ -420,14 +420,47 @@ pub mod freshness {
 /// The fast hasher, re-exported from [`crate::base`] where it lives.
 pub use crate::base::FastHash;
 
+/// Numbers each [`ApprovalStore`], for [`RECENT`].
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// How many lookups each thread remembers (a sidecar serves a few models).
+const RECENT_LOOKUPS: usize = 4;
+
+/// One lookup a thread made: in which store and snapshot, for which digest, and what it
+/// found.
+struct RecentLookup {
+    store: u64,
+    /// Held weakly, so an old snapshot's records are freed when it is replaced; its
+    /// allocation is not, so no later snapshot can have this address while this lives.
+    snapshot: std::sync::Weak<Snapshot>,
+    digest: Digest,
+    entry: Option<Arc<RegistryEntry>>,
+}
+
+impl RecentLookup {
+    /// Was this lookup made in `store`'s `snapshot` (the one published now) for `digest`?
+    fn is(&self, store: u64, snapshot: &Arc<Snapshot>, digest: &Digest) -> bool {
+        self.store == store
+            && std::ptr::eq(self.snapshot.as_ptr(), Arc::as_ptr(snapshot))
+            && self.digest == *digest
+    }
+}
+
+thread_local! {
+    /// Each thread's last lookups, newest last. (A cache shared by every thread, filled by
+    /// whoever missed, could be filled from a snapshot read just before a publish and keep
+    /// that answer until the next one.)
+    static RECENT: std::cell::RefCell<Vec<RecentLookup>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The request path's view of the registry.
 pub struct ApprovalStore {
     /// The snapshot, with its freshness clock (synced after the first read; restarted by
     /// every successful read).
     snapshot: Published<Snapshot>,
-    /// Keyed by the served digests (from provgate's own hashing, never from a request), so
-    /// a fast seeded hash rather than SipHash.
-    cache: moka::sync::Cache<Digest, Option<Arc<RegistryEntry>>, FastHash>,
+    /// Tells this store's entries apart in each thread's [`RECENT`] lookups.
+    id: u64,
     /// The published snapshot's `exhaustive`.
     exhaustive: AtomicBool,
     /// When the registry was last read successfully, as Unix milliseconds, for
@@ -451,9 +484,7 @@ impl ApprovalStore {
             max_stale,
             revalidate_grace,
             snapshot: Published::new(Snapshot::default()),
-            cache: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .build_with_hasher(FastHash::default()),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             exhaustive: AtomicBool::new(false),
             last_sync_unix_ms: AtomicU64::new(0),
             metrics,
@@ -519,15 +550,36 @@ impl ApprovalStore {
         self.snapshot.load().by_digest.get(digest).cloned()
     }
 
-    /// The entry for a digest (None: the registry has no record for it).
+    /// The entry for a digest in the snapshot published now (None: the registry has no
+    /// record for it). This thread's recent lookups in the same snapshot are answered again
+    /// without hashing the digest (a `hit`); a lookup is never answered from another
+    /// snapshot, so a publish is seen by the next lookup on every thread.
     pub fn lookup(&self, digest: &Digest) -> Option<Arc<RegistryEntry>> {
-        if let Some(hit) = self.cache.get(digest) {
+        let snapshot = self.snapshot.load();
+        let hit = RECENT.with(|r| {
+            r.borrow()
+                .iter()
+                .find(|l| l.is(self.id, &snapshot, digest))
+                .map(|l| l.entry.clone())
+        });
+        if let Some(entry) = hit {
             self.metrics.approval_cache_hits.inc();
-            return hit;
+            return entry;
         }
         self.metrics.approval_cache_misses.inc();
-        let found = self.snapshot.load().by_digest.get(digest).cloned();
-        self.cache.insert(*digest, found.clone());
+        let found = snapshot.by_digest.get(digest).cloned();
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.len() >= RECENT_LOOKUPS {
+                r.remove(0);
+            }
+            r.push(RecentLookup {
+                store: self.id,
+                snapshot: Arc::downgrade(&snapshot),
+                digest: *digest,
+                entry: found.clone(),
+            });
+        });
         found
     }
 
@@ -582,7 +634,6 @@ impl ApprovalStore {
         self.exhaustive
             .store(snapshot.exhaustive, Ordering::Release);
         self.snapshot.store(snapshot);
-        self.cache.invalidate_all();
     }
 
     /// The current snapshot (for the admin endpoints and tests).

@@ -265,3 +265,60 @@ fn an_entry_past_revalidate_after_is_unavailable_until_the_registry_is_read_agai
     ));
     assert!(matches!(store.view(&d, at_ms + 1000), Lookup::Unavailable));
 }
+
+/// A lookup never answers from a snapshot older than the last one published before it
+/// began. A lookup that missed the cache, read the old snapshot and stored what it found
+/// after a publish had cleared the cache kept the old entry until the next publish: a
+/// revocation published meanwhile went unseen.
+#[test]
+fn a_lookup_racing_a_publish_never_keeps_an_older_snapshot() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let store = Arc::new(ApprovalStore::new(
+        Duration::from_secs(60),
+        Duration::ZERO,
+        Arc::new(Metrics::new()),
+    ));
+    let d = Digest([7; 32]);
+    // The snapshot's number rides in `revalidate_after`.
+    let snapshot = |n: u64| {
+        let mut s = Snapshot::default();
+        let entry = RegistryEntry {
+            revalidate_after: Some(n),
+            ..RegistryEntry::default()
+        };
+        s.by_digest.insert(d, Arc::new(entry));
+        s
+    };
+    store.publish(snapshot(0));
+    let published = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, published, done) = (store.clone(), published.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut stale = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let at_least = published.load(Ordering::Acquire);
+                    let seen = store.lookup(&d).and_then(|e| e.revalidate_after);
+                    if seen < Some(at_least) {
+                        stale += 1;
+                    }
+                }
+                stale
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        n += 1;
+        store.publish(snapshot(n));
+        published.store(n, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let stale: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(
+        stale, 0,
+        "{stale} lookups answered from an older snapshot ({n} publishes)"
+    );
+}

@@ -23,7 +23,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
-use crate::kit::conn::Phase;
+use crate::kit::conn::{Phase, Wait};
 use crate::telemetry::Metrics;
 
 /// The answer to a connection over a limit, written before it is closed.
@@ -173,23 +173,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
         let limits = &self.counts.limits;
         let phase = Phase::new(limits.header_timeout, limits.idle_timeout);
-        // Pinned out here so a cut connection is closed after it is counted.
-        let conn = phase.scope(self.inner.process_new(stream, shutdown));
-        tokio::pin!(conn);
-        // Biased, the connection first: the deadline is looked at only while it waits, and
-        // no random branch order is drawn on every poll (once per wake of the connection).
-        tokio::select! {
-            biased;
-            reused = &mut conn => reused,
-            wait = phase.expired() => {
-                tracing::debug!(wait = wait.label(), "client connection closed waiting for request headers");
-                self.metrics
-                    .connections_timed_out
-                    .with_label_values(&[wait.label()])
-                    .inc();
-                None
-            }
-        }
+        let cut = |wait: Wait| {
+            tracing::debug!(
+                wait = wait.label(),
+                "client connection closed waiting for request headers"
+            );
+            self.metrics
+                .connections_timed_out
+                .with_label_values(&[wait.label()])
+                .inc();
+        };
+        // Counted before the connection is closed. `flatten`: a cut connection is not reused.
+        phase
+            .run(self.inner.process_new(stream, shutdown), cut)
+            .await
+            .flatten()
     }
 
     async fn cleanup(&self) {

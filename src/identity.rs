@@ -377,12 +377,7 @@ impl TokenVerifier {
 
     /// Verifies a bearer token (cached). `now` is seconds since the epoch.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Caller>, TokenError> {
-        let recent = RECENT.with(|r| r.borrow().get(self.id, token.as_bytes()).cloned());
-        let outcome = match recent {
-            Some(verified) => self.cached(&verified, now),
-            None => None,
-        };
-        if let Some(outcome) = outcome {
+        if let Some(outcome) = self.recent(token.as_bytes(), now) {
             return outcome;
         }
         let outcome = self.verify_shared(token, now);
@@ -394,6 +389,14 @@ impl TokenVerifier {
             }
         });
         outcome.map(|v| v.caller.clone())
+    }
+
+    /// The answer for a token this thread verified recently, found by its bytes, while it
+    /// still holds; None: verify it ([`TokenVerifier::verify`]). The request path asks this
+    /// first with [`bearer_bytes`], so a known token costs no UTF-8 pass.
+    pub fn recent(&self, token: &[u8], now: u64) -> Option<Result<Arc<Caller>, TokenError>> {
+        let verified = RECENT.with(|r| r.borrow().get(self.id, token).cloned())?;
+        self.cached(&verified, now)
     }
 
     /// A cached token's answer: Some(outcome) while it still holds, None once it expired or
@@ -648,6 +651,22 @@ pub fn bearer(value: &[u8]) -> Option<&str> {
         return None;
     }
     let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The token of an `Authorization` value, as bytes, to look up among recent tokens
+/// ([`TokenVerifier::recent`]) without a UTF-8 pass over it. Only ASCII whitespace is
+/// trimmed: a value this reads differently from [`bearer`] (Unicode whitespace around the
+/// token) finds no recent token, since each was verified as [`bearer`] read it and none
+/// begins or ends with whitespace; [`bearer`] then decides it.
+pub fn bearer_bytes(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = token.trim_ascii();
     (!token.is_empty()).then_some(token)
 }
 

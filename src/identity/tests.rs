@@ -212,6 +212,46 @@ fn bearer_header_parsing() {
     assert_eq!(bearer(&[0xff, 0xfe]), None);
 }
 
+#[test]
+fn the_byte_reading_of_a_bearer_value_agrees_or_finds_nothing() {
+    for v in [
+        &b"Bearer abc"[..],
+        b"bearer  abc ",
+        b"BEARER\tabc",
+        b" Bearer abc\t",
+        b"Basic abc",
+        b"Bearer",
+        b"Bearer ",
+        b"Bearer a b",
+        &[0xff, 0xfe],
+    ] {
+        assert_eq!(bearer_bytes(v), bearer(v).map(str::as_bytes), "{v:?}");
+    }
+    // Unicode whitespace: `bearer` trims it, the byte reading keeps it in the token (a token
+    // no verified token equals), or does not see the scheme at all; `bearer` then decides.
+    let nbsp = "Bearer abc\u{a0}".as_bytes();
+    assert_eq!(bearer(nbsp), Some("abc"));
+    assert_eq!(bearer_bytes(nbsp), Some("abc\u{a0}".as_bytes()));
+    assert_eq!(bearer_bytes("\u{a0}Bearer abc".as_bytes()), None);
+}
+
+#[test]
+fn a_recent_token_is_found_by_its_bytes_and_only_while_it_holds() {
+    let (key, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    let v = verifier(&key);
+    let now = crate::unix_now();
+    let token = token(&key, claims(now));
+    assert!(
+        v.recent(token.as_bytes(), now).is_none(),
+        "not verified yet"
+    );
+    let caller = v.verify(&token, now).unwrap();
+    let hit = v.recent(token.as_bytes(), now).unwrap().unwrap();
+    assert!(Arc::ptr_eq(&hit, &caller));
+    // Past its expiry it is verified afresh (and refused), not answered from the cache.
+    assert!(v.recent(token.as_bytes(), now + 3600).is_none());
+}
+
 fn profiled(key: &SigningKey, profile: Profile) -> TokenVerifier {
     let keys =
         KeySet::from_jwks_json(&jwks_document(std::slice::from_ref(&key.public_jwk)), "t").unwrap();

@@ -49,7 +49,7 @@ impl Wait {
 /// the timer unless the deadline moved earlier or the timer fired. A deadline pushed back
 /// (every keep-alive request) leaves the armed timer alone: it fires early, at most once
 /// per idle timeout, and is re-armed then. (A waiter beside the connection, woken by the
-/// marks and polling its timer on every wake of the task, cost about 1.5k instructions per
+/// marks and polling its timer on every wake of the task, cost about 1.2k instructions per
 /// request.)
 pub struct Phase {
     base: Instant,

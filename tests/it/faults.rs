@@ -407,6 +407,25 @@ async fn a_swap_is_refused_while_the_watcher_is_busy_writing_its_cache() {
     );
 }
 
+/// Provgate serving the model at `path` (not the fixture's directory), with the rescan an
+/// hour away so that only events can show a change; ready, and allowing the fixture's caller.
+async fn serving_at(fx: &Fixture, path: &Path, name: &str) -> (Upstream, Provgate) {
+    let up = Upstream::start().await;
+    let (listen, admin) = (free_port(), free_port());
+    let config = fx
+        .config(listen, admin, up.addr)
+        .replace(
+            &format!("path = \"{}\"", fx.model_dir().display()),
+            &format!("path = \"{}\"", path.display()),
+        )
+        .replace("poll_interval = \"500ms\"", "poll_interval = \"1h\"");
+    let pg = Provgate::spawn(fx.dir.path(), name, &config, listen, admin, None).await;
+    pg.wait_ready().await;
+    let status = pg.get("/v1/models", Some(&fx.token(CALLER))).await.status();
+    assert_eq!(status, 200, "{}", pg.logs());
+    (up, pg)
+}
+
 /// A single-file model (a GGUF, an ONNX file) swapped by an atomic rename while the model
 /// server holds the old file open: refused on the rename's event, not at the next rescan (an
 /// hour away here), and again on a second swap. A watch on the file itself follows the old
@@ -421,24 +440,8 @@ async fn a_single_file_model_swapped_by_a_rename_is_refused_on_the_event() {
     let mut claims = fx.claims();
     claims.artefact.digest = provgate::oms::compute_manifest(&file, 1).unwrap().root;
     fx.approve("rec.jwt", &claims);
-    let up = Upstream::start().await;
-    let (listen, admin) = (free_port(), free_port());
-    let config = fx
-        .config(listen, admin, up.addr)
-        .replace(
-            &format!("path = \"{}\"", fx.model_dir().display()),
-            &format!("path = \"{}\"", file.display()),
-        )
-        .replace("poll_interval = \"500ms\"", "poll_interval = \"1h\"");
-    let pg = Provgate::spawn(fx.dir.path(), "single-swap", &config, listen, admin, None).await;
-    pg.wait_ready().await;
+    let (_up, pg) = serving_at(&fx, &file, "single-swap").await;
     let token = fx.token(CALLER);
-    assert_eq!(
-        pg.get("/v1/models", Some(&token)).await.status(),
-        200,
-        "{}",
-        pg.logs()
-    );
     let staging = fx.path("staging.gguf");
     let put = |bytes: &[u8]| {
         std::fs::write(&staging, bytes).unwrap();
@@ -497,24 +500,8 @@ async fn a_re_pointed_model_symlink_is_refused_on_the_event() {
         std::fs::rename(&link, &current).unwrap();
     };
     point(&v1);
-    let up = Upstream::start().await;
-    let (listen, admin) = (free_port(), free_port());
-    let config = fx
-        .config(listen, admin, up.addr)
-        .replace(
-            &format!("path = \"{}\"", fx.model_dir().display()),
-            &format!("path = \"{}\"", current.display()),
-        )
-        .replace("poll_interval = \"500ms\"", "poll_interval = \"1h\"");
-    let pg = Provgate::spawn(fx.dir.path(), "relink", &config, listen, admin, None).await;
-    pg.wait_ready().await;
+    let (_up, pg) = serving_at(&fx, &current, "relink").await;
     let token = fx.token(CALLER);
-    assert_eq!(
-        pg.get("/v1/models", Some(&token)).await.status(),
-        200,
-        "{}",
-        pg.logs()
-    );
     for round in 0..2 {
         point(&v2);
         let refused = pg

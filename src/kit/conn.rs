@@ -124,8 +124,11 @@ impl Phase {
         if Instant::now() < due {
             timer.as_mut().reset(due);
             *armed = deadline;
-            // Registers this task with the timer.
-            if timer.poll(cx).is_pending() {
+            // Registers this task with the timer, which is not polled again until it fires.
+            // Unconstrained: a poll the task's coop budget refused (the connection may have
+            // spent it) would register nothing, and leave the deadline unenforced.
+            let register = std::pin::pin!(tokio::task::unconstrained(timer.as_mut()));
+            if register.poll(cx).is_pending() {
                 return Poll::Pending;
             }
         }

@@ -111,3 +111,22 @@ async fn a_request_served_past_a_fired_timer_rearms_it_when_done() {
         (Wait::Idle, Duration::from_secs(35))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_spends_its_coop_budget_is_still_cut() {
+    // Its first poll spends the task's whole coop budget (as a busy connection's reads and
+    // writes can) and yields with none left, so the first look arms the timer then. A timer
+    // polled without budget registers nothing, and is not polled again until it fires.
+    let phase = Phase::new(Duration::from_secs(10), Duration::from_secs(10));
+    let conn = async {
+        for _ in 0..1000 {
+            tokio::task::consume_budget().await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(60), cut(&phase, conn)).await;
+    assert_eq!(
+        cut.expect("never cut"),
+        (Wait::Headers, Duration::from_secs(10))
+    );
+}

@@ -477,8 +477,20 @@ impl TokenVerifier {
         else {
             return Err(TokenError::UnknownKey);
         };
-        remote.wait_for_refetch().await;
-        self.verify(token, crate::unix_now())
+        // A fetch in flight when we asked may bring the key: each one that finishes is
+        // tried (no network here; the key set is local), and the first answer other than
+        // an unknown key stands.
+        let mut early = None;
+        remote
+            .wait_for_refetch(|| match self.verify(token, crate::unix_now()) {
+                Err(TokenError::UnknownKey) => false,
+                other => {
+                    early = Some(other);
+                    true
+                }
+            })
+            .await;
+        early.unwrap_or_else(|| self.verify(token, crate::unix_now()))
     }
 
     /// Have all remote issuers' keys been fetched at least once?

@@ -78,7 +78,9 @@ impl RemoteState {
 
     /// Asks for a refetch and waits, at most `unknown_kid_wait`, for the first fetch that
     /// starts after the ask to finish (a fetch already in flight may predate the new key).
-    pub async fn wait_for_refetch(&self) {
+    /// After each earlier fetch that finishes meanwhile, `found` is asked whether it brought
+    /// what the caller waits for; if so the wait ends there.
+    pub async fn wait_for_refetch(&self, mut found: impl FnMut() -> bool) {
         let mut finished = self.finished.subscribe();
         // Read the start count before raising `wanted`: the fetcher clears `wanted` before
         // counting a start, so either that fetch is counted after this read (and covers
@@ -86,10 +88,18 @@ impl RemoteState {
         let want = self.attempts.load(Ordering::SeqCst) + 1;
         self.wanted.store(true, Ordering::SeqCst);
         self.refetch.notify_one();
-        let _ = tokio::time::timeout(
-            self.config.unknown_kid_wait,
-            finished.wait_for(|done| *done >= want),
-        )
+        let _ = tokio::time::timeout(self.config.unknown_kid_wait, async {
+            while *finished.borrow_and_update() < want {
+                if finished.changed().await.is_err() {
+                    return;
+                }
+                // An earlier fetch finished: the one in flight when we asked may have
+                // brought the key already.
+                if *finished.borrow() < want && found() {
+                    return;
+                }
+            }
+        })
         .await;
     }
 
@@ -338,5 +348,67 @@ mod tests {
         );
         assert_eq!(parse_max_age("no-store"), None);
         assert_eq!(parse_max_age("max-age=soon"), None);
+    }
+
+    fn state(unknown_kid_wait: Duration) -> RemoteState {
+        RemoteState::new(RemoteKeys {
+            url: "https://issuer.invalid/keys".into(),
+            discovery: false,
+            ca_pem: None,
+            allow_plaintext: false,
+            refresh_min: Duration::from_secs(60),
+            refresh_max: Duration::from_secs(60),
+            max_stale: Duration::from_secs(600),
+            refetch_interval: Duration::from_secs(5),
+            unknown_kid_wait,
+        })
+    }
+
+    /// A fetch in flight when the request asked finishes after 1 s and brings the key: the
+    /// wait ends then, not at the end of `unknown_kid_wait` or at the next fetch.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_in_flight_that_brings_the_key_ends_the_wait() {
+        let remote = Arc::new(state(Duration::from_secs(5)));
+        let in_flight = remote.start_fetch();
+        let brought = Arc::new(AtomicBool::new(false));
+        let (r, b) = (remote.clone(), brought.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            b.store(true, Ordering::SeqCst);
+            r.finished.send_replace(in_flight);
+        });
+        let started = tokio::time::Instant::now();
+        remote
+            .wait_for_refetch(|| brought.load(Ordering::SeqCst))
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // It still asked for a fetch of its own (the next one covers a key not brought).
+        assert!(remote.wanted.load(Ordering::SeqCst));
+    }
+
+    /// The fetch in flight does not bring the key: the wait goes on for the fetch that
+    /// starts after the ask, and ends when that one finishes.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_in_flight_without_the_key_waits_for_the_next() {
+        let remote = Arc::new(state(Duration::from_secs(5)));
+        let in_flight = remote.start_fetch();
+        let r = remote.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            r.finished.send_replace(in_flight);
+            let next = r.start_fetch();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            r.finished.send_replace(next);
+        });
+        let started = tokio::time::Instant::now();
+        let mut asked = 0;
+        remote
+            .wait_for_refetch(|| {
+                asked += 1;
+                false
+            })
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(asked, 1, "asked after the in-flight fetch only");
     }
 }

@@ -21,6 +21,9 @@ struct HttpsIssuer {
     jwks: Arc<Mutex<String>>,
     up: Arc<AtomicBool>,
     fetches: Arc<AtomicU64>,
+    /// How long each `/keys` answer is held (milliseconds), counted on arrival and read
+    /// from the served keys at its end.
+    delay_ms: Arc<AtomicU64>,
     /// Where discovery's `jwks_uri` and `/moved` (a 302) point, when set; else `/keys`.
     elsewhere: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -70,22 +73,31 @@ impl HttpsIssuer {
         let jwks = Arc::new(Mutex::new(Self::document(keys)));
         let up = Arc::new(AtomicBool::new(up));
         let fetches = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let elsewhere: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let (j, u, f, e) = (jwks.clone(), up.clone(), fetches.clone(), elsewhere.clone());
+        let d = delay_ms.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     break;
                 };
-                let (acceptor, j, u, f, e) =
-                    (acceptor.clone(), j.clone(), u.clone(), f.clone(), e.clone());
+                let (acceptor, j, u, f, e, d) = (
+                    acceptor.clone(),
+                    j.clone(),
+                    u.clone(),
+                    f.clone(),
+                    e.clone(),
+                    d.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (j, u, f, e) = (j.clone(), u.clone(), f.clone(), e.clone());
+                            let (j, u, f, e, d) =
+                                (j.clone(), u.clone(), f.clone(), e.clone(), d.clone());
                             async move {
                                 let resp = |status: u16, body: String| {
                                     hyper::Response::builder()
@@ -115,6 +127,8 @@ impl HttpsIssuer {
                                         .unwrap(),
                                     "/keys" => {
                                         f.fetch_add(1, Ordering::SeqCst);
+                                        let held = d.load(Ordering::SeqCst);
+                                        tokio::time::sleep(Duration::from_millis(held)).await;
                                         resp(200, j.lock().unwrap().clone())
                                     }
                                     _ => resp(404, "{}".into()),
@@ -134,6 +148,7 @@ impl HttpsIssuer {
             jwks,
             up,
             fetches,
+            delay_ms,
             elsewhere,
             task,
         }
@@ -507,6 +522,74 @@ async fn a_rotation_just_after_a_scheduled_refresh_is_fetched_at_once() {
     assert_eq!((status, error.as_str()), (401, "token_invalid"));
     pg.until_answer(&token, 200, None, Duration::from_secs(4))
         .await;
+}
+
+/// A new key's first token, asked while a fetch is in flight (each `/keys` answer held 2 s,
+/// the rotation made after that fetch arrived): the fetch brings the key, and the request
+/// is answered when it finishes. Its own refetch is held back by `refetch_interval`, and the
+/// next scheduled refresh is 30 s away: it used to wait for one of those, so for all of
+/// `unknown_kid_wait` (20 s), before trying the keys the fetch in flight had brought.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_in_flight_that_brings_a_new_key_answers_its_waiting_request() {
+    let fx = Fixture::new();
+    fx.approve("rec.jwt", &fx.claims());
+    let issuer = HttpsIssuer::start(fx.dir.path(), &[&fx.issuer], true).await;
+    let up = Upstream::start().await;
+    let pg = start(
+        &fx,
+        &issuer,
+        up.addr,
+        "refresh_min = \"30s\"\nrefresh_max = \"30s\"\nrefetch_interval = \"60s\"\nunknown_kid_wait = \"20s\"",
+    )
+    .await;
+    pg.wait_ready().await;
+    issuer.delay_ms.store(2000, Ordering::SeqCst);
+    let token_of = |key: &SigningKey| {
+        provgate::identity::mint_token(
+            key,
+            ISSUER,
+            CALLER,
+            &["provgate".to_string()],
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    // A second key's token asks for a refetch; it arrives at the issuer and is held.
+    let (second, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    issuer.serve(&[&fx.issuer, &second]);
+    let seen = issuer.fetches.load(Ordering::SeqCst);
+    let first = {
+        let (client, url, token) = (pg.client.clone(), pg.url("/v1/models"), token_of(&second));
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
+    };
+    while issuer.fetches.load(Ordering::SeqCst) == seen {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A third key appears while that fetch is held; its first token comes now.
+    let (third, _) = SigningKey::generate(KeyKind::Es256).unwrap();
+    issuer.serve(&[&fx.issuer, &second, &third]);
+    // A client that outwaits `unknown_kid_wait`, so a late answer is seen as late.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap();
+    let asked = Instant::now();
+    let third_token = token_of(&third);
+    let resp = patient.get(pg.url("/v1/models")).bearer_auth(&third_token);
+    let (status, error) = error_of(resp.send().await.unwrap()).await;
+    let waited = asked.elapsed();
+    eprintln!("a new key's token during an in-flight fetch answered after {waited:?}");
+    assert_eq!((status, error.as_str()), (200, ""), "{}", pg.logs());
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered at the end of unknown_kid_wait, not when the fetch in flight finished ({waited:?})"
+    );
+    assert_eq!(
+        issuer.fetches.load(Ordering::SeqCst),
+        seen + 1,
+        "one fetch served both keys"
+    );
 }
 
 /// Issue 16 item 4: the JWKS endpoint flapping (down 700 ms, up 1,100 ms, for 9 s; CI-sized,

@@ -6,13 +6,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::read::for_each_line;
+use super::read::for_each_line_in;
 use super::segments;
 
 /// What to select; every given field must match.
@@ -94,12 +95,13 @@ impl Filter {
 }
 
 /// The segment files of `path` (a file with its rotated segments, a lone segment, or a
-/// directory of logs), oldest first.
-pub fn files_of(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// directory of logs), oldest first, each opened ([`segments::open_all`]: a log that
+/// rotates or is pruned while it is read loses nothing and fails nothing).
+pub fn open_files(path: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
     if path.is_dir() {
         let mut out = Vec::new();
         for log in segments::logs_in(path)? {
-            out.extend(segments::all(&log)?);
+            out.extend(segments::open_all(&log)?);
         }
         return Ok(out);
     }
@@ -108,9 +110,9 @@ pub fn files_of(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.len() >= 6 && e.bytes().all(|b| b.is_ascii_digit()));
     if rotated {
-        Ok(vec![path.to_path_buf()])
+        Ok(vec![(path.to_path_buf(), File::open(path)?)])
     } else {
-        segments::all(path)
+        segments::open_all(path)
     }
 }
 
@@ -120,8 +122,8 @@ pub fn scan(
     filter: &Filter,
     mut f: impl FnMut(&View<'_>, &[u8], u64),
 ) -> std::io::Result<()> {
-    for file in files_of(path)? {
-        for_each_line(&file, |_, bytes| {
+    for (_, file) in open_files(path)? {
+        for_each_line_in(file, |_, bytes| {
             if let Ok(v) = serde_json::from_slice::<View<'_>>(bytes) {
                 if let Some(count) = filter.matches(&v) {
                     f(&v, bytes, count);

@@ -19,11 +19,16 @@ pub enum RawLine<'a> {
 }
 
 /// Calls `f(line_number, line)` for each line of `path` until it returns false.
-pub fn for_each_raw(
-    path: &Path,
+pub fn for_each_raw(path: &Path, f: impl FnMut(u64, RawLine<'_>) -> bool) -> std::io::Result<()> {
+    for_each_raw_in(File::open(path)?, f)
+}
+
+/// [`for_each_raw`] over a file already open (one of [`super::segments::open_all`]'s).
+pub fn for_each_raw_in(
+    file: File,
     mut f: impl FnMut(u64, RawLine<'_>) -> bool,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut n = 0u64;
     let mut skipped: Option<u64> = None;
@@ -81,8 +86,13 @@ pub fn for_each_raw(
 }
 
 /// Calls `f(line_number, bytes)` for each whole, bounded line; skips the rest.
-pub fn for_each_line(path: &Path, mut f: impl FnMut(u64, &[u8]) -> bool) -> std::io::Result<()> {
-    for_each_raw(path, |n, l| match l {
+pub fn for_each_line(path: &Path, f: impl FnMut(u64, &[u8]) -> bool) -> std::io::Result<()> {
+    for_each_line_in(File::open(path)?, f)
+}
+
+/// [`for_each_line`] over a file already open.
+pub fn for_each_line_in(file: File, mut f: impl FnMut(u64, &[u8]) -> bool) -> std::io::Result<()> {
+    for_each_raw_in(file, |n, l| match l {
         RawLine::Line {
             bytes,
             complete: true,

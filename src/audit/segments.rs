@@ -74,13 +74,41 @@ pub fn logs_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(bases.into_iter().map(|b| dir.join(b)).collect())
 }
 
-/// Every segment of the log at `active`, oldest first: the rotated ones, then the active
-/// file when it exists.
-pub fn all(active: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = rotated(active)?.into_iter().map(|(_, p)| p).collect();
-    if active.exists() {
-        out.push(active.to_path_buf());
+/// The segments of the log at `active`, oldest first, each opened: what a reader of a live
+/// log reads, whatever rotates or is pruned meanwhile. The live file is opened first, so a
+/// rotation after that leaves it in hand (it is read in its rotated place, once, known by
+/// its inode); a segment pruned after the listing is skipped (its records are gone).
+/// (Listing first and opening after could find the live file renamed away and read a new,
+/// empty one or none: a live reader failed, or missed records.)
+pub fn open_all(active: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
+    use std::os::unix::fs::MetadataExt;
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut live = match File::open(active) {
+        Ok(f) => {
+            let m = f.metadata()?;
+            Some((active.to_path_buf(), f, (m.dev(), m.ino())))
+        }
+        Err(e) if gone(&e) => None,
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for (_, path) in rotated(active)? {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let m = file.metadata()?;
+        match live.take() {
+            // The live file, rotated since it was opened: read in its place.
+            Some((_, handle, id)) if id == (m.dev(), m.ino()) => out.push((path, handle)),
+            other => {
+                live = other;
+                out.push((path, file));
+            }
+        }
     }
+    out.extend(live.map(|(path, file, _)| (path, file)));
     Ok(out)
 }
 

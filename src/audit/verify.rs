@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, CheckpointClaims};
-use super::read::{for_each_raw, RawLine};
+use super::read::{for_each_raw_in, RawLine};
 use super::record::{line_hash, Marker, GENESIS, MAX_LINE_BYTES};
 use super::segments;
 use crate::keys::KeySet;
@@ -378,10 +378,12 @@ fn verify_log(path: &Path, keys: Option<&KeySet>) -> std::io::Result<Report> {
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.len() >= 6 && e.bytes().all(|b| b.is_ascii_digit()));
-    let files = if is_rotated {
-        vec![path.to_path_buf()]
+    // Opened before anything is read: a live log that rotates or is pruned meanwhile
+    // loses nothing and fails nothing ([`segments::open_all`]).
+    let (files, mut handles): (Vec<PathBuf>, Vec<std::fs::File>) = if is_rotated {
+        (vec![path.to_path_buf()], vec![std::fs::File::open(path)?])
     } else {
-        segments::all(path)?
+        segments::open_all(path)?.into_iter().unzip()
     };
     let mut st = State {
         report: Report {
@@ -449,9 +451,9 @@ fn verify_log(path: &Path, keys: Option<&KeySet>) -> std::io::Result<Report> {
             "no checkpoint file: the tail cannot be checked".into(),
         );
     }
-    for file in &files {
+    for (file, handle) in files.iter().zip(handles.drain(..)) {
         let mut first = true;
-        for_each_raw(file, |n, raw| {
+        for_each_raw_in(handle, |n, raw| {
             match raw {
                 RawLine::Line {
                     bytes,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ExplainError;
-use crate::audit::query::{files_of, View};
-use crate::audit::read::for_each_line;
+use crate::audit::query::{open_files, View};
+use crate::audit::read::for_each_line_in;
 use crate::audit::ExceptionRef;
 
 /// One request record, as written (owned; unknown fields ignored).
@@ -85,7 +85,7 @@ pub fn parse(text: &str) -> Result<Recorded, ExplainError> {
 
 /// Finds the request record with this ID in the log at `log`, oldest segment first.
 pub fn find(log: &Path, request_id: &str) -> Result<(Recorded, Location), ExplainError> {
-    let files = files_of(log).map_err(|source| ExplainError::Io {
+    let files = open_files(log).map_err(|source| ExplainError::Io {
         path: log.display().to_string(),
         source,
     })?;
@@ -96,9 +96,9 @@ pub fn find(log: &Path, request_id: &str) -> Result<(Recorded, Location), Explai
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     let needle = request_id.as_bytes();
-    for (i, file) in files.iter().enumerate() {
+    for (i, (path, file)) in files.into_iter().enumerate() {
         let mut hit: Option<(u64, Result<Recorded, String>)> = None;
-        for_each_line(file, |n, bytes| {
+        for_each_line_in(file, |n, bytes| {
             if plain && !bytes.windows(needle.len()).any(|w| w == needle) {
                 return true;
             }
@@ -115,7 +115,7 @@ pub fn find(log: &Path, request_id: &str) -> Result<(Recorded, Location), Explai
             false
         })
         .map_err(|source| ExplainError::Io {
-            path: file.display().to_string(),
+            path: path.display().to_string(),
             source,
         })?;
         if let Some((line, parsed)) = hit {
@@ -123,7 +123,7 @@ pub fn find(log: &Path, request_id: &str) -> Result<(Recorded, Location), Explai
             return Ok((
                 recorded,
                 Location {
-                    segment: file.clone(),
+                    segment: path,
                     segment_index: i + 1,
                     segments,
                     line,

@@ -6,8 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -94,14 +93,14 @@ impl Filter {
     }
 }
 
-/// The segment files of `path` (a file with its rotated segments, a lone segment, or a
-/// directory of logs), oldest first, each opened ([`segments::open_all`]: a log that
-/// rotates or is pruned while it is read loses nothing and fails nothing).
-pub fn open_files(path: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
+/// The segments of `path` (a file with its rotated segments, a lone segment, or a directory
+/// of logs), oldest first ([`segments::list`]: a log that rotates or is pruned while it is
+/// read loses nothing and fails nothing).
+pub fn segments_of(path: &Path) -> std::io::Result<Vec<segments::Segment>> {
     if path.is_dir() {
         let mut out = Vec::new();
         for log in segments::logs_in(path)? {
-            out.extend(segments::open_all(&log)?);
+            out.extend(segments::list(&log)?);
         }
         return Ok(out);
     }
@@ -110,9 +109,9 @@ pub fn open_files(path: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.len() >= 6 && e.bytes().all(|b| b.is_ascii_digit()));
     if rotated {
-        Ok(vec![(path.to_path_buf(), File::open(path)?)])
+        Ok(vec![segments::Segment::at(path.to_path_buf())])
     } else {
-        segments::open_all(path)
+        segments::list(path)
     }
 }
 
@@ -122,7 +121,10 @@ pub fn scan(
     filter: &Filter,
     mut f: impl FnMut(&View<'_>, &[u8], u64),
 ) -> std::io::Result<()> {
-    for (_, file) in open_files(path)? {
+    for segment in segments_of(path)? {
+        let Some(file) = segment.open()? else {
+            continue;
+        };
         for_each_line_in(file, |_, bytes| {
             if let Ok(v) = serde_json::from_slice::<View<'_>>(bytes) {
                 if let Some(count) = filter.matches(&v) {

@@ -23,7 +23,7 @@ pub fn for_each_raw(path: &Path, f: impl FnMut(u64, RawLine<'_>) -> bool) -> std
     for_each_raw_in(File::open(path)?, f)
 }
 
-/// [`for_each_raw`] over a file already open (one of [`super::segments::open_all`]'s).
+/// [`for_each_raw`] over a file already open (a [`super::segments::Segment`]'s).
 pub fn for_each_raw_in(
     file: File,
     mut f: impl FnMut(u64, RawLine<'_>) -> bool,

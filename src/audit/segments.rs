@@ -74,41 +74,74 @@ pub fn logs_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(bases.into_iter().map(|b| dir.join(b)).collect())
 }
 
-/// The segments of the log at `active`, oldest first, each opened: what a reader of a live
-/// log reads, whatever rotates or is pruned meanwhile. The live file is opened first, so a
-/// rotation after that leaves it in hand (it is read in its rotated place, once, known by
-/// its inode); a segment pruned after the listing is skipped (its records are gone).
+/// One segment of a log, as [`list`] found it.
+#[derive(Debug)]
+pub struct Segment {
+    pub path: PathBuf,
+    /// The live file, opened when the log was listed.
+    live: Option<File>,
+}
+
+impl Segment {
+    /// A segment named on its own (a rotated one, which nothing writes).
+    pub fn at(path: PathBuf) -> Segment {
+        Segment { path, live: None }
+    }
+
+    /// Opens the segment to read it; None when it was pruned since it was listed.
+    pub fn open(self) -> std::io::Result<Option<File>> {
+        if let Some(file) = self.live {
+            return Ok(Some(file));
+        }
+        match File::open(&self.path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The segments of the log at `active`, oldest first, for a reader of a live log: whatever
+/// rotates or is pruned meanwhile loses nothing and fails nothing. The live file is opened
+/// first and kept open, so a rotation after that leaves it in hand (it is read in its
+/// rotated place, once, known by its inode); the others are opened one at a time as they
+/// are read ([`Segment::open`]), and one pruned by then is skipped (its records are gone).
 /// (Listing first and opening after could find the live file renamed away and read a new,
 /// empty one or none: a live reader failed, or missed records.)
-pub fn open_all(active: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
+pub fn list(active: &Path) -> std::io::Result<Vec<Segment>> {
     use std::os::unix::fs::MetadataExt;
     let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut live = match File::open(active) {
         Ok(f) => {
             let m = f.metadata()?;
-            Some((active.to_path_buf(), f, (m.dev(), m.ino())))
+            Some((f, (m.dev(), m.ino())))
         }
         Err(e) if gone(&e) => None,
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
     for (_, path) in rotated(active)? {
-        let file = match File::open(&path) {
-            Ok(f) => f,
+        let id = match std::fs::metadata(&path) {
+            Ok(m) => (m.dev(), m.ino()),
             Err(e) if gone(&e) => continue,
             Err(e) => return Err(e),
         };
-        let m = file.metadata()?;
         match live.take() {
             // The live file, rotated since it was opened: read in its place.
-            Some((_, handle, id)) if id == (m.dev(), m.ino()) => out.push((path, handle)),
+            Some((file, live_id)) if live_id == id => out.push(Segment {
+                path,
+                live: Some(file),
+            }),
             other => {
                 live = other;
-                out.push((path, file));
+                out.push(Segment { path, live: None });
             }
         }
     }
-    out.extend(live.map(|(path, file, _)| (path, file)));
+    out.extend(live.map(|(file, _)| Segment {
+        path: active.to_path_buf(),
+        live: Some(file),
+    }));
     Ok(out)
 }
 

@@ -380,11 +380,12 @@ fn verify_log(path: &Path, keys: Option<&KeySet>) -> std::io::Result<Report> {
         .is_some_and(|e| e.len() >= 6 && e.bytes().all(|b| b.is_ascii_digit()));
     // Opened before anything is read: a live log that rotates or is pruned meanwhile
     // loses nothing and fails nothing ([`segments::open_all`]).
-    let (files, mut handles): (Vec<PathBuf>, Vec<std::fs::File>) = if is_rotated {
-        (vec![path.to_path_buf()], vec![std::fs::File::open(path)?])
+    let listed = if is_rotated {
+        vec![segments::Segment::at(path.to_path_buf())]
     } else {
-        segments::open_all(path)?.into_iter().unzip()
+        segments::list(path)?
     };
+    let files: Vec<PathBuf> = listed.iter().map(|s| s.path.clone()).collect();
     let mut st = State {
         report: Report {
             log: path.to_path_buf(),
@@ -451,7 +452,11 @@ fn verify_log(path: &Path, keys: Option<&KeySet>) -> std::io::Result<Report> {
             "no checkpoint file: the tail cannot be checked".into(),
         );
     }
-    for (file, handle) in files.iter().zip(handles.drain(..)) {
+    for (file, segment) in files.iter().zip(listed) {
+        // Pruned since the log was listed: as if it had been before.
+        let Some(handle) = segment.open()? else {
+            continue;
+        };
         let mut first = true;
         for_each_raw_in(handle, |n, raw| {
             match raw {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ExplainError;
-use crate::audit::query::{open_files, View};
+use crate::audit::query::{segments_of, View};
 use crate::audit::read::for_each_line_in;
 use crate::audit::ExceptionRef;
 
@@ -85,7 +85,7 @@ pub fn parse(text: &str) -> Result<Recorded, ExplainError> {
 
 /// Finds the request record with this ID in the log at `log`, oldest segment first.
 pub fn find(log: &Path, request_id: &str) -> Result<(Recorded, Location), ExplainError> {
-    let files = open_files(log).map_err(|source| ExplainError::Io {
+    let files = segments_of(log).map_err(|source| ExplainError::Io {
         path: log.display().to_string(),
         source,
     })?;
@@ -96,7 +96,16 @@ pub fn find(log: &Path, request_id: &str) -> Result<(Recorded, Location), Explai
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     let needle = request_id.as_bytes();
-    for (i, (path, file)) in files.into_iter().enumerate() {
+    for (i, segment) in files.into_iter().enumerate() {
+        let path = segment.path.clone();
+        let opened = segment.open().map_err(|source| ExplainError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // Pruned since the log was listed: its records are gone.
+        let Some(file) = opened else {
+            continue;
+        };
         let mut hit: Option<(u64, Result<Recorded, String>)> = None;
         for_each_line_in(file, |n, bytes| {
             if plain && !bytes.windows(needle.len()).any(|w| w == needle) {

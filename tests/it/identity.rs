@@ -173,6 +173,18 @@ impl HttpsIssuer {
     }
 }
 
+/// A token for the fixture's caller from the test issuer, signed by `key`, valid 10 min.
+fn caller_token(key: &SigningKey) -> String {
+    provgate::identity::mint_token(
+        key,
+        ISSUER,
+        CALLER,
+        &["provgate".to_string()],
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
 /// Starts provgate with the fixture's issuer switched to the HTTPS issuer.
 async fn start(fx: &Fixture, issuer: &HttpsIssuer, upstream: SocketAddr, extra: &str) -> Provgate {
     let (listen, admin) = (free_port(), free_port());
@@ -213,14 +225,7 @@ async fn keys_come_from_discovery_and_a_rotation_fails_no_request() {
     let (next, _) = SigningKey::generate(KeyKind::Es256).unwrap();
     issuer.serve(&[&next]);
     let before = issuer.fetches.load(Ordering::SeqCst);
-    let token = provgate::identity::mint_token(
-        &next,
-        ISSUER,
-        CALLER,
-        &["provgate".to_string()],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let token = caller_token(&next);
     // The very first request with the new kid passes: it waits for the refetch it triggers.
     let resp = pg.get("/v1/models", Some(&token)).await;
     assert_eq!(resp.status(), 200, "{}", pg.logs());
@@ -401,14 +406,7 @@ async fn a_cached_token_does_not_outlive_its_key() {
         pg.logs()
     );
     // A token of the remaining key still passes.
-    let fresh = provgate::identity::mint_token(
-        &next,
-        ISSUER,
-        CALLER,
-        &["provgate".to_string()],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let fresh = caller_token(&next);
     assert_eq!(pg.get("/v1/models", Some(&fresh)).await.status(), 200);
 }
 
@@ -445,14 +443,7 @@ async fn an_unknown_kid_burst_costs_one_refetch() {
     // A rotation now: the last fetch is over 3 s old, so it is fetched at once.
     let (next, _) = SigningKey::generate(KeyKind::Es256).unwrap();
     issuer.serve(&[&fx.issuer, &next]);
-    let token = provgate::identity::mint_token(
-        &next,
-        ISSUER,
-        CALLER,
-        &["provgate".to_string()],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let token = caller_token(&next);
     let asked = Instant::now();
     let resp = pg.get("/v1/models", Some(&token)).await;
     eprintln!("rotation request answered after {:?}", asked.elapsed());
@@ -486,14 +477,7 @@ async fn a_rotation_just_after_a_scheduled_refresh_is_fetched_at_once() {
     let (next, _) = SigningKey::generate(KeyKind::Es256).unwrap();
     issuer.serve(&[&fx.issuer, &next]);
     let refreshed = issuer.fetches.load(Ordering::SeqCst);
-    let token = provgate::identity::mint_token(
-        &next,
-        ISSUER,
-        CALLER,
-        &["provgate".to_string()],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let token = caller_token(&next);
     let asked = Instant::now();
     let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
     let waited = asked.elapsed();
@@ -510,14 +494,7 @@ async fn a_rotation_just_after_a_scheduled_refresh_is_fetched_at_once() {
     // refresh (2 s), which the pending ask does not postpone.
     let (third, _) = SigningKey::generate(KeyKind::Es256).unwrap();
     issuer.serve(&[&fx.issuer, &next, &third]);
-    let token = provgate::identity::mint_token(
-        &third,
-        ISSUER,
-        CALLER,
-        &["provgate".to_string()],
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let token = caller_token(&third);
     let (status, error) = error_of(pg.get("/v1/models", Some(&token)).await).await;
     assert_eq!((status, error.as_str()), (401, "token_invalid"));
     pg.until_answer(&token, 200, None, Duration::from_secs(4))
@@ -544,22 +521,16 @@ async fn a_fetch_in_flight_that_brings_a_new_key_answers_its_waiting_request() {
     .await;
     pg.wait_ready().await;
     issuer.delay_ms.store(2000, Ordering::SeqCst);
-    let token_of = |key: &SigningKey| {
-        provgate::identity::mint_token(
-            key,
-            ISSUER,
-            CALLER,
-            &["provgate".to_string()],
-            Duration::from_secs(600),
-        )
-        .unwrap()
-    };
     // A second key's token asks for a refetch; it arrives at the issuer and is held.
     let (second, _) = SigningKey::generate(KeyKind::Es256).unwrap();
     issuer.serve(&[&fx.issuer, &second]);
     let seen = issuer.fetches.load(Ordering::SeqCst);
     let first = {
-        let (client, url, token) = (pg.client.clone(), pg.url("/v1/models"), token_of(&second));
+        let (client, url, token) = (
+            pg.client.clone(),
+            pg.url("/v1/models"),
+            caller_token(&second),
+        );
         tokio::spawn(async move { client.get(url).bearer_auth(token).send().await })
     };
     while issuer.fetches.load(Ordering::SeqCst) == seen {
@@ -574,7 +545,7 @@ async fn a_fetch_in_flight_that_brings_a_new_key_answers_its_waiting_request() {
         .build()
         .unwrap();
     let asked = Instant::now();
-    let third_token = token_of(&third);
+    let third_token = caller_token(&third);
     let resp = patient.get(pg.url("/v1/models")).bearer_auth(&third_token);
     let (status, error) = error_of(resp.send().await.unwrap()).await;
     let waited = asked.elapsed();
@@ -805,14 +776,7 @@ async fn unknown_kid_burst(pg: &Provgate, n: usize, spacing: Duration) {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (rogue, _) = SigningKey::generate(KeyKind::Es256).unwrap();
-        let token = provgate::identity::mint_token(
-            &rogue,
-            ISSUER,
-            CALLER,
-            &["provgate".to_string()],
-            Duration::from_secs(600),
-        )
-        .unwrap();
+        let token = caller_token(&rogue);
         let (c, url) = (pg.client.clone(), pg.url("/v1/models"));
         tasks.push(tokio::spawn(async move {
             let r = c.get(url).bearer_auth(token).send().await.unwrap();
